@@ -144,7 +144,10 @@ impl RecordBatch {
         let size = match peek_batch_size(&buf)? {
             Some(size) => size,
             None => {
-                return Err(FormatError::Truncated { needed: BATCH_HEADER_LEN, available: buf.len() });
+                return Err(FormatError::Truncated {
+                    needed: BATCH_HEADER_LEN,
+                    available: buf.len(),
+                });
             }
         };
         if buf.len() < size.max(BATCH_HEADER_LEN) {

@@ -29,13 +29,16 @@ impl Offset {
     }
 
     /// The offset right after this one.
+    ///
+    /// Wraps at `i64::MAX` rather than panicking: offsets read from hostile input can be
+    /// anything, and real partitions never get near the end of the range.
     pub const fn next(self) -> Self {
-        Offset(self.0 + 1)
+        Offset(self.0.wrapping_add(1))
     }
 
-    /// This offset moved by `delta` records.
+    /// This offset moved by `delta` records (wrapping, as [`Offset::next`]).
     pub const fn add(self, delta: i64) -> Self {
-        Offset(self.0 + delta)
+        Offset(self.0.wrapping_add(delta))
     }
 }
 

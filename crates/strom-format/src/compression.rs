@@ -1,0 +1,350 @@
+//! The compression codecs of a batch's records section, in the framings real Kafka clients
+//! (Java, librdkafka, kafka-python, franz-go) write and read.
+//!
+//! Decompression is always bounded: every decoder stops at a caller-given output limit, so a
+//! small hostile payload (a "zip bomb") yields [`FormatError::TooLarge`] instead of exhausting
+//! memory.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::str::FromStr;
+
+use crate::FormatError;
+
+/// The codec of a batch's records section: bits 0-2 of the batch attributes.
+///
+/// ```
+/// use strom_format::Compression;
+/// let c: Compression = "lz4".parse().unwrap();
+/// assert_eq!(c, Compression::Lz4);
+/// assert_eq!(c.id(), 3);
+/// assert_eq!(Compression::from_id(3).unwrap(), c);
+/// assert_eq!(c.name(), "lz4");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Compression {
+    /// Records stored as they are.
+    #[default]
+    None,
+    /// gzip (RFC 1952), as `java.util.zip.GZIPOutputStream` writes it.
+    Gzip,
+    /// Snappy in snappy-java's ("xerial") stream framing; raw snappy is accepted on read.
+    Snappy,
+    /// The LZ4 frame format with independent 64 KiB blocks.
+    Lz4,
+    /// Zstandard frames.
+    Zstd,
+}
+
+impl Compression {
+    /// Every codec, in id order.
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// The codec's id in the batch attributes (0 to 4).
+    pub const fn id(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    /// The codec with attribute id `id`.
+    pub fn from_id(id: u8) -> Result<Compression, FormatError> {
+        match id {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Gzip),
+            2 => Ok(Compression::Snappy),
+            3 => Ok(Compression::Lz4),
+            4 => Ok(Compression::Zstd),
+            other => Err(FormatError::UnknownCompression(other)),
+        }
+    }
+
+    /// The codec's name as Kafka's `compression.type` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error of parsing an unknown codec name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown compression type {0:?} (expected none, gzip, snappy, lz4 or zstd)")]
+pub struct UnknownCompressionName(String);
+
+impl FromStr for Compression {
+    type Err = UnknownCompressionName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownCompressionName(s.to_owned()))
+    }
+}
+
+/// zstd level of Kafka's Java client (`ZSTD_CLEVEL_DEFAULT`).
+const ZSTD_LEVEL: i32 = 3;
+/// Largest zstd window we allocate for a frame. A hostile frame header can announce a window of
+/// up to 2 GiB; levels 1 to 19 never need more than 2^23 bytes, so 2^24 leaves headroom without
+/// letting one batch reserve hundreds of MiB.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+/// snappy-java's stream header: magic, then format version 1 and minimum compatible version 1.
+const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+const XERIAL_MAGIC_LEN: usize = 8;
+/// snappy-java's default block size, which Kafka's Java producer uses.
+const XERIAL_BLOCK: usize = 32 * 1024;
+/// No snappy block expands more than this: its densest element, a 3-byte copy, yields 64 bytes.
+/// Checking a block's announced size against it keeps a few hostile bytes from making us
+/// allocate up to the whole decompression limit.
+const SNAPPY_MAX_RATIO: usize = 22;
+
+fn codec_error(codec: Compression, e: impl fmt::Display) -> FormatError {
+    FormatError::Codec { codec: codec.name(), message: e.to_string() }
+}
+
+/// Appends `input` compressed with `codec` to `out`.
+pub(crate) fn compress(
+    codec: Compression,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    match codec {
+        Compression::None => out.extend_from_slice(input),
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            enc.write_all(input).map_err(|e| codec_error(codec, e))?;
+            enc.finish().map_err(|e| codec_error(codec, e))?;
+        }
+        Compression::Snappy => {
+            // Kafka's Java client writes snappy-java's framing and so does the kafka-protocol
+            // crate; every Kafka client reads it, while raw snappy is only a read-side fallback.
+            out.extend_from_slice(XERIAL_HEADER);
+            let mut enc = snap::raw::Encoder::new();
+            for block in input.chunks(XERIAL_BLOCK) {
+                let len_at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                let start = out.len();
+                out.resize(start + snap::raw::max_compress_len(block.len()), 0);
+                let n = enc
+                    .compress(block, out.get_mut(start..).unwrap_or_default())
+                    .map_err(|e| codec_error(codec, e))?;
+                out.truncate(start + n);
+                let n = u32::try_from(n).map_err(|e| codec_error(codec, e))?;
+                if let Some(len) = out.get_mut(len_at..start) {
+                    len.copy_from_slice(&n.to_be_bytes());
+                }
+            }
+        }
+        Compression::Lz4 => {
+            // Kafka's KafkaLZ4BlockInputStream reads only independent blocks; 64 KiB is the
+            // block size its output stream uses.
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max64KB)
+                .block_mode(lz4_flex::frame::BlockMode::Independent);
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
+            enc.write_all(input).map_err(|e| codec_error(codec, e))?;
+            enc.finish().map_err(|e| codec_error(codec, e))?;
+        }
+        Compression::Zstd => {
+            let compressed =
+                zstd::bulk::compress(input, ZSTD_LEVEL).map_err(|e| codec_error(codec, e))?;
+            out.extend_from_slice(&compressed);
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses `input`, failing with [`FormatError::TooLarge`] once the output would exceed
+/// `limit` bytes. `Compression::None` is not handled here: callers slice it without copying.
+pub(crate) fn decompress(
+    codec: Compression,
+    input: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, FormatError> {
+    match codec {
+        Compression::None => {
+            if input.len() > limit {
+                return Err(FormatError::TooLarge { size: input.len(), limit });
+            }
+            Ok(input.to_vec())
+        }
+        Compression::Gzip => read_bounded(codec, flate2::read::MultiGzDecoder::new(input), limit),
+        Compression::Snappy => snappy_decompress(input, limit),
+        Compression::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(input), limit),
+        Compression::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|e| codec_error(codec, e))?;
+            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| codec_error(codec, e))?;
+            read_bounded(codec, dec, limit)
+        }
+    }
+}
+
+/// Reads a decoder to its end, at most `limit` bytes.
+fn read_bounded(codec: Compression, r: impl Read, limit: usize) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    r.take(cap).read_to_end(&mut out).map_err(|e: io::Error| codec_error(codec, e))?;
+    if out.len() > limit {
+        return Err(FormatError::TooLarge { size: out.len(), limit });
+    }
+    Ok(out)
+}
+
+/// Decodes snappy-java's framing (what Kafka's Java client writes) or, without its magic, one raw
+/// snappy block (what librdkafka writes), as snappy-java's own input stream does.
+fn snappy_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, FormatError> {
+    let codec = Compression::Snappy;
+    let too_large = |size: usize| FormatError::TooLarge { size, limit };
+    let mut dec = snap::raw::Decoder::new();
+    let Some(mut rest) = input
+        .get(..XERIAL_MAGIC_LEN)
+        .filter(|m| *m == &XERIAL_HEADER[..XERIAL_MAGIC_LEN])
+        .map(|_| input.get(XERIAL_HEADER.len()..))
+    else {
+        let len = snappy_len(input)?;
+        if len > limit {
+            return Err(too_large(len));
+        }
+        let mut out = vec![0; len];
+        let n = dec.decompress(input, &mut out).map_err(|e| codec_error(codec, e))?;
+        out.truncate(n);
+        return Ok(out);
+    };
+    let mut out = Vec::new();
+    loop {
+        let Some(r) = rest else {
+            return Err(codec_error(codec, "truncated snappy-java stream header"));
+        };
+        if r.is_empty() {
+            return Ok(out);
+        }
+        let Some((len, tail)) = r.split_first_chunk::<4>() else {
+            return Err(codec_error(codec, "truncated snappy-java block length"));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        let Some(block) = tail.get(..len) else {
+            return Err(codec_error(codec, "truncated snappy-java block"));
+        };
+        let n = snappy_len(block)?;
+        let start = out.len();
+        let end = start
+            .checked_add(n)
+            .filter(|&end| end <= limit)
+            .ok_or_else(|| too_large(start.saturating_add(n)))?;
+        out.resize(end, 0);
+        let written = dec
+            .decompress(block, out.get_mut(start..).unwrap_or_default())
+            .map_err(|e| codec_error(codec, e))?;
+        out.truncate(start + written);
+        rest = tail.get(len..);
+    }
+}
+
+/// The uncompressed length a raw snappy block announces, if the block could produce it.
+fn snappy_len(block: &[u8]) -> Result<usize, FormatError> {
+    let codec = Compression::Snappy;
+    let len = snap::raw::decompress_len(block).map_err(|e| codec_error(codec, e))?;
+    if len > block.len().saturating_mul(SNAPPY_MAX_RATIO) {
+        return Err(codec_error(codec, "block announces more than it can hold"));
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_names_and_parsing_agree() {
+        for (i, c) in Compression::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(c.id()), i);
+            assert_eq!(Compression::from_id(c.id()), Ok(c));
+            assert_eq!(c.name().parse::<Compression>(), Ok(c));
+            assert_eq!(c.name().to_uppercase().parse::<Compression>(), Ok(c));
+            assert_eq!(c.to_string(), c.name());
+        }
+        for id in 5..=255 {
+            assert_eq!(Compression::from_id(id), Err(FormatError::UnknownCompression(id)));
+        }
+        assert!("lzma".parse::<Compression>().is_err());
+    }
+
+    /// Bytes from kafka-protocol's snappy tests: what the Java client writes for one record.
+    #[test]
+    fn snappy_known_vectors() {
+        let framed: &[u8] = b"\x82\x53\x4e\x41\x50\x50\x59\x00\x00\x00\x00\x01\x00\x00\x00\x01\
+            \x00\x00\x00\x0f\x0d\x30\x18\x00\x00\x00\x01\x0csdfdsf\x00";
+        let raw: &[u8] = b"\r0\x18\0\0\0\x01\x0csdfdsf\0";
+        let want = decompress(Compression::Snappy, raw, 1024).unwrap();
+        assert_eq!(want.len(), 0x0d);
+        assert_eq!(decompress(Compression::Snappy, framed, 1024).unwrap(), want);
+        let mut ours = Vec::new();
+        compress(Compression::Snappy, &want, &mut ours).unwrap();
+        assert_eq!(ours, framed);
+    }
+
+    #[test]
+    fn bombs_hit_the_limit() {
+        let big = vec![0u8; 1 << 20];
+        for c in Compression::ALL {
+            let mut z = Vec::new();
+            compress(c, &big, &mut z).unwrap();
+            assert!(matches!(decompress(c, &z, 1000), Err(FormatError::TooLarge { .. })), "{c}");
+            assert_eq!(decompress(c, &z, big.len()).unwrap(), big, "{c}");
+        }
+        // Raw and framed snappy blocks whose headers announce far more than they hold.
+        let bomb = [0xff, 0xff, 0xff, 0x1f, 0x00];
+        let err = decompress(Compression::Snappy, &bomb, 1 << 30).unwrap_err();
+        assert!(matches!(err, FormatError::Codec { .. }), "{err}");
+        let mut framed = XERIAL_HEADER.to_vec();
+        framed.extend_from_slice(&(bomb.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&bomb);
+        let err = decompress(Compression::Snappy, &framed, 1 << 30).unwrap_err();
+        assert!(matches!(err, FormatError::Codec { .. }), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn codecs_round_trip(data in proptest::collection::vec(any::<u8>(), 0..100_000usize)) {
+            for c in Compression::ALL {
+                let mut z = vec![7u8; 3];
+                compress(c, &data, &mut z).unwrap();
+                prop_assert_eq!(&z[..3], &[7u8; 3][..]);
+                prop_assert_eq!(&decompress(c, &z[3..], data.len()).unwrap(), &data);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for c in Compression::ALL {
+                let _ = decompress(c, &data, 1 << 16);
+            }
+            let mut framed = XERIAL_HEADER.to_vec();
+            framed.extend_from_slice(&data);
+            let _ = decompress(Compression::Snappy, &framed, 1 << 16);
+        }
+    }
+}
