@@ -1,0 +1,598 @@
+//! Committed offsets: an in-memory cache in front of the `__consumer_offsets` partitions,
+//! rebuilt from them on start and written through to them on every commit.
+//!
+//! Durability: [`OffsetStore::commit`] returns only after the commit's batch is appended and
+//! flushed to stable storage, and only then does the cache (what fetches see) change. So an
+//! acknowledged commit survives a crash, and a failed one is invisible: all or nothing per
+//! request, because one request is one batch.
+//!
+//! The cache applies writes in log order even when commits race: every cached value remembers
+//! the log offset of the record that wrote it, and an older record never overwrites a newer
+//! one. Replaying the log after a restart therefore yields exactly the state the cache had.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use strom_format::{
+    BatchBuilder, Batches, Compression, FormatError, LeaderEpoch, Offset, PartitionId, RecordBatch,
+    set_base_offset,
+};
+use tracing::{debug, info, warn};
+
+use crate::error::{CoordinatorError, OffsetsLogError};
+use crate::offset_schema::{
+    CommittedOffset, SchemaError, decode_key, decode_value, encode_key, encode_value,
+    partition_for_group,
+};
+
+/// The internal topic committed offsets live in.
+pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Kafka's default partition count of `__consumer_offsets` (`offsets.topic.num.partitions`).
+pub const DEFAULT_OFFSETS_PARTITIONS: usize = 50;
+
+/// How much one replay read asks for; doubled up to [`MAX_REPLAY_READ`] for larger batches.
+const REPLAY_READ: usize = 1 << 20;
+const MAX_REPLAY_READ: usize = 64 << 20;
+
+/// One partition of `__consumer_offsets`, as the store needs it. The broker implements it for
+/// its (replicated) partitions; [`strom_log::Log`] implements it for a local log.
+///
+/// All methods block (disk I/O); the coordinator calls them from `spawn_blocking`.
+pub trait OffsetsLog: Send + Sync {
+    /// Appends one RecordBatch v2 (base offset 0, as built); returns the offset its first
+    /// record was given.
+    fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError>;
+    /// Reads whole batches starting with the one holding `from`, about `max_bytes` of them
+    /// (at least one batch if `from` is below the end).
+    fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError>;
+    /// The first offset still in the log.
+    fn log_start_offset(&self) -> Offset;
+    /// The offset the next append will get; replay reads up to here.
+    fn log_end_offset(&self) -> Offset;
+    /// Makes everything appended so far durable.
+    fn flush(&self) -> Result<(), OffsetsLogError>;
+}
+
+/// A cached value and the log offset of the record that wrote it (`None`: a tombstone, kept
+/// so that an older racing write cannot bring the key back).
+#[derive(Debug, Clone)]
+struct Slot {
+    at: Offset,
+    value: Option<CommittedOffset>,
+}
+
+/// group -> topic -> partition -> slot; ordered so listings come out sorted.
+type Cache = HashMap<String, BTreeMap<String, BTreeMap<PartitionId, Slot>>>;
+
+/// One partition's offset to write: the entry of a commit request once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetWrite {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: PartitionId,
+    /// The next offset to consume.
+    pub offset: Offset,
+    /// Leader epoch of the last consumed record.
+    pub leader_epoch: LeaderEpoch,
+    /// Client metadata.
+    pub metadata: String,
+}
+
+/// The committed offsets of every group, cached in memory and persisted in the
+/// `__consumer_offsets` partitions.
+///
+/// ```
+/// use std::sync::Arc;
+/// use strom_coordinator::{MemoryOffsetsLog, OffsetStore, OffsetWrite, OffsetsLog};
+/// use strom_format::{LeaderEpoch, Offset, PartitionId};
+///
+/// let logs: Vec<Arc<dyn OffsetsLog>> = vec![Arc::new(MemoryOffsetsLog::default())];
+/// let store = OffsetStore::load(logs.clone()).unwrap();
+/// store.commit("billing", &[OffsetWrite {
+///     topic: "orders".into(), partition: PartitionId::new(0), offset: Offset::new(42),
+///     leader_epoch: LeaderEpoch::UNKNOWN, metadata: String::new(),
+/// }], 1_700_000_000_000).unwrap();
+/// // A restart replays the log into the same state.
+/// let reloaded = OffsetStore::load(logs).unwrap();
+/// let c = reloaded.fetch("billing", "orders", PartitionId::new(0)).unwrap();
+/// assert_eq!(c.offset, Offset::new(42));
+/// ```
+pub struct OffsetStore {
+    partitions: Vec<Arc<dyn OffsetsLog>>,
+    cache: RwLock<Cache>,
+}
+
+impl fmt::Debug for OffsetStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OffsetStore")
+            .field("partitions", &self.partitions.len())
+            .field("groups", &self.cache.read().len())
+            .finish()
+    }
+}
+
+impl OffsetStore {
+    /// Replays every partition (in index order: index `i` is `__consumer_offsets-i`) into the
+    /// cache: last write wins, tombstones delete. Blocks on disk reads.
+    pub fn load(partitions: Vec<Arc<dyn OffsetsLog>>) -> Result<Self, CoordinatorError> {
+        if partitions.is_empty() {
+            return Err(CoordinatorError::NoPartitions);
+        }
+        let mut cache = Cache::new();
+        for (index, log) in partitions.iter().enumerate() {
+            replay(index, log.as_ref(), &mut cache)?;
+        }
+        // Tombstones only matter against racing writes, and there are none yet.
+        for topics in cache.values_mut() {
+            for parts in topics.values_mut() {
+                parts.retain(|_, slot| slot.value.is_some());
+            }
+            topics.retain(|_, parts| !parts.is_empty());
+        }
+        cache.retain(|_, topics| !topics.is_empty());
+        info!(partitions = partitions.len(), groups = cache.len(), "loaded committed offsets");
+        Ok(OffsetStore { partitions, cache: RwLock::new(cache) })
+    }
+
+    /// How many `__consumer_offsets` partitions the store spans.
+    pub fn num_partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// The `__consumer_offsets` partition holding `group_id`'s offsets.
+    pub fn partition_for(&self, group_id: &str) -> usize {
+        partition_for_group(group_id, self.partitions.len())
+    }
+
+    /// Commits `writes` for `group_id` as one batch: append, flush, then update the cache.
+    /// On error nothing is visible (the cache is untouched). Blocks on disk I/O.
+    pub fn commit(
+        &self,
+        group_id: &str,
+        writes: &[OffsetWrite],
+        timestamp_ms: i64,
+    ) -> Result<(), CoordinatorError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut builder = BatchBuilder::new(Compression::None);
+        let mut entries = Vec::with_capacity(writes.len());
+        for w in writes {
+            let key = encode_key(group_id, &w.topic, w.partition).map_err(schema_error)?;
+            let value = CommittedOffset {
+                offset: w.offset,
+                leader_epoch: w.leader_epoch,
+                metadata: w.metadata.clone(),
+                commit_timestamp: timestamp_ms,
+            };
+            let encoded = encode_value(&value).map_err(schema_error)?;
+            builder.append(timestamp_ms, Some(&key), Some(&encoded), &[]);
+            entries.push((w.topic.as_str(), w.partition, Some(value)));
+        }
+        self.write(group_id, builder, entries)
+    }
+
+    /// Deletes every group's committed offsets for `topic` (tombstones), as Kafka does when a
+    /// topic is deleted. Returns how many offsets were removed. Blocks on disk I/O.
+    pub fn delete_topic(&self, topic: &str) -> Result<usize, CoordinatorError> {
+        let victims: Vec<(String, Vec<PartitionId>)> = {
+            let cache = self.cache.read();
+            cache
+                .iter()
+                .filter_map(|(group, topics)| {
+                    let parts: Vec<PartitionId> = topics
+                        .get(topic)?
+                        .iter()
+                        .filter(|(_, slot)| slot.value.is_some())
+                        .map(|(p, _)| *p)
+                        .collect();
+                    (!parts.is_empty()).then(|| (group.clone(), parts))
+                })
+                .collect()
+        };
+        let mut deleted = 0;
+        // One batch per group keeps each write inside that group's partition.
+        for (group, parts) in victims {
+            let mut builder = BatchBuilder::new(Compression::None);
+            let now = now_ms();
+            let mut entries = Vec::with_capacity(parts.len());
+            for p in &parts {
+                let key = encode_key(&group, topic, *p).map_err(schema_error)?;
+                builder.append(now, Some(&key), None, &[]);
+                entries.push((topic, *p, None));
+            }
+            self.write(&group, builder, entries)?;
+            deleted += parts.len();
+        }
+        if deleted > 0 {
+            info!(topic, deleted, "deleted committed offsets of a topic");
+        }
+        Ok(deleted)
+    }
+
+    /// Appends and flushes one batch to the group's partition, then applies `entries` (in
+    /// record order) to the cache.
+    fn write(
+        &self,
+        group_id: &str,
+        builder: BatchBuilder,
+        entries: Vec<(&str, PartitionId, Option<CommittedOffset>)>,
+    ) -> Result<(), CoordinatorError> {
+        let batch = builder.build()?;
+        let index = self.partition_for(group_id);
+        let log = self.partitions.get(index).ok_or(CoordinatorError::NoPartitions)?;
+        let base = log.append(batch)?;
+        log.flush()?;
+        let mut cache = self.cache.write();
+        for (i, (topic, partition, value)) in entries.into_iter().enumerate() {
+            apply(&mut cache, group_id, topic, partition, base.add(i as i64), value);
+        }
+        debug!(group = group_id, partition = index, base = base.get(), "offsets written");
+        Ok(())
+    }
+
+    /// The committed offset of one partition.
+    pub fn fetch(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Option<CommittedOffset> {
+        let cache = self.cache.read();
+        cache.get(group_id)?.get(topic)?.get(&partition)?.value.clone()
+    }
+
+    /// Every committed offset of a group, sorted by topic and partition.
+    pub fn fetch_group(&self, group_id: &str) -> Vec<(String, PartitionId, CommittedOffset)> {
+        let cache = self.cache.read();
+        let Some(topics) = cache.get(group_id) else { return Vec::new() };
+        topics
+            .iter()
+            .flat_map(|(topic, parts)| {
+                parts
+                    .iter()
+                    .filter_map(move |(p, slot)| slot.value.clone().map(|v| (topic.clone(), *p, v)))
+            })
+            .collect()
+    }
+
+    /// True if the group has at least one committed offset.
+    pub fn has_offsets(&self, group_id: &str) -> bool {
+        let cache = self.cache.read();
+        cache.get(group_id).is_some_and(|topics| {
+            topics.values().any(|parts| parts.values().any(|s| s.value.is_some()))
+        })
+    }
+
+    /// Every group with at least one committed offset, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        let cache = self.cache.read();
+        let mut groups: Vec<String> = cache
+            .iter()
+            .filter(|(_, topics)| {
+                topics.values().any(|parts| parts.values().any(|s| s.value.is_some()))
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        groups.sort();
+        groups
+    }
+}
+
+fn schema_error(e: SchemaError) -> CoordinatorError {
+    match e {
+        SchemaError::TooLong(field) => CoordinatorError::Encode(field),
+        _ => CoordinatorError::Encode("offset commit record"),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Applies one record to the cache unless a newer record already wrote the key.
+fn apply(
+    cache: &mut Cache,
+    group: &str,
+    topic: &str,
+    partition: PartitionId,
+    at: Offset,
+    value: Option<CommittedOffset>,
+) {
+    let parts = cache.entry(group.to_owned()).or_default().entry(topic.to_owned()).or_default();
+    match parts.get(&partition) {
+        Some(slot) if slot.at >= at => {}
+        _ => {
+            parts.insert(partition, Slot { at, value });
+        }
+    }
+}
+
+/// Reads one partition from its start to its end into the cache.
+fn replay(index: usize, log: &dyn OffsetsLog, cache: &mut Cache) -> Result<(), CoordinatorError> {
+    let end = log.log_end_offset();
+    let mut pos = log.log_start_offset();
+    let mut max_bytes = REPLAY_READ;
+    let mut records = 0usize;
+    while pos < end {
+        let buf = log.read(pos, max_bytes)?;
+        let mut progressed = false;
+        for batch in Batches::new(buf) {
+            let batch = batch?;
+            if batch.next_offset() <= pos {
+                continue;
+            }
+            if !batch.attributes().is_control() {
+                records += replay_batch(index, &batch, pos, cache)?;
+            }
+            pos = batch.next_offset();
+            progressed = true;
+        }
+        if progressed {
+            max_bytes = REPLAY_READ;
+        } else if max_bytes < MAX_REPLAY_READ {
+            // The next batch is larger than what we asked for.
+            max_bytes *= 2;
+        } else {
+            return Err(CoordinatorError::ReplayStuck { partition: index, offset: pos.get() });
+        }
+    }
+    debug!(partition = index, records, "replayed offsets partition");
+    Ok(())
+}
+
+fn replay_batch(
+    index: usize,
+    batch: &RecordBatch,
+    from: Offset,
+    cache: &mut Cache,
+) -> Result<usize, FormatError> {
+    let mut n = 0;
+    for record in batch.records()? {
+        let record = record?;
+        if record.offset < from {
+            continue;
+        }
+        let Some(key) = record.key.as_ref() else { continue };
+        let key = match decode_key(key) {
+            Ok(key) => key,
+            // Group metadata and other record types share the topic; they are not offsets.
+            Err(SchemaError::NotAnOffsetKey(_)) => continue,
+            Err(e) => {
+                warn!(partition = index, offset = record.offset.get(), error = %e, "skipping unreadable offsets key");
+                continue;
+            }
+        };
+        let value = match record.value.as_ref().map(|v| decode_value(v)) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                warn!(partition = index, offset = record.offset.get(), error = %e, "skipping unreadable offsets value");
+                continue;
+            }
+        };
+        apply(cache, &key.group, &key.topic, key.partition, record.offset, value);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// An in-memory [`OffsetsLog`]: not durable, for tests and for embedding the coordinator where
+/// offsets need not survive the process.
+#[derive(Debug, Default)]
+pub struct MemoryOffsetsLog {
+    batches: Mutex<Vec<Bytes>>,
+    next: Mutex<Offset>,
+}
+
+impl MemoryOffsetsLog {
+    /// Largest batch accepted, like a broker's `message.max.bytes`.
+    pub const MAX_BATCH_BYTES: usize = 16 << 20;
+}
+
+impl OffsetsLog for MemoryOffsetsLog {
+    fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
+        if batch.len() > Self::MAX_BATCH_BYTES {
+            return Err(OffsetsLogError::new("batch too large"));
+        }
+        let checked = RecordBatch::new(batch).map_err(OffsetsLogError::new)?;
+        let count = i64::from(checked.last_offset_delta()) + 1;
+        let mut buf = BytesMut::from(checked.as_bytes().as_ref());
+        let mut batches = self.batches.lock();
+        let mut next = self.next.lock();
+        let base = *next;
+        set_base_offset(&mut buf, base);
+        batches.push(buf.freeze());
+        *next = base.add(count);
+        Ok(base)
+    }
+
+    fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
+        let batches = self.batches.lock();
+        let mut out = BytesMut::new();
+        for b in batches.iter() {
+            let batch = RecordBatch::new(b.clone()).map_err(OffsetsLogError::new)?;
+            if batch.next_offset() <= from {
+                continue;
+            }
+            if !out.is_empty() && out.len() + b.len() > max_bytes {
+                break;
+            }
+            out.extend_from_slice(b);
+        }
+        Ok(out.freeze())
+    }
+
+    fn log_start_offset(&self) -> Offset {
+        Offset::ZERO
+    }
+
+    fn log_end_offset(&self) -> Offset {
+        *self.next.lock()
+    }
+
+    fn flush(&self) -> Result<(), OffsetsLogError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn write(topic: &str, partition: i32, offset: i64) -> OffsetWrite {
+        OffsetWrite {
+            topic: topic.into(),
+            partition: PartitionId::new(partition),
+            offset: Offset::new(offset),
+            leader_epoch: LeaderEpoch::UNKNOWN,
+            metadata: format!("m{offset}"),
+        }
+    }
+
+    fn logs(n: usize) -> Vec<Arc<dyn OffsetsLog>> {
+        (0..n).map(|_| Arc::new(MemoryOffsetsLog::default()) as Arc<dyn OffsetsLog>).collect()
+    }
+
+    #[test]
+    fn commits_are_replayed_last_write_wins() {
+        let logs = logs(3);
+        let store = OffsetStore::load(logs.clone()).unwrap();
+        store.commit("g1", &[write("t", 0, 5), write("t", 1, 7)], 1).unwrap();
+        store.commit("g1", &[write("t", 0, 9)], 2).unwrap();
+        store.commit("g2", &[write("u", 3, 1)], 3).unwrap();
+        let reloaded = OffsetStore::load(logs).unwrap();
+        for s in [&store, &reloaded] {
+            let c = s.fetch("g1", "t", PartitionId::new(0)).unwrap();
+            assert_eq!((c.offset.get(), c.metadata.as_str(), c.commit_timestamp), (9, "m9", 2));
+            assert_eq!(s.fetch("g1", "t", PartitionId::new(1)).unwrap().offset.get(), 7);
+            assert_eq!(s.groups(), vec!["g1".to_string(), "g2".to_string()]);
+            assert_eq!(s.fetch_group("g1").len(), 2);
+        }
+    }
+
+    #[test]
+    fn writes_go_to_the_groups_partition() {
+        let logs = logs(50);
+        let store = OffsetStore::load(logs.clone()).unwrap();
+        store.commit("my-group", &[write("t", 0, 1)], 1).unwrap();
+        for (i, log) in logs.iter().enumerate() {
+            let expected = if i == 12 { 1 } else { 0 };
+            assert_eq!(log.log_end_offset().get(), expected, "partition {i}");
+        }
+    }
+
+    #[test]
+    fn delete_topic_writes_tombstones_that_survive_replay() {
+        let logs = logs(4);
+        let store = OffsetStore::load(logs.clone()).unwrap();
+        store.commit("a", &[write("gone", 0, 1), write("kept", 0, 2)], 1).unwrap();
+        store.commit("b", &[write("gone", 1, 3)], 1).unwrap();
+        assert_eq!(store.delete_topic("gone").unwrap(), 2);
+        assert_eq!(store.delete_topic("gone").unwrap(), 0);
+        let reloaded = OffsetStore::load(logs).unwrap();
+        for s in [&store, &reloaded] {
+            assert!(s.fetch("a", "gone", PartitionId::new(0)).is_none());
+            assert!(s.fetch("a", "kept", PartitionId::new(0)).is_some());
+            assert!(!s.has_offsets("b"));
+            assert_eq!(s.groups(), vec!["a".to_string()]);
+        }
+    }
+
+    #[test]
+    fn an_older_record_never_overwrites_a_newer_one() {
+        let mut cache = Cache::new();
+        let v = |o| CommittedOffset {
+            offset: Offset::new(o),
+            leader_epoch: LeaderEpoch::UNKNOWN,
+            metadata: String::new(),
+            commit_timestamp: 0,
+        };
+        let p = PartitionId::new(0);
+        apply(&mut cache, "g", "t", p, Offset::new(10), Some(v(10)));
+        apply(&mut cache, "g", "t", p, Offset::new(5), Some(v(5)));
+        assert_eq!(cache["g"]["t"][&p].value, Some(v(10)));
+        apply(&mut cache, "g", "t", p, Offset::new(11), None);
+        apply(&mut cache, "g", "t", p, Offset::new(8), Some(v(8)));
+        assert_eq!(cache["g"]["t"][&p].value, None);
+    }
+
+    /// Fails appends or flushes on demand.
+    #[derive(Default)]
+    struct FlakyLog {
+        inner: MemoryOffsetsLog,
+        fail_append: AtomicBool,
+        fail_flush: AtomicBool,
+    }
+
+    impl OffsetsLog for FlakyLog {
+        fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
+            if self.fail_append.load(Ordering::SeqCst) {
+                return Err(OffsetsLogError::new("disk full"));
+            }
+            self.inner.append(batch)
+        }
+        fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
+            self.inner.read(from, max_bytes)
+        }
+        fn log_start_offset(&self) -> Offset {
+            self.inner.log_start_offset()
+        }
+        fn log_end_offset(&self) -> Offset {
+            self.inner.log_end_offset()
+        }
+        fn flush(&self) -> Result<(), OffsetsLogError> {
+            if self.fail_flush.load(Ordering::SeqCst) {
+                return Err(OffsetsLogError::new("fsync failed"));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_append_or_flush_leaves_the_cache_unchanged() {
+        let log = Arc::new(FlakyLog::default());
+        let store = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
+        store.commit("g", &[write("t", 0, 1)], 1).unwrap();
+        log.fail_append.store(true, Ordering::SeqCst);
+        let err = store.commit("g", &[write("t", 0, 2), write("t", 1, 2)], 2).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::KafkaStorageError);
+        log.fail_append.store(false, Ordering::SeqCst);
+        log.fail_flush.store(true, Ordering::SeqCst);
+        assert!(store.commit("g", &[write("t", 0, 3)], 3).is_err());
+        assert_eq!(store.fetch("g", "t", PartitionId::new(0)).unwrap().offset.get(), 1);
+        assert!(store.fetch("g", "t", PartitionId::new(1)).is_none());
+    }
+
+    #[test]
+    fn replay_skips_foreign_records_and_reads_large_batches() {
+        let log = Arc::new(MemoryOffsetsLog::default());
+        // A group metadata record (key version 2) and a null-key record: both ignored.
+        let mut b = BatchBuilder::new(Compression::None);
+        b.append(0, Some(&[0, 2, 0, 1, b'g'][..]), Some(&b"whatever"[..]), &[]);
+        b.append(0, None, Some(&b"x"[..]), &[]);
+        log.append(b.build().unwrap()).unwrap();
+        // A commit batch bigger than one replay read.
+        let store = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
+        let big = "x".repeat(4000);
+        let writes: Vec<OffsetWrite> = (0..400)
+            .map(|p| OffsetWrite { metadata: big.clone(), ..write("t", p, i64::from(p)) })
+            .collect();
+        store.commit("g", &writes, 1).unwrap();
+        let reloaded = OffsetStore::load(vec![log as Arc<dyn OffsetsLog>]).unwrap();
+        assert_eq!(reloaded.fetch_group("g").len(), 400);
+        assert_eq!(reloaded.groups(), vec!["g".to_string()]);
+    }
+
+    #[test]
+    fn no_partitions_is_an_error() {
+        assert!(matches!(OffsetStore::load(Vec::new()), Err(CoordinatorError::NoPartitions)));
+    }
+}

@@ -1,0 +1,302 @@
+//! Committed offsets through the coordinator: commit/fetch rules, durability across a
+//! simulated broker restart on real `strom_log::Log` partitions, and all-or-nothing commits
+//! when the log fails.
+// Helpers outside #[test] fns unwrap too: a panic in a test is a failed assertion.
+#![allow(clippy::unwrap_used)]
+#![cfg(feature = "server")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strom_coordinator::*;
+use strom_format::{LeaderEpoch, Offset, PartitionId};
+use strom_log::{FlushPolicy, Log, LogConfig};
+
+fn entry(topic: &str, partition: i32, offset: i64, metadata: &str) -> OffsetCommitEntry {
+    OffsetCommitEntry {
+        topic: topic.into(),
+        partition: PartitionId::new(partition),
+        offset: Offset::new(offset),
+        leader_epoch: LeaderEpoch::new(4),
+        metadata: metadata.into(),
+    }
+}
+
+fn simple_commit(group: &str, offsets: Vec<OffsetCommitEntry>) -> OffsetCommitRequest {
+    OffsetCommitRequest {
+        group_id: group.into(),
+        generation_id: -1,
+        member_id: String::new(),
+        offsets,
+    }
+}
+
+fn memory_coordinator() -> GroupCoordinator {
+    let logs: Vec<Arc<dyn OffsetsLog>> =
+        (0..4).map(|_| Arc::new(MemoryOffsetsLog::default()) as Arc<dyn OffsetsLog>).collect();
+    GroupCoordinator::new(CoordinatorConfig::default(), Arc::new(OffsetStore::load(logs).unwrap()))
+}
+
+fn topics(list: &[(&str, &[i32])]) -> Vec<OffsetFetchTopic> {
+    list.iter()
+        .map(|(name, parts)| OffsetFetchTopic {
+            name: name.to_string(),
+            partitions: parts.iter().map(|p| PartitionId::new(*p)).collect(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn commit_then_fetch() {
+    let c = memory_coordinator();
+    let results = c
+        .commit_offsets(simple_commit("g", vec![entry("t", 0, 10, "a"), entry("t", 1, 20, "b")]))
+        .await;
+    assert!(results.iter().all(|r| r.error_code == ErrorCode::None));
+    assert_eq!(results.len(), 2);
+
+    let fetched = c.fetch_offsets("g", Some(&topics(&[("t", &[0, 1, 2]), ("other", &[0])])));
+    assert_eq!(fetched.error_code, ErrorCode::None);
+    let got: Vec<(String, i32, Option<i64>, String)> = fetched
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.topic.clone(),
+                p.partition.get(),
+                p.committed_offset.map(Offset::get),
+                p.metadata.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("t".into(), 0, Some(10), "a".into()),
+            ("t".into(), 1, Some(20), "b".into()),
+            ("t".into(), 2, None, String::new()),
+            ("other".into(), 0, None, String::new()),
+        ]
+    );
+    assert_eq!(fetched.partitions[0].leader_epoch, LeaderEpoch::new(4));
+    assert_eq!(fetched.partitions[2].leader_epoch, LeaderEpoch::UNKNOWN);
+
+    // Everything the group committed, sorted.
+    let all = c.fetch_offsets("g", None);
+    assert_eq!(all.partitions.len(), 2);
+    // Later commits win.
+    c.commit_offsets(simple_commit("g", vec![entry("t", 0, 11, "")])).await;
+    let p0 = c.fetch_offsets("g", Some(&topics(&[("t", &[0])])));
+    assert_eq!(p0.partitions[0].committed_offset, Some(Offset::new(11)));
+    assert!(c.fetch_offsets("unknown", None).partitions.is_empty());
+    assert_eq!(c.fetch_offsets("", None).error_code, ErrorCode::InvalidGroupId);
+}
+
+#[tokio::test]
+async fn oversized_metadata_fails_only_its_partition() {
+    let c = memory_coordinator();
+    let big = "x".repeat(4097);
+    let results = c
+        .commit_offsets(simple_commit("g", vec![entry("t", 0, 1, &big), entry("t", 1, 2, "ok")]))
+        .await;
+    assert_eq!(results[0].error_code, ErrorCode::OffsetMetadataTooLarge);
+    assert_eq!(results[1].error_code, ErrorCode::None);
+    let fetched = c.fetch_offsets("g", None);
+    assert_eq!(fetched.partitions.len(), 1);
+    assert_eq!(fetched.partitions[0].partition, PartitionId::new(1));
+}
+
+fn join_req(member_id: &str) -> JoinGroupRequest {
+    JoinGroupRequest {
+        group_id: "g".into(),
+        session_timeout: Duration::from_secs(10),
+        rebalance_timeout: Duration::from_secs(30),
+        member_id: member_id.into(),
+        protocol_type: "consumer".into(),
+        protocols: vec![JoinGroupProtocol { name: "range".into(), metadata: Bytes::new() }],
+        client_id: "app".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn commits_follow_kafkas_membership_rules() {
+    let c = memory_coordinator();
+    // A generation for a group nobody knows: a zombie of a forgotten generation.
+    let r = c
+        .commit_offsets(OffsetCommitRequest {
+            group_id: "g".into(),
+            generation_id: 3,
+            member_id: "ghost".into(),
+            offsets: vec![entry("t", 0, 1, "")],
+        })
+        .await;
+    assert_eq!(r[0].error_code, ErrorCode::IllegalGeneration);
+
+    let joined = c.join_group(join_req("")).await;
+    assert_eq!(joined.error_code, ErrorCode::None);
+    let member_commit = |generation_id: i32, member_id: &str| OffsetCommitRequest {
+        group_id: "g".into(),
+        generation_id,
+        member_id: member_id.into(),
+        offsets: vec![entry("t", 0, 7, "")],
+    };
+    // Joined but not synced: the assignment is not known yet.
+    let r = c.commit_offsets(member_commit(joined.generation_id, &joined.member_id)).await;
+    assert_eq!(r[0].error_code, ErrorCode::RebalanceInProgress);
+    let synced = c
+        .sync_group(SyncGroupRequest {
+            group_id: "g".into(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+            assignments: vec![],
+        })
+        .await;
+    assert_eq!(synced.error_code, ErrorCode::None);
+    let r = c.commit_offsets(member_commit(joined.generation_id, &joined.member_id)).await;
+    assert_eq!(r[0].error_code, ErrorCode::None);
+    // Manual commits are refused while the group has members.
+    let r = c.commit_offsets(simple_commit("g", vec![entry("t", 0, 1, "")])).await;
+    assert_eq!(r[0].error_code, ErrorCode::UnknownMemberId);
+    let r = c.commit_offsets(member_commit(joined.generation_id, "stranger")).await;
+    assert_eq!(r[0].error_code, ErrorCode::UnknownMemberId);
+    let r = c.commit_offsets(member_commit(joined.generation_id + 1, &joined.member_id)).await;
+    assert_eq!(r[0].error_code, ErrorCode::IllegalGeneration);
+    // Once the member leaves, the (now empty) group accepts manual commits again.
+    c.leave_group(&LeaveGroupRequest { group_id: "g".into(), member_id: joined.member_id.clone() });
+    let r = c.commit_offsets(simple_commit("g", vec![entry("t", 0, 9, "")])).await;
+    assert_eq!(r[0].error_code, ErrorCode::None);
+    // The group has offsets, so it stays known, Empty, with its generation moved on.
+    let d = c.describe_group("g");
+    assert_eq!((d.state, d.generation_id), (GroupState::Empty, 2));
+}
+
+fn open_logs(dir: &std::path::Path, n: usize) -> Vec<Arc<Log>> {
+    (0..n)
+        .map(|i| {
+            let config = LogConfig { flush: FlushPolicy::Manual, ..LogConfig::default() };
+            Arc::new(Log::open(dir.join(format!("{CONSUMER_OFFSETS_TOPIC}-{i}")), config).unwrap())
+        })
+        .collect()
+}
+
+fn as_offsets_logs(logs: &[Arc<Log>]) -> Vec<Arc<dyn OffsetsLog>> {
+    logs.iter().map(|l| Arc::clone(l) as Arc<dyn OffsetsLog>).collect()
+}
+
+#[tokio::test]
+async fn offsets_survive_a_restart_on_strom_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let logs = open_logs(dir.path(), 5);
+        let store = Arc::new(OffsetStore::load(as_offsets_logs(&logs)).unwrap());
+        let c = GroupCoordinator::new(CoordinatorConfig::default(), store);
+        for g in ["billing", "my-group", "audit"] {
+            let offsets = (0..3).map(|p| entry("orders", p, i64::from(p) * 100, g)).collect();
+            let r = c.commit_offsets(simple_commit(g, offsets)).await;
+            assert!(r.iter().all(|r| r.error_code == ErrorCode::None));
+        }
+        c.commit_offsets(simple_commit("billing", vec![entry("orders", 0, 555, "later")])).await;
+        c.commit_offsets(simple_commit("audit", vec![entry("gone", 0, 1, "")])).await;
+        assert_eq!(c.delete_topic_offsets("gone").await.unwrap(), 1);
+        // No clean close: the commits were flushed, so a crash keeps them.
+        drop(c);
+        drop(logs);
+    }
+    let logs = open_logs(dir.path(), 5);
+    let store = Arc::new(OffsetStore::load(as_offsets_logs(&logs)).unwrap());
+    // Each group's records sit in its own partition, as Kafka would place them.
+    assert!(logs[partition_for_group("billing", 5)].log_end_offset().get() > 0);
+    let c = GroupCoordinator::new(CoordinatorConfig::default(), store);
+    let billing = c.fetch_offsets("billing", None);
+    let got: Vec<(i32, i64, &str)> = billing
+        .partitions
+        .iter()
+        .map(|p| (p.partition.get(), p.committed_offset.unwrap().get(), p.metadata.as_str()))
+        .collect();
+    assert_eq!(got, vec![(0, 555, "later"), (1, 100, "billing"), (2, 200, "billing")]);
+    assert_eq!(c.fetch_offsets("my-group", None).partitions.len(), 3);
+    let audit = c.fetch_offsets("audit", None);
+    assert!(audit.partitions.iter().all(|p| p.topic == "orders"));
+    let listed: Vec<String> = c.list_groups().into_iter().map(|g| g.group_id).collect();
+    assert_eq!(listed, vec!["audit", "billing", "my-group"]);
+    drop(c);
+    for log in logs {
+        Arc::try_unwrap(log).unwrap().close().unwrap();
+    }
+}
+
+/// A log whose appends fail on demand, like a full or failing disk.
+#[derive(Default)]
+struct FailingLog {
+    inner: MemoryOffsetsLog,
+    fail: AtomicBool,
+}
+
+impl OffsetsLog for FailingLog {
+    fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(OffsetsLogError::new("no space left on device"));
+        }
+        self.inner.append(batch)
+    }
+    fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
+        self.inner.read(from, max_bytes)
+    }
+    fn log_start_offset(&self) -> Offset {
+        self.inner.log_start_offset()
+    }
+    fn log_end_offset(&self) -> Offset {
+        self.inner.log_end_offset()
+    }
+    fn flush(&self) -> Result<(), OffsetsLogError> {
+        self.inner.flush()
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_to_append_changes_nothing() {
+    let log = Arc::new(FailingLog::default());
+    let store = Arc::new(OffsetStore::load(vec![Arc::clone(&log) as Arc<dyn OffsetsLog>]).unwrap());
+    let c = GroupCoordinator::new(CoordinatorConfig::default(), store);
+    c.commit_offsets(simple_commit("g", vec![entry("t", 0, 1, "first")])).await;
+    log.fail.store(true, Ordering::SeqCst);
+    let r = c
+        .commit_offsets(simple_commit("g", vec![entry("t", 0, 2, ""), entry("t", 1, 2, "")]))
+        .await;
+    assert!(r.iter().all(|r| r.error_code == ErrorCode::KafkaStorageError));
+    let fetched = c.fetch_offsets("g", None);
+    assert_eq!(fetched.partitions.len(), 1);
+    assert_eq!(fetched.partitions[0].committed_offset, Some(Offset::new(1)));
+    assert_eq!(fetched.partitions[0].metadata, "first");
+    // The log recovers; commits work again.
+    log.fail.store(false, Ordering::SeqCst);
+    let r = c.commit_offsets(simple_commit("g", vec![entry("t", 0, 3, "")])).await;
+    assert_eq!(r[0].error_code, ErrorCode::None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_commits_leave_the_cache_equal_to_a_replay() {
+    let logs: Vec<Arc<dyn OffsetsLog>> = vec![Arc::new(MemoryOffsetsLog::default())];
+    let store = Arc::new(OffsetStore::load(logs.clone()).unwrap());
+    let c = GroupCoordinator::new(CoordinatorConfig::default(), Arc::clone(&store));
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let offsets = vec![entry("t", 0, t * 1000 + i, ""), entry("t", 1, i, "")];
+                    let r = c.commit_offsets(simple_commit("g", offsets)).await;
+                    assert!(r.iter().all(|r| r.error_code == ErrorCode::None));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let replayed = OffsetStore::load(logs).unwrap();
+    assert_eq!(replayed.fetch_group("g"), store.fetch_group("g"));
+}
