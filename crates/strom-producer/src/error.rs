@@ -1,0 +1,103 @@
+//! The error type of the producer SDK.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_client::ClientError;
+use strom_client::proto::v1::ErrorCode;
+use strom_format::{FormatError, PartitionId};
+
+/// Why a record could not be sent or was not acknowledged.
+///
+/// Cloneable: one failed batch fails every record in it with the same error.
+///
+/// ```no_run
+/// # async fn demo(producer: strom_producer::Producer) {
+/// use strom_producer::{ProducerError, ProducerRecord};
+/// match producer.send(ProducerRecord::new("orders").value("v")).await {
+///     Ok(pending) => match pending.await {
+///         Ok(meta) => println!("stored at {:?}", meta.offset),
+///         Err(ProducerError::DeliveryTimeout { last_error, .. }) => eprintln!("gave up: {last_error}"),
+///         Err(e) => eprintln!("failed: {e}"),
+///     },
+///     Err(ProducerError::UnknownTopic(t)) => eprintln!("create {t} first"),
+///     Err(e) => eprintln!("not sent: {e}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProducerError {
+    /// A setting cannot work.
+    #[error("invalid producer configuration: {0}")]
+    InvalidConfig(String),
+    /// Connecting to the cluster or fetching metadata failed.
+    #[error(transparent)]
+    Client(Arc<ClientError>),
+    /// The topic does not exist.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// The record names a partition the topic does not have.
+    #[error("topic {topic:?} has no partition {partition} (it has {num_partitions})")]
+    InvalidPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: PartitionId,
+        /// How many partitions the topic has.
+        num_partitions: usize,
+    },
+    /// The record alone exceeds a size limit.
+    #[error("record of about {size} bytes exceeds {setting} ({limit} bytes)")]
+    RecordTooLarge {
+        /// Estimated encoded size of the record, batch header included.
+        size: usize,
+        /// The limit.
+        limit: usize,
+        /// Which setting sets the limit.
+        setting: &'static str,
+    },
+    /// The broker rejected the batch with a non-retriable error, or retries ran out.
+    #[error("{topic}-{partition}: broker error {code:?}: {message}")]
+    Broker {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+        /// The broker's code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The record was not acknowledged within `delivery_timeout`.
+    #[error("{topic}-{partition}: not delivered within {timeout:?}; last error: {last_error}")]
+    DeliveryTimeout {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+        /// The configured delivery timeout.
+        timeout: Duration,
+        /// The error of the last attempt.
+        last_error: String,
+    },
+    /// `send` waited `max_block` for buffer memory or metadata.
+    #[error("timed out after {0:?} waiting for buffer memory or metadata")]
+    MaxBlockTimeout(Duration),
+    /// The batch could not be encoded.
+    #[error("record format error: {0}")]
+    Format(#[from] FormatError),
+    /// The producer was closed (or dropped) before the record was sent.
+    #[error("producer closed")]
+    Closed,
+}
+
+impl From<ClientError> for ProducerError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::UnknownTopic(t) => ProducerError::UnknownTopic(t),
+            ClientError::Closed => ProducerError::Closed,
+            ClientError::Format(f) => ProducerError::Format(f),
+            other => ProducerError::Client(Arc::new(other)),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The background sender task: drains ready batches from the accumulator, groups them per
+//! leader into Produce requests, and completes, retries or fails them from the responses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use rand::Rng;
+use strom_client::proto::v1::{
+    ErrorCode, PartitionProduceData, ProduceRequest, ProduceResponse, TopicProduceData,
+};
+use strom_client::{Client, ClientError, is_retriable_code};
+use strom_format::Offset;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::accumulator::{Accumulator, Batch, Drained, Payload};
+use crate::delivery::{BatchAck, Tracker};
+use crate::{Acks, ProducerConfig, ProducerError};
+
+/// Margin of the RPC deadline over the broker-side timeout, so a broker that waited the full
+/// timeout for replicas can still deliver its REQUEST_TIMED_OUT answer.
+const RPC_GRACE: Duration = Duration::from_secs(1);
+
+/// State shared by the producer handles, the sender task and its request tasks.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub config: ProducerConfig,
+    pub client: Client,
+    pub accum: Mutex<Accumulator>,
+    pub tracker: Arc<Tracker>,
+    /// Wakes the sender: a batch opened or closed, a request finished, flush or close.
+    pub wake: Notify,
+    pub sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone)]
+enum Failure {
+    Broker(ErrorCode, String),
+    Client(Arc<ClientError>),
+}
+
+impl Failure {
+    fn retriable(&self) -> bool {
+        match self {
+            // A stale leader may not know a topic created a moment ago; the metadata refresh
+            // decides whether it really is unknown.
+            Failure::Broker(code, _) => {
+                is_retriable_code(*code) || *code == ErrorCode::UnknownTopicOrPartition
+            }
+            Failure::Client(e) => e.is_retriable(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Failure::Broker(code, message) => format!("{code:?}: {message}"),
+            Failure::Client(e) => e.to_string(),
+        }
+    }
+
+    fn to_error(&self, d_topic: &str, partition: strom_format::PartitionId) -> ProducerError {
+        match self {
+            Failure::Broker(ErrorCode::UnknownTopicOrPartition, _) => {
+                ProducerError::UnknownTopic(d_topic.to_owned())
+            }
+            Failure::Broker(code, message) => ProducerError::Broker {
+                topic: d_topic.to_owned(),
+                partition,
+                code: *code,
+                message: message.clone(),
+            },
+            Failure::Client(e) => ProducerError::Client(Arc::clone(e)),
+        }
+    }
+}
+
+/// The sender loop; returns once the producer is closing and everything has been answered.
+pub(crate) async fn run(inner: Arc<Inner>) {
+    loop {
+        let drain = inner.accum.lock().drain(Instant::now());
+        if drain.ready.is_empty() {
+            if drain.closing && drain.idle {
+                debug!("producer sender finished");
+                return;
+            }
+            let notified = inner.wake.notified();
+            match drain.next_wakeup {
+                Some(at) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    }
+                }
+                None => notified.await,
+            }
+            continue;
+        }
+        dispatch(&inner, drain.ready);
+    }
+}
+
+/// Encodes the drained batches, finds each partition's leader, and starts one request task per
+/// leader (split at `max_request_size`).
+fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
+    let now = Instant::now();
+    let cfg = &inner.config;
+    let mut by_leader: HashMap<i32, Vec<(Drained, usize)>> = HashMap::new();
+    for mut d in ready {
+        let batches = std::mem::take(&mut d.batches);
+        for mut b in batches {
+            if now.saturating_duration_since(b.created) >= cfg.delivery_timeout {
+                let last = b.last_error.take().unwrap_or_else(|| "never sent".to_owned());
+                let err = ProducerError::DeliveryTimeout {
+                    topic: d.topic.to_string(),
+                    partition: d.partition,
+                    timeout: cfg.delivery_timeout,
+                    last_error: last,
+                };
+                b.completer.fail(err);
+                continue;
+            }
+            let payload = std::mem::replace(&mut b.payload, Payload::Built(Bytes::new()));
+            match payload {
+                Payload::Built(bytes) => b.payload = Payload::Built(bytes),
+                Payload::Open(builder) => match builder.build() {
+                    Ok(bytes) => b.payload = Payload::Built(bytes),
+                    Err(e) => {
+                        b.completer.fail(ProducerError::Format(e));
+                        continue;
+                    }
+                },
+            }
+            d.batches.push(b);
+        }
+        if d.batches.is_empty() {
+            inner.accum.lock().done(&d.topic, d.partition);
+            continue;
+        }
+        let info = inner.client.cached_topic(&d.topic);
+        let leader = info.as_ref().and_then(|t| t.partition(d.partition)).map(|p| p.leader);
+        match leader {
+            Some(leader) if leader >= 0 => {
+                let size = d.batches.iter().map(|b| built_len(&b.payload)).sum();
+                by_leader.entry(leader).or_default().push((d, size));
+            }
+            _ => {
+                let unknown = inner.accum.lock().is_unknown(&d.topic);
+                let failure = if unknown {
+                    Failure::Broker(ErrorCode::UnknownTopicOrPartition, "unknown topic".into())
+                } else if let Some(info) = info.filter(|t| t.partition(d.partition).is_none()) {
+                    let err = ProducerError::InvalidPartition {
+                        topic: d.topic.to_string(),
+                        partition: d.partition,
+                        num_partitions: info.num_partitions(),
+                    };
+                    for b in d.batches {
+                        b.completer.fail(err.clone());
+                    }
+                    inner.accum.lock().done(&d.topic, d.partition);
+                    continue;
+                } else {
+                    Failure::Broker(
+                        ErrorCode::LeaderNotAvailable,
+                        format!("no leader known for {}-{}", d.topic, d.partition),
+                    )
+                };
+                // An unknown topic is final only after the refresh that said so.
+                let failure = if unknown { NonRetriable(failure) } else { Retriable(failure) };
+                handle_failure(inner, d, failure);
+            }
+        }
+    }
+    for (leader, parts) in by_leader {
+        let mut request: Vec<Drained> = Vec::new();
+        let mut request_bytes = 0usize;
+        for (d, size) in parts {
+            if !request.is_empty() && request_bytes.saturating_add(size) > cfg.max_request_size {
+                spawn_request(inner, leader, std::mem::take(&mut request));
+                request_bytes = 0;
+            }
+            request_bytes = request_bytes.saturating_add(size);
+            request.push(d);
+        }
+        if !request.is_empty() {
+            spawn_request(inner, leader, request);
+        }
+    }
+}
+
+/// A failure with its retry decision made by the caller.
+enum Decided {
+    Retriable(Failure),
+    NonRetriable(Failure),
+}
+use Decided::{NonRetriable, Retriable};
+
+fn built_len(p: &Payload) -> usize {
+    match p {
+        Payload::Built(b) => b.len(),
+        Payload::Open(b) => b.estimated_size(),
+    }
+}
+
+fn spawn_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        send_request(&inner, leader, parts).await;
+        inner.wake.notify_one();
+    });
+}
+
+async fn send_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
+    let cfg = &inner.config;
+    let mut topics: Vec<TopicProduceData> = Vec::new();
+    for d in &parts {
+        let records = concat(&d.batches);
+        let data = PartitionProduceData { partition: d.partition.get(), records };
+        match topics.iter_mut().find(|t| *t.name == *d.topic) {
+            Some(t) => t.partitions.push(data),
+            None => {
+                topics.push(TopicProduceData { name: d.topic.to_string(), partitions: vec![data] })
+            }
+        }
+    }
+    let timeout_ms = u32::try_from(cfg.request_timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut request =
+        tonic::Request::new(ProduceRequest { acks: cfg.acks.as_i32(), timeout_ms, topics });
+    request.set_timeout(cfg.request_timeout.saturating_add(RPC_GRACE));
+
+    let result = match inner.client.broker_by_id(leader) {
+        Ok(mut broker) => broker.produce(request).await.map(tonic::Response::into_inner),
+        Err(e) => {
+            let failure = Failure::Client(Arc::new(e));
+            for d in parts {
+                handle_failure(inner, d, Retriable(failure.clone()));
+            }
+            return;
+        }
+    };
+    match result {
+        Err(status) => {
+            debug!(leader, %status, "produce request failed");
+            let failure = Failure::Client(Arc::new(ClientError::Rpc(status)));
+            let decided = failure.retriable();
+            for d in parts {
+                let f = failure.clone();
+                handle_failure(inner, d, if decided { Retriable(f) } else { NonRetriable(f) });
+            }
+        }
+        Ok(response) => handle_response(inner, parts, &response),
+    }
+}
+
+/// One buffer of the partition's batches, back to back; a single batch is passed on as is.
+fn concat(batches: &[Batch]) -> Bytes {
+    let bytes = |b: &Batch| match &b.payload {
+        Payload::Built(bytes) => bytes.clone(),
+        // Built in `dispatch` before any request is formed.
+        Payload::Open(_) => Bytes::new(),
+    };
+    match batches {
+        [one] => bytes(one),
+        many => {
+            let total = many.iter().map(|b| built_len(&b.payload)).sum();
+            let mut buf = BytesMut::with_capacity(total);
+            for b in many {
+                buf.extend_from_slice(&bytes(b));
+            }
+            buf.freeze()
+        }
+    }
+}
+
+fn handle_response(inner: &Arc<Inner>, parts: Vec<Drained>, response: &ProduceResponse) {
+    for d in parts {
+        if inner.config.acks == Acks::Zero {
+            // The broker reports nothing meaningful for acks=0, as in Kafka.
+            succeed(inner, d, None, None);
+            continue;
+        }
+        let p = response
+            .topics
+            .iter()
+            .filter(|t| *t.name == *d.topic)
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition == d.partition.get());
+        let Some(p) = p else {
+            let failure = Failure::Broker(
+                ErrorCode::UnknownServerError,
+                format!("produce response lacks {}-{}", d.topic, d.partition),
+            );
+            handle_failure(inner, d, Retriable(failure));
+            continue;
+        };
+        match ErrorCode::try_from(p.error_code) {
+            Ok(ErrorCode::None) => {
+                let append_time = (p.log_append_time_ms >= 0).then_some(p.log_append_time_ms);
+                succeed(inner, d, Some(Offset::new(p.base_offset)), append_time);
+            }
+            code => {
+                let code = code.unwrap_or(ErrorCode::UnknownServerError);
+                let failure = Failure::Broker(code, p.error_message.clone());
+                let decided =
+                    if failure.retriable() { Retriable(failure) } else { NonRetriable(failure) };
+                handle_failure(inner, d, decided);
+            }
+        }
+    }
+}
+
+fn succeed(inner: &Inner, d: Drained, base: Option<Offset>, log_append_time: Option<i64>) {
+    let mut next = base;
+    for b in d.batches {
+        let records = i64::from(b.records);
+        b.completer.succeed(BatchAck { base_offset: next, log_append_time });
+        // Offsets are dense: the next batch starts right after this one's records.
+        next = next.map(|o| o.add(records));
+    }
+    inner.accum.lock().done(&d.topic, d.partition);
+}
+
+/// Retries the partition's batches after a backoff, or fails those that are out of retries,
+/// out of time, or hit a non-retriable error.
+fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
+    let cfg = &inner.config;
+    let now = Instant::now();
+    let (failure, retriable) = match decided {
+        Retriable(f) => (f, true),
+        NonRetriable(f) => (f, false),
+    };
+    let message = failure.describe();
+    let mut keep = Vec::with_capacity(d.batches.len());
+    for mut b in d.batches {
+        b.attempts = b.attempts.saturating_add(1);
+        let backoff = backoff(cfg, b.attempts);
+        if !retriable || b.attempts > cfg.retries {
+            warn!(topic = %d.topic, partition = %d.partition, error = %message,
+                attempts = b.attempts, "batch failed");
+            b.completer.fail(failure.to_error(&d.topic, d.partition));
+        } else if now.saturating_duration_since(b.created) + backoff >= cfg.delivery_timeout {
+            b.completer.fail(ProducerError::DeliveryTimeout {
+                topic: d.topic.to_string(),
+                partition: d.partition,
+                timeout: cfg.delivery_timeout,
+                last_error: message.clone(),
+            });
+        } else {
+            debug!(topic = %d.topic, partition = %d.partition, error = %message,
+                attempt = b.attempts, ?backoff, "retrying batch");
+            b.retry_at = Some(now + backoff);
+            b.last_error = Some(message.clone());
+            keep.push(b);
+        }
+    }
+    inner.accum.lock().requeue(&d.topic, d.partition, keep);
+    if retriable {
+        request_refresh(inner, &d.topic);
+    }
+}
+
+/// `retry_backoff * 2^(attempt-1)`, capped at `retry_backoff_max`, with ±20 % jitter so
+/// producers that failed together do not retry in lockstep.
+fn backoff(cfg: &ProducerConfig, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(20);
+    let base = cfg.retry_backoff.saturating_mul(1u32 << exp).min(cfg.retry_backoff_max);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(jitter).min(cfg.retry_backoff_max.max(cfg.retry_backoff))
+}
+
+/// Starts one metadata refresh of `topic` unless one is running; its batches wait for it.
+fn request_refresh(inner: &Arc<Inner>, topic: &Arc<str>) {
+    if !inner.accum.lock().start_refresh(topic) {
+        return;
+    }
+    let inner = Arc::clone(inner);
+    let topic = Arc::clone(topic);
+    tokio::spawn(async move {
+        let result = inner.client.refresh_metadata(&topic).await;
+        let unknown = matches!(result, Err(ClientError::UnknownTopic(_)));
+        if let Err(e) = &result {
+            debug!(%topic, error = %e, "metadata refresh failed");
+        }
+        inner.accum.lock().end_refresh(&topic, unknown);
+        inner.wake.notify_one();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let cfg = ProducerConfig {
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_millis(1000),
+            ..ProducerConfig::default()
+        };
+        let first = backoff(&cfg, 1);
+        assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120));
+        let third = backoff(&cfg, 3);
+        assert!(third >= Duration::from_millis(320) && third <= Duration::from_millis(480));
+        for attempt in [10, 100, u32::MAX] {
+            assert!(backoff(&cfg, attempt) <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Producer against a fake broker implemented in the test with the generated gRPC traits: lets
+//! the test inject retriable and fatal errors and stall responses, and check ordering, offsets,
+//! partitioning, backpressure and timeouts.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use strom_client::proto::v1::admin_server::{Admin, AdminServer};
+use strom_client::proto::v1::broker_server::{Broker, BrokerServer};
+use strom_client::proto::v1::*;
+use strom_format::{Batches, Offset, PartitionId};
+use strom_producer::{
+    Acks, Producer, ProducerConfig, ProducerError, ProducerRecord, partition_for_key,
+};
+use tonic::{Request, Response, Status};
+
+/// The values appended to one partition, in offset order.
+type Log = Vec<Option<Bytes>>;
+
+#[derive(Default)]
+struct Fake {
+    port: u16,
+    topics: HashMap<String, i32>,
+    /// Per partition: the values appended, in offset order.
+    logs: Mutex<HashMap<(String, i32), Log>>,
+    /// Error codes answered (without appending) to the next partition produce requests.
+    inject: Mutex<VecDeque<ErrorCode>>,
+    /// Answer every produce with NOT_LEADER_OR_FOLLOWER.
+    always_fail: AtomicBool,
+    /// Hold produce responses while set.
+    stall: AtomicBool,
+    produce_calls: AtomicUsize,
+    metadata_calls: AtomicUsize,
+}
+
+impl Fake {
+    fn log(&self, topic: &str, partition: i32) -> Vec<Option<Bytes>> {
+        self.logs.lock().get(&(topic.to_owned(), partition)).cloned().unwrap_or_default()
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Fake {
+    async fn create_topics(
+        &self,
+        _: Request<CreateTopicsRequest>,
+    ) -> Result<Response<CreateTopicsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn delete_topics(
+        &self,
+        _: Request<DeleteTopicsRequest>,
+    ) -> Result<Response<DeleteTopicsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_topics(
+        &self,
+        _: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn describe_topics(
+        &self,
+        _: Request<DescribeTopicsRequest>,
+    ) -> Result<Response<DescribeTopicsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn metadata(
+        &self,
+        request: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataResponse>, Status> {
+        self.metadata_calls.fetch_add(1, Ordering::SeqCst);
+        let mut names = request.into_inner().topics;
+        if names.is_empty() {
+            names = self.topics.keys().cloned().collect();
+        }
+        let topics = names
+            .into_iter()
+            .map(|name| match self.topics.get(&name) {
+                Some(&n) => TopicMetadata {
+                    name,
+                    error_code: 0,
+                    error_message: String::new(),
+                    partitions: (0..n)
+                        .map(|p| PartitionMetadata {
+                            partition: p,
+                            error_code: 0,
+                            leader_id: 1,
+                            leader_epoch: 0,
+                            replicas: vec![1],
+                            isr: vec![1],
+                        })
+                        .collect(),
+                },
+                None => TopicMetadata {
+                    name,
+                    error_code: ErrorCode::UnknownTopicOrPartition as i32,
+                    error_message: "no such topic".into(),
+                    partitions: vec![],
+                },
+            })
+            .collect();
+        Ok(Response::new(MetadataResponse {
+            cluster_id: "fake".into(),
+            controller_id: 1,
+            brokers: vec![BrokerInfo {
+                node_id: 1,
+                host: "127.0.0.1".into(),
+                port: self.port.into(),
+            }],
+            topics,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Broker for Fake {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        self.produce_calls.fetch_add(1, Ordering::SeqCst);
+        while self.stall.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut topics = Vec::new();
+        for t in request.into_inner().topics {
+            let mut partitions = Vec::new();
+            for p in t.partitions {
+                let injected = self.inject.lock().pop_front();
+                let code = if self.always_fail.load(Ordering::SeqCst) {
+                    Some(ErrorCode::NotLeaderOrFollower)
+                } else {
+                    injected
+                };
+                let mut resp = PartitionProduceResponse {
+                    partition: p.partition,
+                    error_code: 0,
+                    error_message: String::new(),
+                    base_offset: -1,
+                    log_append_time_ms: -1,
+                    log_start_offset: 0,
+                };
+                if let Some(code) = code {
+                    resp.error_code = code as i32;
+                    resp.error_message = "injected".into();
+                    partitions.push(resp);
+                    continue;
+                }
+                let mut logs = self.logs.lock();
+                let log = logs.entry((t.name.clone(), p.partition)).or_default();
+                resp.base_offset = log.len() as i64;
+                for batch in Batches::new(p.records) {
+                    let batch = batch.map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    batch.validate_crc().map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    for r in batch.records().map_err(|e| Status::internal(e.to_string()))? {
+                        log.push(r.map_err(|e| Status::internal(e.to_string()))?.value);
+                    }
+                }
+                partitions.push(resp);
+            }
+            topics.push(TopicProduceResponse { name: t.name, partitions });
+        }
+        Ok(Response::new(ProduceResponse { topics }))
+    }
+    async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_offsets(
+        &self,
+        _: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// Starts a fake broker on port 0 serving `topics` (name, partitions).
+async fn start(topics: &[(&str, i32)]) -> (Arc<Fake>, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    let fake = Arc::new(Fake {
+        port: addr.port(),
+        topics: topics.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+        ..Fake::default()
+    });
+    let server = tonic::transport::Server::builder()
+        .add_service(AdminServer::from_arc(Arc::clone(&fake)))
+        .add_service(BrokerServer::from_arc(Arc::clone(&fake)))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    (fake, addr)
+}
+
+fn config(addr: SocketAddr) -> ProducerConfig {
+    let mut c = ProducerConfig::new(addr.to_string());
+    c.linger = Duration::from_millis(1);
+    c.retry_backoff = Duration::from_millis(5);
+    c.retry_backoff_max = Duration::from_millis(20);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_land_in_kafka_partitions_with_dense_offsets() {
+    let (fake, addr) = start(&[("t", 3)]).await;
+    let mut cfg = config(addr);
+    cfg.batch_size = 1024;
+    let producer = Producer::new(cfg).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..600 {
+        let key = format!("key-{}", i % 17);
+        let record = ProducerRecord::new("t").key(key.clone()).value(format!("v{i}"));
+        pending.push((key, i, producer.send(record).await.unwrap()));
+    }
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for (key, i, f) in pending {
+        let meta = f.await.unwrap();
+        assert_eq!(meta.partition, partition_for_key(key.as_bytes(), 3));
+        assert_eq!(&*meta.topic, "t");
+        // Per partition, offsets follow send order and are dense.
+        let expect = next.entry(meta.partition.get()).or_insert(0);
+        assert_eq!(meta.offset, Some(Offset::new(*expect)));
+        *expect += 1;
+        let log = fake.log("t", meta.partition.get());
+        let stored = log.get(*expect as usize - 1).cloned().flatten();
+        assert_eq!(stored, Some(Bytes::from(format!("v{i}"))));
+    }
+    assert_eq!(next.values().sum::<i64>(), 600);
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_errors_are_retried_in_order() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    fake.inject.lock().extend([
+        ErrorCode::NotLeaderOrFollower,
+        ErrorCode::RequestTimedOut,
+        ErrorCode::NotLeaderOrFollower,
+        ErrorCode::NotEnoughReplicas,
+    ]);
+    let mut cfg = config(addr);
+    cfg.batch_size = 512;
+    let producer = Producer::new(cfg).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..500 {
+        pending.push(producer.send(ProducerRecord::new("t").value(format!("{i}"))).await.unwrap());
+    }
+    for (i, f) in pending.into_iter().enumerate() {
+        let meta = f.await.unwrap();
+        assert_eq!(meta.offset, Some(Offset::new(i as i64)), "record {i}");
+    }
+    let log = fake.log("t", 0);
+    let expected: Vec<Option<Bytes>> =
+        (0..500).map(|i| Some(Bytes::from(format!("{i}")))).collect();
+    assert_eq!(log, expected, "no loss, no duplicates, no reordering");
+    assert!(fake.inject.lock().is_empty(), "every injected error was hit");
+    assert!(fake.metadata_calls.load(Ordering::SeqCst) >= 2, "retries refresh metadata");
+    producer.close().await;
+}
+
+#[tokio::test]
+async fn fatal_error_fails_the_batch_and_later_records_still_go_through() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    fake.inject.lock().push_back(ErrorCode::MessageTooLarge);
+    let producer = Producer::new(config(addr)).await.unwrap();
+    let first = producer.send(ProducerRecord::new("t").value("a")).await.unwrap();
+    match first.await {
+        Err(ProducerError::Broker { code, partition, .. }) => {
+            assert_eq!(code, ErrorCode::MessageTooLarge);
+            assert_eq!(partition, PartitionId::new(0));
+        }
+        other => panic!("expected MESSAGE_TOO_LARGE, got {other:?}"),
+    }
+    let second = producer.send(ProducerRecord::new("t").value("b")).await.unwrap();
+    assert_eq!(second.await.unwrap().offset, Some(Offset::new(0)));
+    assert_eq!(fake.log("t", 0), vec![Some(Bytes::from("b"))]);
+}
+
+#[tokio::test]
+async fn oversized_record_unknown_topic_and_bad_partition_fail_at_send() {
+    let (fake, addr) = start(&[("t", 2)]).await;
+    let mut cfg = config(addr);
+    cfg.max_request_size = 1024;
+    let producer = Producer::new(cfg).await.unwrap();
+    let big = ProducerRecord::new("t").value(vec![0u8; 2000]);
+    assert!(matches!(producer.send(big).await, Err(ProducerError::RecordTooLarge { .. })));
+    let unknown = ProducerRecord::new("nope").value("x");
+    assert!(
+        matches!(producer.send(unknown).await, Err(ProducerError::UnknownTopic(t)) if t == "nope")
+    );
+    let bad = ProducerRecord::new("t").partition(PartitionId::new(2)).value("x");
+    assert!(matches!(
+        producer.send(bad).await,
+        Err(ProducerError::InvalidPartition { num_partitions: 2, .. })
+    ));
+    producer.flush().await;
+    assert_eq!(fake.produce_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn acks_zero_reports_no_offset() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    let mut cfg = config(addr);
+    cfg.acks = Acks::Zero;
+    let producer = Producer::new(cfg).await.unwrap();
+    let f = producer.send(ProducerRecord::new("t").value("x").timestamp(42)).await.unwrap();
+    let meta = f.await.unwrap();
+    assert_eq!(meta.offset, None);
+    assert_eq!(meta.timestamp, 42);
+    assert_eq!(fake.log("t", 0).len(), 1);
+}
+
+#[tokio::test]
+async fn delivery_timeout_bounds_retries() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    fake.always_fail.store(true, Ordering::SeqCst);
+    let mut cfg = config(addr);
+    cfg.delivery_timeout = Duration::from_millis(300);
+    let producer = Producer::new(cfg).await.unwrap();
+    let f = producer.send(ProducerRecord::new("t").value("x")).await.unwrap();
+    match f.await {
+        Err(ProducerError::DeliveryTimeout { last_error, .. }) => {
+            assert!(last_error.contains("NotLeaderOrFollower"), "{last_error}");
+        }
+        other => panic!("expected a delivery timeout, got {other:?}"),
+    }
+    assert!(fake.produce_calls.load(Ordering::SeqCst) >= 2, "it did retry");
+}
+
+#[tokio::test]
+async fn retries_zero_fails_on_first_retriable_error() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    fake.inject.lock().push_back(ErrorCode::NotLeaderOrFollower);
+    let mut cfg = config(addr);
+    cfg.retries = 0;
+    let producer = Producer::new(cfg).await.unwrap();
+    let f = producer.send(ProducerRecord::new("t").value("x")).await.unwrap();
+    assert!(matches!(
+        f.await,
+        Err(ProducerError::Broker { code: ErrorCode::NotLeaderOrFollower, .. })
+    ));
+}
+
+#[tokio::test]
+async fn flush_sends_without_waiting_for_linger() {
+    let (fake, addr) = start(&[("t", 2)]).await;
+    let mut cfg = config(addr);
+    cfg.linger = Duration::from_secs(3600);
+    let producer = Producer::new(cfg).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..10 {
+        pending.push(producer.send(ProducerRecord::new("t").value(format!("{i}"))).await.unwrap());
+    }
+    producer.flush().await;
+    for f in pending {
+        // Already acknowledged: flush returned only after that.
+        let meta = tokio::time::timeout(Duration::from_secs(30), f).await.unwrap().unwrap();
+        assert!(meta.offset.is_some());
+    }
+    assert_eq!(fake.log("t", 0).len() + fake.log("t", 1).len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffer_blocks_send_until_acknowledged() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    fake.stall.store(true, Ordering::SeqCst);
+    let mut cfg = config(addr);
+    cfg.buffer_memory = 4096;
+    cfg.max_request_size = 4096;
+    cfg.max_block = Duration::from_millis(200);
+    let producer = Producer::new(cfg).await.unwrap();
+    let mut pending = Vec::new();
+    let mut blocked = None;
+    for i in 0..100 {
+        match producer.send(ProducerRecord::new("t").value(vec![i as u8; 500])).await {
+            Ok(f) => pending.push(f),
+            Err(e) => {
+                blocked = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(blocked, Some(ProducerError::MaxBlockTimeout(_))),
+        "send must block once 4 KiB are buffered: {blocked:?}"
+    );
+    assert!(pending.len() < 10);
+    fake.stall.store(false, Ordering::SeqCst);
+    let n = pending.len();
+    for f in pending {
+        f.await.unwrap();
+    }
+    assert_eq!(fake.log("t", 0).len(), n);
+    // Memory came back: sending works again.
+    let f = producer.send(ProducerRecord::new("t").value("again")).await.unwrap();
+    f.await.unwrap();
+}
+
+#[tokio::test]
+async fn null_keys_stick_and_spread() {
+    let (fake, addr) = start(&[("t", 4)]).await;
+    let mut cfg = config(addr);
+    cfg.batch_size = 256;
+    let producer = Producer::new(cfg).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..400 {
+        pending
+            .push(producer.send(ProducerRecord::new("t").value(format!("{i:08}"))).await.unwrap());
+    }
+    let mut per_partition = [0usize; 4];
+    for f in pending {
+        let meta = f.await.unwrap();
+        per_partition[meta.partition.get() as usize] += 1;
+    }
+    assert_eq!(per_partition.iter().sum::<usize>(), 400);
+    assert!(per_partition.iter().filter(|&&n| n > 0).count() >= 2, "{per_partition:?}");
+    let stored: usize = (0..4).map(|p| fake.log("t", p).len()).sum();
+    assert_eq!(stored, 400);
+}
+
+#[tokio::test]
+async fn dropping_the_producer_still_delivers_and_close_rejects_sends() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    let producer = Producer::new(config(addr)).await.unwrap();
+    let f = producer.send(ProducerRecord::new("t").value("x")).await.unwrap();
+    drop(producer);
+    assert_eq!(f.await.unwrap().offset, Some(Offset::new(0)));
+    assert_eq!(fake.log("t", 0).len(), 1);
+
+    let producer = Producer::new(config(addr)).await.unwrap();
+    producer.close().await;
+    let r = producer.send(ProducerRecord::new("t").value("y")).await;
+    assert!(matches!(r, Err(ProducerError::Closed)));
+}
+
+#[tokio::test]
+async fn compressed_batches_decode_on_the_broker() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    for codec in strom_format::Compression::ALL {
+        let mut cfg = config(addr);
+        cfg.compression = codec;
+        let producer = Producer::new(cfg).await.unwrap();
+        let f = producer.send(ProducerRecord::new("t").value(format!("{codec}"))).await.unwrap();
+        f.await.unwrap();
+        producer.close().await;
+    }
+    let values: Vec<Option<Bytes>> = fake.log("t", 0);
+    let expected: Vec<Option<Bytes>> =
+        strom_format::Compression::ALL.iter().map(|c| Some(Bytes::from(c.to_string()))).collect();
+    assert_eq!(values, expected);
+}
