@@ -1,0 +1,80 @@
+//! The error type of the consumer SDK.
+
+use strom_client::ClientError;
+use strom_format::{FormatError, Offset};
+use strom_proto::v1::ErrorCode;
+
+use crate::TopicPartition;
+
+/// Why a consumer operation failed.
+///
+/// Errors about one partition name it; the consumer's position stays where it was, so the
+/// next [`Consumer::poll`](crate::Consumer::poll) meets the same error until the application
+/// seeks elsewhere: bad data is never skipped silently.
+///
+/// ```
+/// use strom_consumer::{ConsumerError, TopicPartition};
+/// use strom_format::PartitionId;
+/// let err = ConsumerError::NotAssigned(TopicPartition::new("orders", PartitionId::new(3)));
+/// assert_eq!(err.to_string(), "partition orders-3 is not assigned to this consumer");
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// A setting of [`ConsumerConfig`](crate::ConsumerConfig) cannot work.
+    #[error("invalid consumer configuration: {0}")]
+    InvalidConfig(String),
+    /// The client failed (connecting, an RPC, metadata) in a way retrying will not fix.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// An argument is out of range (a negative offset or timestamp).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The operation names a partition that is not in the assignment.
+    #[error("partition {0} is not assigned to this consumer")]
+    NotAssigned(TopicPartition),
+    /// The partition has no position and `auto_offset_reset` is `None`.
+    #[error("partition {0} has no position and auto_offset_reset is None")]
+    NoOffset(TopicPartition),
+    /// The broker no longer (or not yet) has the position, and `auto_offset_reset` is `None`.
+    #[error("offset {offset} is out of range for partition {partition}")]
+    OffsetOutOfRange {
+        /// The partition.
+        partition: TopicPartition,
+        /// The position the consumer asked for.
+        offset: Offset,
+    },
+    /// A fetched batch failed its CRC or does not decode.
+    #[error("corrupt record batch in {partition} at offset {offset}: {source}")]
+    Corrupt {
+        /// The partition.
+        partition: TopicPartition,
+        /// The consumer's position when it met the batch.
+        offset: Offset,
+        /// What is wrong with the bytes.
+        #[source]
+        source: FormatError,
+    },
+    /// The next batch is larger than the consumer may fetch.
+    #[error("batch of {size} bytes in {partition} at offset {offset} exceeds the fetch limit")]
+    RecordTooLarge {
+        /// The partition.
+        partition: TopicPartition,
+        /// The position of the batch.
+        offset: Offset,
+        /// Its size.
+        size: usize,
+    },
+    /// The broker answered a fetch of the partition with an error that retrying will not fix.
+    #[error("broker error {code:?} for {partition}: {message}")]
+    Broker {
+        /// The partition.
+        partition: TopicPartition,
+        /// The broker's error code.
+        code: ErrorCode,
+        /// The broker's message.
+        message: String,
+    },
+    /// A broker answered in a way the protocol does not allow.
+    #[error("invalid response from broker: {0}")]
+    InvalidResponse(String),
+}

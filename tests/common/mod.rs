@@ -1,0 +1,149 @@
+//! Shared harness of the multi-process tests: starts real `strom-broker` processes on port 0
+//! in a temporary data directory and runs the CLI binaries against them.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a broker may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "strom-broker" => env!("CARGO_BIN_EXE_strom-broker").into(),
+        "strom-admin" => env!("CARGO_BIN_EXE_strom-admin").into(),
+        "strom-producer" => env!("CARGO_BIN_EXE_strom-producer").into(),
+        "strom-consumer" => env!("CARGO_BIN_EXE_strom-consumer").into(),
+        "strom-bench" => env!("CARGO_BIN_EXE_strom-bench").into(),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// A broker child process; killed (SIGKILL) on drop if still running.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// Starts a broker on 127.0.0.1:0 with `data_dir`, waiting until it listens.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        Self::start_on(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    fn start_on(data_dir: &Path, listen: &str, extra_args: Vec<String>) -> BrokerProcess {
+        let mut child = Command::new(bin("strom-broker"))
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn strom-broker");
+        let (tx, rx) = mpsc::channel();
+        // The listening line may come on stdout or stderr; both are drained for the process's
+        // whole life so it never blocks on a full pipe.
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("STROM_TEST_VERBOSE").is_some() {
+                        eprintln!("[broker] {line}");
+                    }
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                    }
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("strom-broker did not report its address in {START_TIMEOUT:?}");
+            }
+        };
+        BrokerProcess { child: Some(child), addr, data_dir: data_dir.to_path_buf(), extra_args }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("broker running")
+    }
+
+    /// SIGTERM and wait: the graceful path (flush, clean-shutdown markers).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait broker");
+            assert!(status.success(), "broker exited with {status} after SIGTERM");
+        }
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same address and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running broker");
+        let again = Self::start_on(&self.data_dir, &self.addr, self.extra_args.clone());
+        *self = again;
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a CLI binary to completion with optional stdin, returning its output.
+pub fn run(name: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        // Written from a thread so a child that fills its stdout cannot deadlock us.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("wait {name}: {e}"))
+}
+
+/// Like [`run`], but fails the test with the child's stderr unless it exits 0.
+pub fn run_ok(name: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
+    let out = run(name, args, stdin);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed ({}):\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
