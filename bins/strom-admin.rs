@@ -1,15 +1,36 @@
 //! `strom-admin`: topic administration against a Strom cluster (create, list, describe,
-//! delete). Exits non-zero with a one-line reason when the cluster refuses an operation.
+//! delete) and a look at consumer groups (list, describe with committed offsets and lag).
+//! Exits non-zero with a one-line reason when the cluster refuses an operation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use strom_client::proto::v1::{ErrorCode, TopicDescription};
-use strom_client::{Client, ClientConfig, ClientError, check_code};
+use strom_client::proto::v1::{
+    BrokerInfo, DescribeGroupsRequest, ErrorCode, FindCoordinatorRequest, GroupDescription,
+    ListGroupsRequest, OffsetFetchRequest, TopicDescription,
+};
+use strom_client::{Client, ClientConfig, ClientError, OffsetSpec, check_code};
+use strom_coordinator::consumer_protocol::Assignment;
+use strom_format::PartitionId;
 use tracing_subscriber::EnvFilter;
+
+/// `println!` that ends the program quietly when stdout is closed (`strom-admin ... | head`)
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
 
 /// Administers a Strom cluster.
 #[derive(Debug, Parser)]
@@ -30,6 +51,21 @@ enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topics(Topics),
+    /// List and describe consumer groups.
+    #[command(subcommand)]
+    Groups(Groups),
+}
+
+#[derive(Debug, Subcommand)]
+enum Groups {
+    /// Lists consumer groups: id, state, protocol type.
+    List,
+    /// Describes a group: its members and what they are assigned, and per partition the
+    /// committed offset, the log end offset and the lag between them.
+    Describe {
+        /// Group id.
+        group: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +140,192 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach the cluster at {}", args.bootstrap))?;
     match args.command {
         Command::Topics(cmd) => topics(&client, cmd).await,
+        Command::Groups(cmd) => groups(&client, cmd).await,
+    }
+}
+
+async fn groups(client: &Client, cmd: Groups) -> anyhow::Result<()> {
+    match cmd {
+        Groups::List => {
+            let response = client
+                .group()
+                .list_groups(client.request(ListGroupsRequest {}))
+                .await
+                .map_err(|s| explain(ClientError::from(s), ""))?
+                .into_inner();
+            let mut groups = response.groups;
+            groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+            let rows: Vec<Vec<String>> = groups
+                .into_iter()
+                .map(|g| vec![g.group_id, dash(g.state), dash(g.protocol_type)])
+                .collect();
+            if !rows.is_empty() {
+                print_table(&["GROUP", "STATE", "PROTOCOL-TYPE"], &rows);
+            }
+        }
+        Groups::Describe { group } => describe_group(client, &group).await?,
+    }
+    Ok(())
+}
+
+/// Where the group's coordinator is, from FindCoordinator.
+async fn find_coordinator(client: &Client, group: &str) -> anyhow::Result<BrokerInfo> {
+    let response = client
+        .group()
+        .find_coordinator(client.request(FindCoordinatorRequest { group_id: group.to_owned() }))
+        .await
+        .map_err(|s| explain(ClientError::from(s), ""))?
+        .into_inner();
+    check_code(response.error_code, &response.error_message)
+        .map_err(|e| explain(e, ""))
+        .with_context(|| format!("cannot find the coordinator of group {group:?}"))?;
+    response
+        .coordinator
+        .with_context(|| format!("the cluster named no coordinator for group {group:?}"))
+}
+
+async fn describe_group(client: &Client, group: &str) -> anyhow::Result<()> {
+    let mut coordinator = client.group_at(&find_coordinator(client, group).await?)?;
+    let request = DescribeGroupsRequest { group_ids: vec![group.to_owned()] };
+    let response = coordinator
+        .describe_groups(client.request(request))
+        .await
+        .map_err(|s| explain(ClientError::from(s), ""))?
+        .into_inner();
+    let description = response
+        .groups
+        .into_iter()
+        .find(|g| g.group_id == group)
+        .with_context(|| format!("the coordinator did not describe group {group:?}"))?;
+    if description.error_code == ErrorCode::GroupIdNotFound as i32 || description.state == "Dead" {
+        bail!("group {group:?} does not exist");
+    }
+    check_code(description.error_code, &description.error_message).map_err(|e| explain(e, ""))?;
+
+    let request = OffsetFetchRequest { group_id: group.to_owned(), topics: Vec::new() };
+    let offsets = coordinator
+        .offset_fetch(client.request(request))
+        .await
+        .map_err(|s| explain(ClientError::from(s), ""))?
+        .into_inner();
+    check_code(offsets.error_code, &offsets.error_message).map_err(|e| explain(e, ""))?;
+
+    let mut partitions = PartitionTable::new();
+    for topic in offsets.topics {
+        for p in topic.partitions {
+            if p.error_code == 0 && p.committed_offset >= 0 {
+                partitions.entry((topic.name.clone(), p.partition)).or_default().0 =
+                    Some(p.committed_offset);
+            }
+        }
+    }
+    let members = member_rows(&description, &mut partitions);
+    print_group_header(&description);
+    if members.is_empty() {
+        out!("\nNo active members.");
+    } else {
+        out!();
+        print_table(&["MEMBER-ID", "CLIENT-ID", "ASSIGNMENT"], &members);
+    }
+    if partitions.is_empty() {
+        out!("\nNo committed offsets.");
+        return Ok(());
+    }
+    let mut rows = Vec::with_capacity(partitions.len());
+    for ((topic, partition), (committed, owner)) in partitions {
+        let end = client.list_offset(&topic, PartitionId::new(partition), OffsetSpec::Latest).await;
+        let end = match end {
+            Ok(end) => end.map(|o| o.get()),
+            Err(e) => {
+                tracing::warn!(%topic, partition, error = %e, "no log end offset");
+                None
+            }
+        };
+        let lag = match (committed, end) {
+            (Some(c), Some(e)) => (e - c).max(0).to_string(),
+            _ => "-".to_owned(),
+        };
+        rows.push(vec![
+            topic,
+            partition.to_string(),
+            committed.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            end.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            lag,
+            owner.unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    out!();
+    print_table(&["TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG", "OWNER"], &rows);
+    Ok(())
+}
+
+/// Every partition of a group with a committed offset or an owner: (committed, owner member).
+type PartitionTable = BTreeMap<(String, i32), (Option<i64>, Option<String>)>;
+
+fn print_group_header(d: &GroupDescription) {
+    out!(
+        "Group: {}\tState: {}\tProtocol: {}/{}\tGeneration: {}",
+        d.group_id,
+        dash(d.state.clone()),
+        dash(d.protocol_type.clone()),
+        dash(d.protocol.clone()),
+        d.generation_id
+    );
+}
+
+/// One row per member, with its assignment decoded (Kafka's ConsumerProtocol); records each
+/// assigned partition's owner in `partitions`.
+fn member_rows(d: &GroupDescription, partitions: &mut PartitionTable) -> Vec<Vec<String>> {
+    let mut members: Vec<_> = d.members.iter().collect();
+    members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+    let mut rows = Vec::with_capacity(members.len());
+    for m in members {
+        let assignment = if d.protocol_type != "consumer" && !d.protocol_type.is_empty() {
+            format!("({} bytes, protocol type {})", m.assignment.len(), d.protocol_type)
+        } else {
+            match Assignment::decode(&m.assignment) {
+                Ok(a) => {
+                    let mut listed = Vec::new();
+                    for t in &a.partitions {
+                        let mut ps = t.partitions.clone();
+                        ps.sort_unstable();
+                        for p in &ps {
+                            partitions.entry((t.topic.clone(), *p)).or_default().1 =
+                                Some(m.member_id.clone());
+                        }
+                        let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+                        listed.push(format!("{}:{}", t.topic, ps.join(",")));
+                    }
+                    if listed.is_empty() { "-".to_owned() } else { listed.join(" ") }
+                }
+                Err(e) => format!("(undecodable: {e})"),
+            }
+        };
+        rows.push(vec![m.member_id.clone(), dash(m.client_id.clone()), assignment]);
+    }
+    rows
+}
+
+fn dash(s: String) -> String {
+    if s.is_empty() { "-".to_owned() } else { s }
+}
+
+/// Prints left-aligned columns under a header, two spaces apart.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let padded: Vec<String> =
+            cells.zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
+        out!("{}", padded.join("  ").trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
     }
 }
 
@@ -121,16 +343,16 @@ async fn topics(client: &Client, cmd: Topics) -> anyhow::Result<()> {
                 .create_topic(&name, partitions, replication_factor, configs)
                 .await
                 .map_err(|e| explain(e, &name))?;
-            println!("Created topic {name} with {partitions} partition(s).");
+            out!("Created topic {name} with {partitions} partition(s).");
         }
         Topics::List { internal } => {
             let mut topics = client.list_topics(internal).await.map_err(|e| explain(e, ""))?;
             topics.sort_by(|a, b| a.name.cmp(&b.name));
             for t in topics {
                 if t.internal {
-                    println!("{}\t{} partition(s)\tinternal", t.name, t.num_partitions);
+                    out!("{}\t{} partition(s)\tinternal", t.name, t.num_partitions);
                 } else {
-                    println!("{}\t{} partition(s)", t.name, t.num_partitions);
+                    out!("{}\t{} partition(s)", t.name, t.num_partitions);
                 }
             }
         }
@@ -153,7 +375,7 @@ async fn topics(client: &Client, cmd: Topics) -> anyhow::Result<()> {
         }
         Topics::Delete { name } => {
             client.delete_topic(&name).await.map_err(|e| explain(e, &name))?;
-            println!("Deleted topic {name}.");
+            out!("Deleted topic {name}.");
         }
     }
     Ok(())
@@ -182,7 +404,7 @@ fn explain(e: ClientError, topic: &str) -> anyhow::Error {
 fn print_description(d: &TopicDescription) {
     let mut configs: Vec<String> = d.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     configs.sort();
-    println!(
+    out!(
         "Topic: {}\tPartitions: {}{}\tConfigs: {}",
         d.name,
         d.partitions.len(),
@@ -215,7 +437,7 @@ fn print_description(d: &TopicDescription) {
     let line = |cells: &[&str]| {
         let padded: Vec<String> =
             cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("  {}", padded.join("  ").trim_end());
+        out!("  {}", padded.join("  ").trim_end());
     };
     line(&header);
     for row in &rows {

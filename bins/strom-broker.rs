@@ -1,1 +1,145 @@
-fn main() {}
+//! `strom-broker`: runs one Strom node, controller and broker at once, serving the gRPC API.
+//! Settings come from defaults, then `--config FILE` (TOML), then flags; SIGTERM or Ctrl-C
+//! shuts down gracefully (requests drained, every log flushed and closed).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use strom_broker::{BrokerConfig, BrokerServer};
+use tracing_subscriber::EnvFilter;
+
+/// Runs a single-node Strom broker.
+#[derive(Debug, Parser)]
+#[command(name = "strom-broker", version, about)]
+struct Args {
+    /// TOML config file (same names as the BrokerConfig fields); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:9095].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// host:port clients are told to connect to [default: the bound address].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertised_address: Option<String>,
+    /// Data directory [default: ./strom-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// This node's id [default: 1].
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Partitions of topics created without a count [default: 1].
+    #[arg(long)]
+    num_partitions: Option<i32>,
+    /// Segment size at which a new segment is rolled [default: 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    segment_bytes: Option<u64>,
+    /// Segment age at which a new segment is rolled; -1: never [default: 7 days].
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    segment_ms: Option<i64>,
+    /// Delete segments older than this; -1: keep forever [default: 7 days].
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    retention_ms: Option<i64>,
+    /// Delete the oldest segments above this partition size; -1: unlimited [default: -1].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    retention_bytes: Option<i64>,
+    /// Fsync after this many messages; -1: not by count [default: -1].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    flush_messages: Option<i64>,
+    /// Fsync data older than this; -1: not by time [default: -1].
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    flush_ms: Option<i64>,
+    /// Largest record batch a topic accepts [default: 1048588].
+    #[arg(long, value_name = "BYTES")]
+    message_max_bytes: Option<usize>,
+    /// Create unknown topics when a client asks for their metadata.
+    #[arg(long)]
+    auto_create_topics: bool,
+    /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<BrokerConfig> {
+        let mut c = match &self.config {
+            Some(path) => BrokerConfig::load(path)?,
+            None => BrokerConfig::default(),
+        };
+        fn set<T>(field: &mut T, flag: Option<T>) {
+            if let Some(v) = flag {
+                *field = v;
+            }
+        }
+        set(&mut c.listen, self.listen);
+        if self.advertised_address.is_some() {
+            c.advertised_address = self.advertised_address;
+        }
+        set(&mut c.data_dir, self.data_dir);
+        set(&mut c.node_id, self.node_id);
+        set(&mut c.num_partitions, self.num_partitions);
+        set(&mut c.log_segment_bytes, self.segment_bytes);
+        set(&mut c.log_segment_ms, self.segment_ms);
+        set(&mut c.log_retention_ms, self.retention_ms);
+        set(&mut c.log_retention_bytes, self.retention_bytes);
+        set(&mut c.log_flush_interval_messages, self.flush_messages);
+        set(&mut c.log_flush_interval_ms, self.flush_ms);
+        set(&mut c.message_max_bytes, self.message_max_bytes);
+        c.auto_create_topics |= self.auto_create_topics;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).context("bad --log-level")?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    init_logging(args.log_level.take().as_deref())?;
+    let config = args.into_config()?;
+    let server = BrokerServer::start(config).await.context("starting the broker")?;
+    // Scripts and tests read this line to learn the port when started with port 0.
+    println!("strom-broker listening on {}", server.local_addr());
+    std::io::stdout().flush().context("writing to stdout")?;
+    server.run_until(termination()).await.context("broker failed")?;
+    tracing::info!("bye");
+    Ok(())
+}

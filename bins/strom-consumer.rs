@@ -1,6 +1,8 @@
 //! `strom-consumer`: prints the records of a topic to stdout, one value per line, like Kafka's
-//! console consumer.
+//! console consumer. With `--group` it reads as a member of a consumer group: the group's
+//! partitions are shared with the other members, and what was printed is committed.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use strom_consumer::{
-    Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, PartitionId, TopicPartition,
+    Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset, PartitionId, SeekTo,
+    TopicPartition,
 };
 use tokio::time::Instant;
 
@@ -22,7 +25,13 @@ struct Args {
     /// Topic to read.
     #[arg(long)]
     topic: String,
-    /// Start from the earliest record instead of only new ones.
+    /// Read as a member of this consumer group: partitions are shared with its other members,
+    /// reading resumes at the group's committed offsets, and the offsets of printed records
+    /// are committed (periodically and on exit).
+    #[arg(long, conflicts_with = "partition")]
+    group: Option<String>,
+    /// Start from the earliest record instead of only new ones (with --group: where the group
+    /// has no committed offset).
     #[arg(long)]
     from_beginning: bool,
     /// Exit after printing this many records.
@@ -37,13 +46,17 @@ struct Args {
     /// Read only this partition (default: all partitions of the topic).
     #[arg(long)]
     partition: Option<i32>,
-    /// Exit when no record arrives for this many milliseconds.
+    /// Exit when no record arrives for this many milliseconds (with --group, counted from
+    /// when the consumer has joined its group).
     #[arg(long)]
     timeout_ms: Option<u64>,
 }
 
-/// Longest single wait in the poll loop, so Ctrl-C and the idle timeout are noticed promptly.
+/// Longest single wait in the poll loop, so the idle timeout is noticed promptly.
 const POLL_SLICE: Duration = Duration::from_millis(500);
+/// How long --timeout-ms waits for the first join of the group before it starts counting:
+/// the coordinator may hold a new group's first rebalance for a few seconds.
+const JOIN_GRACE: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -65,66 +78,152 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let config = ConsumerConfig {
+    let mut config = ConsumerConfig {
         auto_offset_reset: if args.from_beginning {
             OffsetReset::Earliest
         } else {
             OffsetReset::Latest
         },
+        group_id: args.group.clone(),
         ..ConsumerConfig::new(args.bootstrap.clone())
     };
+    config.client.client_id = "strom-consumer".to_owned();
     let mut consumer = Consumer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", args.bootstrap))?;
-    // Where the partitions come from; a `--group` subscription will be the other source.
-    let partitions = assigned_partitions(&consumer, &args).await?;
-    consumer.assign(partitions);
+    if args.group.is_some() {
+        // Fail early on a missing topic, as without a group.
+        consumer
+            .partitions_for(&args.topic)
+            .await
+            .with_context(|| format!("cannot read topic {:?}", args.topic))?;
+        consumer.subscribe(vec![args.topic.clone()], None)?;
+    } else {
+        let partitions = assigned_partitions(&consumer, &args).await?;
+        consumer.assign(partitions);
+    }
 
     let mut out = Output::new(&args);
-    let idle_timeout = args.timeout_ms.map(Duration::from_millis);
-    let mut last_record = Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let result = loop {
-        if args.max_messages.is_some_and(|max| out.count >= max) {
-            break Ok(());
+    let result = consume(&mut consumer, &args, &mut out).await;
+    let flushed = out.flush();
+    if args.group.is_some() {
+        // Close commits the positions (auto-commit): after `consume` they stop at the last
+        // record printed and flushed.
+        let closed = consumer.close().await.context("closing the group membership");
+        if let Err(e) = &closed {
+            eprintln!("strom-consumer: warning: {e:#}");
         }
-        let wait = match idle_timeout {
-            Some(t) => {
-                let left = t.saturating_sub(last_record.elapsed());
-                if left.is_zero() {
-                    break Ok(());
-                }
-                left.min(POLL_SLICE)
-            }
-            None => POLL_SLICE,
-        };
-        let records = tokio::select! {
-            records = consumer.poll(wait) => records,
-            _ = &mut ctrl_c => break Ok(()),
-        };
-        let records = match records {
-            Ok(records) => records,
-            Err(e) => break Err(anyhow::Error::new(e).context("consuming failed")),
-        };
-        if records.is_empty() {
-            continue;
-        }
-        last_record = Instant::now();
-        match out.write(&records, args.max_messages) {
-            Ok(()) => {}
-            // The reader went away (`| head`): a normal way to stop.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => break Err(anyhow::Error::new(e).context("writing to stdout")),
-        }
-    };
-    match out.flush() {
+    }
+    match flushed {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
         Err(e) => return Err(anyhow::Error::new(e).context("writing to stdout")),
     }
     eprintln!("Processed a total of {} messages", out.count);
     result
+}
+
+/// Polls and prints until --max-messages, --timeout-ms, Ctrl-C/SIGTERM, a closed stdout, or an
+/// error. In group mode every batch is flushed before the next poll (whose auto-commit may
+/// cover it), and on the way out positions are moved back to the first record not printed, so
+/// the commit on close covers exactly what reached stdout.
+async fn consume(consumer: &mut Consumer, args: &Args, out: &mut Output) -> anyhow::Result<()> {
+    let group_mode = args.group.is_some();
+    let idle_timeout = args.timeout_ms.map(Duration::from_millis);
+    let started = Instant::now();
+    let mut joined = !group_mode;
+    let mut last_record = Instant::now();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        if args.max_messages.is_some_and(|max| out.count >= max) {
+            return Ok(());
+        }
+        if !joined && consumer.group_metadata().is_some_and(|m| m.generation_id >= 0) {
+            joined = true;
+            last_record = Instant::now();
+        }
+        let wait = match idle_timeout {
+            Some(t) if joined || started.elapsed() >= JOIN_GRACE => {
+                let left = t.saturating_sub(last_record.elapsed());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                left.min(POLL_SLICE)
+            }
+            _ => POLL_SLICE,
+        };
+        // Cancelling a poll loses no records (they are handed out after its last await).
+        let records = tokio::select! {
+            records = consumer.poll(wait) => records,
+            () = &mut stop => return Ok(()),
+        };
+        let records = records.context("consuming failed")?;
+        if records.is_empty() {
+            continue;
+        }
+        last_record = Instant::now();
+        let printed = out.write(&records, args.max_messages);
+        let flushed = match printed {
+            Ok(n) if group_mode => out.flush().map(|()| n),
+            other => other,
+        };
+        match flushed {
+            Ok(n) if n == records.len() => {}
+            Ok(n) => {
+                rewind(consumer, records.get(n..).unwrap_or_default())?;
+                return Ok(());
+            }
+            Err(e) => {
+                // Nothing of this batch is known to have reached the reader.
+                rewind(consumer, &records)?;
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    // The reader went away (`| head`): a normal way to stop.
+                    return Ok(());
+                }
+                return Err(anyhow::Error::new(e).context("writing to stdout"));
+            }
+        }
+    }
+}
+
+/// Moves each partition's position back to its first record in `unprinted`, so the commit on
+/// close does not cover them. `unprinted` is the tail of one poll's records.
+fn rewind(consumer: &mut Consumer, unprinted: &[ConsumerRecord]) -> anyhow::Result<()> {
+    let mut first: BTreeMap<TopicPartition, Offset> = BTreeMap::new();
+    for record in unprinted {
+        first.entry(TopicPartition::new(&*record.topic, record.partition)).or_insert(record.offset);
+    }
+    for (tp, offset) in first {
+        // A partition revoked meanwhile is no longer ours to commit: nothing to undo.
+        if consumer.assignment().contains(&tp) {
+            consumer.seek(&tp, SeekTo::Offset(offset))?;
+        }
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The partitions to read: the one named, or every partition of the topic. Fails if the topic
@@ -167,8 +266,9 @@ impl Output {
         }
     }
 
-    /// Prints records, stopping at `max` in total.
-    fn write(&mut self, records: &[ConsumerRecord], max: Option<u64>) -> io::Result<()> {
+    /// Prints records, stopping at `max` in total; returns how many of `records` it printed.
+    fn write(&mut self, records: &[ConsumerRecord], max: Option<u64>) -> io::Result<usize> {
+        let mut printed = 0;
         for record in records {
             if max.is_some_and(|max| self.count >= max) {
                 break;
@@ -180,8 +280,9 @@ impl Output {
             self.writer.write_all(record.value.as_deref().unwrap_or(b"null"))?;
             self.writer.write_all(b"\n")?;
             self.count += 1;
+            printed += 1;
         }
-        Ok(())
+        Ok(printed)
     }
 
     fn flush(&mut self) -> io::Result<()> {

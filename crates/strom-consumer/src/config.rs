@@ -1,5 +1,8 @@
-//! Consumer configuration: how much to fetch, how long to long-poll, where to start.
+//! Consumer configuration: how much to fetch, how long to long-poll, where to start, and how
+//! the consumer takes part in a consumer group.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use strom_client::ClientConfig;
@@ -24,6 +27,68 @@ pub enum OffsetReset {
     None,
 }
 
+/// A partition assignment strategy the consumer offers its group, by Kafka's protocol names.
+///
+/// The group picks one strategy every member supports; the elected leader runs it. With
+/// [`AssignmentStrategy::CooperativeSticky`] alone the consumer rebalances cooperatively
+/// (KIP-429: it keeps consuming the partitions it keeps); if any other strategy is configured
+/// it rebalances eagerly (every member gives up everything before rejoining), as Kafka's
+/// consumer does.
+///
+/// ```
+/// use strom_consumer::AssignmentStrategy;
+/// let s: AssignmentStrategy = "cooperative-sticky".parse().unwrap();
+/// assert_eq!(s, AssignmentStrategy::CooperativeSticky);
+/// assert_eq!(AssignmentStrategy::Range.name(), "range");
+/// assert!("sticky".parse::<AssignmentStrategy>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AssignmentStrategy {
+    /// `"range"`: contiguous ranges of each topic's partitions per member.
+    Range,
+    /// `"roundrobin"`: all partitions dealt out one by one.
+    RoundRobin,
+    /// `"cooperative-sticky"`: balanced, keeps owned partitions, incremental rebalances.
+    CooperativeSticky,
+}
+
+impl AssignmentStrategy {
+    /// The protocol name the consumer advertises in JoinGroup.
+    ///
+    /// ```
+    /// use strom_consumer::AssignmentStrategy;
+    /// assert_eq!(AssignmentStrategy::RoundRobin.name(), "roundrobin");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            AssignmentStrategy::Range => "range",
+            AssignmentStrategy::RoundRobin => "roundrobin",
+            AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+impl fmt::Display for AssignmentStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AssignmentStrategy {
+    type Err = ConsumerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "range" => Ok(AssignmentStrategy::Range),
+            "roundrobin" => Ok(AssignmentStrategy::RoundRobin),
+            "cooperative-sticky" => Ok(AssignmentStrategy::CooperativeSticky),
+            other => Err(ConsumerError::InvalidConfig(format!(
+                "unknown assignment strategy {other:?} (range, roundrobin, cooperative-sticky)"
+            ))),
+        }
+    }
+}
+
 /// Settings of a [`Consumer`](crate::Consumer), with Kafka's defaults.
 ///
 /// ```
@@ -36,6 +101,14 @@ pub enum OffsetReset {
 ///     ..ConsumerConfig::new("127.0.0.1:9095")
 /// };
 /// assert_eq!(config.max_poll_records, 500);
+///
+/// // A member of the consumer group "billing", committing by hand.
+/// let config = ConsumerConfig {
+///     group_id: Some("billing".into()),
+///     enable_auto_commit: false,
+///     ..ConsumerConfig::new("127.0.0.1:9095")
+/// };
+/// assert_eq!(config.session_timeout, Duration::from_secs(10));
 /// ```
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -58,6 +131,37 @@ pub struct ConsumerConfig {
     /// First wait after a retriable failure; doubles per consecutive failure up to a second.
     /// Default 100 ms.
     pub retry_backoff: Duration,
+    /// The consumer group this consumer belongs to. Required by
+    /// [`Consumer::subscribe`](crate::Consumer::subscribe) and the commit calls; with a
+    /// manual assignment it also makes new partitions start at the group's committed offsets.
+    /// Default none.
+    pub group_id: Option<String>,
+    /// How long the group coordinator waits for a heartbeat before it drops this member and
+    /// hands its partitions to others. Default 10 s (Kafka's is 45 s): a crashed consumer's
+    /// partitions move on sooner, and heartbeats run in the background so a slow poll loop
+    /// does not need the slack. The coordinator bounds it (6 s to 30 min by default).
+    pub session_timeout: Duration,
+    /// Time between heartbeats; well under `session_timeout` (Kafka's rule: at most a third).
+    /// Default 3 s.
+    pub heartbeat_interval: Duration,
+    /// Longest time between two calls of [`Consumer::poll`](crate::Consumer::poll) before the
+    /// consumer leaves the group on its own (its partitions are then lost and it rejoins on
+    /// the next poll). Also the rebalance timeout: how long the coordinator waits for every
+    /// member to rejoin during a rebalance. Default 60 s (Kafka's `max.poll.interval.ms` is
+    /// 5 min, which keeps a whole group waiting that long for one stuck member).
+    pub max_poll_interval: Duration,
+    /// Commit the positions of the assigned partitions every `auto_commit_interval` from
+    /// within `poll`, before partitions are revoked, and on `close`. Default true.
+    pub enable_auto_commit: bool,
+    /// Time between automatic commits. Default 5 s.
+    pub auto_commit_interval: Duration,
+    /// The assignment strategies offered to the group, most preferred first. Default
+    /// `[Range, CooperativeSticky]`, as Kafka 3.x: eager rebalancing with the range assignor,
+    /// and a path to cooperative rebalancing by dropping `Range` from every member.
+    pub assignment_strategies: Vec<AssignmentStrategy>,
+    /// How often the group leader re-reads the partition counts of the subscribed topics and
+    /// starts a rebalance when one changed (a topic created or grown). Default 30 s.
+    pub metadata_max_age: Duration,
 }
 
 impl ConsumerConfig {
@@ -90,6 +194,28 @@ impl ConsumerConfig {
         if self.retry_backoff > MAX_RETRY_BACKOFF {
             return invalid("retry_backoff must be at most 1 minute");
         }
+        if let Some(group) = &self.group_id {
+            if group.is_empty() || group.len() > MAX_GROUP_ID_LEN {
+                return invalid("group_id must be 1 to 1024 bytes long");
+            }
+        }
+        for (name, value) in [
+            ("session_timeout", self.session_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("max_poll_interval", self.max_poll_interval),
+            ("auto_commit_interval", self.auto_commit_interval),
+            ("metadata_max_age", self.metadata_max_age),
+        ] {
+            if value.is_zero() || value > MAX_GROUP_TIMEOUT {
+                return invalid(&format!("{name} must be positive and at most 1 hour"));
+            }
+        }
+        if self.heartbeat_interval >= self.session_timeout {
+            return invalid("heartbeat_interval must be shorter than session_timeout");
+        }
+        if self.assignment_strategies.is_empty() {
+            return invalid("assignment_strategies must name at least one strategy");
+        }
         Ok(())
     }
 }
@@ -97,6 +223,10 @@ impl ConsumerConfig {
 /// Longer long-polls only hide a dead broker behind a silent consumer.
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(300);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// Group timeouts beyond an hour are mistakes (and would overflow the protocol's u32 ms).
+const MAX_GROUP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The coordinator's default limit on group id length.
+const MAX_GROUP_ID_LEN: usize = 1024;
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
@@ -109,6 +239,17 @@ impl Default for ConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             max_poll_records: 500,
             retry_backoff: Duration::from_millis(100),
+            group_id: None,
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            max_poll_interval: Duration::from_secs(60),
+            enable_auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            assignment_strategies: vec![
+                AssignmentStrategy::Range,
+                AssignmentStrategy::CooperativeSticky,
+            ],
+            metadata_max_age: Duration::from_secs(30),
         }
     }
 }
@@ -126,5 +267,42 @@ mod tests {
         assert!(matches!(bad.validate(), Err(ConsumerError::InvalidConfig(_))));
         let bad = ConsumerConfig { max_partition_fetch_bytes: 0, ..ConsumerConfig::default() };
         assert!(matches!(bad.validate(), Err(ConsumerError::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn group_settings_are_checked() {
+        let ok = ConsumerConfig { group_id: Some("g".into()), ..ConsumerConfig::default() };
+        assert!(ok.validate().is_ok());
+        let bad = [
+            ConsumerConfig { group_id: Some(String::new()), ..ConsumerConfig::default() },
+            ConsumerConfig { session_timeout: Duration::ZERO, ..ConsumerConfig::default() },
+            ConsumerConfig {
+                heartbeat_interval: Duration::from_secs(10),
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig { assignment_strategies: vec![], ..ConsumerConfig::default() },
+            ConsumerConfig {
+                max_poll_interval: Duration::from_secs(7200),
+                ..ConsumerConfig::default()
+            },
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.validate(), Err(ConsumerError::InvalidConfig(_))),
+                "{config:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strategies_parse_by_kafka_name() {
+        for s in [
+            AssignmentStrategy::Range,
+            AssignmentStrategy::RoundRobin,
+            AssignmentStrategy::CooperativeSticky,
+        ] {
+            assert_eq!(s.name().parse::<AssignmentStrategy>().unwrap(), s);
+            assert!(strom_coordinator::assignor::by_name(s.name()).is_some());
+        }
     }
 }

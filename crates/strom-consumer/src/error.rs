@@ -77,4 +77,29 @@ pub enum ConsumerError {
     /// A broker answered in a way the protocol does not allow.
     #[error("invalid response from broker: {0}")]
     InvalidResponse(String),
+    /// The operation needs a consumer group and
+    /// [`ConsumerConfig::group_id`](crate::ConsumerConfig::group_id) is not set.
+    #[error("no group_id is configured")]
+    NoGroupId,
+    /// The group coordinator refused to let this consumer take part in its group (an invalid
+    /// session timeout, no assignment strategy in common with the other members, a full
+    /// group...), or answered a group request with an error retrying will not fix.
+    #[error("group coordinator refused ({code:?}): {message}")]
+    Group {
+        /// The coordinator's error code.
+        code: ErrorCode,
+        /// The coordinator's message.
+        message: String,
+    },
+    /// An offset commit was rejected because the group rebalanced or this member is no longer
+    /// part of its generation (Kafka's `CommitFailedException`). Nothing was committed; the
+    /// partitions may already belong to another member, which resumes from the last commit.
+    #[error("offset commit failed ({code:?}): {message}")]
+    CommitFailed {
+        /// ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS, or another
+        /// per-partition error of the commit.
+        code: ErrorCode,
+        /// The coordinator's message.
+        message: String,
+    },
 }

@@ -3,8 +3,9 @@
 //! decoded records out in offset order.
 //!
 //! It does not decide which partitions to read: [`Consumer`](crate::Consumer) feeds it a manual
-//! assignment, and group membership can feed it rebalanced ones the same way, through
-//! [`Fetcher::assign`].
+//! assignment or the one its consumer group hands out, through [`Fetcher::assign`]. Partitions
+//! whose starting point is the group's committed offset wait in [`Position::Awaiting`] until
+//! the consumer has read it; nothing is fetched for them before.
 //!
 //! Every RPC runs as a task in a [`JoinSet`], so fetches progress while the application works
 //! on the previous poll's records; all bookkeeping stays in this struct and is touched only by
@@ -24,6 +25,7 @@ use strom_proto::v1::{
     ErrorCode, FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
     ListOffsetsRequest, ListOffsetsTopic,
 };
+use tokio::sync::Notify;
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -78,6 +80,8 @@ enum Position {
     Known(Offset),
     /// To be resolved with ListOffsets before fetching.
     Reset(ResetTo),
+    /// Waiting for the consumer to look up the group's committed offset.
+    Awaiting,
 }
 
 #[derive(Debug)]
@@ -99,10 +103,10 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn new(topic: Arc<str>, epoch: u64) -> Self {
+    fn new(topic: Arc<str>, epoch: u64, position: Position) -> Self {
         PartitionState {
             topic,
-            position: Position::Reset(ResetTo::Policy),
+            position,
             epoch,
             in_flight: None,
             buffered: false,
@@ -249,8 +253,11 @@ impl Fetcher {
     }
 
     /// Replaces the set of partitions read. Partitions that stay keep their positions and any
-    /// data already fetched; new ones start without a position (`auto_offset_reset`).
-    pub(crate) fn assign(&mut self, partitions: &[TopicPartition]) {
+    /// data already fetched; new ones start without a position: `auto_offset_reset`, or, with
+    /// `await_committed`, nothing until [`Fetcher::resolve_committed`] says where.
+    pub(crate) fn assign(&mut self, partitions: &[TopicPartition], await_committed: bool) {
+        let initial =
+            if await_committed { Position::Awaiting } else { Position::Reset(ResetTo::Policy) };
         let mut topics: HashMap<&str, Arc<str>> = HashMap::new();
         let mut next = HashMap::with_capacity(partitions.len());
         for tp in partitions {
@@ -265,7 +272,7 @@ impl Fetcher {
                         .or_insert_with(|| Arc::from(tp.topic.as_str()))
                         .clone();
                     let epoch = self.bump_epoch();
-                    PartitionState::new(topic, epoch)
+                    PartitionState::new(topic, epoch, initial)
                 }
             };
             next.insert(tp.clone(), state);
@@ -274,6 +281,33 @@ impl Fetcher {
         let partitions = &self.partitions;
         let freed = remove_completed(&mut self.completed, |c| !partitions.contains_key(&c.tp));
         self.buffered_bytes = self.buffered_bytes.saturating_sub(freed);
+    }
+
+    /// The partitions still waiting for their committed offset.
+    pub(crate) fn awaiting(&self) -> Vec<TopicPartition> {
+        let mut out: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| matches!(s.position, Position::Awaiting))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Starts a partition that waits for its committed offset: there, or per
+    /// `auto_offset_reset` without one. A partition sought in the meantime keeps that position.
+    pub(crate) fn resolve_committed(&mut self, tp: &TopicPartition, committed: Option<Offset>) {
+        let epoch = self.bump_epoch();
+        let Some(state) = self.partitions.get_mut(tp) else { return };
+        if !matches!(state.position, Position::Awaiting) {
+            return;
+        }
+        state.position = match committed {
+            Some(offset) if offset.get() >= 0 => Position::Known(offset),
+            _ => Position::Reset(ResetTo::Policy),
+        };
+        state.epoch = epoch;
     }
 
     /// Sets where the next record of `tp` comes from; data fetched from elsewhere is dropped.
@@ -309,15 +343,20 @@ impl Fetcher {
     pub(crate) fn position(&self, tp: &TopicPartition) -> Option<Offset> {
         match self.partitions.get(tp)?.position {
             Position::Known(offset) => Some(offset),
-            Position::Reset(_) => None,
+            Position::Reset(_) | Position::Awaiting => None,
         }
     }
 
     /// Returns buffered records at once, else waits up to `timeout` for some to arrive; then
     /// starts the next fetches before returning, so they overlap the application's work.
+    ///
+    /// `interrupt` ends the wait early with no records (the group needs the consumer's
+    /// attention). Cancel-safe: the only `.await` is the wait, which comes before any record
+    /// is taken from the buffer, so a dropped poll loses nothing.
     pub(crate) async fn poll(
         &mut self,
         timeout: Duration,
+        interrupt: Option<&Notify>,
     ) -> Result<Vec<ConsumerRecord>, ConsumerError> {
         let start = Instant::now();
         // A timeout too large to represent means "no timeout" in practice.
@@ -339,14 +378,16 @@ impl Fetcher {
                 }
             }
             let records = self.drain()?;
-            self.start_work().await;
+            self.start_work();
             if !records.is_empty() {
                 return Ok(records);
             }
             if Instant::now() >= deadline {
                 return Ok(Vec::new());
             }
-            self.wait(deadline).await;
+            if self.wait(deadline, interrupt).await {
+                return Ok(Vec::new());
+            }
         }
     }
 
@@ -398,12 +439,13 @@ impl Fetcher {
         Some(done)
     }
 
-    /// Starts whatever RPCs the current state calls for.
-    async fn start_work(&mut self) {
+    /// Starts whatever RPCs the current state calls for. Never waits: the RPCs run as tasks,
+    /// and partitions whose topic metadata is not cached yet go after the refresh it starts.
+    fn start_work(&mut self) {
         let now = Instant::now();
+        self.start_resets(now);
+        self.start_fetches(now);
         self.start_metadata_refreshes();
-        self.start_resets(now).await;
-        self.start_fetches(now).await;
     }
 
     fn start_metadata_refreshes(&mut self) {
@@ -423,7 +465,7 @@ impl Fetcher {
 
     /// Resolves missing positions with one ListOffsets per leader broker, so every partition
     /// of a fresh assignment gets its position (and its first fetch) together.
-    async fn start_resets(&mut self, now: Instant) {
+    fn start_resets(&mut self, now: Instant) {
         let policy = self.settings.reset;
         let mut candidates = Vec::new();
         for (tp, state) in &self.partitions {
@@ -448,7 +490,7 @@ impl Fetcher {
         if candidates.is_empty() {
             return;
         }
-        let routed = self.route(candidates, |c| (&c.tp, &c.topic)).await;
+        let routed = self.route(candidates, |c| (&c.tp, &c.topic));
         for (broker, plan) in routed {
             if self.resetting_brokers.contains(&broker) {
                 continue;
@@ -479,9 +521,10 @@ impl Fetcher {
         }
     }
 
-    /// Groups partitions by their leader broker, from the client's metadata cache (a miss costs
-    /// one Metadata RPC per topic). Partitions without a known leader back off.
-    async fn route<T>(
+    /// Groups partitions by their leader broker, from the client's metadata cache. A topic
+    /// missing from the cache gets a refresh task and its partitions wait for it (the task's
+    /// end wakes the poll loop); partitions without a known leader back off.
+    fn route<T>(
         &mut self,
         items: Vec<T>,
         key: impl Fn(&T) -> (&TopicPartition, &Arc<str>),
@@ -492,24 +535,19 @@ impl Fetcher {
             if metadata.contains_key(topic) {
                 continue;
             }
-            let info = match self.client.topic_metadata(topic).await {
-                Ok(info) => Some(info),
-                Err(e) => {
-                    debug!(%topic, error = %e, "no metadata for assigned topic");
-                    None
-                }
-            };
+            let info = self.client.cached_topic(topic);
+            if info.is_none() && !self.refreshing.contains(topic) {
+                self.stale_topics.insert(Arc::clone(topic));
+            }
             metadata.insert(Arc::clone(topic), info);
         }
         let mut by_broker: BTreeMap<i32, Vec<T>> = BTreeMap::new();
         for item in items {
             let (tp, topic) = key(&item);
-            let leader = metadata
-                .get(topic)
-                .and_then(Option::as_ref)
-                .and_then(|info| info.partition(tp.partition))
-                .map(|p| p.leader)
-                .filter(|&leader| leader >= 0);
+            // Not cached: a refresh is on its way and wakes the poll loop when done.
+            let Some(Some(info)) = metadata.get(topic) else { continue };
+            let leader =
+                info.partition(tp.partition).map(|p| p.leader).filter(|&leader| leader >= 0);
             match leader {
                 Some(leader) => by_broker.entry(leader).or_default().push(item),
                 None => {
@@ -523,7 +561,7 @@ impl Fetcher {
     }
 
     /// Sends one Fetch to each idle leader broker, covering every ready partition it leads.
-    async fn start_fetches(&mut self, now: Instant) {
+    fn start_fetches(&mut self, now: Instant) {
         let budget = (self.settings.max_bytes as usize)
             .saturating_sub(self.buffered_bytes)
             .saturating_sub(self.reserved_bytes);
@@ -548,7 +586,7 @@ impl Fetcher {
         if candidates.is_empty() {
             return;
         }
-        let by_broker = self.route(candidates, |c| (&c.tp, &c.topic)).await;
+        let by_broker = self.route(candidates, |c| (&c.tp, &c.topic));
         let mut budget = budget;
         for (broker, plan) in by_broker {
             if budget == 0 {
@@ -595,20 +633,31 @@ impl Fetcher {
         }
     }
 
-    /// Waits for the next task to finish, a backoff to expire, or the deadline.
-    async fn wait(&mut self, deadline: Instant) {
+    /// Waits for the next task to finish, a backoff to expire, the deadline, or `interrupt`;
+    /// true when interrupted.
+    async fn wait(&mut self, deadline: Instant, interrupt: Option<&Notify>) -> bool {
         let wake = self.next_retry(Instant::now()).map_or(deadline, |t| t.min(deadline));
+        let interrupted = async {
+            match interrupt {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         if self.tasks.is_empty() {
-            tokio::time::sleep_until(wake).await;
-            return;
+            return tokio::select! {
+                () = tokio::time::sleep_until(wake) => false,
+                () = interrupted => true,
+            };
         }
         let joined = tokio::select! {
             joined = self.tasks.join_next_with_id() => joined,
             () = tokio::time::sleep_until(wake) => None,
+            () = interrupted => return true,
         };
         if let Some(joined) = joined {
             self.on_joined(joined);
         }
+        false
     }
 
     /// The earliest backoff expiry still ahead, among partitions waiting for nothing else.
@@ -690,8 +739,34 @@ impl Fetcher {
             }
             Request::Metadata { topic } => {
                 self.refreshing.remove(&topic);
-                if let Ok(TaskOutput::Metadata(Err(e))) = output {
-                    debug!(%topic, error = %e, "metadata refresh failed");
+                let failed = match output {
+                    Ok(TaskOutput::Metadata(Ok(()))) => false,
+                    Ok(TaskOutput::Metadata(Err(e))) => {
+                        debug!(%topic, error = %e, "metadata refresh failed");
+                        true
+                    }
+                    other => {
+                        warn!(%topic, outcome = ?other.err(), "metadata task ended abnormally");
+                        true
+                    }
+                };
+                if failed {
+                    // Back the topic's partitions off; the next attempt asks for metadata again
+                    // once they are due, so an unknown topic is not asked for in a tight loop.
+                    let now = Instant::now();
+                    let ceiling = MAX_BACKOFF.max(self.settings.retry_backoff);
+                    for state in self.partitions.values_mut() {
+                        if state.topic == topic && state.ready(now) {
+                            state.failures = state.failures.saturating_add(1);
+                            let doublings = state.failures.saturating_sub(1).min(16);
+                            let delay = self
+                                .settings
+                                .retry_backoff
+                                .saturating_mul(1 << doublings)
+                                .min(ceiling);
+                            state.retry_at = Some(now + delay);
+                        }
+                    }
                 }
             }
         }

@@ -1,0 +1,479 @@
+//! Broker settings (a TOML file, overridable by flags) and per-topic overrides with Kafka's
+//! names, both validated before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strom_format::BATCH_HEADER_LEN;
+use strom_log::{FlushPolicy, LogConfig};
+
+use crate::error::{ApiError, BrokerError};
+
+/// Largest segment a topic may ask for: segment positions stay within an `i32`, as in Kafka.
+const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+/// Largest batch any topic may accept; gRPC requests are capped separately.
+const MAX_MESSAGE_BYTES: usize = i32::MAX as usize;
+/// Largest gRPC message the broker can be told to accept.
+const MAX_REQUEST_BYTES: usize = 1 << 30;
+/// A config file larger than this is certainly not a broker config.
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// Settings of one broker process.
+///
+/// Every field has a default, so an empty TOML file is a valid config. Names follow Kafka's
+/// broker settings with `_` for `.` (TOML reads dots as nesting). Durations are milliseconds;
+/// `-1` means "unlimited" / "never" where Kafka uses it that way.
+///
+/// ```
+/// use strom_broker::BrokerConfig;
+/// let config = BrokerConfig::from_toml_str("node_id = 3\nlog_retention_ms = -1\n").unwrap();
+/// assert_eq!(config.node_id, 3);
+/// assert_eq!(config.listen.to_string(), "127.0.0.1:9095");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This broker's id; also the controller id while one process is both.
+    pub node_id: i32,
+    /// Address the gRPC listener binds; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `host:port` clients are told to dial; defaults to the bound address.
+    pub advertised_address: Option<String>,
+    /// Directory holding the metadata file and one directory per partition.
+    pub data_dir: PathBuf,
+    /// Partitions of a topic created without a count (`-1`) or auto-created.
+    pub num_partitions: i32,
+    /// Size at which a segment is rolled.
+    pub log_segment_bytes: u64,
+    /// Age at which a segment is rolled; `-1`: never by age.
+    pub log_segment_ms: i64,
+    /// Age after which closed segments are deleted; `-1`: keep forever.
+    pub log_retention_ms: i64,
+    /// Partition size above which the oldest segments are deleted; `-1`: unlimited.
+    pub log_retention_bytes: i64,
+    /// Bytes between entries of the sparse offset index.
+    pub log_index_interval_bytes: u32,
+    /// Fsync after this many messages; `-1`: not by count.
+    pub log_flush_interval_messages: i64,
+    /// Fsync data older than this; `-1`: not by age. Ignored when the message count is set.
+    pub log_flush_interval_ms: i64,
+    /// How often the background task checks whether a timed flush is due.
+    pub log_flush_scheduler_interval_ms: u64,
+    /// How often retention runs over every partition.
+    pub log_retention_check_interval_ms: u64,
+    /// Largest record batch a topic accepts unless it overrides `max.message.bytes`.
+    pub message_max_bytes: usize,
+    /// Largest gRPC request the broker decodes.
+    pub max_request_bytes: usize,
+    /// Cap on a fetch's `max_wait_ms`, so no request parks forever.
+    pub fetch_max_wait_ms: u64,
+    /// Cap on a fetch response's size (and its default when the request says 0).
+    pub fetch_max_bytes: usize,
+    /// Create unknown topics (with `num_partitions`) when a Metadata request names them.
+    pub auto_create_topics: bool,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9095)),
+            advertised_address: None,
+            data_dir: PathBuf::from("./strom-data"),
+            num_partitions: 1,
+            log_segment_bytes: 1 << 30,
+            log_segment_ms: 7 * 24 * 3600 * 1000,
+            log_retention_ms: 7 * 24 * 3600 * 1000,
+            log_retention_bytes: -1,
+            log_index_interval_bytes: 4096,
+            // Kafka's default: leave fsync to the OS; a process crash loses nothing, a machine
+            // crash may lose what the page cache held.
+            log_flush_interval_messages: -1,
+            log_flush_interval_ms: -1,
+            log_flush_scheduler_interval_ms: 1000,
+            log_retention_check_interval_ms: 5 * 60 * 1000,
+            message_max_bytes: 1_048_588,
+            max_request_bytes: 100 << 20,
+            fetch_max_wait_ms: 30_000,
+            fetch_max_bytes: 50 << 20,
+            auto_create_topics: false,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Parses and validates a TOML config.
+    pub fn from_toml_str(text: &str) -> Result<Self, BrokerError> {
+        let config: BrokerConfig =
+            toml::from_str(text).map_err(|e| BrokerError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, BrokerError> {
+        let path = path.as_ref();
+        let io =
+            |source| BrokerError::Io { context: format!("reading {}", path.display()), source };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_CONFIG_FILE_BYTES {
+            return Err(BrokerError::Config(format!(
+                "{} is {size} bytes; a config file is at most {MAX_CONFIG_FILE_BYTES}",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::from_toml_str(&text)
+            .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks every setting; the broker refuses to start on the first bad one.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |msg: String| Err(BrokerError::Config(msg));
+        if self.node_id < 0 {
+            return bad(format!("node_id must be >= 0, got {}", self.node_id));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty".into());
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.num_partitions) {
+            return bad(format!(
+                "num_partitions must be in 1..={MAX_PARTITIONS}, got {}",
+                self.num_partitions
+            ));
+        }
+        if let Some(addr) = &self.advertised_address {
+            parse_host_port(addr).map_err(BrokerError::Config)?;
+        }
+        if self.max_request_bytes < 1024 || self.max_request_bytes > MAX_REQUEST_BYTES {
+            return bad(format!(
+                "max_request_bytes must be in 1024..={MAX_REQUEST_BYTES}, got {}",
+                self.max_request_bytes
+            ));
+        }
+        if self.fetch_max_bytes == 0 {
+            return bad("fetch_max_bytes must be > 0".into());
+        }
+        if self.log_flush_scheduler_interval_ms == 0 || self.log_retention_check_interval_ms == 0 {
+            return bad("background task intervals must be > 0 ms".into());
+        }
+        if self.log_index_interval_bytes == 0 {
+            return bad("log_index_interval_bytes must be > 0".into());
+        }
+        // The broker-wide log settings obey the same rules as per-topic overrides.
+        TopicConfig::resolve(self, &BTreeMap::new())
+            .map_err(|e| BrokerError::Config(e.message.clone()))?;
+        Ok(())
+    }
+
+    /// The fetch wait cap as a duration.
+    pub fn fetch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.fetch_max_wait_ms)
+    }
+
+    /// The host and port clients are told to dial, given the address the listener bound.
+    pub fn advertised(&self, bound: SocketAddr) -> (String, i32) {
+        if let Some(Ok((host, port))) = self.advertised_address.as_deref().map(parse_host_port) {
+            return (host, port);
+        }
+        // A wildcard bind is not dialable; loopback is the one address sure to reach us.
+        let ip = if bound.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            bound.ip()
+        };
+        (ip.to_string(), i32::from(bound.port()))
+    }
+}
+
+/// Most partitions a single topic may have.
+pub const MAX_PARTITIONS: i32 = 10_000;
+
+fn parse_host_port(addr: &str) -> Result<(String, i32), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("advertised address {addr:?} is not host:port"))?;
+    let port: u16 =
+        port.parse().map_err(|_| format!("advertised address {addr:?} has a bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("advertised address {addr:?} needs a host and a non-zero port"));
+    }
+    Ok((host.to_string(), i32::from(port)))
+}
+
+/// The topic-level settings accepted in CreateTopics, with Kafka's names.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "flush.messages",
+    "flush.ms",
+    "max.message.bytes",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.ms",
+];
+
+/// A topic's effective settings: broker defaults with the topic's overrides applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    overrides: BTreeMap<String, String>,
+    retention_ms: i64,
+    retention_bytes: i64,
+    segment_bytes: u64,
+    segment_ms: i64,
+    flush_messages: i64,
+    flush_ms: i64,
+    max_message_bytes: usize,
+    index_interval_bytes: u32,
+}
+
+impl TopicConfig {
+    /// Applies `overrides` to the broker's defaults; any unknown key or bad value is
+    /// `INVALID_CONFIG`.
+    pub fn resolve(
+        broker: &BrokerConfig,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ApiError> {
+        let mut config = TopicConfig {
+            overrides: overrides.clone(),
+            retention_ms: broker.log_retention_ms,
+            retention_bytes: broker.log_retention_bytes,
+            segment_bytes: broker.log_segment_bytes,
+            segment_ms: broker.log_segment_ms,
+            flush_messages: broker.log_flush_interval_messages,
+            flush_ms: broker.log_flush_interval_ms,
+            max_message_bytes: broker.message_max_bytes,
+            index_interval_bytes: broker.log_index_interval_bytes,
+        };
+        for (key, value) in overrides {
+            let int = || -> Result<i64, ApiError> {
+                value.trim().parse::<i64>().map_err(|_| {
+                    ApiError::invalid_config(format!("{key}={value:?} is not an integer"))
+                })
+            };
+            match key.as_str() {
+                "retention.ms" => config.retention_ms = int()?,
+                "retention.bytes" => config.retention_bytes = int()?,
+                "segment.bytes" => {
+                    config.segment_bytes = u64::try_from(int()?).unwrap_or(0);
+                }
+                "segment.ms" => config.segment_ms = int()?,
+                "flush.messages" => config.flush_messages = int()?,
+                "flush.ms" => config.flush_ms = int()?,
+                "max.message.bytes" => {
+                    config.max_message_bytes = usize::try_from(int()?).unwrap_or(0);
+                }
+                "cleanup.policy" if value.trim() == "delete" => {}
+                "cleanup.policy" => {
+                    return Err(ApiError::invalid_config(format!(
+                        "cleanup.policy={value:?} is not supported (only \"delete\")"
+                    )));
+                }
+                other => {
+                    return Err(ApiError::invalid_config(format!(
+                        "unknown topic config {other:?}; supported: {}",
+                        TOPIC_CONFIG_KEYS.join(", ")
+                    )));
+                }
+            }
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ApiError> {
+        let bad = |msg: String| Err(ApiError::invalid_config(msg));
+        if self.retention_ms < -1 {
+            return bad(format!("retention.ms must be -1 or >= 0, got {}", self.retention_ms));
+        }
+        if self.retention_bytes < -1 {
+            return bad(format!(
+                "retention.bytes must be -1 or >= 0, got {}",
+                self.retention_bytes
+            ));
+        }
+        if !(1..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return bad(format!("segment.bytes must be in 1..={MAX_SEGMENT_BYTES}"));
+        }
+        if self.segment_ms < -1 || self.segment_ms == 0 {
+            return bad(format!("segment.ms must be -1 or >= 1, got {}", self.segment_ms));
+        }
+        if self.flush_messages < -1 || self.flush_messages == 0 {
+            return bad(format!("flush.messages must be -1 or >= 1, got {}", self.flush_messages));
+        }
+        if self.flush_ms < -1 {
+            return bad(format!("flush.ms must be -1 or >= 0, got {}", self.flush_ms));
+        }
+        if !(BATCH_HEADER_LEN..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
+            return bad(format!(
+                "max.message.bytes must be in {BATCH_HEADER_LEN}..={MAX_MESSAGE_BYTES}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The overrides the topic was created with (persisted as given).
+    pub fn overrides(&self) -> &BTreeMap<String, String> {
+        &self.overrides
+    }
+
+    /// Largest batch the topic accepts.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Every supported setting with its effective value, as DescribeTopics reports it.
+    pub fn effective(&self) -> BTreeMap<String, String> {
+        [
+            ("cleanup.policy", "delete".to_string()),
+            ("flush.messages", self.flush_messages.to_string()),
+            ("flush.ms", self.flush_ms.to_string()),
+            ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("retention.bytes", self.retention_bytes.to_string()),
+            ("retention.ms", self.retention_ms.to_string()),
+            ("segment.bytes", self.segment_bytes.to_string()),
+            ("segment.ms", self.segment_ms.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The strom-log configuration of each partition of the topic.
+    pub fn log_config(&self) -> LogConfig {
+        let ms = |v: i64| u64::try_from(v).ok().map(Duration::from_millis);
+        // One policy per log: a message count, when given, wins over a time bound.
+        let flush = match (self.flush_messages, self.flush_ms) {
+            (1, _) | (-1, 0) => FlushPolicy::EveryAppend,
+            (n, _) if n > 1 => FlushPolicy::EveryMessages(n.unsigned_abs()),
+            (_, t) if t > 0 => FlushPolicy::Interval(Duration::from_millis(t.unsigned_abs())),
+            _ => FlushPolicy::Manual,
+        };
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: ms(self.segment_ms),
+            retention_bytes: u64::try_from(self.retention_bytes).ok(),
+            retention_ms: ms(self.retention_ms),
+            index_interval_bytes: self.index_interval_bytes,
+            max_batch_bytes: self.max_message_bytes,
+            flush,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strom_proto::v1::ErrorCode;
+
+    fn overrides(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn empty_toml_is_the_default() {
+        assert_eq!(BrokerConfig::from_toml_str("").unwrap(), BrokerConfig::default());
+    }
+
+    #[test]
+    fn toml_fields_parse_and_unknown_keys_are_rejected() {
+        let c = BrokerConfig::from_toml_str(
+            "listen = \"0.0.0.0:0\"\ndata_dir = \"/tmp/x\"\nlog_segment_bytes = 4096\n\
+             log_flush_interval_messages = 1\nauto_create_topics = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.log_segment_bytes, 4096);
+        assert!(c.auto_create_topics);
+        assert!(matches!(
+            BrokerConfig::from_toml_str("no_such_setting = 1"),
+            Err(BrokerError::Config(_))
+        ));
+        assert!(matches!(
+            BrokerConfig::from_toml_str("num_partitions = 0"),
+            Err(BrokerError::Config(_))
+        ));
+        assert!(matches!(
+            BrokerConfig::from_toml_str("log_retention_ms = -5"),
+            Err(BrokerError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn config_file_loads_and_reports_its_path_on_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, "node_id = 7\nlog_retention_bytes = 1024\n").unwrap();
+        let c = BrokerConfig::load(&path).unwrap();
+        assert_eq!((c.node_id, c.log_retention_bytes), (7, 1024));
+        std::fs::write(&path, "node_id = \"seven\"\n").unwrap();
+        let err = BrokerConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("broker.toml"), "{err}");
+        assert!(BrokerConfig::load(dir.path().join("missing.toml")).is_err());
+    }
+
+    #[test]
+    fn advertised_address_defaults_to_bound_and_replaces_wildcards() {
+        let mut c = BrokerConfig::default();
+        assert_eq!(c.advertised("0.0.0.0:123".parse().unwrap()), ("127.0.0.1".into(), 123));
+        assert_eq!(c.advertised("10.1.2.3:9".parse().unwrap()), ("10.1.2.3".into(), 9));
+        c.advertised_address = Some("broker.example:9095".into());
+        assert_eq!(c.advertised("0.0.0.0:1".parse().unwrap()), ("broker.example".into(), 9095));
+        c.advertised_address = Some("nope".into());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn topic_overrides_apply_and_bad_values_are_invalid_config() {
+        let broker = BrokerConfig::default();
+        let t = TopicConfig::resolve(
+            &broker,
+            &overrides(&[("retention.ms", "1000"), ("segment.bytes", "512"), ("flush.ms", "0")]),
+        )
+        .unwrap();
+        let log = t.log_config();
+        assert_eq!(log.retention_ms, Some(Duration::from_millis(1000)));
+        assert_eq!(log.segment_bytes, 512);
+        assert!(matches!(log.flush, FlushPolicy::EveryAppend));
+        assert_eq!(t.effective()["retention.ms"], "1000");
+
+        for bad in [
+            ("retention.ms", "abc"),
+            ("retention.ms", "-2"),
+            ("segment.bytes", "0"),
+            ("segment.bytes", "99999999999"),
+            ("segment.ms", "0"),
+            ("flush.messages", "0"),
+            ("max.message.bytes", "-1"),
+            ("max.message.bytes", "60"),
+            ("cleanup.policy", "compact"),
+            ("no.such.key", "1"),
+        ] {
+            let err = TopicConfig::resolve(&broker, &overrides(&[bad])).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidConfig, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flush_policy_mapping() {
+        let broker = BrokerConfig::default();
+        let policy = |pairs: &[(&str, &str)]| {
+            TopicConfig::resolve(&broker, &overrides(pairs)).unwrap().log_config().flush
+        };
+        assert!(matches!(policy(&[]), FlushPolicy::Manual));
+        assert!(matches!(policy(&[("flush.messages", "1")]), FlushPolicy::EveryAppend));
+        assert!(matches!(policy(&[("flush.messages", "10")]), FlushPolicy::EveryMessages(10)));
+        assert!(matches!(policy(&[("flush.ms", "250")]), FlushPolicy::Interval(_)));
+        assert!(matches!(
+            policy(&[("flush.ms", "250"), ("flush.messages", "5")]),
+            FlushPolicy::EveryMessages(5)
+        ));
+    }
+}

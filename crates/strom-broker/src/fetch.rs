@@ -1,0 +1,138 @@
+//! Fetch: reading committed records from several partitions with Kafka's long poll. The broker
+//! answers once `min_bytes` are available, an error occurs, or `max_wait` passes, and sleeps on
+//! the partitions' high-watermark signals in between (no polling).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::select_all;
+use strom_proto::v1::ErrorCode;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::broker::{Broker, fetch_offset, run_blocking};
+use crate::error::ApiError;
+use crate::partition::Partition;
+use crate::types::{FetchParams, FetchPartitionParams, FetchedPartition};
+
+/// Most partitions one fetch may name; more is a malformed request.
+pub const MAX_FETCH_PARTITIONS: usize = 10_000;
+
+impl Broker {
+    /// Reads from each partition in `params`, long-polling as Kafka does. Answers in the order
+    /// of `params.partitions`. Only records below a partition's high watermark are returned;
+    /// whole batches, so the first may start before the fetch offset.
+    pub async fn fetch(&self, params: FetchParams) -> Vec<FetchedPartition> {
+        if params.partitions.len() > MAX_FETCH_PARTITIONS {
+            let error = ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("a fetch may name at most {MAX_FETCH_PARTITIONS} partitions"),
+            );
+            return params.partitions.iter().map(|_| failed(error.clone())).collect();
+        }
+        let max_wait = params.max_wait.min(self.config().fetch_max_wait());
+        let deadline = Instant::now() + max_wait;
+        let max_bytes = match params.max_bytes {
+            0 => self.config().fetch_max_bytes,
+            n => n.min(self.config().fetch_max_bytes),
+        };
+        let min_bytes = params.min_bytes;
+        let specs: Arc<[FetchPartitionParams]> = params.partitions.into();
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let partitions: Vec<_> =
+                specs.iter().map(|s| self.registry().partition(&s.topic, s.partition)).collect();
+            // Subscribed before reading: an append landing between the read and the wait
+            // still wakes us.
+            let mut signals: Vec<watch::Receiver<_>> =
+                partitions.iter().flatten().map(|p| p.subscribe()).collect();
+            let answer = read_round(specs.clone(), partitions, max_bytes).await;
+            let bytes: usize =
+                answer.iter().map(|a| a.records.as_ref().map_or(0, |r| r.len())).sum();
+            let failed = answer.iter().any(|a| a.records.is_err());
+            if bytes >= min_bytes
+                || failed
+                || signals.is_empty()
+                || Instant::now() >= deadline
+                || *shutdown.borrow()
+            {
+                return answer;
+            }
+            let appended = select_all(signals.iter_mut().map(|s| Box::pin(s.changed())));
+            tokio::select! {
+                _ = appended => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+fn failed(error: ApiError) -> FetchedPartition {
+    FetchedPartition { records: Err(error), high_watermark: -1, log_start_offset: -1 }
+}
+
+/// Reads every partition once, within the response budget. Runs on the blocking pool.
+async fn read_round(
+    specs: Arc<[FetchPartitionParams]>,
+    partitions: Vec<Result<Arc<Partition>, ApiError>>,
+    max_bytes: usize,
+) -> Vec<FetchedPartition> {
+    let count = partitions.len();
+    let round = run_blocking(move || {
+        let mut total = 0usize;
+        let answer = specs
+            .iter()
+            .zip(partitions)
+            .map(|(spec, partition)| {
+                let p = match partition {
+                    Ok(p) => p,
+                    Err(e) => return failed(e),
+                };
+                let records = read_one(&p, spec, max_bytes.saturating_sub(total), total == 0);
+                if let Ok(r) = &records {
+                    total += r.len();
+                }
+                // Offsets also on errors: an out-of-range consumer needs them to reset.
+                FetchedPartition {
+                    records,
+                    high_watermark: p.high_watermark().get(),
+                    log_start_offset: p.log_start_offset().get(),
+                }
+            })
+            .collect();
+        Ok(answer)
+    });
+    match round.await {
+        Ok(answer) => answer,
+        Err(e) => (0..count).map(|_| failed(e.clone())).collect(),
+    }
+}
+
+fn read_one(
+    p: &Partition,
+    spec: &FetchPartitionParams,
+    remaining: usize,
+    first_data: bool,
+) -> Result<Bytes, ApiError> {
+    let Some(offset) = fetch_offset(spec.fetch_offset) else {
+        return Err(ApiError::new(
+            ErrorCode::OffsetOutOfRange,
+            format!("{}: negative fetch offset {}", p.name(), spec.fetch_offset),
+        ));
+    };
+    if remaining == 0 {
+        return Ok(Bytes::new());
+    }
+    let limit = match spec.max_bytes {
+        0 => remaining,
+        n => n.min(remaining),
+    };
+    let records = p.read(offset, limit)?;
+    // The log returns at least one batch. Over the limit that is only allowed for the first
+    // data of the response, so a batch larger than the limits cannot wedge a consumer.
+    if records.len() > limit && !first_data {
+        return Ok(Bytes::new());
+    }
+    Ok(records)
+}

@@ -1,0 +1,260 @@
+//! One partition replica as this broker serves it: its log, its high watermark and leader
+//! epoch, and the signal that wakes fetches parked on it.
+//!
+//! High watermark: the offset below which records are committed and visible to consumers.
+//! With one node the leader is the whole ISR, so the high watermark moves to the log end offset
+//! as soon as an append returns, and acks 0, 1 and all all mean "appended by the leader" (on
+//! stable storage only when the flush policy says so). Replication will move it to the minimum
+//! log end offset of the ISR instead; everything reading below it stays as it is.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use strom_format::{Batches, LeaderEpoch, Offset, PartitionId};
+use strom_log::{AppendInfo, Log, LogConfig};
+use strom_proto::v1::ErrorCode;
+use tokio::sync::watch;
+
+use crate::error::{ApiError, BrokerError};
+
+/// `ListOffsets` timestamp asking for the log start offset.
+pub const EARLIEST_TIMESTAMP: i64 = -2;
+/// `ListOffsets` timestamp asking for the high watermark.
+pub const LATEST_TIMESTAMP: i64 = -1;
+
+/// Most segments one partition read continues into.
+const MAX_SEGMENTS_PER_READ: usize = 64;
+
+/// The offset after the last whole batch of `records`; `None` when there is no batch.
+fn next_offset_after(records: &Bytes) -> Option<Offset> {
+    Batches::new(records.clone()).map_while(Result::ok).last().map(|b| b.next_offset())
+}
+
+/// The directory of a partition inside the data directory, named as Kafka names it.
+pub(crate) fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+pub(crate) struct Partition {
+    name: String,
+    id: PartitionId,
+    dir: PathBuf,
+    log: Log,
+    leader_epoch: LeaderEpoch,
+    /// Carries the high watermark; every advance wakes the fetches subscribed to it.
+    high_watermark: watch::Sender<Offset>,
+    deleted: AtomicBool,
+}
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partition")
+            .field("name", &self.name)
+            .field("leader_epoch", &self.leader_epoch)
+            .field("high_watermark", &self.high_watermark())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partition {
+    /// Opens (creating if needed) the log of `topic`-`id` and serves it as leader in `epoch`.
+    /// Blocking: recovers the log.
+    pub(crate) fn open(
+        data_dir: &Path,
+        topic: &str,
+        id: i32,
+        config: LogConfig,
+        epoch: LeaderEpoch,
+    ) -> Result<Partition, BrokerError> {
+        let name = format!("{topic}-{id}");
+        let dir = partition_dir(data_dir, topic, id);
+        let log = Log::open(&dir, config)
+            .map_err(|source| BrokerError::Log { partition: name.clone(), source })?;
+        // Everything that survived recovery was appended by this node, the whole ISR.
+        let (high_watermark, _) = watch::channel(log.log_end_offset());
+        Ok(Partition {
+            name,
+            id: PartitionId::new(id),
+            dir,
+            log,
+            leader_epoch: epoch,
+            high_watermark,
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// `topic-partition`, for messages.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn leader_epoch(&self) -> LeaderEpoch {
+        self.leader_epoch
+    }
+
+    pub(crate) fn high_watermark(&self) -> Offset {
+        *self.high_watermark.borrow()
+    }
+
+    pub(crate) fn log_start_offset(&self) -> Offset {
+        self.log.log_start_offset()
+    }
+
+    pub(crate) fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub(crate) fn into_log(self) -> Log {
+        self.log
+    }
+
+    /// A receiver that sees every later high-watermark change (or deletion).
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Offset> {
+        self.high_watermark.subscribe()
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Refuses further requests and wakes parked fetches so they let go of the partition.
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.high_watermark.send_modify(|_| {});
+    }
+
+    fn check_live(&self) -> Result<(), ApiError> {
+        if self.is_deleted() {
+            let code = ErrorCode::UnknownTopicOrPartition;
+            return Err(ApiError::new(code, format!("{} is being deleted", self.name)));
+        }
+        Ok(())
+    }
+
+    /// Appends batches (validated by the log, offsets assigned, stamped with the leader epoch)
+    /// and advances the high watermark past them. Blocking.
+    pub(crate) fn append(&self, records: Bytes) -> Result<AppendInfo, ApiError> {
+        self.check_live()?;
+        if records.is_empty() {
+            return Err(ApiError::new(ErrorCode::CorruptMessage, "no record batches in request"));
+        }
+        let info = self
+            .log
+            .append_with_leader_epoch(records, self.leader_epoch)
+            .map_err(|e| self.log_error("append", &e))?;
+        // Appends to one log are serialised by the log, so when this one returns every
+        // earlier one is complete and the high watermark may pass them all.
+        let end = info.last_offset.next();
+        self.high_watermark.send_if_modified(|hw| {
+            if end > *hw {
+                *hw = end;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(info)
+    }
+
+    /// Whole batches from the one holding `from`, none at or above the high watermark, about
+    /// `max_bytes` of them (at least one batch when any is readable). Blocking.
+    pub(crate) fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, ApiError> {
+        self.check_live()?;
+        let hw = self.high_watermark();
+        let start = self.log.log_start_offset();
+        let end = self.log.log_end_offset();
+        if from < start || from > end {
+            return Err(ApiError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!("{}: offset {from} is outside [{start}, {end}]", self.name),
+            ));
+        }
+        if from >= hw {
+            return Ok(Bytes::new());
+        }
+        let first = self
+            .log
+            .read_below(from, max_bytes.max(1), hw)
+            .map_err(|e| self.log_error("read", &e))?
+            .records;
+        Ok(self.read_on(first, max_bytes, hw))
+    }
+
+    /// A log read stops at the end of a segment. A consumer catching up should not get one
+    /// segment's tail per round trip (or wait out a long poll while later segments hold data),
+    /// so reading continues into the next segments while the limit allows. This copies, but
+    /// only when a read crosses a segment boundary.
+    fn read_on(&self, first: Bytes, max_bytes: usize, hw: Offset) -> Bytes {
+        let mut total = first.len();
+        let Some(mut next) = next_offset_after(&first) else { return first };
+        let mut chunks = vec![first];
+        while total < max_bytes && next < hw && chunks.len() < MAX_SEGMENTS_PER_READ {
+            let more = match self.log.read_below(next, max_bytes - total, hw) {
+                Ok(read) => read.records,
+                // What was read is still good; the next fetch reports the error.
+                Err(_) => break,
+            };
+            let Some(after) = next_offset_after(&more) else { break };
+            if total + more.len() > max_bytes {
+                break;
+            }
+            total += more.len();
+            next = after;
+            chunks.push(more);
+        }
+        match chunks.as_slice() {
+            [only] => only.clone(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(total);
+                for chunk in &chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        }
+    }
+
+    /// Resolves a ListOffsets timestamp to `(offset, timestamp)`; `(-1, -1)` when no committed
+    /// record is at or after it. Blocking.
+    pub(crate) fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ApiError> {
+        self.check_live()?;
+        match timestamp {
+            EARLIEST_TIMESTAMP => Ok((self.log.log_start_offset().get(), -1)),
+            LATEST_TIMESTAMP => Ok((self.high_watermark().get(), -1)),
+            ts if ts >= 0 => {
+                let found = self
+                    .log
+                    .offset_for_timestamp(ts)
+                    .map_err(|e| self.log_error("timestamp lookup", &e))?;
+                match found {
+                    Some((offset, ts)) if offset < self.high_watermark() => Ok((offset.get(), ts)),
+                    _ => Ok((-1, -1)),
+                }
+            }
+            other => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("unsupported ListOffsets timestamp {other} (use -2, -1 or >= 0)"),
+            )),
+        }
+    }
+
+    fn log_error(&self, op: &str, error: &strom_log::LogError) -> ApiError {
+        let api = ApiError::from_log(&self.name, error);
+        if api.code == ErrorCode::KafkaStorageError || api.code == ErrorCode::UnknownServerError {
+            tracing::error!(partition = %self.name, %error, "{op} failed");
+        } else {
+            tracing::debug!(partition = %self.name, %error, "{op} rejected");
+        }
+        api
+    }
+}

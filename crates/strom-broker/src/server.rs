@@ -1,0 +1,192 @@
+//! The gRPC server around a [`Broker`]: binding, serving, and the graceful shutdown that
+//! drains requests before the logs are closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_proto::v1::admin_server::AdminServer;
+use strom_proto::v1::broker_server::BrokerServer as BrokerGrpcServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::service::admin::AdminService;
+use crate::service::broker::BrokerService;
+
+/// HTTP/2 streams (concurrent requests) one connection may have open.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Requests one connection may have in the broker at once; more wait in the connection.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 512;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs a broker with the given settings until `shutdown` completes, then shuts down
+/// gracefully (drain requests, flush and close every log).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), strom_broker::BrokerError> {
+/// let config = strom_broker::BrokerConfig::default();
+/// strom_broker::serve(config, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+pub async fn serve(
+    config: BrokerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    BrokerServer::start(config).await?.run_until(shutdown).await
+}
+
+/// A running broker: its bound address and the handle to stop it.
+///
+/// Dropping it without [`BrokerServer::shutdown`] also begins a graceful shutdown, but nobody
+/// waits for it to finish.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), strom_broker::BrokerError> {
+/// let mut config = strom_broker::BrokerConfig::default();
+/// config.listen = "127.0.0.1:0".parse().expect("address");
+/// let server = strom_broker::BrokerServer::start(config).await?;
+/// println!("listening on {}", server.local_addr());
+/// server.shutdown().await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct BrokerServer {
+    local_addr: SocketAddr,
+    broker: Arc<Broker>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), BrokerError>>,
+}
+
+impl BrokerServer {
+    /// Opens the broker (data directory, topics, logs), binds the listener and starts serving.
+    /// Returns once the port is bound; with port 0, [`BrokerServer::local_addr`] tells which.
+    pub async fn start(config: BrokerConfig) -> Result<BrokerServer, BrokerError> {
+        let broker = Broker::open(config).await?;
+        match Self::start_with(broker.clone()).await {
+            Ok(server) => Ok(server),
+            Err(e) => {
+                if let Err(close) = broker.shutdown().await {
+                    tracing::error!(error = %close, "closing after a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Serves an already opened broker.
+    pub async fn start_with(broker: Arc<Broker>) -> Result<BrokerServer, BrokerError> {
+        let listen = broker.config().listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| BrokerError::Io { context: format!("binding {listen}"), source })?;
+        let local_addr = listener.local_addr().map_err(|source| BrokerError::Io {
+            context: "reading the bound address".into(),
+            source,
+        })?;
+        broker.set_listen_address(local_addr);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(broker.clone(), listener, stopped));
+        tracing::info!("listening on {local_addr}");
+        Ok(BrokerServer { local_addr, broker, stop: Some(stop), task })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The broker being served.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to
+    /// `shutdown_timeout_ms`), then flushes and closes every log.
+    pub async fn shutdown(mut self) -> Result<(), BrokerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        joined(self.task.await)
+    }
+
+    /// Serves until `shutdown` completes, then shuts down as [`BrokerServer::shutdown`] does.
+    /// Returns early with the error if the server fails on its own.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), BrokerError> {
+        let failed = tokio::select! {
+            () = shutdown => None,
+            result = &mut self.task => Some(result),
+        };
+        match failed {
+            None => self.shutdown().await,
+            Some(result) => joined(result),
+        }
+    }
+}
+
+fn joined(
+    result: Result<Result<(), BrokerError>, tokio::task::JoinError>,
+) -> Result<(), BrokerError> {
+    result.map_err(|e| BrokerError::Internal(format!("server task: {e}")))?
+}
+
+async fn run(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    stopped: oneshot::Receiver<()>,
+) -> Result<(), BrokerError> {
+    let config = broker.config();
+    let grace = Duration::from_millis(config.shutdown_timeout_ms);
+    let (draining, drain_started) = oneshot::channel::<()>();
+    let signal = {
+        let broker = broker.clone();
+        async move {
+            // A dropped handle stops the server too.
+            let _ = stopped.await;
+            tracing::info!("shutting down: draining requests");
+            // Parked fetches answer now instead of holding the drain for their max wait.
+            broker.begin_shutdown();
+            let _ = draining.send(());
+        }
+    };
+    let broker_service = BrokerGrpcServer::new(BrokerService::new(broker.clone()))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.fetch_max_bytes.saturating_add(config.max_request_bytes));
+    let admin_service = AdminServer::new(AdminService::new(broker.clone()))
+        .max_decoding_message_size(config.max_request_bytes);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serving = Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(broker_service)
+        .add_service(admin_service)
+        .serve_with_incoming_shutdown(incoming, signal);
+    let drain_deadline = async {
+        if drain_started.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        result = serving => result.map_err(BrokerError::from),
+        () = drain_deadline => {
+            tracing::warn!("requests still running after {grace:?}; closing anyway");
+            Ok(())
+        }
+    };
+    let closed = broker.shutdown().await;
+    served.and(closed)
+}

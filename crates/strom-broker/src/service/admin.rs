@@ -1,0 +1,189 @@
+//! The `strom.v1.Admin` service: topic administration and cluster metadata.
+
+use std::sync::Arc;
+
+use strom_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::broker::{Broker, MAX_TOPICS_PER_REQUEST};
+use crate::error::ApiError;
+use crate::service::error_fields;
+use crate::types::{NewTopic, TopicDescription};
+
+/// Serves topic administration and metadata of one [`Broker`].
+#[derive(Debug, Clone)]
+pub(crate) struct AdminService {
+    broker: Arc<Broker>,
+}
+
+impl AdminService {
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
+        AdminService { broker }
+    }
+}
+
+fn check_count(count: usize) -> Result<(), Status> {
+    if count > MAX_TOPICS_PER_REQUEST {
+        return Err(Status::invalid_argument(format!(
+            "a request may name at most {MAX_TOPICS_PER_REQUEST} topics, got {count}"
+        )));
+    }
+    Ok(())
+}
+
+fn topic_result(name: String, result: &Result<(), ApiError>) -> pb::TopicResult {
+    let (error_code, error_message) = error_fields(result);
+    pb::TopicResult { name, error_code, error_message }
+}
+
+fn partition_descriptions(d: &TopicDescription) -> Vec<pb::PartitionDescription> {
+    d.partitions
+        .iter()
+        .map(|p| pb::PartitionDescription {
+            partition: p.partition,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            replicas: p.replicas.clone(),
+            isr: p.isr.clone(),
+            log_start_offset: p.log_start_offset,
+            high_watermark: p.high_watermark,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_topics(
+        &self,
+        request: Request<pb::CreateTopicsRequest>,
+    ) -> Result<Response<pb::CreateTopicsResponse>, Status> {
+        let request = request.into_inner();
+        check_count(request.topics.len())?;
+        let mut topics = Vec::with_capacity(request.topics.len());
+        // One at a time: the controller serialises them anyway, and a repeated name then
+        // fails with TOPIC_ALREADY_EXISTS rather than racing.
+        for topic in request.topics {
+            let new = NewTopic {
+                name: topic.name.clone(),
+                num_partitions: topic.num_partitions,
+                replication_factor: topic.replication_factor,
+                configs: topic.configs.into_iter().collect(),
+            };
+            let result = self.broker.create_topic(new, request.validate_only).await;
+            topics.push(topic_result(topic.name, &result));
+        }
+        Ok(Response::new(pb::CreateTopicsResponse { topics }))
+    }
+
+    async fn delete_topics(
+        &self,
+        request: Request<pb::DeleteTopicsRequest>,
+    ) -> Result<Response<pb::DeleteTopicsResponse>, Status> {
+        let request = request.into_inner();
+        check_count(request.names.len())?;
+        let mut topics = Vec::with_capacity(request.names.len());
+        for name in request.names {
+            let result = self.broker.delete_topic(&name).await;
+            topics.push(topic_result(name, &result));
+        }
+        Ok(Response::new(pb::DeleteTopicsResponse { topics }))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let include_internal = request.into_inner().include_internal;
+        let topics = self
+            .broker
+            .list_topics(include_internal)
+            .into_iter()
+            .map(|t| pb::TopicListing {
+                name: t.name,
+                num_partitions: t.num_partitions,
+                internal: t.internal,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topics(
+        &self,
+        request: Request<pb::DescribeTopicsRequest>,
+    ) -> Result<Response<pb::DescribeTopicsResponse>, Status> {
+        let request = request.into_inner();
+        check_count(request.names.len())?;
+        // No names: every topic, internal ones included.
+        let names = if request.names.is_empty() {
+            self.broker.list_topics(true).into_iter().map(|t| t.name).collect()
+        } else {
+            request.names
+        };
+        let topics = names
+            .into_iter()
+            .map(|name| {
+                let result = self.broker.describe_topic(&name);
+                let (error_code, error_message) = error_fields(&result);
+                match result {
+                    Ok(d) => pb::TopicDescription {
+                        partitions: partition_descriptions(&d),
+                        name: d.name,
+                        error_code,
+                        error_message,
+                        internal: d.internal,
+                        configs: d.configs.into_iter().collect(),
+                    },
+                    Err(_) => pb::TopicDescription {
+                        name,
+                        error_code,
+                        error_message,
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeTopicsResponse { topics }))
+    }
+
+    async fn metadata(
+        &self,
+        request: Request<pb::MetadataRequest>,
+    ) -> Result<Response<pb::MetadataResponse>, Status> {
+        let request = request.into_inner();
+        check_count(request.topics.len())?;
+        let view = self.broker.metadata(&request.topics).await;
+        let topics = view
+            .topics
+            .into_iter()
+            .map(|(name, result)| {
+                let (error_code, error_message) = error_fields(&result);
+                let partitions = result
+                    .map(|d| {
+                        d.partitions
+                            .into_iter()
+                            .map(|p| pb::PartitionMetadata {
+                                partition: p.partition,
+                                error_code: pb::ErrorCode::None as i32,
+                                leader_id: p.leader,
+                                leader_epoch: p.leader_epoch,
+                                replicas: p.replicas,
+                                isr: p.isr,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                pb::TopicMetadata { name, error_code, error_message, partitions }
+            })
+            .collect();
+        Ok(Response::new(pb::MetadataResponse {
+            cluster_id: view.cluster_id,
+            controller_id: view.controller_id,
+            brokers: view
+                .brokers
+                .into_iter()
+                .map(|b| pb::BrokerInfo { node_id: b.node_id, host: b.host, port: b.port })
+                .collect(),
+            topics,
+        }))
+    }
+}

@@ -1,0 +1,19 @@
+//! The gRPC services: thin translations between `strom.v1` messages and the [`Broker`] core.
+//!
+//! Per-topic and per-partition failures travel in the response as an error code and message;
+//! a gRPC `Status` error is reserved for a request that is malformed as a whole.
+
+pub(crate) mod admin;
+pub(crate) mod broker;
+
+use strom_proto::v1::ErrorCode;
+
+use crate::error::ApiError;
+
+/// The `(error_code, error_message)` pair of a response entry.
+pub(crate) fn error_fields<T>(result: &Result<T, ApiError>) -> (i32, String) {
+    match result {
+        Ok(_) => (ErrorCode::None as i32, String::new()),
+        Err(e) => (e.code as i32, e.message.clone()),
+    }
+}

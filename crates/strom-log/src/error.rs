@@ -1,0 +1,116 @@
+//! The one error type of strom-log: every failure of a log operation maps to a variant.
+
+use std::io;
+use std::path::PathBuf;
+
+use strom_format::{FormatError, Offset};
+
+/// Why a log operation failed.
+///
+/// ```
+/// use strom_log::{Log, LogConfig, LogError};
+/// use strom_format::Offset;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+/// match log.read(Offset::new(5), 1024) {
+///     Err(LogError::OffsetOutOfRange { requested, start, end }) => {
+///         assert_eq!((requested.get(), start.get(), end.get()), (5, 0, 0));
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the log was doing.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// An appended batch is malformed (shape, CRC, record count).
+    #[error("invalid record batch: {0}")]
+    Format(#[from] FormatError),
+    /// An appended batch is larger than [`LogConfig::max_batch_bytes`](crate::LogConfig).
+    #[error("record batch of {size} bytes exceeds the limit of {limit} bytes")]
+    BatchTooLarge {
+        /// Size of the batch.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// An append carried no batch at all.
+    #[error("append of an empty buffer: at least one record batch is required")]
+    EmptyAppend,
+    /// The requested offset is not in the log.
+    #[error("offset {requested} is out of range [{start}, {end}]")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: Offset,
+        /// The log start offset at the time of the request.
+        start: Offset,
+        /// The log end offset at the time of the request.
+        end: Offset,
+    },
+    /// A replicated batch does not continue the log densely.
+    #[error("non-monotonic offset: expected {expected}, got {got}")]
+    NonMonotonicOffset {
+        /// The offset the batch had to start at.
+        expected: Offset,
+        /// The offset it started at.
+        got: Offset,
+    },
+    /// Assigning offsets would overflow a signed 64-bit offset.
+    #[error("offset overflow: the log end offset {end} cannot grow by {records} records")]
+    OffsetOverflow {
+        /// The log end offset.
+        end: Offset,
+        /// Records in the rejected append.
+        records: i64,
+    },
+    /// Bytes on disk are not what the log wrote: the log refuses to serve them.
+    #[error("corrupt log data in {} at byte {position}: {reason}", path.display())]
+    Corrupt {
+        /// The segment or index file.
+        path: PathBuf,
+        /// Byte position in that file.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another [`Log`](crate::Log) in this process has the directory open.
+    #[error("log directory {} is already open", .0.display())]
+    AlreadyOpen(PathBuf),
+    /// The configuration cannot work (see the message).
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+    /// A read kept racing with truncations of the segment it read and gave up; retry it.
+    #[error("read raced with concurrent truncation of the log; retry")]
+    ConcurrentModification,
+    /// An earlier write failed half-way; the log refuses further writes until it is reopened,
+    /// which runs crash recovery. Reads still work.
+    #[error("log is unusable after an earlier I/O failure ({0}); reopen it to recover")]
+    Poisoned(String),
+}
+
+impl LogError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        LogError::Io { context: context.into(), source }
+    }
+}
+
+/// Adds context to `io::Result`s, in the style of `anyhow::Context`, without allocating on the
+/// success path.
+pub(crate) trait IoContext<T> {
+    fn ctx<F: FnOnce() -> String>(self, what: F) -> Result<T, LogError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx<F: FnOnce() -> String>(self, what: F) -> Result<T, LogError> {
+        self.map_err(|e| LogError::io(what(), e))
+    }
+}

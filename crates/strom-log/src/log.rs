@@ -1,0 +1,1117 @@
+//! [`Log`]: a directory of segments behind one append/read/truncate API, with its concurrency
+//! protocol (one writer at a time, lock-free readers), flush policy and retention.
+
+use std::collections::BTreeSet;
+use std::io::IoSlice;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use strom_format::{Batches, FormatError, LeaderEpoch, Offset, RecordBatch, peek_batch_size};
+
+use crate::error::IoContext;
+use crate::offset_index::OffsetEntry;
+use crate::recovery::{self, sync_dir};
+use crate::segment::{LogSegment, SegError};
+use crate::time_index::TimeEntry;
+use crate::{Clock, FlushPolicy, LogConfig, LogError, SystemClock, retention};
+
+/// Index entries per segment before the log rolls, bounding the memory an index takes
+/// (Kafka's default `segment.index.bytes` of 10 MiB holds as many offset entries).
+const MAX_INDEX_ENTRIES: usize = 10 * 1024 * 1024 / 8;
+
+/// How often a read retries after racing with a truncation before giving up.
+const MAX_READ_ATTEMPTS: usize = 8;
+
+/// Largest offset distance from a segment's base the 32-bit relative offsets can hold (Kafka
+/// rolls at `Int.MaxValue` too).
+const MAX_RELATIVE_OFFSET: i64 = i32::MAX as i64;
+
+/// What an append stored.
+///
+/// ```
+/// # use strom_format::{BatchBuilder, Compression};
+/// use strom_log::{Log, LogConfig};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+/// let mut b = BatchBuilder::new(Compression::None);
+/// b.append(1_000, None, Some(b"a".as_slice()), &[]);
+/// b.append(2_000, None, Some(b"b".as_slice()), &[]);
+/// let info = log.append(b.build().unwrap()).unwrap();
+/// assert_eq!((info.first_offset.get(), info.last_offset.get()), (0, 1));
+/// assert_eq!((info.max_timestamp, info.batches), (2_000, 1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first appended record.
+    pub first_offset: Offset,
+    /// Offset of the last appended record.
+    pub last_offset: Offset,
+    /// Largest `maxTimestamp` of the appended batches.
+    pub max_timestamp: i64,
+    /// Number of batches appended.
+    pub batches: usize,
+    /// Bytes appended.
+    pub bytes: usize,
+}
+
+/// Batches read from a log, and the log's bounds when they were read.
+///
+/// ```
+/// use strom_log::{Log, LogConfig};
+/// use strom_format::Offset;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+/// let result = log.read(Offset::ZERO, 1 << 20).unwrap();
+/// assert!(result.records.is_empty());
+/// assert_eq!(result.log_end_offset, Offset::ZERO);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole record batches back to back, as stored (walk them with
+    /// [`strom_format::Batches`]). Every one passed its CRC check.
+    pub records: Bytes,
+    /// The log start offset when the read began.
+    pub log_start_offset: Offset,
+    /// The log end offset when the read began.
+    pub log_end_offset: Offset,
+}
+
+/// An append-only, segmented, durable log of Kafka record batches in one directory.
+///
+/// All methods take `&self`: appends, truncations and retention serialize on an internal
+/// writer lock, while reads never take it (they snapshot the segment list and read with
+/// positional I/O), so a slow reader never delays a writer and vice versa. Share it with an
+/// `Arc`. A directory is open in at most one `Log` of a process at a time
+/// ([`LogError::AlreadyOpen`]); keeping other processes away is up to the deployment.
+///
+/// ```
+/// # use strom_format::{BatchBuilder, Compression, Batches, Offset};
+/// use strom_log::{Log, LogConfig};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+/// let mut b = BatchBuilder::new(Compression::None);
+/// b.append(1_700_000_000_000, Some(b"k".as_slice()), Some(b"hello".as_slice()), &[]);
+/// log.append(b.build().unwrap()).unwrap();
+///
+/// let read = log.read(Offset::ZERO, 1 << 20).unwrap();
+/// let batch = Batches::new(read.records).next().unwrap().unwrap();
+/// let record = batch.records().unwrap().next().unwrap().unwrap();
+/// assert_eq!(record.value.as_deref(), Some(b"hello".as_slice()));
+/// log.close().unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    clock: Arc<dyn Clock>,
+    /// Oldest first, never empty; the last is the active segment. Copy-on-write: readers clone
+    /// the outer `Arc` under a read lock held for nanoseconds.
+    segments: RwLock<Arc<Vec<Arc<LogSegment>>>>,
+    /// Serializes every mutation. Lock order: `flush_lock`, then `writer`, then `checkpoint`.
+    writer: Mutex<Writer>,
+    /// Serializes flushers (held across fsync; appenders and readers never wait on it).
+    flush_lock: Mutex<()>,
+    /// The last recovery point written.
+    checkpoint: Mutex<Offset>,
+    start: AtomicI64,
+    end: AtomicI64,
+    flushed: AtomicI64,
+    last_flush_ms: AtomicI64,
+    /// Set by the first failed write; the log then refuses writes until reopened.
+    poison: OnceLock<String>,
+    /// Last, so it is released after the files are closed.
+    _dir_lock: DirLock,
+}
+
+/// Directories opened by a live [`Log`] of this process: two logs writing one directory would
+/// corrupt it. (Other processes are not excluded; that is the deployment's job.)
+static OPEN_DIRS: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Membership in [`OPEN_DIRS`], released on drop.
+#[derive(Debug)]
+struct DirLock {
+    path: PathBuf,
+}
+
+impl DirLock {
+    fn acquire(dir: &Path) -> Result<Self, LogError> {
+        let path = dir.canonicalize().ctx(|| format!("resolve {}", dir.display()))?;
+        let mut open = OPEN_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !open.insert(path.clone()) {
+            return Err(LogError::AlreadyOpen(path));
+        }
+        Ok(DirLock { path })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let mut open = OPEN_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.remove(&self.path);
+    }
+}
+
+/// State only the writer touches.
+#[derive(Debug)]
+struct Writer {
+    /// Bytes appended to the active segment since its last index entry.
+    bytes_since_index: u64,
+}
+
+/// Who is appending.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// The leader: assign offsets, optionally stamp an epoch, validate every record.
+    Leader(Option<LeaderEpoch>),
+    /// A follower copying the leader: keep offsets, which must continue the log.
+    Replica,
+}
+
+/// A batch ready to write: its bytes and the base offset it gets.
+#[derive(Debug)]
+struct Prepared {
+    batch: RecordBatch,
+    base: Offset,
+}
+
+impl Prepared {
+    fn next_offset(&self) -> Offset {
+        self.base.add(i64::from(self.batch.last_offset_delta()) + 1)
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating the directory if needed, and recovers it (see the
+    /// crate docs): after a crash every segment written since the last flush is validated and
+    /// cut at the first torn or corrupt batch. Uses the system clock.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path().join("orders-0"), LogConfig::default()).unwrap();
+    /// assert_eq!(log.segment_count(), 1);
+    /// ```
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log, LogError> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    /// [`Log::open`] with an injected clock, which decides segment age (`segment_ms`), time
+    /// retention and flush intervals.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use strom_log::{Log, LogConfig, ManualClock};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    /// let log = Log::open_with_clock(dir.path(), LogConfig::default(), clock.clone()).unwrap();
+    /// assert_eq!(log.log_end_offset().get(), 0);
+    /// ```
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Log, LogError> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let dir_lock = DirLock::acquire(&dir)?;
+        let recovered = recovery::recover(&dir, &config, clock.as_ref())?;
+        let (Some(first), Some(last)) = (recovered.segments.first(), recovered.segments.last())
+        else {
+            return Err(LogError::Corrupt {
+                path: dir,
+                position: 0,
+                reason: "recovery left no segment".into(),
+            });
+        };
+        let (start, end) = (first.base(), last.next_offset());
+        // Recovery fsynced what it kept, so everything below the end is durable.
+        recovery::write_recovery_point(&dir, end, true)?;
+        let now = clock.now_ms();
+        tracing::debug!(dir = %dir.display(), %start, %end, segments = recovered.segments.len(),
+            "log opened");
+        Ok(Log {
+            dir,
+            config,
+            clock,
+            segments: RwLock::new(Arc::new(recovered.segments)),
+            writer: Mutex::new(Writer { bytes_since_index: recovered.bytes_since_index }),
+            flush_lock: Mutex::new(()),
+            checkpoint: Mutex::new(end),
+            start: AtomicI64::new(start.get()),
+            end: AtomicI64::new(end.get()),
+            flushed: AtomicI64::new(end.get()),
+            last_flush_ms: AtomicI64::new(now),
+            poison: OnceLock::new(),
+            _dir_lock: dir_lock,
+        })
+    }
+
+    /// The directory holding the log's files.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.dir(), dir.path());
+    /// ```
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration the log was opened with.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.config(), &LogConfig::default());
+    /// ```
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    // ------------------------------------------------------------------------------ appends
+
+    /// Appends one or more batches (back to back in `batches`) as the leader: validates every
+    /// batch before writing any (shape, size against `max_batch_bytes`, CRC, every record,
+    /// `recordsCount == lastOffsetDelta + 1`), then assigns offsets from the log end offset by
+    /// rewriting each batch's base offset, which lies outside the CRC. Record bytes are written
+    /// from `batches` as they are, with one vectored write per segment.
+    ///
+    /// Durability: when it returns the batches are in the page cache and visible to readers;
+    /// they are on stable storage only under [`FlushPolicy::EveryAppend`], or once
+    /// [`Log::flushed_offset`] passes them.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression};
+    /// use strom_log::{Log, LogConfig};
+    /// # fn batch(n: usize) -> bytes::Bytes {
+    /// #     let mut b = BatchBuilder::new(Compression::None);
+    /// #     for i in 0..n { b.append(i as i64, None, Some(b"v".as_slice()), &[]); }
+    /// #     b.build().unwrap()
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// let mut two = batch(3).to_vec();
+    /// two.extend_from_slice(&batch(2));
+    /// let info = log.append(two.into()).unwrap();
+    /// assert_eq!((info.first_offset.get(), info.last_offset.get(), info.batches), (0, 4, 2));
+    /// assert_eq!(log.log_end_offset().get(), 5);
+    /// ```
+    pub fn append(&self, batches: Bytes) -> Result<AppendInfo, LogError> {
+        self.append_from(batches, Origin::Leader(None))
+    }
+
+    /// [`Log::append`], also stamping `epoch` into every batch's `partitionLeaderEpoch` (which
+    /// lies outside the CRC too).
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, Batches, LeaderEpoch, Offset};
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// let mut b = BatchBuilder::new(Compression::None);
+    /// b.append(0, None, Some(b"v".as_slice()), &[]);
+    /// log.append_with_leader_epoch(b.build().unwrap(), LeaderEpoch::new(7)).unwrap();
+    /// let read = log.read(Offset::ZERO, 4096).unwrap();
+    /// let batch = Batches::new(read.records).next().unwrap().unwrap();
+    /// assert_eq!(batch.partition_leader_epoch(), LeaderEpoch::new(7));
+    /// batch.validate_crc().unwrap();
+    /// ```
+    pub fn append_with_leader_epoch(
+        &self,
+        batches: Bytes,
+        epoch: LeaderEpoch,
+    ) -> Result<AppendInfo, LogError> {
+        self.append_from(batches, Origin::Leader(Some(epoch)))
+    }
+
+    /// Appends batches copied from the leader, keeping their offsets and epochs: the first
+    /// base offset must equal the log end offset and the batches must be contiguous, else
+    /// [`LogError::NonMonotonicOffset`]. Checks shape, size and CRC of every batch before
+    /// writing any. Durability as for [`Log::append`].
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, Offset};
+    /// use strom_log::{Log, LogConfig, LogError};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let leader = Log::open(dir.path().join("leader"), LogConfig::default()).unwrap();
+    /// let follower = Log::open(dir.path().join("follower"), LogConfig::default()).unwrap();
+    /// let mut b = BatchBuilder::new(Compression::None);
+    /// b.append(0, None, Some(b"v".as_slice()), &[]);
+    /// leader.append(b.build().unwrap()).unwrap();
+    ///
+    /// let fetched = leader.read(Offset::ZERO, 1 << 20).unwrap().records;
+    /// follower.append_replicated(fetched.clone()).unwrap();
+    /// assert_eq!(follower.log_end_offset().get(), 1);
+    /// // The same batches again do not continue the log.
+    /// assert!(matches!(follower.append_replicated(fetched),
+    ///     Err(LogError::NonMonotonicOffset { .. })));
+    /// ```
+    pub fn append_replicated(&self, batches: Bytes) -> Result<AppendInfo, LogError> {
+        self.append_from(batches, Origin::Replica)
+    }
+
+    fn append_from(&self, batches: Bytes, origin: Origin) -> Result<AppendInfo, LogError> {
+        let parsed = self.validate(batches, origin)?;
+        let info = {
+            let mut writer = self.writer.lock();
+            self.check_poison()?;
+            let prepared = self.assign_offsets(parsed, origin)?;
+            let now = self.clock.now_ms();
+            self.write_batches(&mut writer, &prepared, origin, now)
+                .map_err(|e| self.poisoned_by(e))?
+        };
+        self.flush_per_policy()?;
+        Ok(info)
+    }
+
+    /// Every check that needs no lock: all batches are parsed and checked before any is
+    /// written, so an append is all or nothing.
+    fn validate(&self, batches: Bytes, origin: Origin) -> Result<Vec<RecordBatch>, LogError> {
+        if batches.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        let mut walk = Batches::new(batches.clone());
+        let mut parsed: Vec<RecordBatch> = Vec::new();
+        for batch in walk.by_ref() {
+            let batch = batch?;
+            if batch.size() > self.config.max_batch_bytes {
+                return Err(LogError::BatchTooLarge {
+                    size: batch.size(),
+                    limit: self.config.max_batch_bytes,
+                });
+            }
+            match origin {
+                Origin::Leader(_) => batch.validate_records()?,
+                Origin::Replica => batch.validate_crc()?,
+            }
+            if batch.last_offset_delta().checked_add(1) != Some(batch.records_count()) {
+                return Err(FormatError::Corrupt("recordsCount is not lastOffsetDelta + 1").into());
+            }
+            if let Origin::Replica = origin {
+                // Checked before any offset arithmetic on the batch's own (untrusted) offsets.
+                let base = batch.base_offset().get();
+                let records = i64::from(batch.last_offset_delta()) + 1;
+                if base < 0 || base.checked_add(records).is_none() {
+                    return Err(FormatError::Corrupt("base offset out of range").into());
+                }
+            }
+            if let (Origin::Replica, Some(prev)) = (origin, parsed.last()) {
+                if batch.base_offset() != prev.next_offset() {
+                    return Err(LogError::NonMonotonicOffset {
+                        expected: prev.next_offset(),
+                        got: batch.base_offset(),
+                    });
+                }
+            }
+            parsed.push(batch);
+        }
+        if walk.remaining() > 0 {
+            let rest = batches.get(walk.position()..).unwrap_or_default();
+            let needed = peek_batch_size(rest).ok().flatten().unwrap_or(rest.len() + 1);
+            // A partial batch at the end (a bad header would have failed above).
+            if needed > self.config.max_batch_bytes {
+                let limit = self.config.max_batch_bytes;
+                return Err(LogError::BatchTooLarge { size: needed, limit });
+            }
+            return Err(FormatError::Truncated { needed, available: rest.len() }.into());
+        }
+        Ok(parsed)
+    }
+
+    /// Offsets for each batch: assigned (leader) or checked against the log end (follower).
+    fn assign_offsets(
+        &self,
+        parsed: Vec<RecordBatch>,
+        origin: Origin,
+    ) -> Result<Vec<Prepared>, LogError> {
+        let end = self.log_end_offset();
+        let mut next = end;
+        let mut prepared = Vec::with_capacity(parsed.len());
+        for batch in parsed {
+            let base = match origin {
+                Origin::Replica => {
+                    if batch.base_offset() != next {
+                        return Err(LogError::NonMonotonicOffset {
+                            expected: next,
+                            got: batch.base_offset(),
+                        });
+                    }
+                    batch.base_offset()
+                }
+                Origin::Leader(_) => next,
+            };
+            let records = i64::from(batch.last_offset_delta()) + 1;
+            if base.get().checked_add(records).is_none() {
+                return Err(LogError::OffsetOverflow { end, records });
+            }
+            let p = Prepared { batch, base };
+            next = p.next_offset();
+            prepared.push(p);
+        }
+        Ok(prepared)
+    }
+
+    /// Writes prepared batches, rolling segments as needed, and publishes them run by run.
+    /// Any error here leaves the files in an unknown state and poisons the log.
+    fn write_batches(
+        &self,
+        writer: &mut Writer,
+        prepared: &[Prepared],
+        origin: Origin,
+        now: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let mut active = self.active_segment();
+        if !active.is_empty() && self.too_old(&active, now) {
+            active = self.roll(writer, self.log_end_offset())?;
+        }
+        let interval = u64::from(self.config.index_interval_bytes);
+        let mut i = 0;
+        while i < prepared.len() {
+            debug_assert!(
+                !active.is_empty() || active.base() == self.log_end_offset(),
+                "an empty active segment starts at the log end offset"
+            );
+            let seg_size = active.size();
+            let mut run_bytes = 0u64;
+            let mut bytes_since = writer.bytes_since_index;
+            let mut max_ts = active.max_timestamp();
+            let mut entries: Vec<(OffsetEntry, TimeEntry)> = Vec::new();
+            let run_start = i;
+            while let Some(p) = prepared.get(i) {
+                let size = p.batch.size() as u64;
+                let pos = seg_size + run_bytes;
+                let rel = p.base.get() - active.base().get();
+                let last_rel = rel + i64::from(p.batch.last_offset_delta());
+                let fits = pos == 0
+                    || (pos + size <= self.config.segment_bytes
+                        && last_rel <= MAX_RELATIVE_OFFSET
+                        && active.offset_index_len() + entries.len() < MAX_INDEX_ENTRIES);
+                if !fits {
+                    break;
+                }
+                if pos > 0 && bytes_since >= interval {
+                    // `fits` bounds both by i32::MAX, so these conversions cannot fail.
+                    if let (Ok(rel), Ok(pos)) = (u32::try_from(rel), u32::try_from(pos)) {
+                        let time = TimeEntry { ts: max_ts, rel: rel.saturating_sub(1) };
+                        entries.push((OffsetEntry { rel, pos }, time));
+                        bytes_since = 0;
+                    }
+                }
+                bytes_since += size;
+                max_ts = max_ts.max(p.batch.max_timestamp());
+                run_bytes += size;
+                i += 1;
+            }
+            if i == run_start {
+                let base = prepared.get(i).map_or(self.log_end_offset(), |p| p.base);
+                active = self.roll(writer, base)?;
+                continue;
+            }
+            let run = prepared.get(run_start..i).unwrap_or_default();
+            write_run(&active, run, origin)?;
+            let next = run.last().map_or(active.next_offset(), Prepared::next_offset);
+            active.publish(seg_size + run_bytes, next, max_ts, now, &entries)?;
+            writer.bytes_since_index = bytes_since;
+            let previous = self.end.swap(next.get(), Ordering::AcqRel);
+            assert!(previous < next.get(), "the log end offset only grows on append");
+        }
+        let (first, last) = match (prepared.first(), prepared.last()) {
+            (Some(f), Some(l)) => (f.base, l.next_offset().add(-1)),
+            _ => return Err(LogError::EmptyAppend),
+        };
+        Ok(AppendInfo {
+            first_offset: first,
+            last_offset: last,
+            max_timestamp: prepared.iter().map(|p| p.batch.max_timestamp()).max().unwrap_or(-1),
+            batches: prepared.len(),
+            bytes: prepared.iter().map(|p| p.batch.size()).sum(),
+        })
+    }
+
+    fn too_old(&self, segment: &LogSegment, now: i64) -> bool {
+        let (Some(limit), Some(basis)) = (self.config.segment_ms, segment.roll_basis_ms()) else {
+            return false;
+        };
+        let limit = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        now.saturating_sub(basis) > limit
+    }
+
+    /// Closes the active segment (fsyncing it: every non-active segment is always fully
+    /// flushed) and starts a new one at `base`, the log end offset.
+    fn roll(&self, writer: &mut Writer, base: Offset) -> Result<Arc<LogSegment>, LogError> {
+        let old = self.active_segment();
+        debug_assert!(!old.is_empty(), "never roll an empty segment");
+        debug_assert_eq!(old.next_offset(), base, "a new segment starts at the log end offset");
+        if self.flushed_offset() < old.next_offset() {
+            old.flush()?;
+            self.flushed.fetch_max(old.next_offset().get(), Ordering::AcqRel);
+        }
+        let segment = Arc::new(LogSegment::create(&self.dir, base)?);
+        sync_dir(&self.dir)?;
+        {
+            let mut segments = self.segments.write();
+            let mut list = Vec::with_capacity(segments.len() + 1);
+            list.extend(segments.iter().cloned());
+            list.push(segment.clone());
+            *segments = Arc::new(list);
+        }
+        writer.bytes_since_index = 0;
+        tracing::debug!(dir = %self.dir.display(), %base, "rolled a new segment");
+        if let Err(e) = self.write_checkpoint(self.flushed_offset(), false) {
+            // Only makes the next crash recovery scan more; the data is safe.
+            tracing::warn!(error = %e, "could not write the recovery point");
+        }
+        Ok(segment)
+    }
+
+    // ------------------------------------------------------------------------------ reads
+
+    /// Whole batches starting with the one that holds `from`, up to `max_bytes` in total (and
+    /// at most 64 MiB) but at least one batch however large (Kafka's fetch semantics), all
+    /// from one segment. Every
+    /// returned batch passed its CRC check. `from == log_end_offset` gives an empty result;
+    /// `from` outside `[log_start_offset, log_end_offset]` is
+    /// [`LogError::OffsetOutOfRange`]. Never blocks on writers.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, Batches, Offset};
+    /// use strom_log::{Log, LogConfig};
+    /// # fn batch(n: usize) -> bytes::Bytes {
+    /// #     let mut b = BatchBuilder::new(Compression::None);
+    /// #     for i in 0..n { b.append(i as i64, None, Some(b"v".as_slice()), &[]); }
+    /// #     b.build().unwrap()
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// log.append(batch(10)).unwrap(); // offsets 0..=9
+    /// log.append(batch(10)).unwrap(); // offsets 10..=19
+    /// // Offset 15 is inside the second batch, which comes back whole.
+    /// let read = log.read(Offset::new(15), 1).unwrap();
+    /// let batches: Vec<_> = Batches::new(read.records).map(|b| b.unwrap()).collect();
+    /// assert_eq!(batches.len(), 1);
+    /// assert_eq!(batches[0].base_offset(), Offset::new(10));
+    /// assert!(log.read(Offset::new(20), 1).unwrap().records.is_empty());
+    /// assert!(log.read(Offset::new(21), 1).is_err());
+    /// ```
+    pub fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadResult, LogError> {
+        self.read_bounded(from, max_bytes, None)
+    }
+
+    /// [`Log::read`] returning only batches whose last offset is below `upper` (a high
+    /// watermark), so a consumer never sees a record above it.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, Batches, Offset};
+    /// use strom_log::{Log, LogConfig};
+    /// # fn batch(n: usize) -> bytes::Bytes {
+    /// #     let mut b = BatchBuilder::new(Compression::None);
+    /// #     for i in 0..n { b.append(i as i64, None, Some(b"v".as_slice()), &[]); }
+    /// #     b.build().unwrap()
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// log.append(batch(5)).unwrap(); // 0..=4
+    /// log.append(batch(5)).unwrap(); // 5..=9
+    /// let read = log.read_below(Offset::ZERO, 1 << 20, Offset::new(7)).unwrap();
+    /// assert_eq!(Batches::new(read.records).count(), 1);
+    /// ```
+    pub fn read_below(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<ReadResult, LogError> {
+        self.read_bounded(from, max_bytes, Some(upper))
+    }
+
+    fn read_bounded(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper: Option<Offset>,
+    ) -> Result<ReadResult, LogError> {
+        for _ in 0..MAX_READ_ATTEMPTS {
+            // The end first: a segment is in the list before any offset in it is published.
+            let end = self.log_end_offset();
+            let start = self.log_start_offset();
+            if from < start || from > end {
+                return Err(LogError::OffsetOutOfRange { requested: from, start, end });
+            }
+            let limit = upper.map_or(end, |u| u.min(end));
+            let result =
+                |records| ReadResult { records, log_start_offset: start, log_end_offset: end };
+            if from >= limit {
+                return Ok(result(Bytes::new()));
+            }
+            let segments = self.snapshot();
+            let Some(segment) = segment_holding(&segments, from) else {
+                continue; // retention removed it meanwhile: the next round reports the range
+            };
+            match segment.read(from, max_bytes, limit) {
+                Ok(records) => return Ok(result(records)),
+                Err(SegError::Retry) => continue,
+                Err(SegError::Log(e)) => return Err(e),
+            }
+        }
+        Err(LogError::ConcurrentModification)
+    }
+
+    /// The first record whose timestamp is at or after `ts_ms`, and that timestamp; `None`
+    /// when every record is older. Exact: it decodes the records of the batch it lands in.
+    /// (Kafka's special values -1/-2 for latest/earliest are the caller's to map onto
+    /// [`Log::log_end_offset`]/[`Log::log_start_offset`].)
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, Offset};
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// let mut b = BatchBuilder::new(Compression::None);
+    /// for ts in [100, 300, 200] {
+    ///     b.append(ts, None, Some(b"v".as_slice()), &[]);
+    /// }
+    /// log.append(b.build().unwrap()).unwrap();
+    /// assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((Offset::new(1), 300)));
+    /// assert_eq!(log.offset_for_timestamp(301).unwrap(), None);
+    /// ```
+    pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(Offset, i64)>, LogError> {
+        'attempt: for _ in 0..MAX_READ_ATTEMPTS {
+            let segments = self.snapshot();
+            for segment in segments.iter() {
+                if segment.max_timestamp() < ts_ms {
+                    continue;
+                }
+                match segment.find_timestamp(ts_ms) {
+                    Ok(Some(found)) => return Ok(Some(found)),
+                    Ok(None) => {}
+                    Err(SegError::Retry) => continue 'attempt,
+                    Err(SegError::Log(e)) => return Err(e),
+                }
+            }
+            return Ok(None);
+        }
+        Err(LogError::ConcurrentModification)
+    }
+
+    // ------------------------------------------------------------------------------ truncation
+
+    /// Drops every record at or above `offset`; a batch holding `offset` is dropped whole, so
+    /// the log end offset becomes that batch's base offset. Later segments are deleted. An
+    /// `offset` below the log start offset empties the log and restarts it at `offset`; one at
+    /// or above the log end offset changes nothing.
+    ///
+    /// Durability: when it returns the truncation is on stable storage (the segment and the
+    /// directory are fsynced), so a crash cannot bring truncated records back.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, Offset};
+    /// use strom_log::{Log, LogConfig};
+    /// # fn batch(n: usize) -> bytes::Bytes {
+    /// #     let mut b = BatchBuilder::new(Compression::None);
+    /// #     for i in 0..n { b.append(i as i64, None, Some(b"v".as_slice()), &[]); }
+    /// #     b.build().unwrap()
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// log.append(batch(4)).unwrap(); // 0..=3
+    /// log.append(batch(4)).unwrap(); // 4..=7
+    /// log.truncate_to(Offset::new(6)).unwrap();
+    /// assert_eq!(log.log_end_offset().get(), 4);
+    /// assert_eq!(log.append(batch(1)).unwrap().first_offset.get(), 4);
+    /// ```
+    pub fn truncate_to(&self, offset: Offset) -> Result<(), LogError> {
+        if offset.get() < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start: self.log_start_offset(),
+                end: self.log_end_offset(),
+            });
+        }
+        let _flush = self.flush_lock.lock();
+        let mut writer = self.writer.lock();
+        self.check_poison()?;
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        // A recovery point above data that is about to be rewritten would let recovery trust
+        // unflushed bytes: lower it durably first.
+        let point = offset.min(self.flushed_offset());
+        self.write_checkpoint(point, true).map_err(|e| self.poisoned_by(e))?;
+        self.flushed.fetch_min(point.get(), Ordering::AcqRel);
+        self.truncate_locked(&mut writer, offset).map_err(|e| self.poisoned_by(e))
+    }
+
+    fn truncate_locked(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
+        let segments = self.snapshot();
+        let keep = segments.partition_point(|s| s.base() <= offset);
+        let Some(holder) = keep.checked_sub(1).and_then(|i| segments.get(i)).cloned() else {
+            return self.truncate_fully(writer, offset);
+        };
+        if offset <= self.log_start_offset() {
+            return self.truncate_fully(writer, offset);
+        }
+        let removed = segments.get(keep..).unwrap_or_default();
+        {
+            let mut list = self.segments.write();
+            *list = Arc::new(segments.get(..keep).unwrap_or_default().to_vec());
+        }
+        // Readers that load the end from here on do not look past `offset`.
+        self.end.fetch_min(offset.get(), Ordering::AcqRel);
+        for segment in removed.iter().rev() {
+            segment.delete_files()?;
+        }
+        let new_end = match holder.truncate_at(offset)? {
+            Some((new_end, bytes_since)) => {
+                writer.bytes_since_index = bytes_since;
+                new_end
+            }
+            None => holder.next_offset(),
+        };
+        holder.flush()?;
+        sync_dir(&self.dir)?;
+        debug_assert!(new_end <= offset);
+        self.end.store(new_end.get(), Ordering::Release);
+        self.flushed.fetch_min(new_end.get(), Ordering::AcqRel);
+        tracing::info!(dir = %self.dir.display(), %offset, end = %new_end,
+            deleted_segments = removed.len(), "truncated log");
+        Ok(())
+    }
+
+    /// Deletes every segment and restarts the log, empty, at `offset`. Old segments go newest
+    /// first and the new one is created last, so a crash part-way leaves a dense prefix of the
+    /// old log or, at worst, no segment (the log then reopens empty at offset 0).
+    fn truncate_fully(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
+        let old = self.snapshot();
+        self.end.store(offset.get(), Ordering::Release);
+        self.start.store(offset.get(), Ordering::Release);
+        for segment in old.iter().rev() {
+            if segment.base() == offset {
+                // Its file is about to be reused: readers of the old segment must retry.
+                segment.retire();
+            } else {
+                segment.delete_files()?;
+            }
+        }
+        // Truncates a same-named old segment in place.
+        let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
+        sync_dir(&self.dir)?;
+        *self.segments.write() = Arc::new(vec![segment]);
+        writer.bytes_since_index = 0;
+        self.flushed.store(offset.get(), Ordering::Release);
+        tracing::info!(dir = %self.dir.display(), %offset, "truncated the whole log");
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------ flushing
+
+    /// fsyncs every appended record and the indexes, then records the recovery point. When it
+    /// returns, every record appended before the call survives power loss, and
+    /// [`Log::flushed_offset`] is at least the log end offset seen at the call.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression};
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// let mut b = BatchBuilder::new(Compression::None);
+    /// b.append(0, None, Some(b"v".as_slice()), &[]);
+    /// log.append(b.build().unwrap()).unwrap();
+    /// assert_eq!(log.flushed_offset().get(), 0);
+    /// log.flush().unwrap();
+    /// assert_eq!(log.flushed_offset().get(), 1);
+    /// ```
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.flush_inner(true)
+    }
+
+    /// Flushes if the [`FlushPolicy`] says one is due now (for `Interval`, when the interval
+    /// has passed since the last flush; for the others, when unflushed records exist that the
+    /// policy would have flushed). Call it from a timer for `Interval` policies.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use strom_log::{FlushPolicy, Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let config = LogConfig { flush: FlushPolicy::Interval(Duration::from_secs(1)), ..LogConfig::default() };
+    /// let log = Log::open(dir.path(), config).unwrap();
+    /// log.flush_if_due().unwrap();
+    /// ```
+    pub fn flush_if_due(&self) -> Result<(), LogError> {
+        if self.flush_due() { self.flush_inner(false) } else { Ok(()) }
+    }
+
+    fn flush_due(&self) -> bool {
+        let unflushed = self.log_end_offset().get() - self.flushed_offset().get();
+        match self.config.flush {
+            FlushPolicy::EveryAppend => unflushed > 0,
+            FlushPolicy::EveryMessages(n) => unflushed > 0 && unflushed as u64 >= n,
+            FlushPolicy::Interval(every) => {
+                let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+                let last = self.last_flush_ms.load(Ordering::Acquire);
+                unflushed > 0 && self.clock.now_ms().saturating_sub(last) >= every
+            }
+            FlushPolicy::Manual => false,
+        }
+    }
+
+    fn flush_per_policy(&self) -> Result<(), LogError> {
+        if self.flush_due() { self.flush_inner(false) } else { Ok(()) }
+    }
+
+    fn flush_inner(&self, checkpoint: bool) -> Result<(), LogError> {
+        let _flush = self.flush_lock.lock();
+        self.check_poison()?;
+        // The end before the active segment: a roll fsyncs the old active segment before the
+        // new one is listed, so everything below `target` is in `active` or already durable.
+        let target = self.log_end_offset();
+        let active = self.active_segment();
+        if self.flushed_offset() < target {
+            active.flush().map_err(|e| self.poisoned_by(e))?;
+            self.flushed.fetch_max(target.get(), Ordering::AcqRel);
+        }
+        self.last_flush_ms.store(self.clock.now_ms(), Ordering::Release);
+        if checkpoint {
+            self.write_checkpoint(self.flushed_offset(), false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the recovery point: only upwards unless `lower` (truncation), which also fsyncs
+    /// the directory so the lowered value is what a crash finds.
+    fn write_checkpoint(&self, value: Offset, lower: bool) -> Result<(), LogError> {
+        let mut last = self.checkpoint.lock();
+        if !lower && value <= *last {
+            return Ok(());
+        }
+        recovery::write_recovery_point(&self.dir, value, lower)?;
+        *last = value;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------ retention
+
+    /// Deletes whole old segments past `retention_bytes` or `retention_ms` (never the active
+    /// one), advancing the log start offset; returns how many were deleted. The broker calls
+    /// it periodically. Readers still holding a deleted segment finish their read from it.
+    ///
+    /// Durability: the directory is fsynced, so deleted segments stay deleted after a crash.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression};
+    /// use strom_log::{Log, LogConfig};
+    /// # fn batch(n: usize) -> bytes::Bytes {
+    /// #     let mut b = BatchBuilder::new(Compression::None);
+    /// #     for i in 0..n { b.append(i as i64, None, Some(b"v".as_slice()), &[]); }
+    /// #     b.build().unwrap()
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let config = LogConfig { segment_bytes: 1, retention_bytes: Some(1), ..LogConfig::default() };
+    /// let log = Log::open(dir.path(), config).unwrap();
+    /// for _ in 0..3 {
+    ///     log.append(batch(2)).unwrap(); // every batch gets its own segment
+    /// }
+    /// assert_eq!(log.enforce_retention().unwrap(), 2);
+    /// assert_eq!(log.log_start_offset().get(), 4);
+    /// ```
+    pub fn enforce_retention(&self) -> Result<usize, LogError> {
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        let segments = self.snapshot();
+        let count = retention::deletable_prefix(&segments, &self.config, self.clock.now_ms());
+        let (Some(new_first), Some(deleted)) = (segments.get(count), segments.get(..count)) else {
+            return Ok(0);
+        };
+        if count == 0 {
+            return Ok(0);
+        }
+        {
+            let mut list = self.segments.write();
+            *list = Arc::new(segments.get(count..).unwrap_or_default().to_vec());
+        }
+        let previous = self.start.swap(new_first.base().get(), Ordering::AcqRel);
+        debug_assert!(previous < new_first.base().get(), "the log start offset only grows");
+        for segment in deleted {
+            tracing::info!(segment = %segment.path().display(), "deleting segment by retention");
+            segment.delete_files()?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(count)
+    }
+
+    // ------------------------------------------------------------------------------ state
+
+    /// The first offset in the log.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.log_start_offset().get(), 0);
+    /// ```
+    pub fn log_start_offset(&self) -> Offset {
+        Offset::new(self.start.load(Ordering::Acquire))
+    }
+
+    /// The offset the next appended record gets.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.log_end_offset().get(), 0);
+    /// ```
+    pub fn log_end_offset(&self) -> Offset {
+        Offset::new(self.end.load(Ordering::Acquire))
+    }
+
+    /// Every record below this offset is on stable storage.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.flushed_offset(), log.log_end_offset());
+    /// ```
+    pub fn flushed_offset(&self) -> Offset {
+        Offset::new(self.flushed.load(Ordering::Acquire))
+    }
+
+    /// Bytes of batches in all segments (indexes not counted).
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.size_bytes(), 0);
+    /// ```
+    pub fn size_bytes(&self) -> u64 {
+        self.snapshot().iter().map(|s| s.size()).sum()
+    }
+
+    /// Number of segments, the active one included.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.segment_count(), 1);
+    /// ```
+    pub fn segment_count(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    // ------------------------------------------------------------------------------ lifecycle
+
+    /// Flushes everything and writes the clean-shutdown marker, so the next open skips crash
+    /// recovery (it still validates the active segment's tail). Dropping a `Log` without
+    /// closing it is safe: the next open treats it as a crash.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// log.close().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.log_end_offset().get(), 0);
+    /// ```
+    pub fn close(self) -> Result<(), LogError> {
+        self.flush_inner(true)?;
+        recovery::write_clean_marker(&self.dir)?;
+        tracing::debug!(dir = %self.dir.display(), end = %self.log_end_offset(), "log closed");
+        Ok(())
+    }
+
+    /// Removes the log's directory and everything in it.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("topic-0");
+    /// let log = Log::open(&path, LogConfig::default()).unwrap();
+    /// log.delete().unwrap();
+    /// assert!(!path.exists());
+    /// ```
+    pub fn delete(self) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).ctx(|| format!("delete {}", dir.display()))?;
+        if let Some(parent) = dir.parent() {
+            // Best effort: the deletion is complete either way once the OS persists it.
+            if let Err(e) = sync_dir(parent) {
+                tracing::debug!(error = %e, "could not fsync the parent directory");
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------ helpers
+
+    fn snapshot(&self) -> Arc<Vec<Arc<LogSegment>>> {
+        self.segments.read().clone()
+    }
+
+    fn active_segment(&self) -> Arc<LogSegment> {
+        let segments = self.snapshot();
+        // Never empty: open creates a segment and every mutation keeps one.
+        match segments.last() {
+            Some(s) => s.clone(),
+            None => unreachable!("a log always has an active segment"),
+        }
+    }
+
+    fn check_poison(&self) -> Result<(), LogError> {
+        match self.poison.get() {
+            Some(why) => Err(LogError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poisoned_by(&self, e: LogError) -> LogError {
+        tracing::error!(dir = %self.dir.display(), error = %e,
+            "write failed; the log refuses writes until reopened");
+        let _ = self.poison.set(e.to_string());
+        e
+    }
+}
+
+/// The segment whose range holds `offset` (the last one starting at or below it).
+fn segment_holding(segments: &[Arc<LogSegment>], offset: Offset) -> Option<&Arc<LogSegment>> {
+    let n = segments.partition_point(|s| s.base() <= offset);
+    n.checked_sub(1).and_then(|i| segments.get(i))
+}
+
+/// Writes a run of batches at the end of `segment` with one vectored write (restarted after
+/// short writes): a rewritten 16-byte prefix (base offset, length, epoch) per batch from the
+/// stack, and the rest straight from the caller's buffers.
+fn write_run(segment: &LogSegment, run: &[Prepared], origin: Origin) -> Result<(), LogError> {
+    const PREFIX: usize = 16;
+    let headers: Vec<[u8; PREFIX]> = run
+        .iter()
+        .map(|p| {
+            let mut h = [0u8; PREFIX];
+            h.copy_from_slice(p.batch.as_bytes().get(..PREFIX).unwrap_or(&[0; PREFIX]));
+            if let Origin::Leader(epoch) = origin {
+                h[..8].copy_from_slice(&p.base.get().to_be_bytes());
+                if let Some(epoch) = epoch {
+                    h[12..16].copy_from_slice(&epoch.get().to_be_bytes());
+                }
+            }
+            h
+        })
+        .collect();
+    let mut slices = Vec::with_capacity(run.len() * 2);
+    for (header, p) in headers.iter().zip(run) {
+        slices.push(IoSlice::new(header));
+        slices.push(IoSlice::new(p.batch.as_bytes().get(PREFIX..).unwrap_or_default()));
+    }
+    segment.write_vectored(&mut slices)
+}

@@ -1,0 +1,266 @@
+//! Bringing a log directory back to a consistent state on open: the clean-shutdown marker, the
+//! recovery-point checkpoint, validation of every segment written since the last flush (or of
+//! the active segment's tail after a clean shutdown), truncation at the first torn or corrupt
+//! batch, and index rebuilds.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use strom_format::Offset;
+
+use crate::error::IoContext;
+use crate::segment::{LOG_SUFFIX, LogSegment, ScanStart, parse_file_name};
+use crate::{Clock, LogConfig, LogError};
+
+/// Written by a clean close, removed on open.
+pub(crate) const CLEAN_SHUTDOWN: &str = ".clean-shutdown";
+/// The offset below which everything was fsynced when it was written.
+pub(crate) const RECOVERY_POINT: &str = "recovery-point";
+const RECOVERY_POINT_TMP: &str = "recovery-point.tmp";
+const RECOVERY_POINT_PREFIX: &str = "strom-recovery-point v1 ";
+
+/// The result of recovery: the segments, oldest first (never empty), and the writer's state
+/// for the active segment.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) segments: Vec<Arc<LogSegment>>,
+    pub(crate) bytes_since_index: u64,
+}
+
+/// fsyncs a directory, making file creations, deletions and renames in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("fsync directory {}", dir.display()))
+}
+
+/// Reads the recovery point; `None` when it is missing or unreadable (recover everything).
+pub(crate) fn read_recovery_point(dir: &Path) -> Option<Offset> {
+    let mut text = String::new();
+    File::open(dir.join(RECOVERY_POINT)).ok()?.take(256).read_to_string(&mut text).ok()?;
+    let value = text.strip_prefix(RECOVERY_POINT_PREFIX)?.strip_suffix('\n')?;
+    value.parse::<i64>().ok().filter(|v| *v >= 0).map(Offset::new)
+}
+
+/// Writes the recovery point through a temporary file and a rename, so the file always holds
+/// either the old or the new value. With `durable` the rename is fsynced too.
+pub(crate) fn write_recovery_point(
+    dir: &Path,
+    value: Offset,
+    durable: bool,
+) -> Result<(), LogError> {
+    let tmp = dir.join(RECOVERY_POINT_TMP);
+    let mut file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    file.write_all(format!("{RECOVERY_POINT_PREFIX}{value}\n").as_bytes())
+        .and_then(|()| file.sync_data())
+        .ctx(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(RECOVERY_POINT)).ctx(|| format!("rename {}", tmp.display()))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Writes the clean-shutdown marker durably.
+pub(crate) fn write_clean_marker(dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(CLEAN_SHUTDOWN);
+    File::create(&path).and_then(|f| f.sync_all()).ctx(|| format!("create {}", path.display()))?;
+    sync_dir(dir)
+}
+
+/// Loads and repairs every segment of `dir`.
+pub(crate) fn recover(
+    dir: &Path,
+    config: &LogConfig,
+    clock: &dyn Clock,
+) -> Result<Recovered, LogError> {
+    let marker = dir.join(CLEAN_SHUTDOWN);
+    let clean = marker.exists();
+    if clean {
+        // Removed before anything changes, so a crash during this open recovers fully.
+        fs::remove_file(&marker).ctx(|| format!("remove {}", marker.display()))?;
+    }
+    let recovery_point = if clean { None } else { read_recovery_point(dir) };
+
+    let bases = list_segments(dir)?;
+    let mut segments = Vec::with_capacity(bases.len());
+    let mut problems = Vec::with_capacity(bases.len());
+    for base in bases {
+        let (segment, problem) = LogSegment::open(dir, base)?;
+        segments.push(segment);
+        problems.push(problem);
+    }
+    if segments.is_empty() {
+        let segment = LogSegment::create(dir, Offset::ZERO)?;
+        sync_dir(dir)?;
+        return Ok(Recovered { segments: vec![Arc::new(segment)], bytes_since_index: 0 });
+    }
+    // Segments from the one holding the recovery point on may hold unflushed, torn writes.
+    let recover_from = if clean {
+        segments.len()
+    } else {
+        let point = recovery_point.unwrap_or(Offset::ZERO);
+        segments.iter().rposition(|s| s.base() <= point).unwrap_or(0)
+    };
+    if !clean {
+        tracing::info!(dir = %dir.display(), ?recovery_point,
+            from_segment = recover_from, "log was not closed cleanly; recovering");
+    }
+
+    let interval = config.index_interval_bytes;
+    let mut bytes_since_index = 0;
+    let mut i = 0;
+    let mut previous_next: Option<Offset> = None;
+    while i < segments.len() {
+        let next_base = segments.get(i + 1).map(LogSegment::base);
+        let is_last = next_base.is_none();
+        let in_recovery = i >= recover_from;
+        let mut drop_later = false;
+        let segment = &segments[i];
+        let size = segment.size();
+        if in_recovery && previous_next.is_some_and(|n| n != segment.base()) {
+            tracing::warn!(segment = %segment.path().display(), expected = ?previous_next,
+                "segment does not continue the previous one; deleting it and every later one");
+            drop_from(&mut segments, i)?;
+            break;
+        }
+        let problem = problems
+            .get_mut(i)
+            .and_then(Option::take)
+            .or_else(|| if in_recovery { None } else { segment.check_indexes(next_base).err() });
+        if in_recovery || problem.is_some() {
+            if let Some(why) = &problem {
+                tracing::warn!(segment = %segment.path().display(), %why, "rebuilding indexes");
+            }
+            let scan =
+                segment.scan(ScanStart::segment_start(segment.base()), size, true, interval)?;
+            segment.replace_indexes(scan.offset_entries, scan.time_entries)?;
+            let mut next = scan.next_offset;
+            let mut end = scan.end;
+            if let Some(why) = scan.invalid {
+                if in_recovery || is_last {
+                    tracing::warn!(segment = %segment.path().display(), position = scan.end,
+                        truncated_bytes = size - scan.end, %why,
+                        "truncating the segment at its first invalid batch");
+                    segment.truncate_file(scan.end)?;
+                    drop_later = true;
+                } else {
+                    // Never delete data that was flushed before the last clean point; reads of
+                    // the damaged range fail with LogError::Corrupt instead.
+                    tracing::error!(segment = %segment.path().display(), position = scan.end, %why,
+                        "corrupt batch in a flushed segment; reads of it will fail");
+                    end = size;
+                    next = next_base.unwrap_or(next);
+                }
+            } else if let Some(n) = next_base.filter(|n| !in_recovery && *n != next) {
+                // A hole before the next segment (a file cut at a batch boundary): reads of the
+                // missing offsets fail with LogError::Corrupt.
+                tracing::error!(segment = %segment.path().display(), ends_at = %next,
+                    next_segment = %n, "flushed segment does not reach the next one");
+                next = n;
+            }
+            let roll_basis = (end > 0).then(|| reopened_roll_basis(segment, clock));
+            segment.set_recovered_state(end, next, scan.max_ts, roll_basis);
+            bytes_since_index = scan.bytes_since_index;
+            segment.flush()?;
+        } else {
+            // Trusted: walk only the tail after the last index entry, for the largest timestamp
+            // and (in the active segment, whose tail a crash could have torn) the batches.
+            let tail = segment.scan(segment.tail_start(), size, is_last, interval)?;
+            let mut end = size;
+            let mut next = tail.next_offset;
+            if let Some(why) = &tail.invalid {
+                if is_last {
+                    tracing::warn!(segment = %segment.path().display(), position = tail.end,
+                        truncated_bytes = size - tail.end, %why,
+                        "truncating the active segment at its first invalid batch");
+                    segment.truncate_file(tail.end)?;
+                    end = tail.end;
+                } else {
+                    tracing::error!(segment = %segment.path().display(), position = tail.end, %why,
+                        "corrupt batch in a flushed segment; reads of it will fail");
+                }
+            }
+            if let Some(n) = next_base {
+                if tail.invalid.is_none() && next != n {
+                    tracing::error!(segment = %segment.path().display(), ends_at = %next,
+                        next_segment = %n, "segments are not contiguous");
+                }
+                next = n;
+            }
+            segment.extend_indexes(&tail.offset_entries, &tail.time_entries)?;
+            let roll_basis =
+                if is_last && end > 0 { Some(reopened_roll_basis(segment, clock)) } else { None };
+            segment.set_recovered_state(end, next, tail.max_ts, roll_basis);
+            bytes_since_index = tail.bytes_since_index;
+            if is_last {
+                segment.flush()?;
+            }
+        }
+        previous_next = Some(segment.next_offset());
+        if drop_later {
+            drop_from(&mut segments, i + 1)?;
+        }
+        i += 1;
+    }
+    sync_dir(dir)?;
+    Ok(Recovered { segments: segments.into_iter().map(Arc::new).collect(), bytes_since_index })
+}
+
+/// The roll basis (start of `segment_ms`) of a reopened non-empty segment: when its file was
+/// created, or "now" where the file system does not say (a restart then restarts its age).
+/// Record timestamps are not used: they are the producers' clocks, not the log's.
+fn reopened_roll_basis(segment: &LogSegment, clock: &dyn Clock) -> i64 {
+    let now = clock.now_ms();
+    segment.created_ms().map_or(now, |created| created.min(now))
+}
+
+/// Deletes segments `from..` (newest first, so a crash leaves a dense prefix).
+fn drop_from(segments: &mut Vec<LogSegment>, from: usize) -> Result<(), LogError> {
+    while segments.len() > from {
+        if let Some(segment) = segments.pop() {
+            tracing::warn!(segment = %segment.path().display(), "deleting segment during recovery");
+            segment.delete_files()?;
+        }
+    }
+    Ok(())
+}
+
+/// Base offsets of the `.log` files in `dir`, sorted. Index files without a `.log` and stale
+/// temporary files are removed; every other name is ignored.
+fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
+    let mut logs = Vec::new();
+    let mut indexes = Vec::new();
+    let entries = fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == RECOVERY_POINT_TMP {
+            remove_if_exists(&entry.path())?;
+            continue;
+        }
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        match parse_file_name(name) {
+            Some((base, LOG_SUFFIX)) if is_file => logs.push(base),
+            Some((base, _)) if is_file => indexes.push((base, entry.path())),
+            _ => {}
+        }
+    }
+    logs.sort();
+    for (base, path) in indexes {
+        if logs.binary_search(&base).is_err() {
+            tracing::warn!(file = %path.display(), "removing an index without a segment");
+            remove_if_exists(&path)?;
+        }
+    }
+    Ok(logs)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), LogError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io(format!("remove {}", path.display()), e)),
+    }
+}
