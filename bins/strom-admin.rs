@@ -74,9 +74,9 @@ enum Topics {
     Create {
         /// Topic name.
         name: String,
-        /// Number of partitions.
+        /// Number of partitions [default: the broker's num_partitions].
         #[arg(long)]
-        partitions: i32,
+        partitions: Option<i32>,
         /// Replicas per partition [default: the broker's default].
         #[arg(long, default_value_t = 0)]
         replication_factor: i32,
@@ -332,9 +332,11 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 async fn topics(client: &Client, cmd: Topics) -> anyhow::Result<()> {
     match cmd {
         Topics::Create { name, partitions, replication_factor, configs } => {
-            if partitions <= 0 {
+            if partitions.is_some_and(|p| p <= 0) {
                 bail!("--partitions must be at least 1");
             }
+            // -1 asks the broker for its default, as Kafka's CreateTopics does.
+            let partitions = partitions.unwrap_or(-1);
             if replication_factor < 0 {
                 bail!("--replication-factor must not be negative");
             }
@@ -343,7 +345,11 @@ async fn topics(client: &Client, cmd: Topics) -> anyhow::Result<()> {
                 .create_topic(&name, partitions, replication_factor, configs)
                 .await
                 .map_err(|e| explain(e, &name))?;
-            out!("Created topic {name} with {partitions} partition(s).");
+            if partitions > 0 {
+                out!("Created topic {name} with {partitions} partition(s).");
+            } else {
+                out!("Created topic {name}.");
+            }
         }
         Topics::List { internal } => {
             let mut topics = client.list_topics(internal).await.map_err(|e| explain(e, ""))?;

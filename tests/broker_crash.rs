@@ -26,7 +26,15 @@ fn acknowledged_records_survive_sigkill() {
     let addr = broker.addr.clone();
     run_ok(
         "strom-admin",
-        &["--bootstrap", &addr, "topics", "create", "crash", "--partitions", &PARTITIONS.to_string()],
+        &[
+            "--bootstrap",
+            &addr,
+            "topics",
+            "create",
+            "crash",
+            "--partitions",
+            &PARTITIONS.to_string(),
+        ],
         None,
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -45,9 +53,8 @@ fn acknowledged_records_survive_sigkill() {
         let mut i = 0u64;
         loop {
             if !killed {
-                let record = ProducerRecord::new("crash")
-                    .key(format!("k{}", i % 97))
-                    .value(format!("v{i}"));
+                let record =
+                    ProducerRecord::new("crash").key(format!("k{}", i % 97)).value(format!("v{i}"));
                 match producer.send(record).await {
                     Ok(fut) => pending.push_back((i, fut)),
                     Err(_) => break,
@@ -78,9 +85,8 @@ fn acknowledged_records_survive_sigkill() {
     let addr = broker.addr.clone();
     rt.block_on(async {
         let mut consumer = Consumer::new(ConsumerConfig::new(addr.clone())).await.unwrap();
-        let tps: Vec<TopicPartition> = (0..PARTITIONS)
-            .map(|p| TopicPartition::new("crash", PartitionId::new(p)))
-            .collect();
+        let tps: Vec<TopicPartition> =
+            (0..PARTITIONS).map(|p| TopicPartition::new("crash", PartitionId::new(p))).collect();
         consumer.assign(tps.clone());
         for tp in &tps {
             consumer.seek(tp, SeekTo::Beginning).unwrap();

@@ -138,7 +138,11 @@ fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
     assert!(err.contains("unknown topic") || err.contains("nope"), "stderr: {err}");
 
     // Creating a topic twice.
-    run_ok("strom-admin", &["--bootstrap", addr, "topics", "create", "t", "--partitions", "2"], None);
+    run_ok(
+        "strom-admin",
+        &["--bootstrap", addr, "topics", "create", "t", "--partitions", "2"],
+        None,
+    );
     let out = run("strom-admin", &["--bootstrap", addr, "topics", "create", "t"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("exist"));
@@ -146,8 +150,11 @@ fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
     // Invalid topic name and partition count.
     let out = run("strom-admin", &["--bootstrap", addr, "topics", "create", "bad/name"], None);
     assert!(!out.status.success());
-    let out =
-        run("strom-admin", &["--bootstrap", addr, "topics", "create", "z", "--partitions", "0"], None);
+    let out = run(
+        "strom-admin",
+        &["--bootstrap", addr, "topics", "create", "z", "--partitions", "0"],
+        None,
+    );
     assert!(!out.status.success());
 
     // Consumer on an unknown topic.

@@ -566,7 +566,7 @@ impl Client {
         Ok(self.sized_group(self.channel_for(broker.node_id)?))
     }
 
-    /// Creates a topic. `replication_factor` 0 means the broker default.
+    /// Creates a topic. `partitions` -1 and `replication_factor` 0 mean the broker's defaults.
     ///
     /// ```no_run
     /// # async fn demo(client: strom_client::Client) -> Result<(), strom_client::ClientError> {
@@ -580,9 +580,9 @@ impl Client {
         replication_factor: i32,
         configs: HashMap<String, String>,
     ) -> Result<(), ClientError> {
-        if partitions <= 0 {
+        if partitions <= 0 && partitions != -1 {
             return Err(ClientError::InvalidArgument(format!(
-                "partition count must be positive, got {partitions}"
+                "partition count must be positive (or -1 for the broker default), got {partitions}"
             )));
         }
         let req = proto::v1::CreateTopicsRequest {
