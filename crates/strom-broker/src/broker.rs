@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use strom_coordinator::{
+    CONSUMER_OFFSETS_TOPIC, CoordinatorConfig, GroupCoordinator, OffsetStore, OffsetsLog,
+};
 use strom_format::Offset;
 use strom_proto::v1::ErrorCode;
 use tokio::sync::watch;
@@ -29,6 +32,10 @@ use crate::types::{
 
 /// Most topics one admin request may name.
 pub const MAX_TOPICS_PER_REQUEST: usize = 1000;
+
+/// Segment size of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`): commits are
+/// small, and smaller segments keep a replay's files few MB, not a GiB each.
+const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
 
 /// A single-node broker: controller and partition leader for every topic.
 ///
@@ -54,6 +61,9 @@ pub struct Broker {
     closed: AtomicBool,
     /// Released at the end of shutdown, even if something still holds the `Broker`.
     lock: Mutex<Option<DataDirLock>>,
+    /// The consumer-group coordinator over `__consumer_offsets`; taken out at shutdown so its
+    /// hold on the offsets partitions ends before the logs are closed.
+    coordinator: RwLock<Option<GroupCoordinator>>,
 }
 
 impl Broker {
@@ -103,7 +113,7 @@ impl Broker {
             topics = registry.topics().len(),
             "broker opened"
         );
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             config,
             registry,
             controller,
@@ -113,7 +123,69 @@ impl Broker {
             maintenance: Mutex::new(Some(maintenance)),
             closed: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
-        }))
+            coordinator: RwLock::new(None),
+        });
+        if let Err(e) = broker.start_coordinator().await {
+            if let Err(close) = broker.shutdown().await {
+                tracing::error!(error = %close, "closing after a failed start");
+            }
+            return Err(e);
+        }
+        Ok(broker)
+    }
+
+    /// Creates `__consumer_offsets` if it is missing (unlimited retention: committed offsets
+    /// are only ever superseded, never aged out), loads the committed offsets from every
+    /// partition of it and starts the group coordinator over them.
+    async fn start_coordinator(&self) -> Result<(), BrokerError> {
+        if !self.registry.contains(CONSUMER_OFFSETS_TOPIC) {
+            let configs = [
+                ("retention.ms", "-1".to_string()),
+                ("retention.bytes", "-1".to_string()),
+                ("segment.bytes", OFFSETS_SEGMENT_BYTES.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let name = CONSUMER_OFFSETS_TOPIC.to_string();
+            let partitions = self.config.offsets_topic_num_partitions;
+            let created = self
+                .controller
+                .call(|reply| Command::CreateTopic { name, partitions, configs, reply })
+                .await;
+            match created {
+                Ok(()) => tracing::info!(partitions, "created {CONSUMER_OFFSETS_TOPIC}"),
+                Err(e) if e.code == ErrorCode::TopicAlreadyExists => {}
+                Err(e) => {
+                    return Err(BrokerError::Internal(format!(
+                        "creating {CONSUMER_OFFSETS_TOPIC}: {e}"
+                    )));
+                }
+            }
+        }
+        let topic = self.registry.topic(CONSUMER_OFFSETS_TOPIC).ok_or_else(|| {
+            BrokerError::Internal(format!("{CONSUMER_OFFSETS_TOPIC} vanished after creation"))
+        })?;
+        let logs: Vec<Arc<dyn OffsetsLog>> =
+            topic.partitions.iter().map(|p| Arc::clone(p) as Arc<dyn OffsetsLog>).collect();
+        drop(topic);
+        let store = tokio::task::spawn_blocking(move || OffsetStore::load(logs))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("loading committed offsets: {e}")))?
+            .map_err(|e| BrokerError::Internal(format!("loading committed offsets: {e}")))?;
+        tracing::info!(
+            partitions = store.num_partitions(),
+            groups = store.groups().len(),
+            "loaded committed offsets"
+        );
+        let coordinator = GroupCoordinator::new(CoordinatorConfig::default(), Arc::new(store));
+        *self.coordinator.write() = Some(coordinator);
+        Ok(())
+    }
+
+    /// The consumer-group coordinator; `None` once shutdown has taken it down.
+    pub fn group_coordinator(&self) -> Option<GroupCoordinator> {
+        self.coordinator.read().clone()
     }
 
     /// The settings the broker runs with.
@@ -190,9 +262,26 @@ impl Broker {
     }
 
     /// Deletes a topic and its logs. `UNKNOWN_TOPIC_OR_PARTITION` if there is none.
+    /// `__consumer_offsets` cannot be deleted (`INVALID_TOPIC_EXCEPTION`). The topic's committed
+    /// offsets are deleted with it, so a new topic of the same name starts without them.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ApiError> {
-        let name = name.to_string();
-        self.controller.call(|reply| Command::DeleteTopic { name, reply }).await
+        if name == CONSUMER_OFFSETS_TOPIC {
+            return Err(ApiError::new(
+                ErrorCode::InvalidTopicException,
+                format!("internal topic {name:?} cannot be deleted"),
+            ));
+        }
+        let topic = name.to_string();
+        self.controller.call(|reply| Command::DeleteTopic { name: topic, reply }).await?;
+        if let Some(coordinator) = self.group_coordinator() {
+            match coordinator.delete_topic_offsets(name).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(topic = name, offsets = n, "deleted committed offsets"),
+                // The topic is gone either way; stale offsets only matter if it is recreated.
+                Err(e) => tracing::error!(topic = name, error = %e, "deleting offsets failed"),
+            }
+        }
+        Ok(())
     }
 
     /// Every topic, sorted by name; internal ones only with `include_internal`.
@@ -278,12 +367,20 @@ impl Broker {
     ///
     /// On one node acks 0, 1 and all are the same: when this returns, the records are in the
     /// leader's log, below the high watermark, and fsynced if the flush policy asked for it.
+    ///
+    /// `__consumer_offsets` is written by the coordinator only: `INVALID_TOPIC_EXCEPTION`.
     pub async fn produce(
         &self,
         topic: &str,
         partition: i32,
         records: Bytes,
     ) -> Result<ProduceOutcome, ApiError> {
+        if topic == CONSUMER_OFFSETS_TOPIC {
+            return Err(ApiError::new(
+                ErrorCode::InvalidTopicException,
+                format!("internal topic {topic:?} cannot be produced to"),
+            ));
+        }
         let p = self.registry.partition(topic, partition)?;
         run_blocking(move || {
             let info = p.append(records)?;
@@ -330,6 +427,10 @@ impl Broker {
             return Ok(());
         }
         self.begin_shutdown();
+        let coordinator = self.coordinator.write().take();
+        if let Some(coordinator) = coordinator {
+            coordinator.shutdown();
+        }
         let task = self.maintenance.lock().take();
         if let Some(task) = task {
             let _ = task.await;

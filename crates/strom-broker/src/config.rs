@@ -76,6 +76,10 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub shutdown_timeout_ms: u64,
+    /// Partitions of `__consumer_offsets` when the broker creates it (Kafka's
+    /// `offsets.topic.num.partitions`). Fixed once created: a group's partition is a hash of
+    /// its id modulo this count, so an existing topic keeps its count whatever this says.
+    pub offsets_topic_num_partitions: i32,
 }
 
 impl Default for BrokerConfig {
@@ -103,6 +107,7 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 50 << 20,
             auto_create_topics: false,
             shutdown_timeout_ms: 10_000,
+            offsets_topic_num_partitions: 50,
         }
     }
 }
@@ -146,6 +151,12 @@ impl BrokerConfig {
             return bad(format!(
                 "num_partitions must be in 1..={MAX_PARTITIONS}, got {}",
                 self.num_partitions
+            ));
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.offsets_topic_num_partitions) {
+            return bad(format!(
+                "offsets_topic_num_partitions must be in 1..={MAX_PARTITIONS}, got {}",
+                self.offsets_topic_num_partitions
             ));
         }
         if let Some(addr) = &self.advertised_address {

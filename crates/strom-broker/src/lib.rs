@@ -1,11 +1,17 @@
-//! The Strom broker: topics, partitions and their logs served over gRPC (`strom.v1.Broker` and
-//! `strom.v1.Admin`). One process is controller and broker at once; replication and the Raft
+//! The Strom broker: topics, partitions and their logs served over gRPC (`strom.v1.Broker`,
+//! `strom.v1.Admin` and `strom.v1.Group`). One process is controller and broker at once; replication and the Raft
 //! metadata quorum come later and slot in behind [`MetadataStore`] and the partition's high
 //! watermark.
 //!
 //! - [`Broker`]: the core, no network: create/delete/describe topics, produce, long-poll fetch,
 //!   list offsets, background flush and retention, clean shutdown.
 //! - [`BrokerServer`] / [`serve`]: the tonic server around it.
+//! - Consumer groups: the broker is the coordinator of every group. At start it creates
+//!   `__consumer_offsets` (`offsets_topic_num_partitions`, unlimited retention) if missing,
+//!   replays it into a [`strom_coordinator::OffsetStore`] and serves the coordinator over
+//!   `strom.v1.Group`. Commits are appended through the topic's partitions (high watermark,
+//!   fetch wake-ups) and fsynced; clients may fetch the topic but not produce to or delete it.
+//!   Deleting a topic deletes its committed offsets.
 //! - [`BrokerConfig`]: settings (TOML), per-topic overrides with Kafka's names.
 //!
 //! # Decisions

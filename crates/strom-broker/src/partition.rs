@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
+use strom_coordinator::{OffsetsLog, OffsetsLogError};
 use strom_format::{Batches, LeaderEpoch, Offset, PartitionId};
 use strom_log::{AppendInfo, Log, LogConfig};
 use strom_proto::v1::ErrorCode;
@@ -256,5 +257,32 @@ impl Partition {
             tracing::debug!(partition = %self.name, %error, "{op} rejected");
         }
         api
+    }
+}
+
+/// A partition of `__consumer_offsets` as the coordinator's offset store sees it. Appends go
+/// through [`Partition::append`], so they advance the high watermark and wake fetchers of the
+/// topic like any produce; reads stop at the high watermark, which is also what the store is
+/// told the end is, so a replay never waits for records it cannot read.
+impl OffsetsLog for Partition {
+    fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
+        Partition::append(self, batch).map(|info| info.first_offset).map_err(OffsetsLogError::new)
+    }
+
+    fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
+        Partition::read(self, from, max_bytes).map_err(OffsetsLogError::new)
+    }
+
+    fn log_start_offset(&self) -> Offset {
+        Partition::log_start_offset(self)
+    }
+
+    fn log_end_offset(&self) -> Offset {
+        self.high_watermark()
+    }
+
+    fn flush(&self) -> Result<(), OffsetsLogError> {
+        self.check_live().map_err(OffsetsLogError::new)?;
+        self.log.flush().map_err(OffsetsLogError::new)
     }
 }

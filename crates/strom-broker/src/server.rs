@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use strom_proto::v1::admin_server::AdminServer;
 use strom_proto::v1::broker_server::BrokerServer as BrokerGrpcServer;
+use strom_proto::v1::group_server::GroupServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::service::admin::AdminService;
 use crate::service::broker::BrokerService;
+use crate::service::group::GroupService;
 
 /// HTTP/2 streams (concurrent requests) one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -164,6 +166,9 @@ async fn run(
         .max_encoding_message_size(config.fetch_max_bytes.saturating_add(config.max_request_bytes));
     let admin_service = AdminServer::new(AdminService::new(broker.clone()))
         .max_decoding_message_size(config.max_request_bytes);
+    let group_service = GroupServer::new(GroupService::new(broker.clone()))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_request_bytes);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serving = Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -172,6 +177,7 @@ async fn run(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(broker_service)
         .add_service(admin_service)
+        .add_service(group_service)
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_deadline = async {
         if drain_started.await.is_ok() {

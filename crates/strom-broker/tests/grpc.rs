@@ -23,7 +23,8 @@ async fn create_list_describe_delete_topics() {
     let mut h = Harness::start(config(dir.path())).await;
 
     h.create("orders", 3, &[("retention.ms", "60000")]).await;
-    h.create("__consumer_offsets", 2, &[]).await;
+    let again = h.create_result("__consumer_offsets", 2, &[]).await;
+    assert_eq!(again.error_code(), ErrorCode::TopicAlreadyExists, "the broker created it");
     h.create("defaulted", -1, &[]).await;
 
     let public = by_name(&h.list(false).await);
@@ -33,6 +34,7 @@ async fn create_list_describe_delete_topics() {
     let all = h.list(true).await;
     let internal = all.iter().find(|t| t.name == "__consumer_offsets").expect("internal listed");
     assert!(internal.internal);
+    assert_eq!(internal.num_partitions, 3, "offsets_topic_num_partitions");
     assert_eq!(all.len(), 3);
 
     let d = h.describe("orders").await;
@@ -128,7 +130,7 @@ async fn topic_admin_errors() {
     assert_eq!(r.error_code(), ErrorCode::None);
     assert_eq!(code(h.delete("nope").await), ErrorCode::UnknownTopicOrPartition);
 
-    let names = by_name(&h.list(true).await);
+    let names = by_name(&h.list(false).await);
     assert_eq!(names.keys().collect::<Vec<_>>(), ["t"], "failed creates left nothing behind");
     h.stop().await;
 }
@@ -466,7 +468,7 @@ async fn restart_keeps_topics_and_records() {
     first.shutdown().await.unwrap();
 
     let mut h = Harness::start(config(dir.path())).await;
-    assert_eq!(by_name(&h.list(true).await), [("kept".to_string(), 2)].into_iter().collect());
+    assert_eq!(by_name(&h.list(false).await), [("kept".to_string(), 2)].into_iter().collect());
     assert_eq!(h.describe("kept").await.configs["retention.ms"], "-1");
     for p in 0..2 {
         let f = h.fetch("kept", p, 0).await;

@@ -1,10 +1,12 @@
-//! The gRPC services: thin translations between `strom.v1` messages and the [`Broker`] core.
+//! The gRPC services: thin translations between `strom.v1` messages and the [`Broker`] core
+//! (and its group coordinator).
 //!
 //! Per-topic and per-partition failures travel in the response as an error code and message;
 //! a gRPC `Status` error is reserved for a request that is malformed as a whole.
 
 pub(crate) mod admin;
 pub(crate) mod broker;
+pub(crate) mod group;
 
 use strom_proto::v1::ErrorCode;
 

@@ -23,6 +23,8 @@ pub fn config(dir: &Path) -> BrokerConfig {
     BrokerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        // Few offsets partitions: every test broker creates and replays them.
+        offsets_topic_num_partitions: 3,
         ..BrokerConfig::default()
     }
 }
