@@ -50,6 +50,10 @@ struct Args {
     /// when the consumer has joined its group).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// With --group: how long the coordinator waits for a silent member before it moves the
+    /// member's partitions to the others.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u64,
 }
 
 /// Longest single wait in the poll loop, so the idle timeout is noticed promptly.
@@ -88,6 +92,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ..ConsumerConfig::new(args.bootstrap.clone())
     };
     config.client.client_id = "strom-consumer".to_owned();
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.heartbeat_interval = config.session_timeout / 3;
     let mut consumer = Consumer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", args.bootstrap))?;
