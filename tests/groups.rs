@@ -37,6 +37,9 @@ fn produce(addr: &str, topic: &str, values: std::ops::Range<usize>) {
     );
 }
 
+/// A member's generation and assignment, as last seen after one of its polls.
+type MemberView = (i32, Vec<TopicPartition>);
+
 /// Runs `members` SDK consumers of one group until their generation agrees and their
 /// assignments cover the topic, and returns how many partitions each member holds, sorted.
 fn settled_assignments(
@@ -48,7 +51,7 @@ fn settled_assignments(
 ) -> Vec<usize> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let result = rt.block_on(async {
-        let views: Arc<Mutex<Vec<(i32, Vec<TopicPartition>)>>> =
+        let views: Arc<Mutex<Vec<MemberView>>> =
             Arc::new(Mutex::new(vec![(-1, Vec::new()); members]));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
