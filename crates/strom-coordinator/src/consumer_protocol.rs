@@ -12,6 +12,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::wire::{Reader, WireError, put_string};
+
 /// The newest Subscription version this module knows (v3 adds `rack_id`).
 pub const SUBSCRIPTION_MAX_VERSION: i16 = 3;
 /// The newest Assignment version this module knows (v1..v3 have v0's layout).
@@ -42,6 +44,19 @@ pub enum ProtocolError {
     /// A value is too large for its wire field (strings over 32767 bytes, ...).
     #[error("{0} is too large to encode")]
     TooLarge(&'static str),
+}
+
+impl From<WireError> for ProtocolError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated(field) => ProtocolError::Truncated(field),
+            WireError::InvalidLength { field, length } => {
+                ProtocolError::InvalidLength { field, length }
+            }
+            WireError::InvalidUtf8(field) => ProtocolError::InvalidUtf8(field),
+            WireError::TooLarge(field) => ProtocolError::TooLarge(field),
+        }
+    }
 }
 
 /// The partitions of one topic.
@@ -134,8 +149,11 @@ impl Subscription {
             topics.push(r.string("topic")?);
         }
         let user_data = r.nullable_bytes("user_data")?;
-        let owned_partitions =
-            if version >= 1 { r.topic_partitions("owned_partitions")? } else { Vec::new() };
+        let owned_partitions = if version >= 1 {
+            read_topic_partitions(&mut r, "owned_partitions")?
+        } else {
+            Vec::new()
+        };
         let generation_id = if version >= 2 { r.i32("generation_id")? } else { -1 };
         let rack_id = if version >= 3 { r.nullable_string("rack_id")? } else { None };
         Ok(Subscription { topics, user_data, owned_partitions, generation_id, rack_id })
@@ -175,7 +193,7 @@ impl Assignment {
         if version < 0 {
             return Err(ProtocolError::UnsupportedVersion(version));
         }
-        let partitions = r.topic_partitions("assigned_partitions")?;
+        let partitions = read_topic_partitions(&mut r, "assigned_partitions")?;
         let user_data = r.nullable_bytes("user_data")?;
         Ok(Assignment { partitions, user_data })
     }
@@ -212,20 +230,13 @@ fn put_array_len(buf: &mut BytesMut, len: usize, field: &'static str) -> Result<
     Ok(())
 }
 
-fn put_string(buf: &mut BytesMut, s: &str, field: &'static str) -> Result<(), ProtocolError> {
-    let len = i16::try_from(s.len()).map_err(|_| ProtocolError::TooLarge(field))?;
-    buf.put_i16(len);
-    buf.put_slice(s.as_bytes());
-    Ok(())
-}
-
 fn put_nullable_string(
     buf: &mut BytesMut,
     s: Option<&str>,
     field: &'static str,
 ) -> Result<(), ProtocolError> {
     match s {
-        Some(s) => put_string(buf, s, field),
+        Some(s) => Ok(put_string(buf, s, field)?),
         None => {
             buf.put_i16(-1);
             Ok(())
@@ -264,91 +275,23 @@ fn put_topic_partitions(
     Ok(())
 }
 
-/// A bounds-checked big-endian cursor: every read is a typed error on short input.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Reader { buf }
-    }
-
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ProtocolError> {
-        if self.buf.len() < n {
-            return Err(ProtocolError::Truncated(field));
+fn read_topic_partitions(
+    r: &mut Reader<'_>,
+    field: &'static str,
+) -> Result<Vec<TopicPartitions>, ProtocolError> {
+    // A topic entry is at least a 2-byte name length and a 4-byte partition count.
+    let count = r.array_len(field, 6)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let topic = r.string("topic")?;
+        let n = r.array_len("partitions", 4)?;
+        let mut partitions = Vec::with_capacity(n);
+        for _ in 0..n {
+            partitions.push(r.i32("partition")?);
         }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
+        out.push(TopicPartitions { topic, partitions });
     }
-
-    fn i16(&mut self, field: &'static str) -> Result<i16, ProtocolError> {
-        let b = self.take(2, field)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn i32(&mut self, field: &'static str) -> Result<i32, ProtocolError> {
-        let b = self.take(4, field)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// Reads an array count; `min_elem` bytes per element caps it by the bytes left, so a
-    /// hostile count cannot make us allocate more than the input could hold.
-    fn array_len(&mut self, field: &'static str, min_elem: usize) -> Result<usize, ProtocolError> {
-        let n = self.i32(field)?;
-        let n = usize::try_from(n)
-            .map_err(|_| ProtocolError::InvalidLength { field, length: i64::from(n) })?;
-        if n.saturating_mul(min_elem) > self.buf.len() {
-            return Err(ProtocolError::Truncated(field));
-        }
-        Ok(n)
-    }
-
-    fn string(&mut self, field: &'static str) -> Result<String, ProtocolError> {
-        self.nullable_string(field)?.ok_or(ProtocolError::InvalidLength { field, length: -1 })
-    }
-
-    fn nullable_string(&mut self, field: &'static str) -> Result<Option<String>, ProtocolError> {
-        let len = self.i16(field)?;
-        if len == -1 {
-            return Ok(None);
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| ProtocolError::InvalidLength { field, length: i64::from(len) })?;
-        let bytes = self.take(len, field)?;
-        let s = std::str::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8(field))?;
-        Ok(Some(s.to_owned()))
-    }
-
-    fn nullable_bytes(&mut self, field: &'static str) -> Result<Option<Bytes>, ProtocolError> {
-        let len = self.i32(field)?;
-        if len == -1 {
-            return Ok(None);
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| ProtocolError::InvalidLength { field, length: i64::from(len) })?;
-        Ok(Some(Bytes::copy_from_slice(self.take(len, field)?)))
-    }
-
-    fn topic_partitions(
-        &mut self,
-        field: &'static str,
-    ) -> Result<Vec<TopicPartitions>, ProtocolError> {
-        // A topic entry is at least a 2-byte name length and a 4-byte partition count.
-        let count = self.array_len(field, 6)?;
-        let mut out = Vec::with_capacity(count);
-        for _ in 0..count {
-            let topic = self.string("topic")?;
-            let n = self.array_len("partitions", 4)?;
-            let mut partitions = Vec::with_capacity(n);
-            for _ in 0..n {
-                partitions.push(self.i32("partition")?);
-            }
-            out.push(TopicPartitions { topic, partitions });
-        }
-        Ok(out)
-    }
+    Ok(out)
 }
 
 #[cfg(test)]

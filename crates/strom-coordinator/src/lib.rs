@@ -15,6 +15,7 @@
 
 pub mod assignor;
 pub mod consumer_protocol;
+mod wire;
 
 #[cfg(feature = "server")]
 mod api;

@@ -11,6 +11,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use strom_format::{LeaderEpoch, Offset, PartitionId};
 
+use crate::wire::{Reader, WireError, put_string};
+
 /// The version of `OffsetCommitKey` written.
 pub const OFFSET_KEY_VERSION: i16 = 1;
 /// The version of `OffsetCommitValue` written.
@@ -63,6 +65,17 @@ pub enum SchemaError {
     TooLong(&'static str),
 }
 
+impl From<WireError> for SchemaError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated(field) => SchemaError::Truncated(field),
+            WireError::InvalidLength { field, .. } => SchemaError::InvalidLength(field),
+            WireError::InvalidUtf8(field) => SchemaError::InvalidUtf8(field),
+            WireError::TooLarge(field) => SchemaError::TooLong(field),
+        }
+    }
+}
+
 /// Encodes an `OffsetCommitKey` v1.
 pub fn encode_key(group: &str, topic: &str, partition: PartitionId) -> Result<Bytes, SchemaError> {
     let mut buf = BytesMut::with_capacity(2 + 2 + group.len() + 2 + topic.len() + 4);
@@ -86,7 +99,7 @@ pub fn encode_value(value: &CommittedOffset) -> Result<Bytes, SchemaError> {
 
 /// Decodes a key; keys of other record types are [`SchemaError::NotAnOffsetKey`].
 pub fn decode_key(buf: &[u8]) -> Result<OffsetKey, SchemaError> {
-    let mut r = Reader { buf };
+    let mut r = Reader::new(buf);
     let version = r.i16("key version")?;
     if !(0..=1).contains(&version) {
         return Err(SchemaError::NotAnOffsetKey(version));
@@ -99,7 +112,7 @@ pub fn decode_key(buf: &[u8]) -> Result<OffsetKey, SchemaError> {
 
 /// Decodes a value of versions 0 to 4.
 pub fn decode_value(buf: &[u8]) -> Result<CommittedOffset, SchemaError> {
-    let mut r = Reader { buf };
+    let mut r = Reader::new(buf);
     let version = r.i16("value version")?;
     let (offset, leader_epoch, metadata, commit_timestamp) = match version {
         0..=2 => {
@@ -151,73 +164,6 @@ pub fn partition_for_group(group_id: &str, partitions: usize) -> usize {
     let h = java_string_hash(group_id);
     let abs = if h == i32::MIN { 0 } else { h.unsigned_abs() };
     abs as usize % partitions
-}
-
-fn put_string(buf: &mut BytesMut, s: &str, field: &'static str) -> Result<(), SchemaError> {
-    let len = i16::try_from(s.len()).map_err(|_| SchemaError::TooLong(field))?;
-    buf.put_i16(len);
-    buf.put_slice(s.as_bytes());
-    Ok(())
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], SchemaError> {
-        if self.buf.len() < n {
-            return Err(SchemaError::Truncated(field));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-
-    fn i16(&mut self, field: &'static str) -> Result<i16, SchemaError> {
-        let b = self.take(2, field)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn i32(&mut self, field: &'static str) -> Result<i32, SchemaError> {
-        let b = self.take(4, field)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn i64(&mut self, field: &'static str) -> Result<i64, SchemaError> {
-        let b = self.take(8, field)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_be_bytes(a))
-    }
-
-    fn string(&mut self, field: &'static str) -> Result<String, SchemaError> {
-        let len = self.i16(field)?;
-        let len = usize::try_from(len).map_err(|_| SchemaError::InvalidLength(field))?;
-        self.utf8(len, field)
-    }
-
-    fn compact_string(&mut self, field: &'static str) -> Result<String, SchemaError> {
-        // Unsigned varint of length + 1; 0 would be null, which this field does not allow.
-        let mut value: u64 = 0;
-        for shift in (0..35).step_by(7) {
-            let b = self.take(1, field)?[0];
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                let len = usize::try_from(value)
-                    .ok()
-                    .and_then(|v| v.checked_sub(1))
-                    .ok_or(SchemaError::InvalidLength(field))?;
-                return self.utf8(len, field);
-            }
-        }
-        Err(SchemaError::InvalidLength(field))
-    }
-
-    fn utf8(&mut self, len: usize, field: &'static str) -> Result<String, SchemaError> {
-        let bytes = self.take(len, field)?;
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| SchemaError::InvalidUtf8(field))
-    }
 }
 
 #[cfg(test)]
