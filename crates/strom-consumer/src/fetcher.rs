@@ -495,15 +495,8 @@ impl Fetcher {
             if self.resetting_brokers.contains(&broker) {
                 continue;
             }
-            let channel = match self.client.broker_by_id(broker) {
-                Ok(channel) => channel,
-                Err(e) => {
-                    debug!(broker, error = %e, "no connection to leader; retrying later");
-                    for p in &plan {
-                        self.retry_later(&p.tp, &p.topic);
-                    }
-                    continue;
-                }
+            let Some(channel) = self.leader_or_retry(broker, &plan, |p| (&p.tp, &p.topic)) else {
+                continue;
             };
             let targets: Vec<(Arc<str>, PartitionId, i64)> =
                 plan.iter().map(|p| (Arc::clone(&p.topic), p.tp.partition, p.timestamp)).collect();
@@ -518,6 +511,27 @@ impl Fetcher {
             }
             self.resetting_brokers.insert(broker);
             self.requests.insert(handle.id(), Request::Reset { broker, plan });
+        }
+    }
+
+    /// The data-plane client of `broker`, or `None` after every partition of `plan` was put
+    /// on backoff because the broker cannot be reached.
+    fn leader_or_retry<T>(
+        &mut self,
+        broker: i32,
+        plan: &[T],
+        key: impl Fn(&T) -> (&TopicPartition, &Arc<str>),
+    ) -> Option<BrokerClient<Channel>> {
+        match self.client.broker_by_id(broker) {
+            Ok(channel) => Some(channel),
+            Err(e) => {
+                debug!(broker, error = %e, "no connection to leader; retrying later");
+                for item in plan {
+                    let (tp, topic) = key(item);
+                    self.retry_later(tp, topic);
+                }
+                None
+            }
         }
     }
 
@@ -595,15 +609,8 @@ impl Fetcher {
             if self.busy_brokers.contains(&broker) {
                 continue;
             }
-            let channel = match self.client.broker_by_id(broker) {
-                Ok(channel) => channel,
-                Err(e) => {
-                    debug!(broker, error = %e, "no connection to leader; retrying later");
-                    for p in &plan {
-                        self.retry_later(&p.tp, &p.topic);
-                    }
-                    continue;
-                }
+            let Some(channel) = self.leader_or_retry(broker, &plan, |p| (&p.tp, &p.topic)) else {
+                continue;
             };
             let max_bytes = u32::try_from(budget).unwrap_or(u32::MAX);
             let reserved = plan
