@@ -2,6 +2,8 @@
 //! delete) and a look at consumer groups (list, describe with committed offsets and lag).
 //! Exits non-zero with a one-line reason when the cluster refuses an operation.
 
+mod cli;
+
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +17,6 @@ use strom_client::proto::v1::{
 use strom_client::{Client, ClientConfig, ClientError, OffsetSpec, check_code};
 use strom_coordinator::consumer_protocol::Assignment;
 use strom_format::PartitionId;
-use tracing_subscriber::EnvFilter;
 
 /// `println!` that ends the program quietly when stdout is closed (`strom-admin ... | head`)
 /// instead of panicking.
@@ -110,10 +111,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_logging();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -1,6 +1,8 @@
 //! `strom-bench`: produce and consume throughput and latency against a running cluster, in
 //! the spirit of Kafka's `producer-perf-test` and `consumer-perf-test`.
 
+mod cli;
+
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -95,13 +97,7 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    cli::init_logging();
     let result = match Cli::parse().command {
         Command::Produce(args) => produce(args).await,
         Command::Consume(args) => consume(args).await,

@@ -2,6 +2,8 @@
 //! console consumer. With `--group` it reads as a member of a consumer group: the group's
 //! partitions are shared with the other members, and what was printed is committed.
 
+mod cli;
+
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
@@ -64,13 +66,7 @@ const JOIN_GRACE: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    cli::init_logging();
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@
 //! (`parse.key=true`): it is reported with its line number and not sent, and the exit code is
 //! non-zero. `--ignore-missing-separator` sends such lines with a null key instead.
 
+mod cli;
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::process::ExitCode;
@@ -23,7 +25,6 @@ use strom_producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerError, ProducerRecord,
 };
 use tokio::sync::mpsc;
-use tracing_subscriber::EnvFilter;
 
 /// Sends stdin lines to a Strom topic.
 #[derive(Debug, Parser)]
@@ -73,10 +74,7 @@ const CHANNEL_CHUNKS: usize = 16;
 const MAX_REPORTED: u64 = 20;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_logging();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
