@@ -1,8 +1,11 @@
 //! The [`Broker`] core: topics, partitions and the operations on them, with no network in it.
-//! The gRPC services (and later the Kafka listener) are thin translations onto these methods.
+//! The gRPC services (and the Kafka listener) are thin translations onto these methods.
 //!
-//! Log I/O is blocking, so every operation that touches a log runs on tokio's blocking pool;
-//! no lock is held across it or across an `.await`.
+//! Topic metadata comes from the metadata quorum ([`QuorumLog`]): changes go to the active
+//! controller (`controller.rs`, forwarded over gRPC when another node is the controller), and
+//! every node follows the committed image (`replicas.rs`), opening the logs of the partitions
+//! it holds. Log I/O is blocking, so every operation that touches a log runs on tokio's blocking
+//! pool; no lock is held across it or across an `.await`.
 
 use std::fs::{File, OpenOptions};
 use std::sync::Arc;
@@ -13,31 +16,44 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use strom_coordinator::{
     CONSUMER_OFFSETS_TOPIC, CoordinatorConfig, GroupCoordinator, OffsetStore, OffsetsLog,
+    OffsetsLogError,
 };
 use strom_format::Offset;
 use strom_proto::v1::ErrorCode;
+use strom_quorum::{BrokerRegistration, NO_LEADER, NodeId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, MAX_PARTITIONS, TopicConfig};
-use crate::controller::{Command, Controller, ControllerHandle, RECLAIM_PATIENCE, dismantle};
+use crate::controller::{Command, ControllerHandle};
 use crate::error::{ApiError, BrokerError};
-use crate::metadata::{FileMetadataStore, MetadataStore};
 use crate::partition::Partition;
+use crate::peers::Peers;
+use crate::quorum::{ControllerView, Image, LocalQuorum, QuorumLog};
+use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
 use crate::topic::{Registry, Topic, validate_topic_name};
 use crate::types::{
-    BrokerEndpoint, ClusterView, ListedOffset, NewTopic, PartitionDescription, ProduceOutcome,
-    TopicDescription, TopicListing,
+    BrokerEndpoint, ClusterView, ListedOffset, NewTopic, NodeDescription, PartitionDescription,
+    ProduceOutcome, TopicDescription, TopicListing,
 };
 
 /// Most topics one admin request may name.
 pub const MAX_TOPICS_PER_REQUEST: usize = 1000;
 
-/// Segment size of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`): commits are
-/// small, and smaller segments keep a replay's files few MB, not a GiB each.
-const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
+/// How long an admin change waits for this node to apply it before answering anyway.
+const APPLY_PATIENCE: Duration = Duration::from_secs(15);
+/// How long a single-node broker's start waits for its quorum of one to be ready.
+const SINGLE_NODE_START_PATIENCE: Duration = Duration::from_secs(30);
 
-/// A single-node broker: controller and partition leader for every topic.
+/// The group coordinator over the `__consumer_offsets` partitions this node leads.
+#[derive(Debug, Clone)]
+struct CoordinatorSlot {
+    /// Per offsets partition: whether this node led it when the coordinator was built.
+    led: Vec<bool>,
+    coordinator: GroupCoordinator,
+}
+
+/// A broker node: replica of some partitions, leader of some, maybe the active controller.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), strom_broker::BrokerError> {
@@ -52,140 +68,210 @@ const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
 pub struct Broker {
     config: Arc<BrokerConfig>,
     registry: Arc<Registry>,
+    quorum: Arc<dyn QuorumLog>,
     controller: ControllerHandle,
+    peers: Peers,
     cluster_id: String,
+    incarnation: u64,
     advertised: RwLock<(String, i32)>,
+    /// Applied index of the last image the replica manager finished.
+    reconciled: watch::Receiver<u64>,
     /// Flips to `true` once: parked fetches answer and background work stops.
     shutdown: watch::Sender<bool>,
-    maintenance: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     /// Released at the end of shutdown, even if something still holds the `Broker`.
     lock: Mutex<Option<DataDirLock>>,
-    /// The consumer-group coordinator over `__consumer_offsets`; taken out at shutdown so its
-    /// hold on the offsets partitions ends before the logs are closed.
-    coordinator: RwLock<Option<GroupCoordinator>>,
+    /// Taken out at shutdown so its hold on the offsets partitions ends before logs close.
+    coordinator: Arc<RwLock<Option<CoordinatorSlot>>>,
 }
 
 impl Broker {
-    /// Opens the data directory (creating it), loads the topics and their logs, and starts the
-    /// controller and the background flush/retention task. Needs a tokio runtime.
+    /// Opens the data directory (creating it), joins the metadata quorum and starts following
+    /// it, the controller task, broker heartbeats and the background flush/retention task.
+    /// Needs a tokio runtime.
+    ///
+    /// Without `voters` (or with only this node) the node is a quorum of one: `open` returns
+    /// once its topics are open and the group coordinator serves.
     pub async fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let store = Box::new(FileMetadataStore::new(&config.data_dir));
-        Self::open_with_store(config, store).await
-    }
-
-    /// Like [`Broker::open`] with another metadata store.
-    pub async fn open_with_store(
-        config: Arc<BrokerConfig>,
-        store: Box<dyn MetadataStore>,
-    ) -> Result<Arc<Broker>, BrokerError> {
-        let registry = Arc::new(Registry::default());
-        let (lock, controller) = {
-            let (config, registry) = (config.clone(), registry.clone());
+        let lock = {
+            let config = config.clone();
             tokio::task::spawn_blocking(move || {
                 std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::Io {
                     context: format!("creating data directory {}", config.data_dir.display()),
                     source,
                 })?;
-                let lock = DataDirLock::acquire(&config.data_dir)?;
-                let controller = Controller::load(config, registry, store)?;
-                Ok::<_, BrokerError>((lock, controller))
+                DataDirLock::acquire(&config.data_dir)
             })
             .await
             .map_err(|e| BrokerError::Internal(format!("opening the broker: {e}")))??
         };
-        let cluster_id = controller.cluster_id().to_string();
-        let controller = ControllerHandle::spawn(controller)?;
+        let advertised = config.advertised(config.listen);
+        let quorum: Arc<dyn QuorumLog> = {
+            let (dir, node, address) = (
+                config.data_dir.clone(),
+                config.node_id,
+                format!("{}:{}", advertised.0, advertised.1),
+            );
+            let local = tokio::task::spawn_blocking(move || LocalQuorum::open(&dir, node, address))
+                .await
+                .map_err(|e| BrokerError::Internal(format!("opening the quorum: {e}")))??;
+            Arc::new(Arc::new(local))
+        };
+        Self::open_with_quorum(config, quorum, lock).await
+    }
+
+    async fn open_with_quorum(
+        config: Arc<BrokerConfig>,
+        quorum: Arc<dyn QuorumLog>,
+        lock: DataDirLock,
+    ) -> Result<Arc<Broker>, BrokerError> {
+        let registry = Arc::new(Registry::default());
         let (shutdown, _) = watch::channel(false);
+        let voters = config.voters.len().max(1);
+        let controller =
+            ControllerHandle::spawn(config.clone(), quorum.clone(), voters, shutdown.subscribe());
+        let (reconciled_tx, reconciled) = watch::channel(0);
+        let coordinator: Arc<RwLock<Option<CoordinatorSlot>>> = Arc::new(RwLock::new(None));
+        let cluster_id = quorum.cluster_id();
+        let advertised = config.advertised(config.listen);
+        let broker = Arc::new(Broker {
+            config: config.clone(),
+            registry: registry.clone(),
+            quorum: quorum.clone(),
+            controller,
+            peers: Peers::new(cluster_id.clone()),
+            cluster_id: cluster_id.clone(),
+            incarnation: rand::random(),
+            advertised: RwLock::new(advertised),
+            reconciled,
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            lock: Mutex::new(Some(lock)),
+            coordinator: coordinator.clone(),
+        });
+        let follow = {
+            let (config, registry, coordinator) =
+                (config.clone(), registry.clone(), coordinator.clone());
+            let on_change = move |outcome: Reconciled| {
+                rebuild_coordinator(&config, &registry, &coordinator, &outcome);
+            };
+            tokio::spawn(crate::replicas::follow(
+                broker.config.clone(),
+                broker.registry.clone(),
+                quorum.image(),
+                reconciled_tx,
+                on_change,
+                broker.shutdown.subscribe(),
+            ))
+        };
         let maintenance = tokio::spawn(maintenance(
             registry.clone(),
             Duration::from_millis(config.log_flush_scheduler_interval_ms),
             Duration::from_millis(config.log_retention_check_interval_ms),
-            shutdown.subscribe(),
+            broker.shutdown.subscribe(),
         ));
-        let advertised = config.advertised(config.listen);
+        let heartbeats = tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
+        broker.tasks.lock().extend([follow, maintenance, heartbeats]);
         tracing::info!(
             node_id = config.node_id,
             %cluster_id,
             data_dir = %config.data_dir.display(),
-            topics = registry.topics().len(),
+            voters = voters,
             "broker opened"
         );
-        let broker = Arc::new(Broker {
-            config,
-            registry,
-            controller,
-            cluster_id,
-            advertised: RwLock::new(advertised),
-            shutdown,
-            maintenance: Mutex::new(Some(maintenance)),
-            closed: AtomicBool::new(false),
-            lock: Mutex::new(Some(lock)),
-            coordinator: RwLock::new(None),
-        });
-        if let Err(e) = broker.start_coordinator().await {
-            if let Err(close) = broker.shutdown().await {
-                tracing::error!(error = %close, "closing after a failed start");
+        if voters == 1 {
+            if let Err(e) = broker.wait_until_serving(SINGLE_NODE_START_PATIENCE).await {
+                if let Err(close) = broker.shutdown().await {
+                    tracing::error!(error = %close, "closing after a failed start");
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         Ok(broker)
     }
 
-    /// Creates `__consumer_offsets` if it is missing (unlimited retention: committed offsets
-    /// are only ever superseded, never aged out), loads the committed offsets from every
-    /// partition of it and starts the group coordinator over them.
-    async fn start_coordinator(&self) -> Result<(), BrokerError> {
-        if !self.registry.contains(CONSUMER_OFFSETS_TOPIC) {
-            let configs = [
-                ("retention.ms", "-1".to_string()),
-                ("retention.bytes", "-1".to_string()),
-                ("segment.bytes", OFFSETS_SEGMENT_BYTES.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            let name = CONSUMER_OFFSETS_TOPIC.to_string();
-            let partitions = self.config.offsets_topic_num_partitions;
-            let created = self
-                .controller
-                .call(|reply| Command::CreateTopic { name, partitions, configs, reply })
-                .await;
-            match created {
-                Ok(()) => tracing::info!(partitions, "created {CONSUMER_OFFSETS_TOPIC}"),
-                Err(e) if e.code == ErrorCode::TopicAlreadyExists => {}
-                Err(e) => {
+    /// Waits until the group coordinator serves (so every topic of the image is open too).
+    async fn wait_until_serving(&self, patience: Duration) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut reconciled = self.reconciled.clone();
+        loop {
+            if self.coordinator.read().is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = reconciled.changed() => if changed.is_err() {
+                    return Err(BrokerError::Internal("the replica manager stopped".into()));
+                },
+                _ = tokio::time::sleep_until(deadline) => {
                     return Err(BrokerError::Internal(format!(
-                        "creating {CONSUMER_OFFSETS_TOPIC}: {e}"
+                        "the broker did not become ready within {patience:?}"
                     )));
                 }
             }
         }
-        let topic = self.registry.topic(CONSUMER_OFFSETS_TOPIC).ok_or_else(|| {
-            BrokerError::Internal(format!("{CONSUMER_OFFSETS_TOPIC} vanished after creation"))
-        })?;
-        let logs: Vec<Arc<dyn OffsetsLog>> =
-            topic.partitions.iter().map(|p| Arc::clone(p) as Arc<dyn OffsetsLog>).collect();
-        drop(topic);
-        let store = tokio::task::spawn_blocking(move || OffsetStore::load(logs))
-            .await
-            .map_err(|e| BrokerError::Internal(format!("loading committed offsets: {e}")))?
-            .map_err(|e| BrokerError::Internal(format!("loading committed offsets: {e}")))?;
-        tracing::info!(
-            partitions = store.num_partitions(),
-            groups = store.groups().len(),
-            "loaded committed offsets"
-        );
-        let coordinator = GroupCoordinator::new(CoordinatorConfig::default(), Arc::new(store));
-        *self.coordinator.write() = Some(coordinator);
-        Ok(())
     }
 
-    /// The consumer-group coordinator; `None` once shutdown has taken it down.
+    /// The consumer-group coordinator; `None` before it is built or once shutdown took it.
     pub fn group_coordinator(&self) -> Option<GroupCoordinator> {
-        self.coordinator.read().clone()
+        self.coordinator.read().as_ref().map(|slot| slot.coordinator.clone())
+    }
+
+    /// The coordinator of `group_id` if this node is it: NOT_COORDINATOR when another node
+    /// leads the group's `__consumer_offsets` partition, COORDINATOR_NOT_AVAILABLE when none
+    /// does (yet).
+    pub fn coordinator_for(&self, group_id: &str) -> Result<GroupCoordinator, ApiError> {
+        let slot = self.coordinator.read().clone();
+        let Some(slot) = slot else {
+            return Err(ApiError::new(
+                ErrorCode::CoordinatorNotAvailable,
+                "the group coordinator is not loaded on this broker",
+            ));
+        };
+        let partition = slot.coordinator.offsets().partition_for(group_id);
+        if slot.led.get(partition).copied().unwrap_or(false) {
+            Ok(slot.coordinator)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::NotCoordinator,
+                format!("this broker is not the coordinator of group {group_id:?}"),
+            ))
+        }
+    }
+
+    /// UNKNOWN_TOPIC_OR_PARTITION unless the metadata has `topic`-`partition`.
+    pub(crate) fn partition_exists(&self, topic: &str, partition: i32) -> Result<(), ApiError> {
+        match self.image().state.partition(topic, partition) {
+            Some(_) => Ok(()),
+            None => Err(ApiError::unknown_topic_or_partition(topic, partition)),
+        }
+    }
+
+    /// The node coordinating `group_id`: the leader of its `__consumer_offsets` partition.
+    pub fn find_coordinator(&self, group_id: &str) -> Result<BrokerEndpoint, ApiError> {
+        let image = self.image();
+        let not_available = |why: &str| {
+            ApiError::new(ErrorCode::CoordinatorNotAvailable, format!("group {group_id:?}: {why}"))
+        };
+        let topic = image
+            .state
+            .topic(CONSUMER_OFFSETS_TOPIC)
+            .ok_or_else(|| not_available("the offsets topic is not created yet"))?;
+        let index = strom_coordinator::partition_for_group(group_id, topic.partitions.len());
+        let leader = topic.partitions.get(index).map_or(NO_LEADER, |p| p.leader);
+        if leader == NO_LEADER {
+            return Err(not_available("its offsets partition has no leader"));
+        }
+        self.endpoint(&image, leader).ok_or_else(|| not_available("its coordinator is not live"))
+    }
+
+    fn endpoint(&self, image: &Image, node: NodeId) -> Option<BrokerEndpoint> {
+        let broker = image.state.broker(node).filter(|b| !b.fenced)?;
+        let (host, port) = split_host_port(&broker.registration.address)?;
+        Some(BrokerEndpoint { node_id: node, host, port })
     }
 
     /// The settings the broker runs with.
@@ -198,9 +284,30 @@ impl Broker {
         &self.cluster_id
     }
 
-    /// Sets the address Metadata advertises, once the listener knows its port.
+    /// The committed metadata image as this node has applied it.
+    pub(crate) fn image(&self) -> Arc<Image> {
+        self.quorum.image().borrow().clone()
+    }
+
+    /// The active controller as this node knows it.
+    pub fn controller(&self) -> ControllerView {
+        self.quorum.controller().borrow().clone()
+    }
+
+    /// Sets the address Metadata advertises, once the listener knows its port. The next
+    /// heartbeat re-registers the node with it.
     pub fn set_listen_address(&self, bound: std::net::SocketAddr) {
         *self.advertised.write() = self.config.advertised(bound);
+    }
+
+    fn registration(&self) -> BrokerRegistration {
+        let (host, port) = self.advertised.read().clone();
+        BrokerRegistration {
+            node_id: self.config.node_id,
+            address: format!("{host}:{port}"),
+            kafka_address: None,
+            incarnation: self.incarnation,
+        }
     }
 
     /// A receiver that turns `true` when shutdown begins.
@@ -219,12 +326,44 @@ impl Broker {
         *self.shutdown.borrow()
     }
 
-    /// Creates a topic, or with `validate_only` checks that it could be created.
+    /// Runs `command` on the active controller: here if this node is it, else forwarded to it.
+    pub(crate) async fn controller_call(
+        &self,
+        command: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), ApiError>>) -> Command,
+    ) -> Result<(), ApiError> {
+        self.controller.call(command).await
+    }
+
+    /// A Raft message from a peer.
+    pub(crate) async fn raft_rpc(&self, kind: i32, payload: Bytes) -> Result<Bytes, ApiError> {
+        self.quorum.handle_rpc(kind, payload).await
+    }
+
+    /// Handles a heartbeat of `registration`'s broker on this node's controller.
+    pub(crate) async fn broker_heartbeat(
+        &self,
+        registration: BrokerRegistration,
+    ) -> Result<(), ApiError> {
+        self.controller.call(|reply| Command::Heartbeat { registration, reply }).await
+    }
+
+    /// Creates a topic, or with `validate_only` checks that it could be created. Answers once
+    /// this node has applied the creation (its local replicas are open).
     ///
     /// Errors: `INVALID_TOPIC_EXCEPTION`, `INVALID_PARTITIONS` (outside 1..=10000),
-    /// `INVALID_REPLICATION_FACTOR` (more than the one broker), `INVALID_CONFIG`,
-    /// `TOPIC_ALREADY_EXISTS`, `KAFKA_STORAGE_ERROR`.
+    /// `INVALID_REPLICATION_FACTOR` (more than the live brokers), `INVALID_CONFIG`,
+    /// `TOPIC_ALREADY_EXISTS`, `NOT_CONTROLLER` when no controller can be reached.
     pub async fn create_topic(&self, topic: NewTopic, validate_only: bool) -> Result<(), ApiError> {
+        self.create_topic_with(topic, validate_only, true).await
+    }
+
+    /// [`Broker::create_topic`]; `forward: false` for a request a peer forwarded here.
+    pub(crate) async fn create_topic_with(
+        &self,
+        topic: NewTopic,
+        validate_only: bool,
+        forward: bool,
+    ) -> Result<(), ApiError> {
         validate_topic_name(&topic.name)?;
         let partitions = match topic.num_partitions {
             -1 => self.config.num_partitions,
@@ -236,17 +375,18 @@ impl Broker {
                 ));
             }
         };
-        if !matches!(topic.replication_factor, -1..=1) {
+        let live = self.image().state.live_brokers().len() as i32;
+        if topic.replication_factor > live.max(1) || topic.replication_factor < -1 {
             return Err(ApiError::new(
                 ErrorCode::InvalidReplicationFactor,
                 format!(
-                    "replication factor {} is not possible with 1 broker",
+                    "replication factor {} is not possible with {live} live broker(s)",
                     topic.replication_factor
                 ),
             ));
         }
         TopicConfig::resolve(&self.config, &topic.configs)?;
-        if self.registry.contains(&topic.name) {
+        if self.image().state.topic(&topic.name).is_some() {
             return Err(ApiError::new(
                 ErrorCode::TopicAlreadyExists,
                 format!("topic {:?} already exists", topic.name),
@@ -255,16 +395,45 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
-        let NewTopic { name, configs, .. } = topic;
-        self.controller
-            .call(|reply| Command::CreateTopic { name, partitions, configs, reply })
+        let NewTopic { name, configs, replication_factor, .. } = topic;
+        let wanted = name.clone();
+        let local = {
+            let (name, configs) = (name.clone(), configs.clone());
+            self.controller_call(|reply| Command::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                reply,
+            })
             .await
+        };
+        match local {
+            Err(e) if forward && e.code == ErrorCode::NotController => {
+                let new =
+                    NewTopic { name, num_partitions: partitions, replication_factor, configs };
+                self.peers.create_topic(&self.controller(), new).await?;
+            }
+            other => other?,
+        }
+        self.wait_applied(|image| image.state.topic(&wanted).is_some()).await;
+        Ok(())
     }
 
-    /// Deletes a topic and its logs. `UNKNOWN_TOPIC_OR_PARTITION` if there is none.
-    /// `__consumer_offsets` cannot be deleted (`INVALID_TOPIC_EXCEPTION`). The topic's committed
-    /// offsets are deleted with it, so a new topic of the same name starts without them.
+    /// Deletes a topic and its logs on every replica. `UNKNOWN_TOPIC_OR_PARTITION` if there is
+    /// none. `__consumer_offsets` cannot be deleted (`INVALID_TOPIC_EXCEPTION`). The topic's
+    /// committed offsets are deleted with it, so a new topic of the same name starts without
+    /// them.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ApiError> {
+        self.delete_topic_with(name, true).await
+    }
+
+    /// [`Broker::delete_topic`]; `forward: false` for a request a peer forwarded here.
+    pub(crate) async fn delete_topic_with(
+        &self,
+        name: &str,
+        forward: bool,
+    ) -> Result<(), ApiError> {
         if name == CONSUMER_OFFSETS_TOPIC {
             return Err(ApiError::new(
                 ErrorCode::InvalidTopicException,
@@ -272,72 +441,126 @@ impl Broker {
             ));
         }
         let topic = name.to_string();
-        self.controller.call(|reply| Command::DeleteTopic { name: topic, reply }).await?;
-        if let Some(coordinator) = self.group_coordinator() {
-            match coordinator.delete_topic_offsets(name).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(topic = name, offsets = n, "deleted committed offsets"),
-                // The topic is gone either way; stale offsets only matter if it is recreated.
-                Err(e) => tracing::error!(topic = name, error = %e, "deleting offsets failed"),
+        match self.controller_call(|reply| Command::DeleteTopic { name: topic, reply }).await {
+            Err(e) if forward && e.code == ErrorCode::NotController => {
+                self.peers.delete_topic(&self.controller(), name).await?;
+            }
+            other => other?,
+        }
+        self.wait_applied(|image| image.state.topic(name).is_none()).await;
+        Ok(())
+    }
+
+    /// Waits (bounded) until the image satisfies `done` and this node has reconciled it.
+    async fn wait_applied(&self, done: impl Fn(&Image) -> bool) {
+        let deadline = tokio::time::Instant::now() + APPLY_PATIENCE;
+        let mut images = self.quorum.image();
+        let mut reconciled = self.reconciled.clone();
+        loop {
+            let target = {
+                let image = images.borrow_and_update();
+                done(&image).then_some(image.applied)
+            };
+            if let Some(applied) = target {
+                if *reconciled.borrow_and_update() >= applied {
+                    return;
+                }
+                tokio::select! {
+                    _ = reconciled.changed() => {}
+                    _ = tokio::time::sleep_until(deadline) => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = images.changed() => {}
+                    _ = tokio::time::sleep_until(deadline) => return,
+                }
             }
         }
-        Ok(())
     }
 
     /// Every topic, sorted by name; internal ones only with `include_internal`.
     pub fn list_topics(&self, include_internal: bool) -> Vec<TopicListing> {
-        self.registry
+        self.image()
+            .state
             .topics()
             .iter()
-            .filter(|t| include_internal || !t.internal())
-            .map(|t| TopicListing {
-                name: t.name.clone(),
+            .filter(|(name, _)| include_internal || !crate::topic::is_internal_topic(name))
+            .map(|(name, t)| TopicListing {
+                name: name.clone(),
                 num_partitions: t.partitions.len() as i32,
-                internal: t.internal(),
+                internal: crate::topic::is_internal_topic(name),
             })
             .collect()
     }
 
-    /// A topic's partitions, offsets and effective settings.
+    /// A topic's partitions (placement from the metadata; offsets where this node holds the
+    /// replica, `-1` elsewhere) and effective settings.
     pub fn describe_topic(&self, name: &str) -> Result<TopicDescription, ApiError> {
-        let topic = self.registry.topic(name).ok_or_else(|| ApiError::unknown_topic(name))?;
-        Ok(self.describe(&topic))
-    }
-
-    fn describe(&self, topic: &Topic) -> TopicDescription {
-        let node = self.config.node_id;
-        TopicDescription {
-            name: topic.name.clone(),
-            internal: topic.internal(),
-            partitions: topic
+        let image = self.image();
+        let meta = image.state.topic(name).ok_or_else(|| ApiError::unknown_topic(name))?;
+        let local = self.registry.topic(name);
+        let config = TopicConfig::resolve(&self.config, &meta.configs)?;
+        Ok(TopicDescription {
+            name: name.to_string(),
+            internal: crate::topic::is_internal_topic(name),
+            partitions: meta
                 .partitions
                 .iter()
-                .map(|p| PartitionDescription {
-                    partition: p.id().get(),
-                    leader: node,
-                    leader_epoch: p.leader_epoch().get(),
-                    replicas: vec![node],
-                    isr: vec![node],
-                    log_start_offset: p.log_start_offset().get(),
-                    high_watermark: p.high_watermark().get(),
+                .map(|p| {
+                    let replica = local
+                        .as_ref()
+                        .and_then(|t| t.partitions.get(p.partition as usize).cloned().flatten())
+                        .filter(|r| r.is_leader());
+                    PartitionDescription {
+                        partition: p.partition,
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        replicas: p.replicas.clone(),
+                        isr: p.isr.clone(),
+                        log_start_offset: replica
+                            .as_ref()
+                            .map_or(-1, |r| r.log_start_offset().get()),
+                        high_watermark: replica.as_ref().map_or(-1, |r| r.high_watermark().get()),
+                    }
                 })
                 .collect(),
-            configs: topic.config.effective(),
-        }
+            configs: config.effective(),
+        })
     }
 
-    /// This broker, the controller, and the named topics (all when `topics` is empty). With
-    /// `auto_create_topics`, unknown names are created with the default partition count.
+    /// Every node of the cluster as the metadata knows it.
+    pub fn describe_nodes(&self) -> Vec<NodeDescription> {
+        let image = self.image();
+        image
+            .state
+            .brokers()
+            .values()
+            .map(|b| NodeDescription {
+                node_id: b.registration.node_id,
+                address: b.registration.address.clone(),
+                fenced: b.fenced,
+                voter: self.config.voters.is_empty()
+                    && b.registration.node_id == self.config.node_id
+                    || self.config.voters.contains_key(&b.registration.node_id),
+            })
+            .collect()
+    }
+
+    /// The live brokers, the controller, and the named topics (all when `topics` is empty).
+    /// With `auto_create_topics`, unknown names are created with the default partition count.
     pub async fn metadata(&self, topics: &[String]) -> ClusterView {
-        let node_id = self.config.node_id;
-        let (host, port) = self.advertised.read().clone();
         let described = if topics.is_empty() {
-            let all = self.registry.topics();
-            all.iter().map(|t| (t.name.clone(), Ok(self.describe(t)))).collect()
+            self.list_topics(true)
+                .into_iter()
+                .map(|t| {
+                    let d = self.describe_topic(&t.name);
+                    (t.name, d)
+                })
+                .collect()
         } else {
             let mut described = Vec::with_capacity(topics.len());
             for name in topics {
-                if self.config.auto_create_topics && !self.registry.contains(name) {
+                if self.config.auto_create_topics && self.image().state.topic(name).is_none() {
                     let new =
                         NewTopic { name: name.clone(), num_partitions: -1, ..NewTopic::default() };
                     match self.create_topic(new, false).await {
@@ -353,10 +576,22 @@ impl Broker {
             }
             described
         };
+        let image = self.image();
+        let mut brokers: Vec<BrokerEndpoint> = image
+            .state
+            .live_brokers()
+            .into_iter()
+            .filter_map(|n| self.endpoint(&image, n))
+            .collect();
+        if brokers.is_empty() {
+            // Before the first registration commits, clients can still reach this node.
+            let (host, port) = self.advertised.read().clone();
+            brokers.push(BrokerEndpoint { node_id: self.config.node_id, host, port });
+        }
         ClusterView {
             cluster_id: self.cluster_id.clone(),
-            controller_id: node_id,
-            brokers: vec![BrokerEndpoint { node_id, host, port }],
+            controller_id: self.controller().id.unwrap_or(-1),
+            brokers,
             topics: described,
         }
     }
@@ -427,21 +662,17 @@ impl Broker {
             return Ok(());
         }
         self.begin_shutdown();
-        let coordinator = self.coordinator.write().take();
-        if let Some(coordinator) = coordinator {
-            coordinator.shutdown();
+        let slot = self.coordinator.write().take();
+        if let Some(slot) = slot {
+            slot.coordinator.shutdown();
         }
-        let task = self.maintenance.lock().take();
-        if let Some(task) = task {
+        // Background tasks (replica manager, controller, heartbeats) stop on the signal; the
+        // replica manager finishes the image it is on, so no log opens after the drain.
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for task in tasks.into_iter().chain(self.controller.take_task()) {
             let _ = task.await;
         }
-        // The controller finishes queued changes first, so no topic appears after the drain.
-        if let Some(thread) = self.controller.stop() {
-            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                tracing::error!("controller thread panicked");
-            }
-        }
+        self.quorum.shutdown().await;
         let topics = self.registry.drain();
         let closed = tokio::task::spawn_blocking(move || close_topics(topics))
             .await
@@ -518,7 +749,7 @@ async fn maintenance(
     }
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here, before the task yields again.
     let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
 }
@@ -609,4 +840,142 @@ fn lock_exclusive(_file: &File) -> std::io::Result<()> {
 /// The offset a fetch asked for, if it is one.
 pub(crate) fn fetch_offset(raw: i64) -> Option<Offset> {
     (raw >= 0).then_some(Offset::new(raw))
+}
+
+/// Heartbeats this node to the active controller (itself or a peer) every
+/// `broker_heartbeat_interval_ms`: registers it, keeps it unfenced, and re-registers it when
+/// its address changes. Stops when the broker is dropped or shuts down.
+async fn heartbeat_loop(broker: std::sync::Weak<Broker>) {
+    let (interval, mut shutdown) = match broker.upgrade() {
+        Some(b) => {
+            (Duration::from_millis(b.config.broker_heartbeat_interval_ms), b.shutdown_signal())
+        }
+        None => return,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stopped(&mut shutdown) => return,
+        }
+        let Some(broker) = broker.upgrade() else { return };
+        let registration = broker.registration();
+        let sent = match broker.broker_heartbeat(registration.clone()).await {
+            Err(e) if e.code == ErrorCode::NotController => {
+                broker.peers.heartbeat(&broker.controller(), registration).await
+            }
+            other => other,
+        };
+        match sent {
+            Ok(()) => failing_since = None,
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(error = %e, "cannot reach the controller; retrying");
+                    failing_since = Some(Instant::now());
+                } else {
+                    tracing::debug!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// An offsets partition this node does not lead: no offsets to replay, commits refused.
+#[derive(Debug)]
+struct NotLed;
+
+impl OffsetsLog for NotLed {
+    fn append(&self, _batch: Bytes) -> Result<Offset, OffsetsLogError> {
+        Err(OffsetsLogError::new(ApiError::new(
+            ErrorCode::NotCoordinator,
+            "this broker does not lead the group's offsets partition",
+        )))
+    }
+
+    fn read(&self, _from: Offset, _max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
+        Ok(Bytes::new())
+    }
+
+    fn log_start_offset(&self) -> Offset {
+        Offset::new(0)
+    }
+
+    fn log_end_offset(&self) -> Offset {
+        Offset::new(0)
+    }
+
+    fn flush(&self) -> Result<(), OffsetsLogError> {
+        Ok(())
+    }
+}
+
+/// Rebuilds the group coordinator when the set of `__consumer_offsets` partitions this node
+/// leads changed (groups of a partition that moved here load its offsets; members of groups
+/// that moved away get NOT_COORDINATOR and find the new one), and drops the committed offsets
+/// of deleted topics. Blocking (replays offsets).
+fn rebuild_coordinator(
+    config: &BrokerConfig,
+    registry: &Registry,
+    slot: &RwLock<Option<CoordinatorSlot>>,
+    outcome: &Reconciled,
+) {
+    let Some(topic) = registry.topic(CONSUMER_OFFSETS_TOPIC) else { return };
+    let led: Vec<bool> =
+        topic.partitions.iter().map(|p| p.as_ref().is_some_and(|p| p.is_leader())).collect();
+    let current = slot.read().clone();
+    if let Some(current) = &current {
+        if current.led == led {
+            delete_offsets(&current.coordinator, &outcome.removed);
+            return;
+        }
+        current.coordinator.shutdown();
+    }
+    let logs: Vec<Arc<dyn OffsetsLog>> = topic
+        .partitions
+        .iter()
+        .map(|p| match p {
+            Some(p) if p.is_leader() => Arc::clone(p) as Arc<dyn OffsetsLog>,
+            _ => Arc::new(NotLed) as Arc<dyn OffsetsLog>,
+        })
+        .collect();
+    drop(topic);
+    match OffsetStore::load(logs) {
+        Ok(store) => {
+            tracing::info!(
+                node_id = config.node_id,
+                led = led.iter().filter(|l| **l).count(),
+                groups = store.groups().len(),
+                "group coordinator loaded"
+            );
+            let coordinator = GroupCoordinator::new(CoordinatorConfig::default(), Arc::new(store));
+            delete_offsets(&coordinator, &outcome.removed);
+            *slot.write() = Some(CoordinatorSlot { led, coordinator });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "loading committed offsets failed; groups unavailable here");
+            *slot.write() = None;
+        }
+    }
+}
+
+fn delete_offsets(coordinator: &GroupCoordinator, topics: &[String]) {
+    for topic in topics {
+        let (coordinator, topic) = (coordinator.clone(), topic.clone());
+        tokio::spawn(async move {
+            match coordinator.delete_topic_offsets(&topic).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(topic, offsets = n, "deleted committed offsets"),
+                Err(e) => tracing::error!(topic, error = %e, "deleting offsets failed"),
+            }
+        });
+    }
+}
+
+/// `host:port` split for a client's endpoint.
+fn split_host_port(address: &str) -> Option<(String, i32)> {
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
 }

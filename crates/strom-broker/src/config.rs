@@ -80,6 +80,18 @@ pub struct BrokerConfig {
     /// `offsets.topic.num.partitions`). Fixed once created: a group's partition is a hash of
     /// its id modulo this count, so an existing topic keeps its count whatever this says.
     pub offsets_topic_num_partitions: i32,
+    /// Replicas of each `__consumer_offsets` partition (Kafka's
+    /// `offsets.topic.replication.factor`), capped at the live brokers when it is created.
+    pub offsets_topic_replication_factor: i32,
+    /// Replicas of a topic created without a replication factor (`default.replication.factor`).
+    pub default_replication_factor: i32,
+    /// The metadata quorum: node id -> `host:port` of each voter. Empty: this node alone.
+    #[serde(default, deserialize_with = "deserialize_voters", serialize_with = "serialize_voters")]
+    pub voters: BTreeMap<i32, String>,
+    /// A broker not heard from for this long is fenced (`broker.session.timeout.ms`).
+    pub broker_session_timeout_ms: u64,
+    /// How often a broker heartbeats to the controller (`broker.heartbeat.interval.ms`).
+    pub broker_heartbeat_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -108,6 +120,11 @@ impl Default for BrokerConfig {
             auto_create_topics: false,
             shutdown_timeout_ms: 10_000,
             offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: 3,
+            default_replication_factor: 1,
+            voters: BTreeMap::new(),
+            broker_session_timeout_ms: 1_500,
+            broker_heartbeat_interval_ms: 250,
         }
     }
 }
@@ -158,6 +175,23 @@ impl BrokerConfig {
                 "offsets_topic_num_partitions must be in 1..={MAX_PARTITIONS}, got {}",
                 self.offsets_topic_num_partitions
             ));
+        }
+        if self.broker_heartbeat_interval_ms == 0
+            || self.broker_session_timeout_ms < 2 * self.broker_heartbeat_interval_ms
+        {
+            return bad(format!(
+                "broker_session_timeout_ms ({}) must be at least twice broker_heartbeat_interval_ms ({}), which must be > 0",
+                self.broker_session_timeout_ms, self.broker_heartbeat_interval_ms
+            ));
+        }
+        if self.offsets_topic_replication_factor < 1 || self.default_replication_factor < 1 {
+            return bad("replication factors must be >= 1".into());
+        }
+        for (id, addr) in &self.voters {
+            if *id < 0 {
+                return bad(format!("voter id must be >= 0, got {id}"));
+            }
+            parse_host_port(addr).map_err(|e| BrokerError::Config(format!("voter {id}: {e}")))?;
         }
         if let Some(addr) = &self.advertised_address {
             parse_host_port(addr).map_err(BrokerError::Config)?;
@@ -379,6 +413,51 @@ impl TopicConfig {
     }
 }
 
+/// Parses `--voters 1@host:port,2@host:port` into node id -> address. Duplicate ids and
+/// malformed entries are errors.
+pub fn parse_voters(text: &str) -> Result<BTreeMap<i32, String>, BrokerError> {
+    let mut voters = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| BrokerError::Config(format!("voter {entry:?} is not ID@HOST:PORT")))?;
+        let id: i32 = id.parse().map_err(|_| {
+            BrokerError::Config(format!("voter {entry:?}: {id:?} is not a node id"))
+        })?;
+        parse_host_port(addr).map_err(|e| BrokerError::Config(format!("voter {entry:?}: {e}")))?;
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(BrokerError::Config(format!("voter id {id} is listed twice")));
+        }
+    }
+    Ok(voters)
+}
+
+/// TOML takes voters as `voters = ["1@host:port", ...]` or as one comma-separated string.
+fn deserialize_voters<'de, D>(deserializer: D) -> Result<BTreeMap<i32, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Voters {
+        List(Vec<String>),
+        One(String),
+    }
+    let text = match Voters::deserialize(deserializer)? {
+        Voters::List(list) => list.join(","),
+        Voters::One(s) => s,
+    };
+    parse_voters(&text).map_err(serde::de::Error::custom)
+}
+
+fn serialize_voters<S>(voters: &BTreeMap<i32, String>, serializer: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+{
+    let list: Vec<String> = voters.iter().map(|(id, addr)| format!("{id}@{addr}")).collect();
+    list.serialize(serializer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +565,18 @@ mod tests {
             policy(&[("flush.ms", "250"), ("flush.messages", "5")]),
             FlushPolicy::EveryMessages(5)
         ));
+    }
+
+    #[test]
+    fn voters_parse_from_flag_and_toml() {
+        let voters = parse_voters("1@127.0.0.1:9101, 2@localhost:9102").unwrap();
+        assert_eq!(voters.get(&2).map(String::as_str), Some("localhost:9102"));
+        for bad in ["1@nope", "x@h:1", "1@h:1,1@h:2", "h:1"] {
+            assert!(parse_voters(bad).is_err(), "{bad}");
+        }
+        let config = BrokerConfig::from_toml_str("voters = [\"1@h:1\", \"2@h:2\"]").unwrap();
+        assert_eq!(config.voters.len(), 2);
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(BrokerConfig::from_toml_str(&text).unwrap(), config);
     }
 }

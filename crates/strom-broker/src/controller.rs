@@ -1,35 +1,45 @@
-//! The controller: the single writer of cluster metadata. It runs on its own thread, takes
-//! topic changes one at a time from a bounded queue, makes each durable through the
-//! [`MetadataStore`] and only then publishes it to the registry that requests read.
+//! The active controller's shell: one task on every node that acts only while the node is the
+//! quorum's leader. It takes topic changes and broker heartbeats one at a time from a bounded
+//! queue, decides with the pure logic of [`strom_quorum::controller`], and proposes the
+//! resulting records. Nothing here changes local state: every node (this one included) acts on
+//! the records once they are committed (`replicas.rs`).
 //!
-//! Serialising changes here (instead of locking around them) is what a Raft-backed controller
-//! will do too: it will append each change to the metadata log and apply it once committed.
+//! Serialising decisions in one task means each is made on the image the previous one left:
+//! two creates of one name cannot both pass validation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
-use strom_format::LeaderEpoch;
+use strom_coordinator::CONSUMER_OFFSETS_TOPIC;
 use strom_proto::v1::ErrorCode;
-use tokio::sync::{mpsc, oneshot};
+use strom_quorum::controller::{Controller, ControllerConfig, PlacementError, place_partitions};
+use strom_quorum::{BrokerRegistration, MetadataError, MetadataRecord, MetadataState, TopicRecord};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{BrokerConfig, TopicConfig};
-use crate::error::{ApiError, BrokerError};
-use crate::metadata::{ClusterMetadata, MetadataStore, PartitionRecord, TopicRecord};
-use crate::partition::{Partition, partition_dir};
-use crate::topic::{Registry, Topic, validate_topic_name};
+use crate::error::ApiError;
+use crate::quorum::QuorumLog;
 
-/// Admin requests waiting for the controller beyond this many are refused with back-pressure.
-const QUEUE_LEN: usize = 256;
-/// How long deletion or shutdown waits for in-flight requests to let go of a partition.
-pub(crate) const RECLAIM_PATIENCE: Duration = Duration::from_secs(10);
+/// Requests waiting for the controller beyond this many are refused with back-pressure.
+const QUEUE_LEN: usize = 1024;
+/// How often the controller looks for expired sessions and leaderless partitions.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a new controller waits for every voter to register before it creates
+/// `__consumer_offsets` over whichever brokers are live.
+const OFFSETS_TOPIC_GRACE: Duration = Duration::from_secs(5);
+/// Segment size of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`).
+const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
 
+/// A request to the active controller.
+#[derive(Debug)]
 pub(crate) enum Command {
     CreateTopic {
         name: String,
         partitions: i32,
+        replication_factor: i32,
         configs: BTreeMap<String, String>,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
@@ -37,277 +47,34 @@ pub(crate) enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    Heartbeat {
+        registration: BrokerRegistration,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
 }
 
-/// The controller's state, owned by its thread.
-#[derive(Debug)]
-pub(crate) struct Controller {
-    config: Arc<BrokerConfig>,
-    registry: Arc<Registry>,
-    store: Box<dyn MetadataStore>,
-    image: ClusterMetadata,
+/// The error a node that is not the controller answers with; callers forward to the leader.
+pub(crate) fn not_controller() -> ApiError {
+    ApiError::new(ErrorCode::NotController, "this node is not the active controller")
 }
 
-impl Controller {
-    /// Loads the persisted image (or creates one) and opens every partition log in it,
-    /// publishing the topics to `registry`. Blocking.
-    pub(crate) fn load(
-        config: Arc<BrokerConfig>,
-        registry: Arc<Registry>,
-        mut store: Box<dyn MetadataStore>,
-    ) -> Result<Controller, BrokerError> {
-        let image = match store.load()? {
-            Some(image) => image,
-            None => {
-                let image = ClusterMetadata::new();
-                store.persist(&image)?;
-                tracing::info!(cluster_id = %image.cluster_id, "created new cluster metadata");
-                image
-            }
-        };
-        for record in &image.topics {
-            let topic_config = TopicConfig::resolve(&config, &record.configs).map_err(|e| {
-                BrokerError::Metadata(format!("topic {:?}: {}", record.name, e.message))
-            })?;
-            let mut partitions = Vec::with_capacity(record.partitions.len());
-            for p in &record.partitions {
-                let partition = Partition::open(
-                    &config.data_dir,
-                    &record.name,
-                    p.partition,
-                    topic_config.log_config(),
-                    LeaderEpoch::new(p.leader_epoch),
-                )?;
-                partitions.push(Arc::new(partition));
-            }
-            tracing::info!(topic = %record.name, partitions = partitions.len(), "loaded topic");
-            registry.insert(Arc::new(Topic {
-                name: record.name.clone(),
-                config: topic_config,
-                partitions,
-            }));
-        }
-        warn_about_orphans(&config.data_dir, &image);
-        Ok(Controller { config, registry, store, image })
-    }
-
-    pub(crate) fn cluster_id(&self) -> &str {
-        &self.image.cluster_id
-    }
-
-    fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(command) = commands.blocking_recv() {
-            match command {
-                Command::CreateTopic { name, partitions, configs, reply } => {
-                    let result = self.create_topic(&name, partitions, configs);
-                    let _ = reply.send(result);
-                }
-                Command::DeleteTopic { name, reply } => {
-                    let result = self.delete_topic(&name);
-                    let _ = reply.send(result);
-                }
-            }
-        }
-        tracing::debug!("controller stopped");
-    }
-
-    fn create_topic(
-        &mut self,
-        name: &str,
-        count: i32,
-        configs: BTreeMap<String, String>,
-    ) -> Result<(), ApiError> {
-        if self.registry.contains(name) || self.image.topic(name).is_some() {
-            return Err(topic_exists(name));
-        }
-        let topic_config = TopicConfig::resolve(&self.config, &configs)?;
-        let node = self.config.node_id;
-        let epoch = LeaderEpoch::new(0);
-        let mut partitions = Vec::new();
-        for id in 0..count {
-            let dir = partition_dir(&self.config.data_dir, name, id);
-            // Not in the metadata, so whatever is there is left from an interrupted delete
-            // and must not resurface as this topic's records.
-            if dir.exists() {
-                tracing::warn!(dir = %dir.display(), "removing stale partition directory");
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    discard(partitions);
-                    return Err(ApiError::storage(format!("removing {}: {e}", dir.display())));
-                }
-            }
-            match Partition::open(&self.config.data_dir, name, id, topic_config.log_config(), epoch)
-            {
-                Ok(p) => partitions.push(p),
-                Err(e) => {
-                    tracing::error!(topic = name, error = %e, "creating partition failed");
-                    discard(partitions);
-                    return Err(ApiError::storage(e.to_string()));
-                }
-            }
-        }
-        let mut image = self.image.clone();
-        image.topics.push(TopicRecord {
-            name: name.to_string(),
-            configs,
-            partitions: (0..count)
-                .map(|partition| PartitionRecord {
-                    partition,
-                    leader: node,
-                    leader_epoch: epoch.get(),
-                    replicas: vec![node],
-                    isr: vec![node],
-                })
-                .collect(),
-        });
-        if let Err(e) = self.store.persist(&image) {
-            tracing::error!(topic = name, error = %e, "persisting metadata failed");
-            discard(partitions);
-            return Err(ApiError::storage(e.to_string()));
-        }
-        self.image = image;
-        self.registry.insert(Arc::new(Topic {
-            name: name.to_string(),
-            config: topic_config,
-            partitions: partitions.into_iter().map(Arc::new).collect(),
-        }));
-        tracing::info!(topic = name, partitions = count, "created topic");
-        Ok(())
-    }
-
-    fn delete_topic(&mut self, name: &str) -> Result<(), ApiError> {
-        if self.image.topic(name).is_none() {
-            return Err(ApiError::unknown_topic(name));
-        }
-        let mut image = self.image.clone();
-        image.topics.retain(|t| t.name != name);
-        // Durable first: a crash after this point leaves only orphan directories, which the
-        // next create of the name clears; never a topic whose logs are half gone.
-        if let Err(e) = self.store.persist(&image) {
-            tracing::error!(topic = name, error = %e, "persisting metadata failed");
-            return Err(ApiError::storage(e.to_string()));
-        }
-        self.image = image;
-        if let Some(topic) = self.registry.remove(name) {
-            for p in &topic.partitions {
-                p.mark_deleted();
-            }
-            let deadline = Instant::now() + RECLAIM_PATIENCE;
-            for reclaimed in dismantle(topic, deadline) {
-                match reclaimed {
-                    Ok(p) => {
-                        let dir = p.dir().to_path_buf();
-                        if let Err(e) = p.into_log().delete() {
-                            tracing::warn!(dir = %dir.display(), error = %e, "deleting log failed");
-                            remove_dir(&dir);
-                        }
-                    }
-                    Err(p) => {
-                        tracing::warn!(
-                            partition = p.name(),
-                            "partition still in use after {RECLAIM_PATIENCE:?}; removing its files"
-                        );
-                        remove_dir(p.dir());
-                    }
-                }
-            }
-        }
-        tracing::info!(topic = name, "deleted topic");
-        Ok(())
-    }
-}
-
-/// Partition directories no topic owns are left from a delete interrupted by a crash. They are
-/// reported, not removed: deleting data on a guess is worse than a warning.
-fn warn_about_orphans(data_dir: &std::path::Path, image: &ClusterMetadata) {
-    let Ok(entries) = std::fs::read_dir(data_dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some((topic, partition)) = name.rsplit_once('-') else { continue };
-        let owned = image
-            .topic(topic)
-            .is_some_and(|t| partition.parse::<usize>().is_ok_and(|p| p < t.partitions.len()));
-        let looks_like_partition = entry.path().is_dir()
-            && !partition.is_empty()
-            && partition.bytes().all(|b| b.is_ascii_digit())
-            && validate_topic_name(topic).is_ok();
-        if looks_like_partition && !owned {
-            tracing::warn!(
-                dir = %entry.path().display(),
-                "partition directory belongs to no topic (interrupted delete?); leaving it"
-            );
-        }
-    }
-}
-
-fn topic_exists(name: &str) -> ApiError {
-    ApiError::new(ErrorCode::TopicAlreadyExists, format!("topic {name:?} already exists"))
-}
-
-fn remove_dir(dir: &std::path::Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %dir.display(), error = %e, "removing directory failed");
-        }
-    }
-}
-
-/// Deletes the logs of partitions created for a topic that then failed to come into being.
-fn discard(partitions: Vec<Partition>) {
-    for p in partitions {
-        let dir = p.dir().to_path_buf();
-        if let Err(e) = p.into_log().delete() {
-            tracing::warn!(dir = %dir.display(), error = %e, "discarding log failed");
-        }
-    }
-}
-
-/// Takes sole ownership of `arc`, waiting until `deadline` for other holders (requests in
-/// flight) to drop their clones. Blocking.
-pub(crate) fn reclaim<T>(mut arc: Arc<T>, deadline: Instant) -> Result<T, Arc<T>> {
-    loop {
-        match Arc::try_unwrap(arc) {
-            Ok(value) => return Ok(value),
-            Err(back) if Instant::now() >= deadline => return Err(back),
-            Err(back) => {
-                arc = back;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
-}
-
-/// Takes a topic out of service and returns its partitions, owned where nobody else holds
-/// them any more. Blocking.
-pub(crate) fn dismantle(
-    topic: Arc<Topic>,
-    deadline: Instant,
-) -> Vec<Result<Partition, Arc<Partition>>> {
-    let partitions = match reclaim(topic, deadline) {
-        Ok(topic) => topic.partitions,
-        Err(shared) => shared.partitions.clone(),
-    };
-    partitions.into_iter().map(|p| reclaim(p, deadline)).collect()
-}
-
-/// The request side's handle on the controller thread.
+/// The request side's handle on the controller task.
 #[derive(Debug)]
 pub(crate) struct ControllerHandle {
-    commands: Mutex<Option<mpsc::Sender<Command>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    commands: mpsc::Sender<Command>,
+    task: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ControllerHandle {
-    pub(crate) fn spawn(controller: Controller) -> Result<ControllerHandle, BrokerError> {
+    pub(crate) fn spawn(
+        config: Arc<BrokerConfig>,
+        quorum: Arc<dyn QuorumLog>,
+        voters: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> ControllerHandle {
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        let thread = std::thread::Builder::new()
-            .name("strom-controller".into())
-            .spawn(move || controller.run(rx))
-            .map_err(|source| BrokerError::Io {
-                context: "spawning the controller thread".into(),
-                source,
-            })?;
-        Ok(ControllerHandle { commands: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        let task = tokio::spawn(run(config, quorum, voters, rx, shutdown));
+        ControllerHandle { commands: tx, task: parking_lot::Mutex::new(Some(task)) }
     }
 
     /// Sends a command and waits for the controller's answer.
@@ -317,17 +84,243 @@ impl ControllerHandle {
     ) -> Result<(), ApiError> {
         let unavailable =
             || ApiError::new(ErrorCode::UnknownServerError, "the controller is shutting down");
-        let Some(commands) = self.commands.lock().clone() else {
-            return Err(unavailable());
-        };
         let (reply, answer) = oneshot::channel();
-        commands.send(command(reply)).await.map_err(|_| unavailable())?;
+        self.commands.try_send(command(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ApiError::new(
+                ErrorCode::RequestTimedOut,
+                format!("the controller has {QUEUE_LEN} requests queued; try again"),
+            ),
+            mpsc::error::TrySendError::Closed(_) => unavailable(),
+        })?;
         answer.await.map_err(|_| unavailable())?
     }
 
-    /// Closes the queue; the thread finishes the commands already queued, then exits.
-    pub(crate) fn stop(&self) -> Option<JoinHandle<()>> {
-        self.commands.lock().take();
-        self.thread.lock().take()
+    pub(crate) fn take_task(&self) -> Option<JoinHandle<()>> {
+        self.task.lock().take()
     }
+}
+
+struct Active {
+    config: Arc<BrokerConfig>,
+    quorum: Arc<dyn QuorumLog>,
+    image: watch::Receiver<Arc<crate::quorum::Image>>,
+    voters: usize,
+    /// Soft state of the current term of leadership; `None` while not the leader.
+    logic: Option<(Controller, Instant)>,
+    epoch: Instant,
+}
+
+async fn run(
+    config: Arc<BrokerConfig>,
+    quorum: Arc<dyn QuorumLog>,
+    voters: usize,
+    mut commands: mpsc::Receiver<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let image = quorum.image();
+    let mut active = Active { config, quorum, image, voters, logic: None, epoch: Instant::now() };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => active.handle(command).await,
+                None => break,
+            },
+            _ = tick.tick() => active.tick().await,
+            () = crate::broker::stopped(&mut shutdown) => break,
+        }
+    }
+    tracing::debug!("controller task stopped");
+}
+
+impl Active {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn state(&self) -> MetadataState {
+        self.image.borrow().state.clone()
+    }
+
+    /// The pure controller of this term of leadership, created when leadership is (re)gained.
+    fn logic(&mut self) -> Option<&mut Controller> {
+        if !self.quorum.is_controller() {
+            self.logic = None;
+            return None;
+        }
+        if self.logic.is_none() {
+            let now = self.now_ms();
+            let config =
+                ControllerConfig { session_timeout_ms: self.config.broker_session_timeout_ms };
+            tracing::info!(node_id = self.config.node_id, "became the active controller");
+            self.logic = Some((Controller::new(config, now), Instant::now()));
+        }
+        self.logic.as_mut().map(|(c, _)| c)
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::CreateTopic { name, partitions, replication_factor, configs, reply } => {
+                let result = self.create_topic(name, partitions, replication_factor, configs).await;
+                let _ = reply.send(result);
+            }
+            Command::DeleteTopic { name, reply } => {
+                let result = self.delete_topic(name).await;
+                let _ = reply.send(result);
+            }
+            Command::Heartbeat { registration, reply } => {
+                let result = self.heartbeat(registration).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = self.now_ms();
+        let state = self.state();
+        let Some(logic) = self.logic() else { return };
+        let records = logic.tick(&state, now);
+        self.propose_all(records).await;
+        self.ensure_offsets_topic().await;
+    }
+
+    async fn heartbeat(&mut self, registration: BrokerRegistration) -> Result<(), ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        let node_id = registration.node_id;
+        let known = self.state().broker(node_id).map(|b| b.registration.clone());
+        if known.as_ref() != Some(&registration) {
+            tracing::info!(node_id, address = %registration.address, "broker registered");
+            self.propose(MetadataRecord::RegisterBroker(registration)).await?;
+        }
+        let now = self.now_ms();
+        let state = self.state();
+        let records = match self.logic() {
+            Some(logic) => logic.on_heartbeat(&state, node_id, now),
+            None => return Err(not_controller()),
+        };
+        self.propose_all(records).await;
+        Ok(())
+    }
+
+    /// Creates `__consumer_offsets` once every voter has registered (or after a grace period,
+    /// over the live brokers), so its partitions spread over the whole cluster.
+    async fn ensure_offsets_topic(&mut self) {
+        let state = self.state();
+        if state.topic(CONSUMER_OFFSETS_TOPIC).is_some() {
+            return;
+        }
+        let Some((_, since)) = &self.logic else { return };
+        let live = state.live_brokers().len();
+        if live == 0 || (live < self.voters && since.elapsed() < OFFSETS_TOPIC_GRACE) {
+            return;
+        }
+        let configs = [
+            ("retention.ms", "-1".to_string()),
+            ("retention.bytes", "-1".to_string()),
+            ("segment.bytes", OFFSETS_SEGMENT_BYTES.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let rf = self.config.offsets_topic_replication_factor.min(live as i32).max(1);
+        let partitions = self.config.offsets_topic_num_partitions;
+        match self.create_topic(CONSUMER_OFFSETS_TOPIC.into(), partitions, rf, configs).await {
+            Ok(()) => tracing::info!(partitions, rf, "created {CONSUMER_OFFSETS_TOPIC}"),
+            Err(e) if e.code == ErrorCode::TopicAlreadyExists => {}
+            Err(e) => tracing::warn!(error = %e, "creating {CONSUMER_OFFSETS_TOPIC} failed"),
+        }
+    }
+
+    async fn create_topic(
+        &mut self,
+        name: String,
+        partitions: i32,
+        replication_factor: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        let state = self.state();
+        if state.topic(&name).is_some() {
+            return Err(topic_exists(&name));
+        }
+        TopicConfig::resolve(&self.config, &configs)?;
+        let rf = if replication_factor <= 0 {
+            self.config.default_replication_factor.min(state.live_brokers().len() as i32).max(1)
+        } else {
+            replication_factor
+        };
+        if rf > 1 && !crate::REPLICATION_SUPPORTED {
+            return Err(ApiError::new(
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {rf} is not supported yet: partitions have one replica \
+                     until replication lands; use --replication-factor 1"
+                ),
+            ));
+        }
+        let placed = place_partitions(&state, 0, partitions, rf).map_err(placement_error)?;
+        let record = MetadataRecord::CreateTopic(TopicRecord {
+            topic_id: topic_id(&name, self.now_ms(), self.config.node_id),
+            name,
+            configs,
+            partitions: placed,
+        });
+        self.propose(record).await
+    }
+
+    async fn delete_topic(&mut self, name: String) -> Result<(), ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        if self.state().topic(&name).is_none() {
+            return Err(ApiError::unknown_topic(&name));
+        }
+        self.propose(MetadataRecord::DeleteTopic { name }).await
+    }
+
+    async fn propose(&mut self, record: MetadataRecord) -> Result<(), ApiError> {
+        match self.quorum.propose(record).await? {
+            Ok(()) => Ok(()),
+            Err(MetadataError::TopicExists(name)) => Err(topic_exists(&name)),
+            Err(MetadataError::UnknownTopic(name)) => Err(ApiError::unknown_topic(&name)),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidRequest, e.to_string())),
+        }
+    }
+
+    async fn propose_all(&mut self, records: Vec<MetadataRecord>) {
+        for record in records {
+            if let Err(e) = self.propose(record.clone()).await {
+                // The next tick decides again on the image as it then is.
+                tracing::warn!(error = %e, ?record, "controller proposal failed");
+                return;
+            }
+        }
+    }
+}
+
+fn placement_error(e: PlacementError) -> ApiError {
+    ApiError::new(ErrorCode::InvalidReplicationFactor, e.to_string())
+}
+
+fn topic_exists(name: &str) -> ApiError {
+    ApiError::new(ErrorCode::TopicAlreadyExists, format!("topic {name:?} already exists"))
+}
+
+/// A topic id unique per creation: the name alone would make a re-created topic look like
+/// the old one to a broker that missed the deletion.
+fn topic_id(name: &str, now_ms: u64, node: i32) -> String {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(now_ms);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:016x}{:016x}", h ^ (node as u64), wall)
 }

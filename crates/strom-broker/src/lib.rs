@@ -57,6 +57,9 @@ mod error;
 mod fetch;
 mod metadata;
 mod partition;
+mod peers;
+mod quorum;
+mod replicas;
 mod server;
 mod service;
 mod topic;
@@ -70,9 +73,15 @@ pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };
 pub use partition::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+pub use quorum::{ControllerView, Image, LocalQuorum, QuorumLog};
+
+/// Whether partitions may have more than one replica. Until follower fetching and the ISR
+/// exist, a replication factor above 1 is refused with INVALID_REPLICATION_FACTOR.
+pub(crate) const REPLICATION_SUPPORTED: bool = false;
 pub use server::{BrokerServer, serve};
 pub use topic::{MAX_TOPIC_NAME_LEN, is_internal_topic, validate_topic_name};
 pub use types::{
     BrokerEndpoint, ClusterView, FetchParams, FetchPartitionParams, FetchedPartition, ListedOffset,
-    NewTopic, PartitionDescription, ProduceOutcome, TopicDescription, TopicListing,
+    NewTopic, NodeDescription, PartitionDescription, ProduceOutcome, TopicDescription,
+    TopicListing,
 };

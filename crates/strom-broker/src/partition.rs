@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use strom_coordinator::{OffsetsLog, OffsetsLogError};
-use strom_format::{Batches, LeaderEpoch, Offset, PartitionId};
+use strom_format::{Batches, LeaderEpoch, Offset};
 use strom_log::{AppendInfo, Log, LogConfig};
 use strom_proto::v1::ErrorCode;
 use tokio::sync::watch;
@@ -38,12 +38,19 @@ pub(crate) fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> Pat
     data_dir.join(format!("{topic}-{partition}"))
 }
 
+/// A replica's part in its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Role {
+    leader: bool,
+    epoch: LeaderEpoch,
+}
+
 pub(crate) struct Partition {
     name: String,
-    id: PartitionId,
     dir: PathBuf,
     log: Log,
-    leader_epoch: LeaderEpoch,
+    /// Whether this replica leads, and in which epoch; set from the metadata image.
+    role: parking_lot::RwLock<Role>,
     /// Carries the high watermark; every advance wakes the fetches subscribed to it.
     high_watermark: watch::Sender<Offset>,
     deleted: AtomicBool,
@@ -53,7 +60,7 @@ impl fmt::Debug for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Partition")
             .field("name", &self.name)
-            .field("leader_epoch", &self.leader_epoch)
+            .field("role", &*self.role.read())
             .field("high_watermark", &self.high_watermark())
             .finish_non_exhaustive()
     }
@@ -77,10 +84,9 @@ impl Partition {
         let (high_watermark, _) = watch::channel(log.log_end_offset());
         Ok(Partition {
             name,
-            id: PartitionId::new(id),
             dir,
             log,
-            leader_epoch: epoch,
+            role: parking_lot::RwLock::new(Role { leader: true, epoch }),
             high_watermark,
             deleted: AtomicBool::new(false),
         })
@@ -91,16 +97,46 @@ impl Partition {
         &self.name
     }
 
-    pub(crate) fn id(&self) -> PartitionId {
-        self.id
-    }
-
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub(crate) fn leader_epoch(&self) -> LeaderEpoch {
-        self.leader_epoch
+    /// Whether this replica is the partition's leader.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.role.read().leader
+    }
+
+    /// Makes this replica leader (or not) in `epoch`, as the metadata says. Fetches parked on
+    /// the partition wake, so a deposed leader's readers learn of it at once.
+    pub(crate) fn set_role(&self, leader: bool, epoch: LeaderEpoch) {
+        let next = Role { leader, epoch };
+        let changed = {
+            let mut role = self.role.write();
+            // Epochs only grow: an older image arriving late must not take leadership back.
+            if epoch < role.epoch || *role == next {
+                false
+            } else {
+                *role = next;
+                true
+            }
+        };
+        if changed {
+            tracing::info!(partition = %self.name, leader, epoch = epoch.get(), "replica role changed");
+            self.high_watermark.send_modify(|_| {});
+        }
+    }
+
+    /// NOT_LEADER_OR_FOLLOWER unless this replica leads.
+    pub(crate) fn check_leader(&self) -> Result<LeaderEpoch, ApiError> {
+        let role = *self.role.read();
+        if role.leader {
+            Ok(role.epoch)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::NotLeaderOrFollower,
+                format!("this broker is not the leader of {}", self.name),
+            ))
+        }
     }
 
     pub(crate) fn high_watermark(&self) -> Offset {
@@ -149,9 +185,10 @@ impl Partition {
         if records.is_empty() {
             return Err(ApiError::new(ErrorCode::CorruptMessage, "no record batches in request"));
         }
+        let epoch = self.check_leader()?;
         let info = self
             .log
-            .append_with_leader_epoch(records, self.leader_epoch)
+            .append_with_leader_epoch(records, epoch)
             .map_err(|e| self.log_error("append", &e))?;
         // Appends to one log are serialised by the log, so when this one returns every
         // earlier one is complete and the high watermark may pass them all.
@@ -171,6 +208,7 @@ impl Partition {
     /// `max_bytes` of them (at least one batch when any is readable). Blocking.
     pub(crate) fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, ApiError> {
         self.check_live()?;
+        self.check_leader()?;
         let hw = self.high_watermark();
         let start = self.log.log_start_offset();
         let end = self.log.log_end_offset();
@@ -229,6 +267,7 @@ impl Partition {
     /// record is at or after it. Blocking.
     pub(crate) fn offset_for(&self, timestamp: i64) -> Result<(i64, i64), ApiError> {
         self.check_live()?;
+        self.check_leader()?;
         match timestamp {
             EARLIEST_TIMESTAMP => Ok((self.log.log_start_offset().get(), -1)),
             LATEST_TIMESTAMP => Ok((self.high_watermark().get(), -1)),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use strom_proto::v1::admin_server::AdminServer;
 use strom_proto::v1::broker_server::BrokerServer as BrokerGrpcServer;
 use strom_proto::v1::group_server::GroupServer;
+use strom_proto::v1::quorum_server::QuorumServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -21,6 +22,7 @@ use crate::error::BrokerError;
 use crate::service::admin::AdminService;
 use crate::service::broker::BrokerService;
 use crate::service::group::GroupService;
+use crate::service::quorum::QuorumService;
 
 /// HTTP/2 streams (concurrent requests) one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -43,6 +45,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     BrokerServer::start(config).await?.run_until(shutdown).await
+}
+
+async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| BrokerError::Io { context: format!("binding {listen}"), source })?;
+    let local_addr = listener.local_addr().map_err(|source| BrokerError::Io {
+        context: "reading the bound address".into(),
+        source,
+    })?;
+    Ok((listener, local_addr))
 }
 
 /// A running broker: its bound address and the handle to stop it.
@@ -70,34 +83,30 @@ pub struct BrokerServer {
 impl BrokerServer {
     /// Opens the broker (data directory, topics, logs), binds the listener and starts serving.
     /// Returns once the port is bound; with port 0, [`BrokerServer::local_addr`] tells which.
-    pub async fn start(config: BrokerConfig) -> Result<BrokerServer, BrokerError> {
+    pub async fn start(mut config: BrokerConfig) -> Result<BrokerServer, BrokerError> {
+        // Bound first, so the node registers with the port it really has (port 0 in tests).
+        let (listener, local_addr) = bind(config.listen).await?;
+        config.listen = local_addr;
         let broker = Broker::open(config).await?;
-        match Self::start_with(broker.clone()).await {
-            Ok(server) => Ok(server),
-            Err(e) => {
-                if let Err(close) = broker.shutdown().await {
-                    tracing::error!(error = %close, "closing after a failed start");
-                }
-                Err(e)
-            }
-        }
+        Ok(Self::serve_on(broker, listener, local_addr))
     }
 
     /// Serves an already opened broker.
     pub async fn start_with(broker: Arc<Broker>) -> Result<BrokerServer, BrokerError> {
-        let listen = broker.config().listen;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| BrokerError::Io { context: format!("binding {listen}"), source })?;
-        let local_addr = listener.local_addr().map_err(|source| BrokerError::Io {
-            context: "reading the bound address".into(),
-            source,
-        })?;
+        let (listener, local_addr) = bind(broker.config().listen).await?;
         broker.set_listen_address(local_addr);
+        Ok(Self::serve_on(broker, listener, local_addr))
+    }
+
+    fn serve_on(
+        broker: Arc<Broker>,
+        listener: TcpListener,
+        local_addr: SocketAddr,
+    ) -> BrokerServer {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(broker.clone(), listener, stopped));
         tracing::info!("listening on {local_addr}");
-        Ok(BrokerServer { local_addr, broker, stop: Some(stop), task })
+        BrokerServer { local_addr, broker, stop: Some(stop), task }
     }
 
     /// The address the listener is bound to.
@@ -169,6 +178,9 @@ async fn run(
     let group_service = GroupServer::new(GroupService::new(broker.clone()))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_request_bytes);
+    let quorum_service = QuorumServer::new(QuorumService::new(broker.clone()))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_request_bytes);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serving = Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -178,6 +190,7 @@ async fn run(
         .add_service(broker_service)
         .add_service(admin_service)
         .add_service(group_service)
+        .add_service(quorum_service)
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_deadline = async {
         if drain_started.await.is_ok() {

@@ -50,17 +50,21 @@ pub fn is_internal_topic(name: &str) -> bool {
     name.starts_with("__")
 }
 
-/// A topic being served: its settings and its open partitions.
+/// A topic as this node serves it: its settings and the partitions it holds a replica of
+/// (`None` where the replicas live on other nodes).
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: String,
+    /// The metadata's id of this incarnation of the name.
+    pub(crate) topic_id: String,
     pub(crate) config: TopicConfig,
-    pub(crate) partitions: Vec<Arc<Partition>>,
+    pub(crate) partitions: Vec<Option<Arc<Partition>>>,
 }
 
 impl Topic {
-    pub(crate) fn internal(&self) -> bool {
-        is_internal_topic(&self.name)
+    /// The partitions with a replica on this node.
+    pub(crate) fn local_partitions(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        self.partitions.iter().flatten()
     }
 }
 
@@ -76,20 +80,22 @@ impl Registry {
         self.topics.read().get(name).cloned()
     }
 
-    pub(crate) fn contains(&self, name: &str) -> bool {
-        self.topics.read().contains_key(name)
-    }
-
     pub(crate) fn partition(
         &self,
         topic: &str,
         partition: i32,
     ) -> Result<Arc<Partition>, ApiError> {
         let topics = self.topics.read();
-        usize::try_from(partition)
+        let slot = usize::try_from(partition)
             .ok()
             .and_then(|p| topics.get(topic)?.partitions.get(p).cloned())
-            .ok_or_else(|| ApiError::unknown_topic_or_partition(topic, partition))
+            .ok_or_else(|| ApiError::unknown_topic_or_partition(topic, partition))?;
+        slot.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotLeaderOrFollower,
+                format!("{topic}-{partition} has no replica on this broker"),
+            )
+        })
     }
 
     pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
@@ -99,7 +105,11 @@ impl Registry {
     }
 
     pub(crate) fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.topics.read().values().flat_map(|t| t.partitions.iter().cloned()).collect()
+        self.topics
+            .read()
+            .values()
+            .flat_map(|t| t.local_partitions().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     pub(crate) fn insert(&self, topic: Arc<Topic>) {

@@ -75,6 +75,19 @@ pub struct BrokerEndpoint {
     pub port: i32,
 }
 
+/// A node as `cluster describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDescription {
+    /// Node id.
+    pub node_id: i32,
+    /// `host:port` of its gRPC listener.
+    pub address: String,
+    /// Fenced: missed its session; leads nothing.
+    pub fenced: bool,
+    /// Member of the metadata quorum.
+    pub voter: bool,
+}
+
 /// The answer to a metadata request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterView {

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use common::{
     HANG_GUARD, Harness, batch, batch_at, by_name, config, fetch_request, now_ms, records,
 };
-use strom_broker::{BrokerError, BrokerServer, METADATA_FILE};
+use strom_broker::{BrokerError, BrokerServer};
 use strom_format::{Batches, CRC_START, LeaderEpoch};
 use strom_proto::v1 as pb;
 use strom_proto::v1::ErrorCode;
@@ -51,7 +51,7 @@ async fn create_list_describe_delete_topics() {
     for p in 0..3 {
         assert!(dir.path().join(format!("orders-{p}")).is_dir());
     }
-    assert!(dir.path().join(METADATA_FILE).is_file());
+    assert!(dir.path().join("quorum").is_dir(), "metadata lives in the quorum directory");
 
     let meta = h
         .admin

@@ -278,6 +278,13 @@ fn first_offset_at(log: &FakePartition, ts: i64) -> i64 {
 
 #[tonic::async_trait]
 impl Admin for Fake {
+    async fn describe_cluster(
+        &self,
+        _: Request<strom_client::proto::v1::DescribeClusterRequest>,
+    ) -> Result<Response<strom_client::proto::v1::DescribeClusterResponse>, Status> {
+        Err(Status::unimplemented("DescribeCluster is not part of this fake"))
+    }
+
     async fn create_topics(
         &self,
         _: Request<CreateTopicsRequest>,

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::broker::{Broker, MAX_TOPICS_PER_REQUEST};
 use crate::error::ApiError;
+use crate::peers::FORWARDED_HEADER;
 use crate::service::error_fields;
 use crate::types::{NewTopic, TopicDescription};
 
@@ -57,6 +58,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateTopicsRequest>,
     ) -> Result<Response<pb::CreateTopicsResponse>, Status> {
+        let forward = !request.metadata().contains_key(FORWARDED_HEADER);
         let request = request.into_inner();
         check_count(request.topics.len())?;
         let mut topics = Vec::with_capacity(request.topics.len());
@@ -69,7 +71,7 @@ impl pb::admin_server::Admin for AdminService {
                 replication_factor: topic.replication_factor,
                 configs: topic.configs.into_iter().collect(),
             };
-            let result = self.broker.create_topic(new, request.validate_only).await;
+            let result = self.broker.create_topic_with(new, request.validate_only, forward).await;
             topics.push(topic_result(topic.name, &result));
         }
         Ok(Response::new(pb::CreateTopicsResponse { topics }))
@@ -79,11 +81,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DeleteTopicsRequest>,
     ) -> Result<Response<pb::DeleteTopicsResponse>, Status> {
+        let forward = !request.metadata().contains_key(FORWARDED_HEADER);
         let request = request.into_inner();
         check_count(request.names.len())?;
         let mut topics = Vec::with_capacity(request.names.len());
         for name in request.names {
-            let result = self.broker.delete_topic(&name).await;
+            let result = self.broker.delete_topic_with(&name, forward).await;
             topics.push(topic_result(name, &result));
         }
         Ok(Response::new(pb::DeleteTopicsResponse { topics }))
@@ -184,6 +187,28 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|b| pb::BrokerInfo { node_id: b.node_id, host: b.host, port: b.port })
                 .collect(),
             topics,
+        }))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        let nodes = self
+            .broker
+            .describe_nodes()
+            .into_iter()
+            .map(|n| pb::NodeInfo {
+                node_id: n.node_id,
+                address: n.address,
+                fenced: n.fenced,
+                voter: n.voter,
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeClusterResponse {
+            cluster_id: self.broker.cluster_id().to_string(),
+            controller_id: self.broker.controller().id.unwrap_or(-1),
+            nodes,
         }))
     }
 }

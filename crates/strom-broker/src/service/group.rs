@@ -31,10 +31,19 @@ impl GroupService {
         GroupService { broker }
     }
 
-    /// The coordinator, or COORDINATOR_NOT_AVAILABLE (as a code) once shutdown took it away.
-    fn coordinator(&self) -> Result<GroupCoordinator, (i32, String)> {
+    /// The coordinator of `group_id` if this node is it; else NOT_COORDINATOR (another node
+    /// is) or COORDINATOR_NOT_AVAILABLE (none is, yet), as a code.
+    fn coordinator(&self, group_id: &str) -> Result<GroupCoordinator, (i32, String)> {
+        self.broker.coordinator_for(group_id).map_err(|e| (e.code as i32, e.message))
+    }
+
+    /// This node's coordinator, whichever groups it serves (for listings).
+    fn any_coordinator(&self) -> Result<GroupCoordinator, (i32, String)> {
         self.broker.group_coordinator().ok_or_else(|| {
-            (ErrorCode::CoordinatorNotAvailable as i32, "the broker is shutting down".to_string())
+            (
+                ErrorCode::CoordinatorNotAvailable as i32,
+                "no group coordinator on this broker".into(),
+            )
         })
     }
 }
@@ -60,27 +69,27 @@ fn timeout(ms: u32) -> Duration {
 impl pb::group_server::Group for GroupService {
     async fn find_coordinator(
         &self,
-        _request: Request<pb::FindCoordinatorRequest>,
+        request: Request<pb::FindCoordinatorRequest>,
     ) -> Result<Response<pb::FindCoordinatorResponse>, Status> {
-        // One broker coordinates every group.
-        let view = self.broker.metadata(&[]).await;
-        let me = view.brokers.into_iter().next().map(|b| pb::BrokerInfo {
-            node_id: b.node_id,
-            host: b.host,
-            port: b.port,
-        });
-        let (error_code, error_message) = match (&me, self.coordinator()) {
-            (Some(_), Ok(_)) => (ErrorCode::None as i32, String::new()),
-            (None, _) => {
-                (ErrorCode::CoordinatorNotAvailable as i32, "no broker address known".into())
-            }
-            (_, Err(e)) => e,
+        // The leader of the group's __consumer_offsets partition coordinates it.
+        let group_id = request.into_inner().group_id;
+        let response = match self.broker.find_coordinator(&group_id) {
+            Ok(b) => pb::FindCoordinatorResponse {
+                error_code: ErrorCode::None as i32,
+                error_message: String::new(),
+                coordinator: Some(pb::BrokerInfo {
+                    node_id: b.node_id,
+                    host: b.host,
+                    port: b.port,
+                }),
+            },
+            Err(e) => pb::FindCoordinatorResponse {
+                error_code: e.code as i32,
+                error_message: e.message,
+                coordinator: None,
+            },
         };
-        Ok(Response::new(pb::FindCoordinatorResponse {
-            error_code,
-            error_message,
-            coordinator: me,
-        }))
+        Ok(Response::new(response))
     }
 
     async fn join_group(
@@ -89,7 +98,7 @@ impl pb::group_server::Group for GroupService {
     ) -> Result<Response<pb::JoinGroupResponse>, Status> {
         let client_host = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
         let req = request.into_inner();
-        let coordinator = match self.coordinator() {
+        let coordinator = match self.coordinator(&req.group_id) {
             Ok(c) => c,
             Err((error_code, error_message)) => {
                 return Ok(Response::new(pb::JoinGroupResponse {
@@ -140,7 +149,7 @@ impl pb::group_server::Group for GroupService {
         request: Request<pb::SyncGroupRequest>,
     ) -> Result<Response<pb::SyncGroupResponse>, Status> {
         let req = request.into_inner();
-        let coordinator = match self.coordinator() {
+        let coordinator = match self.coordinator(&req.group_id) {
             Ok(c) => c,
             Err((error_code, error_message)) => {
                 return Ok(Response::new(pb::SyncGroupResponse {
@@ -177,7 +186,7 @@ impl pb::group_server::Group for GroupService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (error_code, error_message) = match self.coordinator() {
+        let (error_code, error_message) = match self.coordinator(&req.group_id) {
             Ok(c) => {
                 let r = c.heartbeat(&coord::HeartbeatRequest {
                     group_id: req.group_id,
@@ -196,7 +205,7 @@ impl pb::group_server::Group for GroupService {
         request: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
         let req = request.into_inner();
-        let (error_code, error_message) = match self.coordinator() {
+        let (error_code, error_message) = match self.coordinator(&req.group_id) {
             Ok(c) => {
                 let r = c.leave_group(&coord::LeaveGroupRequest {
                     group_id: req.group_id,
@@ -218,12 +227,12 @@ impl pb::group_server::Group for GroupService {
         // `None` for those the coordinator answers, in the same order it was given them.
         let mut answers: Vec<(String, i32, Option<(i32, String)>)> = Vec::new();
         let mut entries = Vec::new();
-        let coordinator = self.coordinator();
+        let coordinator = self.coordinator(&req.group_id);
         for topic in req.topics {
             for p in topic.partitions {
                 let refused = match &coordinator {
                     Err(e) => Some(e.clone()),
-                    Ok(_) => match self.broker.registry().partition(&topic.name, p.partition) {
+                    Ok(_) => match self.broker.partition_exists(&topic.name, p.partition) {
                         Err(e) => Some((e.code as i32, e.message)),
                         Ok(_) => None,
                     },
@@ -278,7 +287,7 @@ impl pb::group_server::Group for GroupService {
         request: Request<pb::OffsetFetchRequest>,
     ) -> Result<Response<pb::OffsetFetchResponse>, Status> {
         let req = request.into_inner();
-        let coordinator = match self.coordinator() {
+        let coordinator = match self.coordinator(&req.group_id) {
             Ok(c) => c,
             Err((error_code, error_message)) => {
                 return Ok(Response::new(pb::OffsetFetchResponse {
@@ -329,7 +338,7 @@ impl pb::group_server::Group for GroupService {
         &self,
         _request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let groups = match self.coordinator() {
+        let groups = match self.any_coordinator() {
             Ok(c) => c
                 .list_groups()
                 .into_iter()
@@ -355,11 +364,10 @@ impl pb::group_server::Group for GroupService {
                 req.group_ids.len()
             )));
         }
-        let coordinator = self.coordinator();
         let groups = req
             .group_ids
             .into_iter()
-            .map(|group_id| match &coordinator {
+            .map(|group_id| match &self.coordinator(&group_id) {
                 Err((error_code, error_message)) => pb::GroupDescription {
                     group_id,
                     error_code: *error_code,

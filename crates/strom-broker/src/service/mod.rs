@@ -7,6 +7,7 @@
 pub(crate) mod admin;
 pub(crate) mod broker;
 pub(crate) mod group;
+pub(crate) mod quorum;
 
 use strom_proto::v1::ErrorCode;
 

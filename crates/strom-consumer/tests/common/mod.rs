@@ -356,6 +356,13 @@ struct Forward {
 
 #[tonic::async_trait]
 impl Admin for Forward {
+    async fn describe_cluster(
+        &self,
+        _: Request<strom_client::proto::v1::DescribeClusterRequest>,
+    ) -> Result<Response<strom_client::proto::v1::DescribeClusterResponse>, Status> {
+        Err(Status::unimplemented("DescribeCluster is not part of this fake"))
+    }
+
     async fn create_topics(
         &self,
         r: Request<CreateTopicsRequest>,

@@ -1,0 +1,155 @@
+//! Calls from this node to its peers over their gRPC port: admin changes forwarded to the
+//! active controller, and broker heartbeats. One lazily connected channel per peer address.
+//!
+//! A forwarded request carries the `strom-forwarded` header, and a node never forwards a
+//! request that has it: two nodes with stale, crossed views of the controller answer
+//! NOT_CONTROLLER instead of bouncing the request between them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use strom_proto::v1 as pb;
+use strom_proto::v1::ErrorCode;
+use strom_quorum::BrokerRegistration;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ApiError;
+use crate::quorum::ControllerView;
+use crate::types::NewTopic;
+
+/// gRPC metadata key marking a request forwarded by a peer.
+pub(crate) const FORWARDED_HEADER: &str = "strom-forwarded";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Peer channels kept; more peers than this means something is wrong, and the cache restarts.
+const MAX_PEERS: usize = 1024;
+
+/// Channels to the other nodes.
+#[derive(Debug)]
+pub(crate) struct Peers {
+    cluster_id: String,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    pub(crate) fn new(cluster_id: String) -> Self {
+        Peers { cluster_id, channels: Mutex::new(HashMap::new()) }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, ApiError> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| {
+                ApiError::new(ErrorCode::UnknownServerError, format!("peer {address}: {e}"))
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        if channels.len() >= MAX_PEERS {
+            channels.clear();
+        }
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn controller_channel(&self, controller: &ControllerView) -> Result<Channel, ApiError> {
+        match &controller.address {
+            Some(address) => self.channel(address),
+            None => Err(ApiError::new(
+                ErrorCode::NotController,
+                "no active controller is known; the quorum may be electing one",
+            )),
+        }
+    }
+
+    fn forwarded<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        request
+    }
+
+    /// Creates a topic through the active controller.
+    pub(crate) async fn create_topic(
+        &self,
+        controller: &ControllerView,
+        topic: NewTopic,
+    ) -> Result<(), ApiError> {
+        let mut client = pb::admin_client::AdminClient::new(self.controller_channel(controller)?);
+        let name = topic.name.clone();
+        let request = pb::CreateTopicsRequest {
+            topics: vec![pb::NewTopic {
+                name: topic.name,
+                num_partitions: topic.num_partitions,
+                replication_factor: topic.replication_factor,
+                configs: topic.configs.into_iter().collect(),
+            }],
+            validate_only: false,
+        };
+        let response = client.create_topics(Self::forwarded(request)).await.map_err(unreachable)?;
+        first_result(response.into_inner().topics, &name)
+    }
+
+    /// Deletes a topic through the active controller.
+    pub(crate) async fn delete_topic(
+        &self,
+        controller: &ControllerView,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let mut client = pb::admin_client::AdminClient::new(self.controller_channel(controller)?);
+        let request = pb::DeleteTopicsRequest { names: vec![name.to_string()] };
+        let response = client.delete_topics(Self::forwarded(request)).await.map_err(unreachable)?;
+        first_result(response.into_inner().topics, name)
+    }
+
+    /// Sends this node's heartbeat to the active controller.
+    pub(crate) async fn heartbeat(
+        &self,
+        controller: &ControllerView,
+        registration: BrokerRegistration,
+    ) -> Result<(), ApiError> {
+        let mut client = pb::quorum_client::QuorumClient::new(self.controller_channel(controller)?);
+        let request = pb::BrokerHeartbeatRequest {
+            cluster_id: self.cluster_id.clone(),
+            node_id: registration.node_id,
+            address: registration.address,
+            kafka_address: registration.kafka_address.unwrap_or_default(),
+            incarnation: registration.incarnation,
+        };
+        let response =
+            client.broker_heartbeat(Self::forwarded(request)).await.map_err(unreachable)?;
+        let response = response.into_inner();
+        match ErrorCode::try_from(response.error_code) {
+            Ok(ErrorCode::None) => Ok(()),
+            Ok(code) => Err(ApiError::new(code, response.error_message)),
+            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
+        }
+    }
+}
+
+fn unreachable(status: tonic::Status) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotController,
+        format!("the controller could not be reached: {}", status.message()),
+    )
+}
+
+fn first_result(results: Vec<pb::TopicResult>, name: &str) -> Result<(), ApiError> {
+    let Some(result) = results.into_iter().next() else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownServerError,
+            format!("no answer for {name:?}"),
+        ));
+    };
+    match ErrorCode::try_from(result.error_code) {
+        Ok(ErrorCode::None) => Ok(()),
+        Ok(code) => Err(ApiError::new(code, result.error_message)),
+        Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, result.error_message)),
+    }
+}

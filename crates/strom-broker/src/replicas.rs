@@ -1,0 +1,224 @@
+//! The replica manager: makes this node's partitions match the committed metadata image.
+//!
+//! Every node runs it, the controller included. For each image it opens the logs of partitions
+//! this node holds a replica of, sets each one's role (leader or not) and leader epoch, and
+//! deletes the logs of topics the image no longer has (or has re-created under a new id). It is
+//! the only writer of the [`Registry`], so request handlers see a topic only once its local logs
+//! are open, and `reconciled` tells waiters which image that was.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strom_format::LeaderEpoch;
+use tokio::sync::watch;
+
+use crate::config::{BrokerConfig, TopicConfig};
+use crate::error::BrokerError;
+use crate::partition::Partition;
+use crate::quorum::Image;
+use crate::topic::{Registry, Topic};
+
+/// How long deletion or shutdown waits for in-flight requests to let go of a partition.
+pub(crate) const RECLAIM_PATIENCE: Duration = Duration::from_secs(10);
+/// Partition logs opened in parallel when a topic arrives (creating 10,000 is mostly mkdir).
+const OPEN_THREADS: usize = 8;
+
+/// What one reconciliation changed, for the caller's follow-up (coordinator, offsets).
+#[derive(Debug, Default)]
+pub(crate) struct Reconciled {
+    /// Topics removed from this node (deleted or re-created).
+    pub(crate) removed: Vec<String>,
+}
+
+/// Brings the registry in line with `image`. Blocking (opens and deletes logs).
+pub(crate) fn reconcile(config: &BrokerConfig, registry: &Registry, image: &Image) -> Reconciled {
+    let node = config.node_id;
+    let mut outcome = Reconciled::default();
+    for topic in registry.topics() {
+        let current = image.state.topic(&topic.name);
+        if current.is_none_or(|t| t.topic_id != topic.topic_id) {
+            if let Some(gone) = registry.remove(&topic.name) {
+                delete_topic_logs(gone);
+            }
+            outcome.removed.push(topic.name.clone());
+        }
+    }
+    for (name, meta) in image.state.topics() {
+        let existing = registry.topic(name);
+        let config_now = match TopicConfig::resolve(config, &meta.configs) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(topic = %name, error = %e, "topic config invalid; keeping the old one");
+                match &existing {
+                    Some(t) => t.config.clone(),
+                    None => continue,
+                }
+            }
+        };
+        let mut partitions: Vec<Option<Arc<Partition>>> = Vec::with_capacity(meta.partitions.len());
+        let mut to_open = Vec::new();
+        for p in &meta.partitions {
+            let local = p.replicas.contains(&node);
+            let have = existing
+                .as_ref()
+                .and_then(|t| t.partitions.get(p.partition as usize).cloned().flatten());
+            match (local, have) {
+                (true, Some(part)) => partitions.push(Some(part)),
+                (true, None) => {
+                    to_open.push(p.partition);
+                    partitions.push(None);
+                }
+                (false, _) => partitions.push(None),
+            }
+        }
+        let mut changed = existing
+            .as_ref()
+            .is_none_or(|t| t.partitions.len() != partitions.len() || t.config != config_now);
+        if !to_open.is_empty() {
+            for (id, opened) in open_partitions(&config.data_dir, name, &to_open, &config_now) {
+                match opened {
+                    Ok(part) => partitions[id as usize] = Some(Arc::new(part)),
+                    Err(e) => tracing::error!(topic = %name, partition = id, error = %e,
+                        "opening partition failed; it stays offline here"),
+                }
+            }
+            changed = true;
+        }
+        for p in &meta.partitions {
+            if let Some(Some(part)) = partitions.get(p.partition as usize) {
+                part.set_role(p.leader == node, LeaderEpoch::new(p.leader_epoch));
+            }
+        }
+        if changed {
+            registry.insert(Arc::new(Topic {
+                name: name.clone(),
+                topic_id: meta.topic_id.clone(),
+                config: config_now,
+                partitions,
+            }));
+        }
+    }
+    outcome
+}
+
+/// Opens `ids` of `topic`, several threads at a time.
+fn open_partitions(
+    data_dir: &Path,
+    topic: &str,
+    ids: &[i32],
+    config: &TopicConfig,
+) -> Vec<(i32, Result<Partition, BrokerError>)> {
+    let chunk = ids.len().div_ceil(OPEN_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = ids
+            .chunks(chunk)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&id| {
+                            let log = config.log_config();
+                            (id, Partition::open(data_dir, topic, id, log, LeaderEpoch::new(0)))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    })
+}
+
+/// Takes a deleted topic's partitions out of service and deletes their logs.
+fn delete_topic_logs(topic: Arc<Topic>) {
+    for p in topic.local_partitions() {
+        p.mark_deleted();
+    }
+    let deadline = Instant::now() + RECLAIM_PATIENCE;
+    for reclaimed in dismantle(topic, deadline) {
+        match reclaimed {
+            Ok(p) => {
+                let dir = p.dir().to_path_buf();
+                if let Err(e) = p.into_log().delete() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "deleting log failed");
+                    remove_dir(&dir);
+                }
+            }
+            Err(p) => {
+                tracing::warn!(
+                    partition = p.name(),
+                    "partition still in use after {RECLAIM_PATIENCE:?}; removing its files"
+                );
+                remove_dir(p.dir());
+            }
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing directory failed");
+        }
+    }
+}
+
+/// Takes sole ownership of `arc`, waiting until `deadline` for other holders (requests in
+/// flight) to drop their clones. Blocking.
+pub(crate) fn reclaim<T>(mut arc: Arc<T>, deadline: Instant) -> Result<T, Arc<T>> {
+    loop {
+        match Arc::try_unwrap(arc) {
+            Ok(value) => return Ok(value),
+            Err(back) if Instant::now() >= deadline => return Err(back),
+            Err(back) => {
+                arc = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Takes a topic out of service and returns its local partitions, owned where nobody else
+/// holds them any more. Blocking.
+pub(crate) fn dismantle(
+    topic: Arc<Topic>,
+    deadline: Instant,
+) -> Vec<Result<Partition, Arc<Partition>>> {
+    let partitions = match reclaim(topic, deadline) {
+        Ok(topic) => topic.partitions,
+        Err(shared) => shared.partitions.clone(),
+    };
+    partitions.into_iter().flatten().map(|p| reclaim(p, deadline)).collect()
+}
+
+/// Runs [`reconcile`] for every new image until shutdown, publishing the applied index of the
+/// last image reconciled on `done`.
+pub(crate) async fn follow(
+    config: Arc<BrokerConfig>,
+    registry: Arc<Registry>,
+    mut images: watch::Receiver<Arc<Image>>,
+    done: watch::Sender<u64>,
+    on_change: impl Fn(Reconciled) + Send + Sync + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let on_change = Arc::new(on_change);
+    loop {
+        let image = images.borrow_and_update().clone();
+        let (config2, registry2, on_change2) =
+            (config.clone(), registry.clone(), on_change.clone());
+        let applied = image.applied;
+        let ran = tokio::task::spawn_blocking(move || {
+            let outcome = reconcile(&config2, &registry2, &image);
+            on_change2(outcome);
+        })
+        .await;
+        if let Err(e) = ran {
+            tracing::error!(error = %e, "reconciling the metadata image failed");
+        }
+        done.send_replace(applied);
+        tokio::select! {
+            changed = images.changed() => if changed.is_err() { break },
+            () = crate::broker::stopped(&mut shutdown) => break,
+        }
+    }
+}
