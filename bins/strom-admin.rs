@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use strom_client::proto::v1::{
-    BrokerInfo, DescribeGroupsRequest, ErrorCode, FindCoordinatorRequest, GroupDescription,
-    ListGroupsRequest, OffsetFetchRequest, TopicDescription,
+    BrokerInfo, DescribeClusterRequest, DescribeGroupsRequest, ErrorCode, FindCoordinatorRequest,
+    GroupDescription, ListGroupsRequest, OffsetFetchRequest, TopicDescription,
 };
 use strom_client::{Client, ClientConfig, ClientError, OffsetSpec, check_code};
 use strom_coordinator::consumer_protocol::Assignment;
@@ -43,8 +43,23 @@ struct Args {
     /// Deadline of each request to the cluster, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS", global = true)]
     timeout_ms: u64,
+    /// Output of describe and list commands: `text` for people, `json` for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How describe and list commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Prints `value` as one line of JSON.
+fn print_json(value: &serde_json::Value) {
+    out!("{value}");
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +70,15 @@ enum Command {
     /// List and describe consumer groups.
     #[command(subcommand)]
     Groups(Groups),
+    /// The cluster: nodes, their state, the active controller.
+    #[command(subcommand)]
+    Cluster(Cluster),
+}
+
+#[derive(Debug, Subcommand)]
+enum Cluster {
+    /// Describes the cluster: id, active controller, every node with its address and state.
+    Describe,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,12 +161,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach the cluster at {}", args.bootstrap))?;
     match args.command {
-        Command::Topics(cmd) => topics(&client, cmd).await,
-        Command::Groups(cmd) => groups(&client, cmd).await,
+        Command::Topics(cmd) => topics(&client, cmd, args.output).await,
+        Command::Groups(cmd) => groups(&client, cmd, args.output).await,
+        Command::Cluster(Cluster::Describe) => describe_cluster(&client, args.output).await,
     }
 }
 
-async fn groups(client: &Client, cmd: Groups) -> anyhow::Result<()> {
+async fn describe_cluster(client: &Client, output: Output) -> anyhow::Result<()> {
+    let response = client
+        .admin()
+        .describe_cluster(client.request(DescribeClusterRequest {}))
+        .await
+        .map_err(|s| explain(ClientError::from(s), ""))?
+        .into_inner();
+    let state = |fenced: bool| if fenced { "fenced" } else { "active" };
+    if output == Output::Json {
+        let nodes: Vec<serde_json::Value> = response
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node_id": n.node_id,
+                    "address": n.address,
+                    "state": state(n.fenced),
+                    "voter": n.voter,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "cluster_id": response.cluster_id,
+            "controller_id": response.controller_id,
+            "nodes": nodes,
+        }));
+        return Ok(());
+    }
+    let controller = match response.controller_id {
+        id if id < 0 => "none".to_owned(),
+        id => id.to_string(),
+    };
+    out!("Cluster: {}\tController: {controller}", response.cluster_id);
+    let rows: Vec<Vec<String>> = response
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.to_string(),
+                n.address.clone(),
+                state(n.fenced).to_owned(),
+                if n.voter { "voter" } else { "broker" }.to_owned(),
+            ]
+        })
+        .collect();
+    print_table(&["NODE", "ADDRESS", "STATE", "ROLE"], &rows);
+    Ok(())
+}
+
+async fn groups(client: &Client, cmd: Groups, output: Output) -> anyhow::Result<()> {
     match cmd {
         Groups::List => {
             let response = client
@@ -153,6 +227,20 @@ async fn groups(client: &Client, cmd: Groups) -> anyhow::Result<()> {
                 .into_inner();
             let mut groups = response.groups;
             groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+            if output == Output::Json {
+                let list: Vec<serde_json::Value> = groups
+                    .iter()
+                    .map(|g| {
+                        serde_json::json!({
+                            "group": g.group_id,
+                            "state": g.state,
+                            "protocol_type": g.protocol_type,
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(list));
+                return Ok(());
+            }
             let rows: Vec<Vec<String>> = groups
                 .into_iter()
                 .map(|g| vec![g.group_id, dash(g.state), dash(g.protocol_type)])
@@ -161,7 +249,7 @@ async fn groups(client: &Client, cmd: Groups) -> anyhow::Result<()> {
                 print_table(&["GROUP", "STATE", "PROTOCOL-TYPE"], &rows);
             }
         }
-        Groups::Describe { group } => describe_group(client, &group).await?,
+        Groups::Describe { group } => describe_group(client, &group, output).await?,
     }
     Ok(())
 }
@@ -182,7 +270,7 @@ async fn find_coordinator(client: &Client, group: &str) -> anyhow::Result<Broker
         .with_context(|| format!("the cluster named no coordinator for group {group:?}"))
 }
 
-async fn describe_group(client: &Client, group: &str) -> anyhow::Result<()> {
+async fn describe_group(client: &Client, group: &str, output: Output) -> anyhow::Result<()> {
     let mut coordinator = client.group_at(&find_coordinator(client, group).await?)?;
     let request = DescribeGroupsRequest { group_ids: vec![group.to_owned()] };
     let response = coordinator
@@ -218,6 +306,9 @@ async fn describe_group(client: &Client, group: &str) -> anyhow::Result<()> {
         }
     }
     let members = member_rows(&description, &mut partitions);
+    if output == Output::Json {
+        return describe_group_json(client, &description, &partitions).await;
+    }
     print_group_header(&description);
     if members.is_empty() {
         out!("\nNo active members.");
@@ -254,6 +345,54 @@ async fn describe_group(client: &Client, group: &str) -> anyhow::Result<()> {
     }
     out!();
     print_table(&["TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG", "OWNER"], &rows);
+    Ok(())
+}
+
+async fn describe_group_json(
+    client: &Client,
+    d: &GroupDescription,
+    partitions: &PartitionTable,
+) -> anyhow::Result<()> {
+    let members: Vec<serde_json::Value> = d
+        .members
+        .iter()
+        .map(|m| {
+            let assigned: Vec<serde_json::Value> = Assignment::decode(&m.assignment)
+                .map(|a| {
+                    a.partitions
+                        .iter()
+                        .map(|t| serde_json::json!({"topic": t.topic, "partitions": t.partitions}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "member_id": m.member_id,
+                "client_id": m.client_id,
+                "assignment": assigned,
+            })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for ((topic, partition), (committed, _)) in partitions {
+        let Some(committed) = committed else { continue };
+        let end = client.list_offset(topic, PartitionId::new(*partition), OffsetSpec::Latest).await;
+        let lag = match end {
+            Ok(Some(end)) => (end.get() - committed).max(0),
+            _ => -1,
+        };
+        offsets.push(serde_json::json!({
+            "topic": topic,
+            "partition": partition,
+            "committed": committed,
+            "lag": lag,
+        }));
+    }
+    print_json(&serde_json::json!([{
+        "group": d.group_id,
+        "state": d.state,
+        "members": members,
+        "offsets": offsets,
+    }]));
     Ok(())
 }
 
@@ -327,7 +466,7 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-async fn topics(client: &Client, cmd: Topics) -> anyhow::Result<()> {
+async fn topics(client: &Client, cmd: Topics, output: Output) -> anyhow::Result<()> {
     match cmd {
         Topics::Create { name, partitions, replication_factor, configs } => {
             if partitions.is_some_and(|p| p <= 0) {
@@ -352,6 +491,20 @@ async fn topics(client: &Client, cmd: Topics) -> anyhow::Result<()> {
         Topics::List { internal } => {
             let mut topics = client.list_topics(internal).await.map_err(|e| explain(e, ""))?;
             topics.sort_by(|a, b| a.name.cmp(&b.name));
+            if output == Output::Json {
+                let list: Vec<serde_json::Value> = topics
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "name": t.name,
+                            "partitions": t.num_partitions,
+                            "internal": t.internal,
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(list));
+                return Ok(());
+            }
             for t in topics {
                 if t.internal {
                     out!("{}\t{} partition(s)\tinternal", t.name, t.num_partitions);
@@ -365,13 +518,21 @@ async fn topics(client: &Client, cmd: Topics) -> anyhow::Result<()> {
                 client.describe_topics(&names).await.map_err(|e| explain(e, ""))?;
             descriptions.sort_by(|a, b| a.name.cmp(&b.name));
             let mut failed = 0usize;
-            for d in &descriptions {
+            let mut json = Vec::new();
+            for d in &mut descriptions {
                 if let Err(e) = check_code(d.error_code, &d.error_message) {
                     eprintln!("error: {:#}", explain(e, &d.name));
                     failed += 1;
                     continue;
                 }
-                print_description(d);
+                fill_offsets_from_leaders(client, d).await;
+                match output {
+                    Output::Text => print_description(d),
+                    Output::Json => json.push(description_json(d)),
+                }
+            }
+            if output == Output::Json {
+                print_json(&serde_json::Value::Array(json));
             }
             if failed > 0 {
                 bail!("{failed} topic(s) could not be described");
@@ -403,6 +564,48 @@ fn explain(e: ClientError, topic: &str) -> anyhow::Error {
         }
         _ => anyhow::Error::new(e),
     }
+}
+
+/// A node answers offsets only for the partitions it leads; the rest it reports as -1. Ask
+/// each partition's leader for those.
+async fn fill_offsets_from_leaders(client: &Client, d: &mut TopicDescription) {
+    for p in &mut d.partitions {
+        if p.high_watermark >= 0 || p.leader < 0 {
+            continue;
+        }
+        let id = PartitionId::new(p.partition);
+        if let Ok(Some(hw)) = client.list_offset(&d.name, id, OffsetSpec::Latest).await {
+            p.high_watermark = hw.get();
+        }
+        if let Ok(Some(start)) = client.list_offset(&d.name, id, OffsetSpec::Earliest).await {
+            p.log_start_offset = start.get();
+        }
+    }
+}
+
+fn description_json(d: &TopicDescription) -> serde_json::Value {
+    let mut partitions: Vec<_> = d.partitions.iter().collect();
+    partitions.sort_by_key(|p| p.partition);
+    let partitions: Vec<serde_json::Value> = partitions
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "partition": p.partition,
+                "leader": p.leader,
+                "leader_epoch": p.leader_epoch,
+                "replicas": p.replicas,
+                "isr": p.isr,
+                "high_watermark": p.high_watermark,
+                "log_start_offset": p.log_start_offset,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": d.name,
+        "internal": d.internal,
+        "partitions": partitions,
+        "configs": d.configs,
+    })
 }
 
 fn print_description(d: &TopicDescription) {

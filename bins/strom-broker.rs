@@ -30,6 +30,16 @@ struct Args {
     /// This node's id [default: 1].
     #[arg(long)]
     node_id: Option<i32>,
+    /// The metadata quorum: `1@HOST:PORT,2@HOST:PORT,...`, each voter's `--listen` address.
+    /// A node not listed is a broker-only node. Without it the node is a quorum of itself.
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    voters: Option<String>,
+    /// Fence a broker not heard from for this long [default: 1500].
+    #[arg(long, value_name = "MS")]
+    broker_session_timeout_ms: Option<u64>,
+    /// Replicas of topics created without a replication factor [default: 1].
+    #[arg(long, value_name = "N")]
+    default_replication_factor: Option<i32>,
     /// Partitions of topics created without a count [default: 1].
     #[arg(long)]
     num_partitions: Option<i32>,
@@ -79,6 +89,11 @@ impl Args {
         }
         set(&mut c.data_dir, self.data_dir);
         set(&mut c.node_id, self.node_id);
+        if let Some(voters) = &self.voters {
+            c.voters = strom_broker::parse_voters(voters)?;
+        }
+        set(&mut c.broker_session_timeout_ms, self.broker_session_timeout_ms);
+        set(&mut c.default_replication_factor, self.default_replication_factor);
         set(&mut c.num_partitions, self.num_partitions);
         set(&mut c.log_segment_bytes, self.segment_bytes);
         set(&mut c.log_segment_ms, self.segment_ms);

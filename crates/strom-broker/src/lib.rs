@@ -66,7 +66,7 @@ mod topic;
 mod types;
 
 pub use broker::{Broker, MAX_TOPICS_PER_REQUEST};
-pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig};
+pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig, parse_voters};
 pub use error::{ApiError, BrokerError};
 pub use fetch::MAX_FETCH_PARTITIONS;
 pub use metadata::{

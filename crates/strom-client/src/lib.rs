@@ -257,6 +257,9 @@ pub fn is_retriable_code(code: ErrorCode) -> bool {
             | ErrorCode::CoordinatorNotAvailable
             | ErrorCode::NotCoordinator
             | ErrorCode::KafkaStorageError
+            | ErrorCode::NotController
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
     )
 }
 
