@@ -163,7 +163,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let data = serde_json::to_vec(&self.body).map_err(snap_err)?;
         let snapshot_id = match self.body.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            Some(l) => format!("{}-{}", l.leader_id.term, l.index),
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta {
