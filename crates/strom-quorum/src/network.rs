@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
     InstallSnapshotResponse, VoteRequest, VoteResponse,
@@ -59,12 +59,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 pub struct NetworkFactory {
     transport: Arc<dyn Transport>,
     rpc_timeout: Duration,
+    retry_backoff: Duration,
 }
 
 impl NetworkFactory {
-    /// A factory whose RPCs give up after `rpc_timeout`.
-    pub fn new(transport: Arc<dyn Transport>, rpc_timeout: Duration) -> NetworkFactory {
-        NetworkFactory { transport, rpc_timeout }
+    /// A factory whose RPCs give up after `rpc_timeout` and which retries an unreachable peer
+    /// every `retry_backoff`.
+    pub fn new(transport: Arc<dyn Transport>, rpc_timeout: Duration, retry_backoff: Duration) -> NetworkFactory {
+        NetworkFactory { transport, rpc_timeout, retry_backoff }
     }
 }
 
@@ -75,6 +77,7 @@ pub struct PeerClient {
     address: String,
     transport: Arc<dyn Transport>,
     rpc_timeout: Duration,
+    retry_backoff: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -86,6 +89,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             address: node.addr.clone(),
             transport: Arc::clone(&self.transport),
             rpc_timeout: self.rpc_timeout,
+            retry_backoff: self.retry_backoff,
         }
     }
 }
@@ -124,7 +128,9 @@ impl PeerClient {
                     timeout: self.rpc_timeout,
                 }));
             }
-            Ok(Err(e)) => return Err(RPCError::Network(NetworkError::new(&e))),
+            // Unreachable, not a network error: openraft backs off (see `backoff`) instead of
+            // retrying a dead peer in a tight loop.
+            Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
             Ok(Ok(reply)) => reply,
         };
         let reply: Result<Resp, RaftError<u64, E>> =
@@ -148,6 +154,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
         self.call(RpcKind::InstallSnapshot, RPCTypes::InstallSnapshot, &rpc).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // A restarted peer should be caught up quickly; a dead one costs one call per period.
+        Backoff::new(std::iter::repeat(self.retry_backoff))
     }
 
     async fn vote(

@@ -217,7 +217,11 @@ impl Quorum {
         let image = state_machine.image();
         let raft_config = Arc::new(config.raft_config()?);
         let id = raft_id(config.node_id)?;
-        let network = NetworkFactory::new(transport, Duration::from_millis(config.rpc_timeout_ms));
+        let network = NetworkFactory::new(
+            transport,
+            Duration::from_millis(config.rpc_timeout_ms),
+            Duration::from_millis(config.heartbeat_interval_ms),
+        );
         let raft = Raft::new(id, raft_config, network, log_store, state_machine).await.map_err(raft_err)?;
 
         let is_voter = config.voters.contains_key(&config.node_id);

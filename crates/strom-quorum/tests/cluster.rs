@@ -67,6 +67,11 @@ fn broker(id: NodeId) -> MetadataRecord {
     })
 }
 
+/// The live nodes (the lock must not be held across an await: RPCs take it).
+fn nodes(net: &Net) -> Vec<Quorum> {
+    net.nodes.lock().values().cloned().collect()
+}
+
 /// Waits until some node among `ids` says it is the leader; returns it.
 async fn leader(net: &Arc<Net>, ids: &[NodeId]) -> Quorum {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -83,6 +88,20 @@ async fn leader(net: &Arc<Net>, ids: &[NodeId]) -> Quorum {
     }
 }
 
+/// Proposes through whichever node leads, following leadership changes (Raft does not promise
+/// a stable leader: a node that timed out just before the winner's first heartbeat may depose it).
+async fn propose(net: &Arc<Net>, ids: &[NodeId], record: MetadataRecord) -> Result<(), strom_quorum::MetadataError> {
+    for _ in 0..50 {
+        let l = leader(net, ids).await;
+        match l.propose(record.clone()).await {
+            Ok(r) => return r,
+            Err(QuorumError::NotLeader { .. }) => continue,
+            Err(e) => panic!("propose: {e}"),
+        }
+    }
+    panic!("no stable leader for 50 attempts");
+}
+
 async fn wait_image(q: &Quorum, want: &MetadataImage) {
     let mut rx = q.image();
     let r = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|img| img.state == want.state)).await;
@@ -97,23 +116,29 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     for id in 1..=3 {
         start(&net, id, dir.path()).await;
     }
-    let first = leader(&net, &[1, 2, 3]).await;
     for b in 0..8 {
-        assert_eq!(first.propose(broker(100 + b)).await.expect("propose"), Ok(()));
+        assert_eq!(propose(&net, &[1, 2, 3], broker(100 + b)).await, Ok(()));
     }
     // A non-leader refuses and names the leader and its address.
-    let follower = (1..=3).find(|id| *id != first.node_id()).expect("a follower");
-    let follower = net.nodes.lock().get(&follower).cloned().expect("follower");
-    match follower.propose(broker(1)).await {
-        Err(QuorumError::NotLeader { leader: Some((id, addr)) }) => {
-            assert_eq!(id, first.node_id());
-            assert_eq!(addr, format!("node-{id}:9095"));
+    let mut named = None;
+    for _ in 0..50 {
+        let l = leader(&net, &[1, 2, 3]).await;
+        let follower = nodes(&net).into_iter().find(|q| q.node_id() != l.node_id()).expect("a follower");
+        match follower.propose(broker(1)).await {
+            Err(QuorumError::NotLeader { leader: Some(found) }) => {
+                named = Some(found);
+                break;
+            }
+            Err(QuorumError::NotLeader { leader: None }) => {} // mid-election: ask again
+            other => panic!("expected NotLeader, got {other:?}"),
         }
-        other => panic!("expected NotLeader with the leader, got {other:?}"),
     }
+    let (id, addr) = named.expect("a follower named the leader");
+    assert_eq!(addr, format!("node-{id}:9095"));
+    let first = leader(&net, &[1, 2, 3]).await;
     let image = first.image().borrow().clone();
     assert_eq!(image.state.brokers().len(), 8);
-    for q in net.nodes.lock().values().cloned().collect::<Vec<_>>() {
+    for q in nodes(&net) {
         wait_image(&q, &image).await;
     }
 
@@ -125,9 +150,9 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     let second = leader(&net, &rest).await;
     assert_ne!(second.node_id(), dead);
     for b in 0..4 {
-        assert_eq!(second.propose(broker(200 + b)).await.expect("propose after fail-over"), Ok(()));
+        assert_eq!(propose(&net, &rest, broker(200 + b)).await, Ok(()));
     }
-    let image = second.image().borrow().clone();
+    let image = leader(&net, &rest).await.image().borrow().clone();
     assert_eq!(image.state.brokers().len(), 12);
 
     // The dead node comes back from its directory and catches up.
@@ -135,7 +160,7 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     wait_image(&back, &image).await;
 
     // Stop everything, start again: the same image.
-    let all: Vec<Quorum> = net.nodes.lock().values().cloned().collect();
+    let all = nodes(&net);
     net.nodes.lock().clear();
     for q in all {
         q.shutdown().await.expect("shutdown");
@@ -145,7 +170,7 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     }
     let third = leader(&net, &[1, 2, 3]).await;
     wait_image(&third, &image).await;
-    for q in net.nodes.lock().values().cloned().collect::<Vec<_>>() {
+    for q in nodes(&net) {
         wait_image(&q, &image).await;
     }
 
@@ -154,7 +179,7 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     wrong.dir = dir.path().join("n2/quorum");
     let err = Quorum::start(wrong, None, Arc::new(NetTransport(net.clone()))).await.expect_err("identity");
     assert!(matches!(err, QuorumError::Config(_)), "{err}");
-    for q in net.nodes.lock().values().cloned().collect::<Vec<_>>() {
+    for q in nodes(&net) {
         q.shutdown().await.expect("shutdown");
     }
 }
