@@ -1,0 +1,53 @@
+//! The fixed seeds CI runs (a few seconds in all), and the replay property.
+
+use strom_sim::{SimConfig, run};
+
+fn run_seeds(voters: usize, seeds: std::ops::Range<u64>) {
+    let mut failures = Vec::new();
+    for seed in seeds {
+        match run(&SimConfig::new(seed, voters)) {
+            Ok(r) => {
+                assert!(r.acked > 0, "seed {seed}: nothing was acknowledged");
+            }
+            Err(f) => {
+                eprintln!("{f}");
+                for line in f.trace.iter().rev().take(40).rev() {
+                    eprintln!("  {line}");
+                }
+                failures.push(strom_sim::replay_command(seed, voters));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failing seeds:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn three_voters_survive_crashes_partitions_and_lossy_network() {
+    run_seeds(3, 0..12);
+}
+
+#[test]
+fn five_voters_survive_crashes_partitions_and_lossy_network() {
+    run_seeds(5, 100..110);
+}
+
+/// The driver's schedule (starts, crashes, partitions, heals) depends only on the seed.
+#[test]
+fn same_seed_same_fault_schedule() {
+    let schedule = |trace: &[String]| -> Vec<String> {
+        trace
+            .iter()
+            .filter_map(|l| {
+                let event = l.split_once("ms ").map_or(l.as_str(), |(_, e)| e);
+                ["start node", "crash node", "partition", "heal", "liveness: heal"]
+                    .iter()
+                    .any(|p| event.starts_with(p))
+                    .then(|| event.to_string())
+            })
+            .collect()
+    };
+    let a = run(&SimConfig::new(7, 3)).expect("seed 7");
+    let b = run(&SimConfig::new(7, 3)).expect("seed 7");
+    assert_eq!(schedule(&a.trace), schedule(&b.trace));
+    assert!(schedule(&a.trace).len() > 3);
+}
