@@ -111,7 +111,9 @@ impl Args {
 fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
     let filter = match level {
         Some(level) => EnvFilter::try_new(level).context("bad --log-level")?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // openraft narrates every vote and append at info; its warnings are what an operator needs.
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -29,7 +29,8 @@ use crate::controller::{Command, ControllerHandle};
 use crate::error::{ApiError, BrokerError};
 use crate::partition::Partition;
 use crate::peers::Peers;
-use crate::quorum::{ControllerView, Image, LocalQuorum, QuorumLog};
+use crate::quorum::{ControllerView, Image, QuorumLog};
+use crate::raft::RaftQuorum;
 use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
 use crate::topic::{Registry, Topic, validate_topic_name};
 use crate::types::{
@@ -108,18 +109,7 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::Internal(format!("opening the broker: {e}")))??
         };
-        let advertised = config.advertised(config.listen);
-        let quorum: Arc<dyn QuorumLog> = {
-            let (dir, node, address) = (
-                config.data_dir.clone(),
-                config.node_id,
-                format!("{}:{}", advertised.0, advertised.1),
-            );
-            let local = tokio::task::spawn_blocking(move || LocalQuorum::open(&dir, node, address))
-                .await
-                .map_err(|e| BrokerError::Internal(format!("opening the quorum: {e}")))??;
-            Arc::new(Arc::new(local))
-        };
+        let quorum: Arc<dyn QuorumLog> = Arc::new(RaftQuorum::start(&config).await?);
         Self::open_with_quorum(config, quorum, lock).await
     }
 
@@ -448,6 +438,13 @@ impl Broker {
             other => other?,
         }
         self.wait_applied(|image| image.state.topic(name).is_none()).await;
+        // Every node's replica manager drops the topic's offsets from its coordinator; doing
+        // it here too means the caller's next OffsetFetch on this node cannot see them.
+        if let Some(coordinator) = self.group_coordinator() {
+            if let Err(e) = coordinator.delete_topic_offsets(name).await {
+                tracing::error!(topic = name, error = %e, "deleting offsets failed");
+            }
+        }
         Ok(())
     }
 

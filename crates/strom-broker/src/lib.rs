@@ -59,6 +59,7 @@ mod metadata;
 mod partition;
 mod peers;
 mod quorum;
+mod raft;
 mod replicas;
 mod server;
 mod service;
@@ -73,7 +74,7 @@ pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };
 pub use partition::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
-pub use quorum::{ControllerView, Image, LocalQuorum, QuorumLog};
+pub use quorum::{ControllerView, Image, QuorumLog};
 
 /// Whether partitions may have more than one replica. Until follower fetching and the ISR
 /// exist, a replication factor above 1 is refused with INVALID_REPLICATION_FACTOR.
