@@ -111,9 +111,10 @@ impl Args {
 fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
     let filter = match level {
         Some(level) => EnvFilter::try_new(level).context("bad --log-level")?,
-        // openraft narrates every vote and append at info; its warnings are what an operator needs.
+        // openraft narrates every vote at info and every unreachable peer every 100 ms at
+        // warn/error; the quorum logs the events an operator needs itself.
         None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+            .unwrap_or_else(|_| EnvFilter::new("info,openraft=error,openraft::replication=off")),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

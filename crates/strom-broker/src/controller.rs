@@ -225,7 +225,11 @@ impl Active {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let rf = self.config.offsets_topic_replication_factor.min(live as i32).max(1);
+        let rf = if crate::REPLICATION_SUPPORTED {
+            self.config.offsets_topic_replication_factor.min(live as i32).max(1)
+        } else {
+            1
+        };
         let partitions = self.config.offsets_topic_num_partitions;
         match self.create_topic(CONSUMER_OFFSETS_TOPIC.into(), partitions, rf, configs).await {
             Ok(()) => tracing::info!(partitions, rf, "created {CONSUMER_OFFSETS_TOPIC}"),
