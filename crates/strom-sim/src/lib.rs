@@ -267,6 +267,13 @@ impl Sim {
         });
     }
 
+    fn power_loss(&mut self, victims: Vec<NodeId>) {
+        self.check.log(format!("power loss {victims:?}"));
+        for id in victims {
+            self.crash(id);
+        }
+    }
+
     fn propose(&mut self, via: NodeId) {
         let k = self.next_record;
         self.next_record += 1;
@@ -302,22 +309,58 @@ impl Sim {
                         self.propose(via);
                     }
                 }
-                40..48 => {
+                40..46 => {
                     let victim = ids[self.rng.random_range(0..ids.len())];
                     self.crash(victim);
                 }
-                48..58 => {
+                46..49 => {
+                    // The leader, as the live nodes see it: the most disruptive single crash.
+                    let leader = self.live.values().find(|q| q.leader().borrow().is_self).map(|q| q.node_id());
+                    if let Some(id) = leader {
+                        self.crash(id);
+                    }
+                }
+                49..51 => {
+                    // Correlated power loss: a majority or everyone goes down at once, which is
+                    // what shows whether anything was acknowledged before it was durable.
+                    let n = if self.rng.random_bool(0.5) { ids.len() } else { ids.len() / 2 + 1 };
+                    let victims: Vec<NodeId> = ids.iter().copied().choose_multiple(&mut self.rng, n);
+                    self.power_loss(victims);
+                }
+                51..54 => {
+                    // Power loss right after an acknowledgement: the acknowledged entry must
+                    // survive (it was fsynced on a majority before it was acknowledged).
+                    let after = Duration::from_micros(self.rng.random_range(0..5_000));
+                    let leader = self.live.values().find(|q| q.leader().borrow().is_self).cloned();
+                    if let Some(q) = leader {
+                        let k = self.next_record;
+                        self.next_record += 1;
+                        let r = record(k);
+                        if let Ok(Ok(p)) = tokio::time::timeout(PROPOSAL_TIMEOUT, q.propose_at(r.clone())).await {
+                            self.check.acked(p.log_index, p.term, r);
+                            tokio::time::sleep(after).await;
+                            self.power_loss(ids.clone());
+                        }
+                    }
+                }
+                54..64 => {
                     if let Some(id) = self.crashed.iter().copied().choose(&mut self.rng) {
                         self.start_node(id).await?;
                     }
                 }
-                58..63 => {
+                64..67 => {
+                    let down: Vec<NodeId> = self.crashed.iter().copied().collect();
+                    for id in down {
+                        self.start_node(id).await?;
+                    }
+                }
+                67..71 => {
                     let side: BTreeSet<NodeId> = ids.iter().copied().filter(|_| self.rng.random_bool(0.5)).collect();
                     self.check.log(format!("partition {side:?} | rest"));
                     self.partitions += 1;
                     self.net.partition(side);
                 }
-                63..68 => {
+                71..75 => {
                     self.check.log("heal".into());
                     self.net.heal();
                 }
