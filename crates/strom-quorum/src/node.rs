@@ -212,8 +212,8 @@ impl Quorum {
             None => Arc::new(FsDisk::open(&config.dir)?),
         };
         check_identity(&*disk, &config).await?;
-        let log_store = LogStore::open(Arc::clone(&disk)).await?;
         let state_machine = StateMachine::open(Arc::clone(&disk), config.apply_observer.clone()).await?;
+        let log_store = LogStore::open(Arc::clone(&disk)).await?.with_snapshot_gate(state_machine.snapshot_gate());
         let image = state_machine.image();
         let raft_config = Arc::new(config.raft_config()?);
         let id = raft_id(config.node_id)?;
