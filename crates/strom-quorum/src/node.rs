@@ -122,14 +122,16 @@ impl QuorumConfig {
     }
 
     fn raft_config(&self) -> Result<openraft::Config, QuorumError> {
-        let lo = self.election_timeout_ms.0;
+        // Pinned: openraft draws from this range once per process; our timer does the
+        // per-election draw. The value is only the leader lease: a follower that heard from a
+        // leader within it refuses to vote, so a node that merely lost contact cannot depose a
+        // healthy leader. Two heartbeats is enough for that, and shorter than every election
+        // timeout, so a candidate whose timer fired is not refused a second time.
+        let lease = (2 * self.heartbeat_interval_ms).min(self.election_timeout_ms.0);
         let config = openraft::Config {
             cluster_name: "strom".into(),
-            // Pinned: openraft draws from this range once per process; our timer does the
-            // per-election draw. The value is the leader lease a follower honours before it
-            // grants a vote to a candidate.
-            election_timeout_min: lo,
-            election_timeout_max: lo + 1,
+            election_timeout_min: lease,
+            election_timeout_max: lease + 1,
             heartbeat_interval: self.heartbeat_interval_ms,
             install_snapshot_timeout: self.rpc_timeout_ms,
             enable_elect: false,

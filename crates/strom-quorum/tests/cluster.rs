@@ -146,8 +146,10 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     let dead = first.node_id();
     net.nodes.lock().remove(&dead);
     first.shutdown().await.expect("shutdown");
+    let killed_at = std::time::Instant::now();
     let rest: Vec<NodeId> = (1..=3).filter(|id| *id != dead).collect();
     let second = leader(&net, &rest).await;
+    println!("fail-over: new leader {} {:?} after the leader stopped (election timeout 150-300 ms)", second.node_id(), killed_at.elapsed());
     assert_ne!(second.node_id(), dead);
     for b in 0..4 {
         assert_eq!(propose(&net, &rest, broker(200 + b)).await, Ok(()));
