@@ -199,7 +199,10 @@ impl LogStore {
     }
 
     /// Makes purges wait (on disk, not in memory) until a durable snapshot covers them.
-    pub fn with_snapshot_gate(mut self, gate: tokio::sync::watch::Receiver<Option<LogId>>) -> LogStore {
+    pub fn with_snapshot_gate(
+        mut self,
+        gate: tokio::sync::watch::Receiver<Option<LogId>>,
+    ) -> LogStore {
         self.snapshot_gate = Some(gate);
         self
     }
@@ -303,7 +306,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -360,7 +367,10 @@ mod tests {
     use crate::disk::{FsDisk, MemDisk};
 
     fn entry(term: u64, index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
     }
 
     fn log_id(term: u64, index: u64) -> LogId {
@@ -461,7 +471,10 @@ mod tests {
             // The acknowledged entries stay; of the unacknowledged batch, whole frames of a
             // torn prefix may survive (Raft allows that), never a partial one.
             let got = indexes(&mut store).await;
-            assert!(got.len() >= 3 && got == (0..got.len() as u64).collect::<Vec<_>>(), "seed {seed}: {got:?}");
+            assert!(
+                got.len() >= 3 && got == (0..got.len() as u64).collect::<Vec<_>>(),
+                "seed {seed}: {got:?}"
+            );
         }
     }
 
@@ -478,7 +491,10 @@ mod tests {
         drop(store);
         let mut store = LogStore::open(disk).await.expect("reopen");
         assert_eq!(indexes(&mut store).await, (n - 10..n).collect::<Vec<_>>());
-        assert_eq!(store.get_log_state().await.expect("state").last_purged_log_id, Some(log_id(1, n - 11)));
+        assert_eq!(
+            store.get_log_state().await.expect("state").last_purged_log_id,
+            Some(log_id(1, n - 11))
+        );
         assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new(3, 1)));
     }
 }

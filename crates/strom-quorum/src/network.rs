@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -65,7 +65,11 @@ pub struct NetworkFactory {
 impl NetworkFactory {
     /// A factory whose RPCs give up after `rpc_timeout` and which retries an unreachable peer
     /// every `retry_backoff`.
-    pub fn new(transport: Arc<dyn Transport>, rpc_timeout: Duration, retry_backoff: Duration) -> NetworkFactory {
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        rpc_timeout: Duration,
+        retry_backoff: Duration,
+    ) -> NetworkFactory {
         NetworkFactory { transport, rpc_timeout, retry_backoff }
     }
 }
@@ -107,7 +111,12 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, serde_jso
 type RpcResult<R, E> = Result<R, RPCError<u64, BasicNode, RaftError<u64, E>>>;
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(&self, kind: RpcKind, action: RPCTypes, req: &Req) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(
+        &self,
+        kind: RpcKind,
+        action: RPCTypes,
+        req: &Req,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,

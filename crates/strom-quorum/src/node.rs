@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::{BasicNode, RaftMetrics, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -107,7 +109,9 @@ impl QuorumConfig {
         }
         let (lo, hi) = self.election_timeout_ms;
         if lo == 0 || lo > hi {
-            return Err(QuorumError::Config(format!("election timeout range {lo}..{hi} is invalid")));
+            return Err(QuorumError::Config(format!(
+                "election timeout range {lo}..{hi} is invalid"
+            )));
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= lo {
             return Err(QuorumError::Config(format!(
@@ -116,7 +120,9 @@ impl QuorumConfig {
             )));
         }
         if self.snapshot_after_entries == 0 || self.rpc_timeout_ms == 0 {
-            return Err(QuorumError::Config("snapshot_after_entries and rpc_timeout_ms must be > 0".into()));
+            return Err(QuorumError::Config(
+                "snapshot_after_entries and rpc_timeout_ms must be > 0".into(),
+            ));
         }
         Ok(())
     }
@@ -185,7 +191,10 @@ struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Quorum").field("node_id", &self.node_id).field("voters", &self.voters).finish()
+        f.debug_struct("Quorum")
+            .field("node_id", &self.node_id)
+            .field("voters", &self.voters)
+            .finish()
     }
 }
 
@@ -214,8 +223,11 @@ impl Quorum {
             None => Arc::new(FsDisk::open(&config.dir)?),
         };
         check_identity(&*disk, &config).await?;
-        let state_machine = StateMachine::open(Arc::clone(&disk), config.apply_observer.clone()).await?;
-        let log_store = LogStore::open(Arc::clone(&disk)).await?.with_snapshot_gate(state_machine.snapshot_gate());
+        let state_machine =
+            StateMachine::open(Arc::clone(&disk), config.apply_observer.clone()).await?;
+        let log_store = LogStore::open(Arc::clone(&disk))
+            .await?
+            .with_snapshot_gate(state_machine.snapshot_gate());
         let image = state_machine.image();
         let raft_config = Arc::new(config.raft_config()?);
         let id = raft_id(config.node_id)?;
@@ -224,7 +236,9 @@ impl Quorum {
             Duration::from_millis(config.rpc_timeout_ms),
             Duration::from_millis(config.heartbeat_interval_ms),
         );
-        let raft = Raft::new(id, raft_config, network, log_store, state_machine).await.map_err(raft_err)?;
+        let raft = Raft::new(id, raft_config, network, log_store, state_machine)
+            .await
+            .map_err(raft_err)?;
 
         let is_voter = config.voters.contains_key(&config.node_id);
         if is_voter && !raft.is_initialized().await.map_err(raft_err)? {
@@ -241,7 +255,8 @@ impl Quorum {
 
         let (leader_tx, leader_rx) = watch::channel(LeaderInfo::default());
         let last_contact = Arc::new(Mutex::new(Instant::now()));
-        let leader_task = tokio::spawn(leader_watch(raft.metrics(), leader_tx, config.voters.clone(), id));
+        let leader_task =
+            tokio::spawn(leader_watch(raft.metrics(), leader_tx, config.voters.clone(), id));
         let seed = config.rng_seed.unwrap_or_else(rand::random);
         let timer = tokio::spawn(election_timer(
             raft.clone(),
@@ -271,7 +286,10 @@ impl Quorum {
 
     /// Appends a record through Raft; returns once committed and applied locally, with
     /// apply's result. On a non-leader: [`QuorumError::NotLeader`] with the leader, if known.
-    pub async fn propose(&self, record: MetadataRecord) -> Result<Result<(), MetadataError>, QuorumError> {
+    pub async fn propose(
+        &self,
+        record: MetadataRecord,
+    ) -> Result<Result<(), MetadataError>, QuorumError> {
         Ok(self.propose_at(record).await?.result)
     }
 
@@ -292,7 +310,10 @@ impl Quorum {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
                 let leader = f.leader_id.and_then(node_id).and_then(|id| {
-                    let addr = f.leader_node.map(|n| n.addr).or_else(|| self.inner.voters.get(&id).cloned());
+                    let addr = f
+                        .leader_node
+                        .map(|n| n.addr)
+                        .or_else(|| self.inner.voters.get(&id).cloned());
                     addr.map(|a| (id, a))
                 });
                 QuorumError::NotLeader { leader }
@@ -399,7 +420,8 @@ async fn check_identity(disk: &dyn Disk, config: &QuorumConfig) -> Result<(), Qu
     let want = Identity { node_id: config.node_id, voters: config.voters.clone() };
     match disk.read(IDENTITY_FILE).await? {
         None => {
-            let data = serde_json::to_vec(&want).map_err(|e| QuorumError::Corrupt(e.to_string()))?;
+            let data =
+                serde_json::to_vec(&want).map_err(|e| QuorumError::Corrupt(e.to_string()))?;
             disk.replace(IDENTITY_FILE, Bytes::from(data)).await?;
             Ok(())
         }
@@ -491,7 +513,11 @@ async fn election_timer(
             return;
         }
         if !leader && voter {
-            tracing::info!(node = me, timeout_ms = timeout.as_millis() as u64, "no leader heard from: starting an election");
+            tracing::info!(
+                node = me,
+                timeout_ms = timeout.as_millis() as u64,
+                "no leader heard from: starting an election"
+            );
             if raft.trigger().elect().await.is_err() {
                 return;
             }

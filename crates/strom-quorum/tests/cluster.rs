@@ -44,7 +44,12 @@ fn voters() -> BTreeMap<NodeId, String> {
 }
 
 fn config(id: NodeId, dir: &std::path::Path) -> QuorumConfig {
-    let mut c = QuorumConfig::new(id, dir.join(format!("n{id}/quorum")), voters(), format!("node-{id}:9095"));
+    let mut c = QuorumConfig::new(
+        id,
+        dir.join(format!("n{id}/quorum")),
+        voters(),
+        format!("node-{id}:9095"),
+    );
     c.election_timeout_ms = (150, 300);
     c.heartbeat_interval_ms = 50;
     c.snapshot_after_entries = 5; // exercise snapshots and purges
@@ -53,7 +58,9 @@ fn config(id: NodeId, dir: &std::path::Path) -> QuorumConfig {
 }
 
 async fn start(net: &Arc<Net>, id: NodeId, dir: &std::path::Path) -> Quorum {
-    let q = Quorum::start(config(id, dir), None, Arc::new(NetTransport(net.clone()))).await.expect("start");
+    let q = Quorum::start(config(id, dir), None, Arc::new(NetTransport(net.clone())))
+        .await
+        .expect("start");
     net.nodes.lock().insert(id, q.clone());
     q
 }
@@ -76,7 +83,8 @@ fn nodes(net: &Net) -> Vec<Quorum> {
 async fn leader(net: &Arc<Net>, ids: &[NodeId]) -> Quorum {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let nodes: Vec<Quorum> = ids.iter().filter_map(|id| net.nodes.lock().get(id).cloned()).collect();
+        let nodes: Vec<Quorum> =
+            ids.iter().filter_map(|id| net.nodes.lock().get(id).cloned()).collect();
         if let Some(q) = nodes.iter().find(|q| q.leader().borrow().is_self) {
             return q.clone();
         }
@@ -90,7 +98,11 @@ async fn leader(net: &Arc<Net>, ids: &[NodeId]) -> Quorum {
 
 /// Proposes through whichever node leads, following leadership changes (Raft does not promise
 /// a stable leader: a node that timed out just before the winner's first heartbeat may depose it).
-async fn propose(net: &Arc<Net>, ids: &[NodeId], record: MetadataRecord) -> Result<(), strom_quorum::MetadataError> {
+async fn propose(
+    net: &Arc<Net>,
+    ids: &[NodeId],
+    record: MetadataRecord,
+) -> Result<(), strom_quorum::MetadataError> {
     for _ in 0..50 {
         let l = leader(net, ids).await;
         match l.propose(record.clone()).await {
@@ -104,13 +116,18 @@ async fn propose(net: &Arc<Net>, ids: &[NodeId], record: MetadataRecord) -> Resu
 
 async fn wait_image(q: &Quorum, want: &MetadataImage) {
     let mut rx = q.image();
-    let r = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|img| img.state == want.state)).await;
+    let r =
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|img| img.state == want.state))
+            .await;
     assert!(r.is_ok(), "node {} did not converge", q.node_id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_elect_commit_fail_over_and_restart() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let net = Arc::new(Net::default());
     for id in 1..=3 {
@@ -123,7 +140,8 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     let mut named = None;
     for _ in 0..50 {
         let l = leader(&net, &[1, 2, 3]).await;
-        let follower = nodes(&net).into_iter().find(|q| q.node_id() != l.node_id()).expect("a follower");
+        let follower =
+            nodes(&net).into_iter().find(|q| q.node_id() != l.node_id()).expect("a follower");
         match follower.propose(broker(1)).await {
             Err(QuorumError::NotLeader { leader: Some(found) }) => {
                 named = Some(found);
@@ -149,7 +167,11 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     let killed_at = std::time::Instant::now();
     let rest: Vec<NodeId> = (1..=3).filter(|id| *id != dead).collect();
     let second = leader(&net, &rest).await;
-    println!("fail-over: new leader {} {:?} after the leader stopped (election timeout 150-300 ms)", second.node_id(), killed_at.elapsed());
+    println!(
+        "fail-over: new leader {} {:?} after the leader stopped (election timeout 150-300 ms)",
+        second.node_id(),
+        killed_at.elapsed()
+    );
     assert_ne!(second.node_id(), dead);
     for b in 0..4 {
         assert_eq!(propose(&net, &rest, broker(200 + b)).await, Ok(()));
@@ -179,7 +201,9 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     // A restart under another identity is refused.
     let mut wrong = config(1, dir.path());
     wrong.dir = dir.path().join("n2/quorum");
-    let err = Quorum::start(wrong, None, Arc::new(NetTransport(net.clone()))).await.expect_err("identity");
+    let err = Quorum::start(wrong, None, Arc::new(NetTransport(net.clone())))
+        .await
+        .expect_err("identity");
     assert!(matches!(err, QuorumError::Config(_)), "{err}");
     for q in nodes(&net) {
         q.shutdown().await.expect("shutdown");

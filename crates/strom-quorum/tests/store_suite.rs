@@ -12,7 +12,9 @@ use strom_quorum::{FsDisk, TypeConfig};
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = Arc::new(FsDisk::open(dir.path()).expect("disk"));
         let log = LogStore::open(disk.clone()).await.expect("log store");

@@ -80,25 +80,23 @@ impl Checker {
     fn applied(&self, id: NodeId, epoch: u64, ev: &AppliedEvent) {
         let mut st = self.state.lock();
         match ev {
-            AppliedEvent::Snapshot { last_log_id } => {
-                match last_log_id {
-                    Some(l) => {
-                        st.cursors.insert((id, epoch), l.index);
-                        if let Some((term, _)) = st.committed.get(&l.index)
-                            && *term != l.leader_id.term
-                        {
-                            let t = *term;
-                            st.violate(format!(
+            AppliedEvent::Snapshot { last_log_id } => match last_log_id {
+                Some(l) => {
+                    st.cursors.insert((id, epoch), l.index);
+                    if let Some((term, _)) = st.committed.get(&l.index)
+                        && *term != l.leader_id.term
+                    {
+                        let t = *term;
+                        st.violate(format!(
                                 "node {id} installed a snapshot up to {} in term {}, but index {} was committed in term {t}",
                                 l.index, l.leader_id.term, l.index
                             ));
-                        }
-                    }
-                    None => {
-                        st.cursors.remove(&(id, epoch));
                     }
                 }
-            }
+                None => {
+                    st.cursors.remove(&(id, epoch));
+                }
+            },
             AppliedEvent::Entry { log_id, record } => {
                 let (index, term) = (log_id.index, log_id.leader_id.term);
                 let expected = st.cursors.get(&(id, epoch)).map_or(0, |c| c + 1);
@@ -117,7 +115,9 @@ impl Checker {
                     None => {
                         st.committed.insert(index, (term, record.clone()));
                         let what = record.as_ref().map_or("-".to_string(), short);
-                        st.log(format!("commit {index} term {term} {what} (first applied by {id})"));
+                        st.log(format!(
+                            "commit {index} term {term} {what} (first applied by {id})"
+                        ));
                     }
                 }
             }
@@ -188,7 +188,9 @@ impl Checker {
 /// A short description of a record for the trace.
 pub fn short(r: &MetadataRecord) -> String {
     match r {
-        MetadataRecord::RegisterBroker(b) => format!("register-broker {} inc {}", b.node_id, b.incarnation),
+        MetadataRecord::RegisterBroker(b) => {
+            format!("register-broker {} inc {}", b.node_id, b.incarnation)
+        }
         MetadataRecord::CreateTopic(t) => format!("create-topic {}", t.name),
         other => format!("{other:?}"),
     }

@@ -117,7 +117,11 @@ pub fn replay_command(seed: u64, voters: usize) -> String {
 
 /// Runs one seed to completion on its own paused current-thread runtime.
 pub fn run(config: &SimConfig) -> Result<SimReport, SimFailure> {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             return Err(SimFailure {
@@ -189,7 +193,9 @@ impl Sim {
             (1..=cfg.voters).map(|i| (i as NodeId, format!("sim-{i}:9095"))).collect();
         let disks = voters
             .keys()
-            .map(|id| (*id, MemDisk::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(*id as u64))))
+            .map(|id| {
+                (*id, MemDisk::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(*id as u64)))
+            })
             .collect();
         Sim {
             rng: StdRng::seed_from_u64(cfg.seed),
@@ -211,17 +217,29 @@ impl Sim {
     fn fail(&self, extra: Option<String>) -> SimFailure {
         let mut violations = self.check.violations();
         violations.extend(extra);
-        SimFailure { seed: self.cfg.seed, voters: self.cfg.voters, violations, trace: self.check.trace() }
+        SimFailure {
+            seed: self.cfg.seed,
+            voters: self.cfg.voters,
+            violations,
+            trace: self.check.trace(),
+        }
     }
 
     async fn start_node(&mut self, id: NodeId) -> Result<(), SimFailure> {
         let epoch = *self.epochs.entry(id).and_modify(|e| *e += 1).or_insert(0);
         let address = self.voters.get(&id).cloned().unwrap_or_default();
-        let mut c = QuorumConfig::new(id, PathBuf::from(format!("/sim/{id}")), self.voters.clone(), address);
+        let mut c = QuorumConfig::new(
+            id,
+            PathBuf::from(format!("/sim/{id}")),
+            self.voters.clone(),
+            address,
+        );
         c.snapshot_after_entries = 10;
         c.logs_kept_after_snapshot = 3;
         c.rpc_timeout_ms = 500;
-        c.rng_seed = Some(self.cfg.seed.wrapping_mul(31).wrapping_add((id as u64) << 16).wrapping_add(epoch));
+        c.rng_seed = Some(
+            self.cfg.seed.wrapping_mul(31).wrapping_add((id as u64) << 16).wrapping_add(epoch),
+        );
         c.apply_observer = Some(self.check.observer(id, epoch));
         let disk = match self.disks.get(&id) {
             Some(d) => Arc::new(d.handle()),
@@ -230,7 +248,9 @@ impl Sim {
         self.net.starting(id, epoch);
         let q = match Quorum::start(c, Some(disk), Arc::new(self.net.transport(id, epoch))).await {
             Ok(q) => q,
-            Err(e) => return Err(self.fail(Some(format!("node {id} failed to start from its disk: {e}")))),
+            Err(e) => {
+                return Err(self.fail(Some(format!("node {id} failed to start from its disk: {e}"))));
+            }
         };
         self.net.register(id, epoch, q.clone());
         self.live.insert(id, q.clone());
@@ -315,7 +335,11 @@ impl Sim {
                 }
                 46..49 => {
                     // The leader, as the live nodes see it: the most disruptive single crash.
-                    let leader = self.live.values().find(|q| q.leader().borrow().is_self).map(|q| q.node_id());
+                    let leader = self
+                        .live
+                        .values()
+                        .find(|q| q.leader().borrow().is_self)
+                        .map(|q| q.node_id());
                     if let Some(id) = leader {
                         self.crash(id);
                     }
@@ -324,7 +348,8 @@ impl Sim {
                     // Correlated power loss: a majority or everyone goes down at once, which is
                     // what shows whether anything was acknowledged before it was durable.
                     let n = if self.rng.random_bool(0.5) { ids.len() } else { ids.len() / 2 + 1 };
-                    let victims: Vec<NodeId> = ids.iter().copied().choose_multiple(&mut self.rng, n);
+                    let victims: Vec<NodeId> =
+                        ids.iter().copied().choose_multiple(&mut self.rng, n);
                     self.power_loss(victims);
                 }
                 51..54 => {
@@ -336,7 +361,9 @@ impl Sim {
                         let k = self.next_record;
                         self.next_record += 1;
                         let r = record(k);
-                        if let Ok(Ok(p)) = tokio::time::timeout(PROPOSAL_TIMEOUT, q.propose_at(r.clone())).await {
+                        if let Ok(Ok(p)) =
+                            tokio::time::timeout(PROPOSAL_TIMEOUT, q.propose_at(r.clone())).await
+                        {
                             self.check.acked(p.log_index, p.term, r);
                             tokio::time::sleep(after).await;
                             self.power_loss(ids.clone());
@@ -355,7 +382,8 @@ impl Sim {
                     }
                 }
                 67..71 => {
-                    let side: BTreeSet<NodeId> = ids.iter().copied().filter(|_| self.rng.random_bool(0.5)).collect();
+                    let side: BTreeSet<NodeId> =
+                        ids.iter().copied().filter(|_| self.rng.random_bool(0.5)).collect();
                     self.check.log(format!("partition {side:?} | rest"));
                     self.partitions += 1;
                     self.net.partition(side);
@@ -404,14 +432,18 @@ impl Sim {
         let mut committed_at = None;
         while committed_at.is_none() {
             if Instant::now() > deadline {
-                return Err(self.fail(Some("liveness: no proposal committed within the bound".into())));
+                return Err(
+                    self.fail(Some("liveness: no proposal committed within the bound".into()))
+                );
             }
             let leader = self.live.values().find(|q| q.leader().borrow().is_self).cloned();
             if let Some(q) = leader {
                 let k = self.next_record;
                 self.next_record += 1;
                 let r = record(k);
-                if let Ok(Ok(p)) = tokio::time::timeout(PROPOSAL_TIMEOUT, q.propose_at(r.clone())).await {
+                if let Ok(Ok(p)) =
+                    tokio::time::timeout(PROPOSAL_TIMEOUT, q.propose_at(r.clone())).await
+                {
                     self.check.acked(p.log_index, p.term, r);
                     committed_at = Some(p.log_index);
                     continue;
@@ -423,14 +455,22 @@ impl Sim {
         loop {
             let images: Vec<_> = self.live.values().map(|q| q.image().borrow().clone()).collect();
             let converged = images.iter().all(|i| i.applied >= index)
-                && images.windows(2).all(|w| w[0].applied == w[1].applied && w[0].state == w[1].state);
+                && images
+                    .windows(2)
+                    .all(|w| w[0].applied == w[1].applied && w[0].state == w[1].state);
             if converged {
-                self.check.log(format!("liveness: all {} nodes at index {}", images.len(), images[0].applied));
+                self.check.log(format!(
+                    "liveness: all {} nodes at index {}",
+                    images.len(),
+                    images[0].applied
+                ));
                 return Ok(());
             }
             if Instant::now() > deadline {
                 let at: Vec<u64> = images.iter().map(|i| i.applied).collect();
-                return Err(self.fail(Some(format!("liveness: nodes did not converge (applied {at:?}, want {index})"))));
+                return Err(self.fail(Some(format!(
+                    "liveness: nodes did not converge (applied {at:?}, want {index})"
+                ))));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

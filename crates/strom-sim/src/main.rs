@@ -44,7 +44,8 @@ fn main() -> Result<()> {
     };
 
     if replay {
-        let seed: u64 = std::env::var("SEED").context("--replay needs SEED=<n>")?.parse().context("SEED")?;
+        let seed: u64 =
+            std::env::var("SEED").context("--replay needs SEED=<n>")?.parse().context("SEED")?;
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -57,7 +58,14 @@ fn main() -> Result<()> {
             Ok(r) => {
                 println!(
                     "seed {seed} ({} voters): ok, {} acked, {} committed, max term {}, {} crashes, {} partitions, {:?} virtual, {:?}",
-                    c.voters, r.acked, r.committed, r.max_term, r.crashes, r.partitions, r.virtual_time, r.net
+                    c.voters,
+                    r.acked,
+                    r.committed,
+                    r.max_term,
+                    r.crashes,
+                    r.partitions,
+                    r.virtual_time,
+                    r.net
                 );
                 Ok(())
             }

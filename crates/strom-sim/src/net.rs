@@ -201,7 +201,8 @@ impl Transport for SimTransport {
                     }
                 });
             }
-            let reply = node.handle_rpc(kind, payload).await.map_err(|e| TransportError(e.to_string()))?;
+            let reply =
+                node.handle_rpc(kind, payload).await.map_err(|e| TransportError(e.to_string()))?;
             tokio::time::sleep(plan.reply_delay).await;
             let mut st = state.lock();
             if plan.drop_reply || st.cut(from, target) || !st.alive(from, epoch) {
