@@ -199,7 +199,7 @@ impl Sim {
             .collect();
         Sim {
             rng: StdRng::seed_from_u64(cfg.seed),
-            net: Net::new(cfg.seed ^ 0x5eed_0f_0e77),
+            net: Net::new(cfg.seed ^ 0x005e_ed0f_0e77),
             check: Checker::new(cfg.verbose),
             start: Instant::now(),
             voters,
