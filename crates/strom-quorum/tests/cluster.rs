@@ -209,3 +209,54 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
         q.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_only_node_joins_as_learner_and_follows_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    for id in 1..=3 {
+        start(&net, id, dir.path()).await;
+    }
+    assert_eq!(propose(&net, &[1, 2, 3], broker(1)).await, Ok(()));
+    // Node 4 is not a voter: it starts, does not initialize, and waits.
+    let learner = start(&net, 4, dir.path()).await;
+    assert!(!learner.is_voter());
+    let mut added = false;
+    for _ in 0..50 {
+        match leader(&net, &[1, 2, 3]).await.add_learner(4, "node-4:9095".into()).await {
+            Ok(()) => {
+                added = true;
+                break;
+            }
+            Err(QuorumError::NotLeader { .. }) => continue,
+            Err(e) => panic!("add_learner: {e}"),
+        }
+    }
+    assert!(added, "learner added");
+    assert_eq!(propose(&net, &[1, 2, 3], broker(2)).await, Ok(()));
+    let image = leader(&net, &[1, 2, 3]).await.image().borrow().clone();
+    wait_image(&learner, &image).await;
+    assert!(!learner.is_voter(), "a learner never votes");
+    // A learner refuses proposals and names the leader.
+    match learner.propose(broker(3)).await {
+        Err(QuorumError::NotLeader { .. }) => {}
+        other => panic!("expected NotLeader from a learner, got {other:?}"),
+    }
+    for q in nodes(&net) {
+        q.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test]
+async fn garbage_rpc_payload_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let q = start(&net, 1, dir.path()).await;
+    for kind in [RpcKind::AppendEntries, RpcKind::Vote, RpcKind::InstallSnapshot] {
+        let err =
+            q.handle_rpc(kind, Bytes::from_static(b"\xff not json")).await.expect_err("garbage");
+        assert!(matches!(err, QuorumError::BadRequest(_)), "{err}");
+    }
+    q.shutdown().await.expect("shutdown");
+    assert!(matches!(q.propose(broker(1)).await, Err(QuorumError::Shutdown)));
+}

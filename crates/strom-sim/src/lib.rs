@@ -249,7 +249,9 @@ impl Sim {
         let q = match Quorum::start(c, Some(disk), Arc::new(self.net.transport(id, epoch))).await {
             Ok(q) => q,
             Err(e) => {
-                return Err(self.fail(Some(format!("node {id} failed to start from its disk: {e}"))));
+                return Err(
+                    self.fail(Some(format!("node {id} failed to start from its disk: {e}")))
+                );
             }
         };
         self.net.register(id, epoch, q.clone());
