@@ -253,6 +253,12 @@ impl Quorum {
             }
         }
 
+        if is_voter && config.voters.len() == 1 {
+            // A single-node quorum (the default broker) has nobody to wait for: lead at once
+            // rather than after an election timeout.
+            raft.trigger().elect().await.map_err(raft_err)?;
+        }
+
         let (leader_tx, leader_rx) = watch::channel(LeaderInfo::default());
         let last_contact = Arc::new(Mutex::new(Instant::now()));
         let leader_task =

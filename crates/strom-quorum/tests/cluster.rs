@@ -260,3 +260,35 @@ async fn garbage_rpc_payload_is_an_error_not_a_panic() {
     q.shutdown().await.expect("shutdown");
     assert!(matches!(q.propose(broker(1)).await, Err(QuorumError::Shutdown)));
 }
+
+#[tokio::test]
+async fn single_node_quorum_leads_at_once_and_keeps_its_image_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let voters: BTreeMap<NodeId, String> = [(1, "solo:9095".to_string())].into();
+    let config = || QuorumConfig::new(1, dir.path().join("quorum"), voters.clone(), "solo:9095");
+    let transport = || Arc::new(NetTransport(Arc::new(Net::default())));
+    let q = Quorum::start(config(), None, transport()).await.expect("start");
+    for b in 0..3 {
+        assert_eq!(propose_solo(&q, broker(b)).await, Ok(()));
+    }
+    let image = q.image().borrow().clone();
+    q.shutdown().await.expect("shutdown");
+
+    let q = Quorum::start(config(), None, transport()).await.expect("restart");
+    assert_eq!(propose_solo(&q, broker(10)).await, Ok(()));
+    let after = q.image().borrow().clone();
+    assert_eq!(after.state.brokers().len(), image.state.brokers().len() + 1);
+    q.shutdown().await.expect("shutdown");
+}
+
+async fn propose_solo(
+    q: &Quorum,
+    record: MetadataRecord,
+) -> Result<(), strom_quorum::MetadataError> {
+    let mut rx = q.leader();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| l.is_self))
+        .await
+        .expect("leads")
+        .expect("leader watch");
+    q.propose(record).await.expect("propose")
+}
