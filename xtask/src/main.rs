@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask test` (what CI and the README run), `cargo xtask ci`
 //! (fmt + clippy + test, as .ci/run), `cargo xtask bench` (criterion benches and the
-//! strom-bench end-to-end runs recorded in BENCHMARKS.md).
+//! strom-bench end-to-end runs recorded in BENCHMARKS.md), `cargo xtask sim` (the quorum
+//! simulation over many seeds, or one replayed: `SEED=n cargo xtask sim --replay`).
 
 use std::process::Command;
 
@@ -20,13 +21,21 @@ fn main() -> Result<()> {
             test(rest)
         }
         "bench" => bench(rest),
+        "sim" => {
+            // SEED (for --replay) and RUST_LOG pass through the environment.
+            let mut args = vec!["run", "-q", "-p", "strom-sim", "--"];
+            args.extend(rest.iter().map(String::as_str));
+            cargo(&args)
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  test   run every test of the workspace (unit, doc, property, multi-process)\n  \
                  ci     fmt --check, clippy -D warnings, then test\n  \
-                 bench  criterion benches of strom-format and strom-log"
+                 bench  criterion benches of strom-format and strom-log\n  \
+                 sim    quorum simulation: --seeds N [--base B] [--voters 3|5] [--steps S];\n         \
+                 SEED=n cargo xtask sim --replay [--voters V] replays one seed verbosely"
             );
             if task == "help" { Ok(()) } else { bail!("unknown task {task}") }
         }

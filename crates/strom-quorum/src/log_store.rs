@@ -15,6 +15,14 @@
 //! When dead frames (purged or truncated entries) outnumber live ones by [`REWRITE_SLACK`], the
 //! file is rewritten with only the live state, atomically (`Disk::replace`).
 //!
+//! Purges wait for the snapshot: openraft 0.9.25, installing a snapshot from the leader, issues
+//! the purge of the log behind it without waiting for the state machine to persist the snapshot
+//! (the simulation found this: a crash in between left a purged log and no snapshot, and the
+//! node could not restart). With a snapshot gate ([`LogStore::with_snapshot_gate`]), a purge
+//! beyond the last durable snapshot is applied in memory at once but written to disk only once
+//! the snapshot covering it is durable. Until then the file keeps more entries than memory,
+//! which is safe: they are committed entries the snapshot also covers.
+//!
 //! The entries also live in memory (the metadata log is small and compacted behind snapshots),
 //! shared with the log reader under a short lock that is never held across an await.
 
@@ -67,6 +75,10 @@ pub struct LogStore {
     vote: Option<Vote<u64>>,
     /// Frames in the log file, live or dead.
     frames: usize,
+    /// The last log id covered by a durable snapshot, when gated.
+    snapshot_gate: Option<tokio::sync::watch::Receiver<Option<LogId>>>,
+    /// A purge applied in memory, not yet written (its snapshot is not durable yet).
+    deferred_purge: Option<LogId>,
 }
 
 /// Reads entries for replication while the store appends.
@@ -176,7 +188,38 @@ impl LogStore {
         for op in scan.ops {
             inner.apply(op);
         }
-        Ok(LogStore { disk, inner: Arc::new(Mutex::new(inner)), vote, frames })
+        Ok(LogStore {
+            disk,
+            inner: Arc::new(Mutex::new(inner)),
+            vote,
+            frames,
+            snapshot_gate: None,
+            deferred_purge: None,
+        })
+    }
+
+    /// Makes purges wait (on disk, not in memory) until a durable snapshot covers them.
+    pub fn with_snapshot_gate(
+        mut self,
+        gate: tokio::sync::watch::Receiver<Option<LogId>>,
+    ) -> LogStore {
+        self.snapshot_gate = Some(gate);
+        self
+    }
+
+    fn snapshot_covers(&self, upto: LogId) -> bool {
+        self.snapshot_gate.as_ref().is_none_or(|g| *g.borrow() >= Some(upto))
+    }
+
+    /// Writes a deferred purge once its snapshot is durable.
+    async fn flush_deferred_purge(&mut self) -> io::Result<()> {
+        if let Some(upto) = self.deferred_purge
+            && self.snapshot_covers(upto)
+        {
+            self.write_ops(&[LogOp::Purge(upto)]).await?;
+            self.deferred_purge = None;
+        }
+        Ok(())
     }
 
     /// Appends `ops` as frames to the log file and fsyncs it.
@@ -192,6 +235,9 @@ impl LogStore {
 
     /// Rewrites the log file with only the live state when it carries too many dead frames.
     async fn maybe_rewrite(&mut self) -> io::Result<()> {
+        if self.deferred_purge.is_some() {
+            return Ok(()); // the rewrite would persist the deferred purge
+        }
         let (live, content) = {
             let inner = self.inner.lock();
             let live = inner.entries.len() + 1;
@@ -270,6 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let ops: Vec<LogOp> = entries.into_iter().map(LogOp::Entry).collect();
+        self.flush_deferred_purge().await.map_err(io_err)?;
         {
             let mut inner = self.inner.lock();
             for op in &ops {
@@ -292,6 +339,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.flush_deferred_purge().await.map_err(io_err)?;
         self.inner.lock().apply(LogOp::Truncate(log_id.index));
         self.write_ops(&[LogOp::Truncate(log_id.index)]).await.map_err(io_err)?;
         self.maybe_rewrite().await.map_err(io_err)
@@ -299,7 +347,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.inner.lock().apply(LogOp::Purge(log_id));
-        self.write_ops(&[LogOp::Purge(log_id)]).await.map_err(io_err)?;
+        if self.snapshot_covers(log_id) {
+            self.write_ops(&[LogOp::Purge(log_id)]).await.map_err(io_err)?;
+            self.deferred_purge = None;
+        } else {
+            tracing::debug!(%log_id, "purge deferred until the snapshot covering it is durable");
+            self.deferred_purge = Some(log_id);
+        }
         self.maybe_rewrite().await.map_err(io_err)
     }
 }

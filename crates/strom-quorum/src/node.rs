@@ -128,14 +128,16 @@ impl QuorumConfig {
     }
 
     fn raft_config(&self) -> Result<openraft::Config, QuorumError> {
-        let lo = self.election_timeout_ms.0;
+        // Pinned: openraft draws from this range once per process; our timer does the
+        // per-election draw. The value is only the leader lease: a follower that heard from a
+        // leader within it refuses to vote, so a node that merely lost contact cannot depose a
+        // healthy leader. Two heartbeats is enough for that, and shorter than every election
+        // timeout, so a candidate whose timer fired is not refused a second time.
+        let lease = (2 * self.heartbeat_interval_ms).min(self.election_timeout_ms.0);
         let config = openraft::Config {
             cluster_name: "strom".into(),
-            // Pinned: openraft draws from this range once per process; our timer does the
-            // per-election draw. The value is the leader lease a follower honours before it
-            // grants a vote to a candidate.
-            election_timeout_min: lo,
-            election_timeout_max: lo + 1,
+            election_timeout_min: lease,
+            election_timeout_max: lease + 1,
             heartbeat_interval: self.heartbeat_interval_ms,
             install_snapshot_timeout: self.rpc_timeout_ms,
             enable_elect: false,
@@ -221,9 +223,11 @@ impl Quorum {
             None => Arc::new(FsDisk::open(&config.dir)?),
         };
         check_identity(&*disk, &config).await?;
-        let log_store = LogStore::open(Arc::clone(&disk)).await?;
         let state_machine =
             StateMachine::open(Arc::clone(&disk), config.apply_observer.clone()).await?;
+        let log_store = LogStore::open(Arc::clone(&disk))
+            .await?
+            .with_snapshot_gate(state_machine.snapshot_gate());
         let image = state_machine.image();
         let raft_config = Arc::new(config.raft_config()?);
         let id = raft_id(config.node_id)?;
@@ -247,6 +251,12 @@ impl Quorum {
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(raft_err(e)),
             }
+        }
+
+        if is_voter && config.voters.len() == 1 {
+            // A single-node quorum (the default broker) has nobody to wait for: lead at once
+            // rather than after an election timeout.
+            raft.trigger().elect().await.map_err(raft_err)?;
         }
 
         let (leader_tx, leader_rx) = watch::channel(LeaderInfo::default());

@@ -90,6 +90,8 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     image: watch::Sender<Arc<MetadataImage>>,
     observer: Option<ApplyObserver>,
+    /// The last log id covered by a durable snapshot; the log store purges no further.
+    snapshot_durable: Arc<watch::Sender<Option<LogId>>>,
 }
 
 /// Builds a snapshot from a copy of the state taken when openraft asked for the builder.
@@ -98,6 +100,17 @@ pub struct SnapshotBuilder {
     disk: Arc<dyn Disk>,
     body: SnapshotBody,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshot_durable: Arc<watch::Sender<Option<LogId>>>,
+}
+
+fn advance(gate: &watch::Sender<Option<LogId>>, to: Option<LogId>) {
+    gate.send_if_modified(|cur| {
+        let newer = to > *cur;
+        if newer {
+            *cur = to;
+        }
+        newer
+    });
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -115,7 +128,9 @@ impl StateMachine {
         observer: Option<ApplyObserver>,
     ) -> Result<StateMachine, QuorumError> {
         let (image, _) = watch::channel(Arc::new(MetadataImage::default()));
+        let (snapshot_durable, _) = watch::channel(None);
         let mut sm = StateMachine {
+            snapshot_durable: Arc::new(snapshot_durable),
             disk,
             state: MetadataState::default(),
             last_applied: None,
@@ -130,9 +145,17 @@ impl StateMachine {
             let body: SnapshotBody = serde_json::from_slice(&stored.data)
                 .map_err(|e| QuorumError::Corrupt(format!("snapshot body: {e}")))?;
             sm.restore(body);
+            advance(&sm.snapshot_durable, stored.meta.last_log_id);
             *sm.current.lock() = Some(stored);
         }
         Ok(sm)
+    }
+
+    /// The last log id covered by a durable snapshot. openraft 0.9 may ask the log store to
+    /// purge behind a snapshot it is still installing; the log store waits for this before it
+    /// makes such a purge durable (see `LogStore::with_snapshot_gate`).
+    pub fn snapshot_gate(&self) -> watch::Receiver<Option<LogId>> {
+        self.snapshot_durable.subscribe()
     }
 
     /// The channel the image is published on.
@@ -175,6 +198,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let file = serde_json::to_vec(&stored).map_err(snap_err)?;
         self.disk.replace(SNAPSHOT_FILE, Bytes::from(file)).await.map_err(snap_err)?;
         *self.current.lock() = Some(stored);
+        advance(&self.snapshot_durable, meta.last_log_id);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -226,6 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_membership: self.last_membership.clone(),
             },
             current: Arc::clone(&self.current),
+            snapshot_durable: Arc::clone(&self.snapshot_durable),
         }
     }
 
@@ -250,6 +275,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
         });
+        advance(&self.snapshot_durable, meta.last_log_id);
         Ok(())
     }
 

@@ -164,8 +164,14 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     let dead = first.node_id();
     net.nodes.lock().remove(&dead);
     first.shutdown().await.expect("shutdown");
+    let killed_at = std::time::Instant::now();
     let rest: Vec<NodeId> = (1..=3).filter(|id| *id != dead).collect();
     let second = leader(&net, &rest).await;
+    println!(
+        "fail-over: new leader {} {:?} after the leader stopped (election timeout 150-300 ms)",
+        second.node_id(),
+        killed_at.elapsed()
+    );
     assert_ne!(second.node_id(), dead);
     for b in 0..4 {
         assert_eq!(propose(&net, &rest, broker(200 + b)).await, Ok(()));
@@ -202,4 +208,87 @@ async fn three_voters_elect_commit_fail_over_and_restart() {
     for q in nodes(&net) {
         q.shutdown().await.expect("shutdown");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_only_node_joins_as_learner_and_follows_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    for id in 1..=3 {
+        start(&net, id, dir.path()).await;
+    }
+    assert_eq!(propose(&net, &[1, 2, 3], broker(1)).await, Ok(()));
+    // Node 4 is not a voter: it starts, does not initialize, and waits.
+    let learner = start(&net, 4, dir.path()).await;
+    assert!(!learner.is_voter());
+    let mut added = false;
+    for _ in 0..50 {
+        match leader(&net, &[1, 2, 3]).await.add_learner(4, "node-4:9095".into()).await {
+            Ok(()) => {
+                added = true;
+                break;
+            }
+            Err(QuorumError::NotLeader { .. }) => continue,
+            Err(e) => panic!("add_learner: {e}"),
+        }
+    }
+    assert!(added, "learner added");
+    assert_eq!(propose(&net, &[1, 2, 3], broker(2)).await, Ok(()));
+    let image = leader(&net, &[1, 2, 3]).await.image().borrow().clone();
+    wait_image(&learner, &image).await;
+    assert!(!learner.is_voter(), "a learner never votes");
+    // A learner refuses proposals and names the leader.
+    match learner.propose(broker(3)).await {
+        Err(QuorumError::NotLeader { .. }) => {}
+        other => panic!("expected NotLeader from a learner, got {other:?}"),
+    }
+    for q in nodes(&net) {
+        q.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test]
+async fn garbage_rpc_payload_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let q = start(&net, 1, dir.path()).await;
+    for kind in [RpcKind::AppendEntries, RpcKind::Vote, RpcKind::InstallSnapshot] {
+        let err =
+            q.handle_rpc(kind, Bytes::from_static(b"\xff not json")).await.expect_err("garbage");
+        assert!(matches!(err, QuorumError::BadRequest(_)), "{err}");
+    }
+    q.shutdown().await.expect("shutdown");
+    assert!(matches!(q.propose(broker(1)).await, Err(QuorumError::Shutdown)));
+}
+
+#[tokio::test]
+async fn single_node_quorum_leads_at_once_and_keeps_its_image_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let voters: BTreeMap<NodeId, String> = [(1, "solo:9095".to_string())].into();
+    let config = || QuorumConfig::new(1, dir.path().join("quorum"), voters.clone(), "solo:9095");
+    let transport = || Arc::new(NetTransport(Arc::new(Net::default())));
+    let q = Quorum::start(config(), None, transport()).await.expect("start");
+    for b in 0..3 {
+        assert_eq!(propose_solo(&q, broker(b)).await, Ok(()));
+    }
+    let image = q.image().borrow().clone();
+    q.shutdown().await.expect("shutdown");
+
+    let q = Quorum::start(config(), None, transport()).await.expect("restart");
+    assert_eq!(propose_solo(&q, broker(10)).await, Ok(()));
+    let after = q.image().borrow().clone();
+    assert_eq!(after.state.brokers().len(), image.state.brokers().len() + 1);
+    q.shutdown().await.expect("shutdown");
+}
+
+async fn propose_solo(
+    q: &Quorum,
+    record: MetadataRecord,
+) -> Result<(), strom_quorum::MetadataError> {
+    let mut rx = q.leader();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| l.is_self))
+        .await
+        .expect("leads")
+        .expect("leader watch");
+    q.propose(record).await.expect("propose")
 }
