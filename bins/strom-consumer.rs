@@ -126,8 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Polls and prints until --max-messages, --timeout-ms, Ctrl-C/SIGTERM, a closed stdout, or an
-/// error. In group mode every batch is flushed before the next poll (whose auto-commit may
-/// cover it), and on the way out positions are moved back to the first record not printed, so
+/// error. Every batch is flushed before the next poll (whose auto-commit may cover it), and on the way out positions are moved back to the first record not printed, so
 /// the commit on close covers exactly what reached stdout.
 async fn consume(consumer: &mut Consumer, args: &Args, out: &mut Output) -> anyhow::Result<()> {
     let group_mode = args.group.is_some();
@@ -165,11 +164,9 @@ async fn consume(consumer: &mut Consumer, args: &Args, out: &mut Output) -> anyh
             continue;
         }
         last_record = Instant::now();
-        let printed = out.write(&records, args.max_messages);
-        let flushed = match printed {
-            Ok(n) if group_mode => out.flush().map(|()| n),
-            other => other,
-        };
+        // Flushed after every poll, so a tail of the topic shows each record as it arrives
+        // (in a pipe too), and in group mode before the next poll's auto-commit covers it.
+        let flushed = out.write(&records, args.max_messages).and_then(|n| out.flush().map(|()| n));
         match flushed {
             Ok(n) if n == records.len() => {}
             Ok(n) => {
