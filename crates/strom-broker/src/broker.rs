@@ -551,6 +551,7 @@ fn run_chore(p: &Partition, chore: Chore) -> usize {
     match chore {
         Chore::Flush => {
             if let Err(e) = p.log().flush_if_due() {
+                p.clamp_high_watermark();
                 tracing::error!(partition = p.name(), error = %e, "scheduled flush failed");
             }
             0

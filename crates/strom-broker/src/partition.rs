@@ -149,10 +149,13 @@ impl Partition {
         if records.is_empty() {
             return Err(ApiError::new(ErrorCode::CorruptMessage, "no record batches in request"));
         }
-        let info = self
-            .log
-            .append_with_leader_epoch(records, self.leader_epoch)
-            .map_err(|e| self.log_error("append", &e))?;
+        let info = match self.log.append_with_leader_epoch(records, self.leader_epoch) {
+            Ok(info) => info,
+            Err(e) => {
+                self.clamp_high_watermark();
+                return Err(self.log_error("append", &e));
+            }
+        };
         // Appends to one log are serialised by the log, so when this one returns every
         // earlier one is complete and the high watermark may pass them all.
         let end = info.last_offset.next();
@@ -165,6 +168,23 @@ impl Partition {
             }
         });
         Ok(info)
+    }
+
+    /// After a failed write or flush the log cuts itself back to its last good end, which may
+    /// lie below the high watermark (records acknowledged before a failed fsync): the high
+    /// watermark follows it down, so no consumer is told of records that are gone.
+    pub(crate) fn clamp_high_watermark(&self) {
+        let end = self.log.log_end_offset();
+        self.high_watermark.send_if_modified(|hw| {
+            if end < *hw {
+                tracing::warn!(partition = %self.name, from = %*hw, to = %end,
+                    "high watermark lowered after the log was cut back");
+                *hw = end;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Whole batches from the one holding `from`, none at or above the high watermark, about
@@ -283,6 +303,9 @@ impl OffsetsLog for Partition {
 
     fn flush(&self) -> Result<(), OffsetsLogError> {
         self.check_live().map_err(OffsetsLogError::new)?;
-        self.log.flush().map_err(OffsetsLogError::new)
+        self.log.flush().map_err(|e| {
+            self.clamp_high_watermark();
+            OffsetsLogError::new(e)
+        })
     }
 }
