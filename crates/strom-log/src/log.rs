@@ -1170,7 +1170,7 @@ impl Log {
     /// Records a failed write or flush: no write is taken until the log is cut back to
     /// `roll_back_to` (the lowest of all failures not yet undone).
     fn damaged_by(&self, e: LogError, roll_back_to: Offset) -> LogError {
-        tracing::error!(dir = %self.dir.display(), error = %e, %roll_back_to,
+        tracing::warn!(dir = %self.dir.display(), error = %e, %roll_back_to,
             "write failed; cutting the log back to its last good end");
         let mut damage = self.damage.lock();
         match damage.as_mut() {
@@ -1201,7 +1201,7 @@ impl Log {
                 if rollbacks.recent.len() > ROLLBACK_HISTORY {
                     rollbacks.recent.pop_front();
                 }
-                tracing::warn!(dir = %self.dir.display(), end = %self.log_end_offset(),
+                tracing::info!(dir = %self.dir.display(), end = %self.log_end_offset(),
                     "log cut back to its last good end after a failed write; taking writes again");
                 Ok(())
             }
