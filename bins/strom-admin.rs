@@ -2,6 +2,7 @@
 //! delete) and a look at consumer groups (list, describe with committed offsets and lag).
 //! Exits non-zero with a one-line reason when the cluster refuses an operation.
 
+mod admin_log;
 mod cli;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,9 @@ enum Command {
     /// List and describe consumer groups.
     #[command(subcommand)]
     Groups(Groups),
+    /// Inspect segment files offline (no broker needed): dump one, verify a data directory.
+    #[command(subcommand)]
+    Log(admin_log::LogCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +117,17 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     cli::init_logging();
     let args = Args::parse();
+    if let Command::Log(cmd) = args.command {
+        // Offline: no runtime, no cluster.
+        return match admin_log::run(cmd) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -139,6 +154,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Topics(cmd) => topics(&client, cmd).await,
         Command::Groups(cmd) => groups(&client, cmd).await,
+        // Handled in `main`, before any connection.
+        Command::Log(_) => bail!("log commands run offline"),
     }
 }
 
@@ -447,5 +464,10 @@ fn print_description(d: &TopicDescription) {
     for row in &rows {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         line(&cells);
+    }
+    for p in &d.partitions {
+        if !p.storage_error.is_empty() {
+            out!("  partition {}: STORAGE ERROR: {}", p.partition, p.storage_error);
+        }
     }
 }

@@ -56,6 +56,12 @@ struct Args {
     /// member's partitions to the others.
     #[arg(long, default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// Give up (exit non-zero, naming the partition and offset) when a partition keeps
+    /// failing with a storage error (corrupt data on the broker) for this long. Default 10 s,
+    /// or half of --timeout-ms if that is shorter, so a stuck partition is never mistaken
+    /// for the end of the topic.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    storage_error_timeout_ms: Option<u64>,
 }
 
 /// Longest single wait in the poll loop, so the idle timeout is noticed promptly.
@@ -90,6 +96,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.client.client_id = "strom-consumer".to_owned();
     config.session_timeout = Duration::from_millis(args.session_timeout_ms);
     config.heartbeat_interval = config.session_timeout / 3;
+    config.storage_error_timeout = storage_error_timeout(&args);
     let mut consumer = Consumer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", args.bootstrap))?;
@@ -123,6 +130,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("Processed a total of {} messages", out.count);
     result
+}
+
+/// See `--storage-error-timeout-ms`.
+fn storage_error_timeout(args: &Args) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(10);
+    match (args.storage_error_timeout_ms, args.timeout_ms) {
+        (Some(ms), _) => Duration::from_millis(ms),
+        (None, Some(idle)) => DEFAULT.min(Duration::from_millis(idle / 2).max(POLL_SLICE / 5)),
+        (None, None) => DEFAULT,
+    }
 }
 
 /// Polls and prints until --max-messages, --timeout-ms, Ctrl-C/SIGTERM, a closed stdout, or an

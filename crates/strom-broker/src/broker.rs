@@ -320,6 +320,7 @@ impl Broker {
                     isr: vec![node],
                     log_start_offset: p.log_start_offset().get(),
                     high_watermark: p.high_watermark().get(),
+                    storage_error: p.storage_error(),
                 })
                 .collect(),
             configs: topic.config.effective(),

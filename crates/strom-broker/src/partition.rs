@@ -47,6 +47,9 @@ pub(crate) struct Partition {
     /// Carries the high watermark; every advance wakes the fetches subscribed to it.
     high_watermark: watch::Sender<Offset>,
     deleted: AtomicBool,
+    /// The first corruption a read met, kept for `describe` until the broker restarts (whose
+    /// recovery truncates a corrupt tail, or finds the damage again). Leaf lock.
+    corruption: parking_lot::Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Partition {
@@ -83,6 +86,7 @@ impl Partition {
             leader_epoch: epoch,
             high_watermark,
             deleted: AtomicBool::new(false),
+            corruption: parking_lot::Mutex::new(None),
         })
     }
 
@@ -101,6 +105,12 @@ impl Partition {
 
     pub(crate) fn leader_epoch(&self) -> LeaderEpoch {
         self.leader_epoch
+    }
+
+    /// Why the partition cannot be read or written right now, if it cannot: corrupt data met
+    /// by a read, or a failed write the log has not been able to undo yet.
+    pub(crate) fn storage_error(&self) -> Option<String> {
+        self.corruption.lock().clone().or_else(|| self.log.storage_error())
     }
 
     pub(crate) fn high_watermark(&self) -> Offset {
@@ -206,7 +216,7 @@ impl Partition {
         let first = self
             .log
             .read_below(from, max_bytes.max(1), hw)
-            .map_err(|e| self.log_error("read", &e))?
+            .map_err(|e| self.read_error(from, &e))?
             .records;
         Ok(self.read_on(first, max_bytes, hw))
     }
@@ -267,6 +277,30 @@ impl Partition {
                 format!("unsupported ListOffsets timestamp {other} (use -2, -1 or >= 0)"),
             )),
         }
+    }
+
+    /// A failed read. Corruption is logged once per partition with the segment, byte and
+    /// offset, and marks the partition (see `storage_error`); the other partitions are
+    /// unaffected. The client gets KAFKA_STORAGE_ERROR naming the offset, every time.
+    fn read_error(&self, from: Offset, error: &strom_log::LogError) -> ApiError {
+        let strom_log::LogError::Corrupt { path, position, reason } = error else {
+            return self.log_error("read", error);
+        };
+        let what = format!(
+            "corrupt data in segment {} at byte {position}, reading offset {from}: {reason}",
+            path.file_name().map_or_else(|| path.display().to_string(), |f| {
+                f.to_string_lossy().into_owned()
+            }),
+        );
+        let mut marked = self.corruption.lock();
+        if marked.is_none() {
+            tracing::error!(partition = %self.name, segment = %path.display(), position,
+                offset = %from, %reason, "corrupt data: the partition is marked as having a \
+                storage error; run `strom-admin log verify` on the data directory");
+            *marked = Some(what.clone());
+        }
+        drop(marked);
+        ApiError::storage(format!("{}: {what}", self.name))
     }
 
     fn log_error(&self, op: &str, error: &strom_log::LogError) -> ApiError {
