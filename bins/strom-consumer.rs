@@ -45,6 +45,11 @@ struct Args {
     /// What separates key and value with --print-key.
     #[arg(long, default_value = "\t")]
     key_separator: String,
+    /// `text`: the value (with --print-key, key first), one per line. `json`: one JSON object
+    /// per line with topic, partition, offset, timestamp, key, value and headers; keys and
+    /// values that are not UTF-8 are base64, flagged by `key_encoding` / `value_encoding`.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    output: Format,
     /// Read only this partition (default: all partitions of the topic).
     #[arg(long)]
     partition: Option<i32>,
@@ -264,9 +269,55 @@ async fn assigned_partitions(
     }
 }
 
+/// How records are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// One record as a single-line JSON object; field names are stable (scripts depend on them).
+fn record_json(record: &ConsumerRecord) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::{Map, Value};
+    let mut object = Map::new();
+    let bytes_field = |object: &mut Map<String, Value>, name: &str, b: Option<&[u8]>| {
+        let value = match b {
+            None => Value::Null,
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(s) => Value::String(s.to_owned()),
+                Err(_) => {
+                    object.insert(format!("{name}_encoding"), Value::from("base64"));
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+                }
+            },
+        };
+        object.insert(name.to_owned(), value);
+    };
+    object.insert("topic".into(), Value::from(&*record.topic));
+    object.insert("partition".into(), Value::from(record.partition.get()));
+    object.insert("offset".into(), Value::from(record.offset.get()));
+    object.insert("timestamp".into(), Value::from(record.timestamp));
+    bytes_field(&mut object, "key", record.key.as_deref());
+    bytes_field(&mut object, "value", record.value.as_deref());
+    let headers: Vec<Value> = record
+        .headers
+        .iter()
+        .map(|h| {
+            let mut header = Map::new();
+            header.insert("key".into(), Value::from(h.key.as_str()));
+            bytes_field(&mut header, "value", h.value.as_deref());
+            Value::Object(header)
+        })
+        .collect();
+    object.insert("headers".into(), Value::Array(headers));
+    Value::Object(object)
+}
+
 /// Buffered stdout and the count of records printed.
 struct Output {
     writer: BufWriter<io::Stdout>,
+    format: Format,
     print_key: bool,
     separator: Vec<u8>,
     count: u64,
@@ -276,6 +327,7 @@ impl Output {
     fn new(args: &Args) -> Self {
         Output {
             writer: BufWriter::with_capacity(256 * 1024, io::stdout()),
+            format: args.output,
             print_key: args.print_key,
             separator: args.key_separator.as_bytes().to_vec(),
             count: 0,
@@ -288,6 +340,13 @@ impl Output {
         for record in records {
             if max.is_some_and(|max| self.count >= max) {
                 break;
+            }
+            if self.format == Format::Json {
+                serde_json::to_writer(&mut self.writer, &record_json(record))?;
+                self.writer.write_all(b"\n")?;
+                self.count += 1;
+                printed += 1;
+                continue;
             }
             if self.print_key {
                 self.writer.write_all(record.key.as_deref().unwrap_or(b"null"))?;
