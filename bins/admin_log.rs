@@ -201,7 +201,8 @@ fn verify(data_dir: &Path) -> anyhow::Result<bool> {
         let mut expected: Option<i64> = None;
         for file in files {
             segments += 1;
-            let seg = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let seg =
+                file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let base: Option<i64> = seg.strip_suffix(".log").and_then(|s| s.parse().ok());
             let data = read(&file)?;
             let mut first = true;

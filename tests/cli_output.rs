@@ -32,7 +32,11 @@ fn consumer_streams_records_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let addr = broker.addr.clone();
-    run_ok("strom-admin", &["--bootstrap", &addr, "topics", "create", "out", "--partitions", "1"], None);
+    run_ok(
+        "strom-admin",
+        &["--bootstrap", &addr, "topics", "create", "out", "--partitions", "1"],
+        None,
+    );
 
     // A tail in a pipe: the record shows up while the consumer keeps running.
     let mut tail = Command::new(bin("strom-consumer"))

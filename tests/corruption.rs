@@ -25,7 +25,11 @@ fn corruption_is_loud() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = BrokerProcess::start(dir.path(), &[]);
     let addr = broker.addr.clone();
-    run_ok("strom-admin", &["--bootstrap", &addr, "topics", "create", "c", "--partitions", "2"], None);
+    run_ok(
+        "strom-admin",
+        &["--bootstrap", &addr, "topics", "create", "c", "--partitions", "2"],
+        None,
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut config = ProducerConfig::new(addr.clone());

@@ -63,7 +63,7 @@ impl SmallDisk {
     fn free(&self) {
         match self {
             SmallDisk::Tmpfs { ballast, .. } => std::fs::remove_file(ballast).unwrap(),
-            SmallDisk::FileSizeLimit { pid } => set_fsize_limit(*pid, libc::RLIM_INFINITY as u64),
+            SmallDisk::FileSizeLimit { pid } => set_fsize_limit(*pid, libc::RLIM_INFINITY),
         }
     }
 
@@ -84,8 +84,8 @@ impl Drop for SmallDisk {
 }
 
 /// Sets RLIMIT_FSIZE of a running process; 0 means "no file may grow".
-fn set_fsize_limit(pid: i32, bytes: u64) {
-    let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
+fn set_fsize_limit(pid: i32, bytes: libc::rlim_t) {
+    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }

@@ -239,9 +239,10 @@ fn broker_restarts_cost_clients_nothing() {
     for round in 0..rounds {
         // Every consumer has read something since the last restart: all of them are back.
         let before: Vec<usize> = consumers.iter().map(Tool::count).collect();
-        let took = wait_for(&format!("every consumer to make progress before round {round}"), || {
-            consumers.iter().zip(&before).all(|(c, b)| c.count() > *b)
-        });
+        let took =
+            wait_for(&format!("every consumer to make progress before round {round}"), || {
+                consumers.iter().zip(&before).all(|(c, b)| c.count() > *b)
+            });
         recoveries.push(took);
         for c in consumers.iter_mut().chain(std::iter::once(&mut producer)) {
             c.assert_running();

@@ -159,7 +159,9 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
-    async fn accept_limited(limits: Limits) -> (std::net::SocketAddr, impl Stream<Item = io::Result<LimitedStream>>) {
+    async fn accept_limited(
+        limits: Limits,
+    ) -> (std::net::SocketAddr, impl Stream<Item = io::Result<LimitedStream>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tokio_stream_from(listener);

@@ -288,9 +288,10 @@ impl Partition {
         };
         let what = format!(
             "corrupt data in segment {} at byte {position}, reading offset {from}: {reason}",
-            path.file_name().map_or_else(|| path.display().to_string(), |f| {
-                f.to_string_lossy().into_owned()
-            }),
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |f| { f.to_string_lossy().into_owned() }
+            ),
         );
         let mut marked = self.corruption.lock();
         if marked.is_none() {

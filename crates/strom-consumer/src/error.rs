@@ -68,7 +68,9 @@ pub enum ConsumerError {
     /// the broker, a failed disk) for longer than
     /// [`ConsumerConfig::storage_error_timeout`](crate::ConsumerConfig::storage_error_timeout).
     /// The position stays at `offset`; polling again retries.
-    #[error("storage error in {partition} at offset {offset}, unresolved for {elapsed:?}: {message}")]
+    #[error(
+        "storage error in {partition} at offset {offset}, unresolved for {elapsed:?}: {message}"
+    )]
     Storage {
         /// The partition.
         partition: TopicPartition,

@@ -13,8 +13,8 @@ mod common;
 use common::{assert_pattern, pattern_batch, read_all};
 use strom_log::{FlushPolicy, Log, LogConfig};
 
-fn set_file_size_limit(bytes: u64) {
-    let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
+fn set_file_size_limit(bytes: libc::rlim_t) {
+    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain libc calls with valid arguments; SIGXFSZ would otherwise kill the test.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
@@ -65,7 +65,7 @@ fn failed_appends_leave_nothing_and_the_log_recovers_without_reopen() {
         assert_eq!(on_disk, stored as u64, "bytes of failed appends left in the segment");
 
         // Space again: the same log takes writes, right after the last good end.
-        set_file_size_limit(libc::RLIM_INFINITY as u64);
+        set_file_size_limit(libc::RLIM_INFINITY);
         let info = log.append(pattern_batch(acked, 5, 1000, |o| 1_000 + o)).unwrap();
         assert_eq!(info.first_offset.get(), acked);
         log.close().unwrap();

@@ -357,7 +357,8 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
     if let Some(first) = keep.first() {
         // One line per partition and retry round, so a stuck partition (full disk, broker
         // down) is visible long before the delivery timeout fails its records.
-        let left = cfg.delivery_timeout.saturating_sub(now.saturating_duration_since(first.created));
+        let left =
+            cfg.delivery_timeout.saturating_sub(now.saturating_duration_since(first.created));
         warn!(topic = %d.topic, partition = %d.partition, error = %message,
             attempt = first.attempts, batches = keep.len(), retry_in = ?first.retry_at.map(|t| t - now),
             gives_up_in = ?left, "produce failed; retrying");
