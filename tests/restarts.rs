@@ -139,6 +139,27 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// Waits until every tool printed more than `before`; fails at once, with its stderr, if one
+/// of them (or `producer`) exited.
+fn wait_progress(
+    what: &str,
+    tools: &mut [Tool],
+    producer: &mut Tool,
+    before: &[usize],
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if tools.iter().zip(before).all(|(c, b)| c.count() > *b) {
+            return start.elapsed();
+        }
+        for t in tools.iter_mut().chain(std::iter::once(&mut *producer)) {
+            t.assert_running();
+        }
+        assert!(start.elapsed() < EVENT_TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every value in the topic, in log order per partition, read with the SDK after the run.
 fn read_log(addr: &str) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -239,14 +260,8 @@ fn broker_restarts_cost_clients_nothing() {
     for round in 0..rounds {
         // Every consumer has read something since the last restart: all of them are back.
         let before: Vec<usize> = consumers.iter().map(Tool::count).collect();
-        let took =
-            wait_for(&format!("every consumer to make progress before round {round}"), || {
-                consumers.iter().zip(&before).all(|(c, b)| c.count() > *b)
-            });
-        recoveries.push(took);
-        for c in consumers.iter_mut().chain(std::iter::once(&mut producer)) {
-            c.assert_running();
-        }
+        let what = format!("every consumer to make progress before round {round}");
+        recoveries.push(wait_progress(&what, &mut consumers, &mut producer, &before));
         if round % 2 == 0 {
             broker.kill();
         } else {
@@ -256,9 +271,8 @@ fn broker_restarts_cost_clients_nothing() {
         assert_eq!(broker.addr, addr, "restarted on the same address");
     }
     let before: Vec<usize> = consumers.iter().map(Tool::count).collect();
-    recoveries.push(wait_for("every consumer to make progress after the last round", || {
-        consumers.iter().zip(&before).all(|(c, b)| c.count() > *b)
-    }));
+    let what = "every consumer to make progress after the last round";
+    recoveries.push(wait_progress(what, &mut consumers, &mut producer, &before));
 
     stop.store(true, Ordering::SeqCst);
     feeder.join().unwrap();
