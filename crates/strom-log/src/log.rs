@@ -1262,3 +1262,42 @@ fn write_run(segment: &LogSegment, run: &[Prepared], origin: Origin) -> Result<(
     }
     segment.write_vectored(&mut slices)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollbacks(cuts: &[i64]) -> Rollbacks {
+        let mut r = Rollbacks::default();
+        for &to in cuts {
+            r.count += 1;
+            r.recent.push_back((r.count, Offset::new(to)));
+            if r.recent.len() > ROLLBACK_HISTORY {
+                r.recent.pop_front();
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn an_append_survives_only_cuts_above_its_records() {
+        let r = rollbacks(&[]);
+        assert!(!r.cut(0, Offset::new(10)), "no roll-back at all");
+        let r = rollbacks(&[50]);
+        assert!(!r.cut(1, Offset::new(60)), "the cut came before the append was written");
+        assert!(!r.cut(0, Offset::new(49)), "records below the cut survive");
+        assert!(r.cut(0, Offset::new(50)), "the last record was cut");
+        let r = rollbacks(&[80, 20]);
+        assert!(r.cut(0, Offset::new(30)), "any later cut at or below the records counts");
+        assert!(!r.cut(1, Offset::new(19)));
+    }
+
+    #[test]
+    fn an_append_older_than_the_history_reports_failure() {
+        let cuts: Vec<i64> = (0..ROLLBACK_HISTORY as i64 + 5).map(|i| 1_000 + i).collect();
+        let r = rollbacks(&cuts);
+        // Its roll-backs are forgotten: it cannot tell, so it does not claim success.
+        assert!(r.cut(0, Offset::new(1)));
+        assert!(!r.cut(r.count - 1, Offset::new(1)));
+    }
+}
