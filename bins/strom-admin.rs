@@ -2,6 +2,7 @@
 //! delete) and a look at consumer groups (list, describe with committed offsets and lag).
 //! Exits non-zero with a one-line reason when the cluster refuses an operation.
 
+mod admin_log;
 mod cli;
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +74,9 @@ enum Command {
     /// The cluster: nodes, their state, the active controller.
     #[command(subcommand)]
     Cluster(Cluster),
+    /// Inspect segment files offline (no broker needed): dump one, verify a data directory.
+    #[command(subcommand)]
+    Log(admin_log::LogCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +141,17 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     cli::init_logging();
     let args = Args::parse();
+    if let Command::Log(cmd) = args.command {
+        // Offline: no runtime, no cluster.
+        return match admin_log::run(cmd) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -164,6 +179,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Topics(cmd) => topics(&client, cmd, args.output).await,
         Command::Groups(cmd) => groups(&client, cmd, args.output).await,
         Command::Cluster(Cluster::Describe) => describe_cluster(&client, args.output).await,
+        // Handled in `main`, before any connection.
+        Command::Log(_) => bail!("log commands run offline"),
     }
 }
 
@@ -650,5 +667,10 @@ fn print_description(d: &TopicDescription) {
     for row in &rows {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         line(&cells);
+    }
+    for p in &d.partitions {
+        if !p.storage_error.is_empty() {
+            out!("  partition {}: STORAGE ERROR: {}", p.partition, p.storage_error);
+        }
     }
 }

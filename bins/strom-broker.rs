@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
@@ -18,8 +18,9 @@ struct Args {
     /// TOML config file (same names as the BrokerConfig fields); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:9095].
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on, `host:port` (a name such as localhost, or an IP); port 0 picks
+    /// a free one [default: 127.0.0.1:9095].
+    #[arg(long, value_name = "HOST:PORT", value_parser = resolve_listen)]
     listen: Option<SocketAddr>,
     /// host:port clients are told to connect to [default: the bound address].
     #[arg(long, value_name = "HOST:PORT")]
@@ -67,9 +68,36 @@ struct Args {
     /// Create unknown topics when a client asks for their metadata.
     #[arg(long)]
     auto_create_topics: bool,
+    /// Close client connections that send nothing for this long [default: 600000].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    connections_max_idle_ms: Option<u64>,
+    /// Client connections open at once; more are refused [default: 10000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
     /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Append logs to this file instead of writing them to stderr.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+}
+
+/// `--listen`: an IP or a host name (resolved now; the first address wins, IPv4 first).
+fn resolve_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?} (expected host:port): {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
 impl Args {
@@ -103,12 +131,16 @@ impl Args {
         set(&mut c.log_flush_interval_ms, self.flush_ms);
         set(&mut c.message_max_bytes, self.message_max_bytes);
         c.auto_create_topics |= self.auto_create_topics;
+        set(&mut c.connections_max_idle_ms, self.connections_max_idle_ms);
+        if let Some(n) = self.max_connections {
+            c.max_connections = usize::try_from(n).context("--max-connections is too large")?;
+        }
         c.validate()?;
         Ok(c)
     }
 }
 
-fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
+fn init_logging(level: Option<&str>, file: Option<&Path>) -> anyhow::Result<()> {
     let filter = match level {
         Some(level) => EnvFilter::try_new(level).context("bad --log-level")?,
         // openraft narrates every vote at info and every unreachable peer every 100 ms at
@@ -116,11 +148,37 @@ fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
         None => EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("info,openraft=error,openraft::replication=off")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            builder.with_writer(std::sync::Mutex::new(file)).with_ansi(false).init();
+        }
+        None => {
+            check_stderr()?;
+            builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+        }
+    }
+    Ok(())
+}
+
+/// Logs go to stderr; if it cannot be written (closed, a full device) the broker would run
+/// blind and its errors would vanish. Say so on stdout, which scripts read, and stop.
+fn check_stderr() -> anyhow::Result<()> {
+    let probe = std::io::stderr().write_all(b"strom-broker: starting\n");
+    if let Err(e) = probe.and_then(|()| std::io::stderr().flush()) {
+        let message = format!(
+            "strom-broker: error: cannot write to stderr ({e}); \
+             redirect it or use --log-file FILE"
+        );
+        // stdout may be unusable too; the exit status still tells.
+        let _ = writeln!(std::io::stdout(), "{message}");
+        anyhow::bail!(message);
+    }
     Ok(())
 }
 
@@ -151,7 +209,8 @@ async fn termination() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    init_logging(args.log_level.take().as_deref())?;
+    let log_file = args.log_file.take();
+    init_logging(args.log_level.take().as_deref(), log_file.as_deref())?;
     let config = args.into_config()?;
     let server = BrokerServer::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the port when started with port 0.

@@ -45,6 +45,11 @@ struct Args {
     /// What separates key and value with --print-key.
     #[arg(long, default_value = "\t")]
     key_separator: String,
+    /// `text`: the value (with --print-key, key first), one per line. `json`: one JSON object
+    /// per line with topic, partition, offset, timestamp, key, value and headers; keys and
+    /// values that are not UTF-8 are base64, flagged by `key_encoding` / `value_encoding`.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    output: Format,
     /// Read only this partition (default: all partitions of the topic).
     #[arg(long)]
     partition: Option<i32>,
@@ -56,6 +61,12 @@ struct Args {
     /// member's partitions to the others.
     #[arg(long, default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// Give up (exit non-zero, naming the partition and offset) when a partition keeps
+    /// failing with a storage error (corrupt data on the broker) for this long. Default 10 s,
+    /// or half of --timeout-ms if that is shorter, so a stuck partition is never mistaken
+    /// for the end of the topic.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    storage_error_timeout_ms: Option<u64>,
 }
 
 /// Longest single wait in the poll loop, so the idle timeout is noticed promptly.
@@ -90,6 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.client.client_id = "strom-consumer".to_owned();
     config.session_timeout = Duration::from_millis(args.session_timeout_ms);
     config.heartbeat_interval = config.session_timeout / 3;
+    config.storage_error_timeout = storage_error_timeout(&args);
     let mut consumer = Consumer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", args.bootstrap))?;
@@ -125,9 +137,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
+/// See `--storage-error-timeout-ms`.
+fn storage_error_timeout(args: &Args) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(10);
+    match (args.storage_error_timeout_ms, args.timeout_ms) {
+        (Some(ms), _) => Duration::from_millis(ms),
+        (None, Some(idle)) => DEFAULT.min(Duration::from_millis(idle / 2).max(POLL_SLICE / 5)),
+        (None, None) => DEFAULT,
+    }
+}
+
 /// Polls and prints until --max-messages, --timeout-ms, Ctrl-C/SIGTERM, a closed stdout, or an
-/// error. In group mode every batch is flushed before the next poll (whose auto-commit may
-/// cover it), and on the way out positions are moved back to the first record not printed, so
+/// error. Every batch is flushed before the next poll (whose auto-commit may cover it), and on the way out positions are moved back to the first record not printed, so
 /// the commit on close covers exactly what reached stdout.
 async fn consume(consumer: &mut Consumer, args: &Args, out: &mut Output) -> anyhow::Result<()> {
     let group_mode = args.group.is_some();
@@ -165,11 +186,9 @@ async fn consume(consumer: &mut Consumer, args: &Args, out: &mut Output) -> anyh
             continue;
         }
         last_record = Instant::now();
-        let printed = out.write(&records, args.max_messages);
-        let flushed = match printed {
-            Ok(n) if group_mode => out.flush().map(|()| n),
-            other => other,
-        };
+        // Flushed after every poll, so a tail of the topic shows each record as it arrives
+        // (in a pipe too), and in group mode before the next poll's auto-commit covers it.
+        let flushed = out.write(&records, args.max_messages).and_then(|n| out.flush().map(|()| n));
         match flushed {
             Ok(n) if n == records.len() => {}
             Ok(n) => {
@@ -250,9 +269,55 @@ async fn assigned_partitions(
     }
 }
 
+/// How records are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// One record as a single-line JSON object; field names are stable (scripts depend on them).
+fn record_json(record: &ConsumerRecord) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::{Map, Value};
+    let mut object = Map::new();
+    let bytes_field = |object: &mut Map<String, Value>, name: &str, b: Option<&[u8]>| {
+        let value = match b {
+            None => Value::Null,
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(s) => Value::String(s.to_owned()),
+                Err(_) => {
+                    object.insert(format!("{name}_encoding"), Value::from("base64"));
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+                }
+            },
+        };
+        object.insert(name.to_owned(), value);
+    };
+    object.insert("topic".into(), Value::from(&*record.topic));
+    object.insert("partition".into(), Value::from(record.partition.get()));
+    object.insert("offset".into(), Value::from(record.offset.get()));
+    object.insert("timestamp".into(), Value::from(record.timestamp));
+    bytes_field(&mut object, "key", record.key.as_deref());
+    bytes_field(&mut object, "value", record.value.as_deref());
+    let headers: Vec<Value> = record
+        .headers
+        .iter()
+        .map(|h| {
+            let mut header = Map::new();
+            header.insert("key".into(), Value::from(h.key.as_str()));
+            bytes_field(&mut header, "value", h.value.as_deref());
+            Value::Object(header)
+        })
+        .collect();
+    object.insert("headers".into(), Value::Array(headers));
+    Value::Object(object)
+}
+
 /// Buffered stdout and the count of records printed.
 struct Output {
     writer: BufWriter<io::Stdout>,
+    format: Format,
     print_key: bool,
     separator: Vec<u8>,
     count: u64,
@@ -262,6 +327,7 @@ impl Output {
     fn new(args: &Args) -> Self {
         Output {
             writer: BufWriter::with_capacity(256 * 1024, io::stdout()),
+            format: args.output,
             print_key: args.print_key,
             separator: args.key_separator.as_bytes().to_vec(),
             count: 0,
@@ -274,6 +340,13 @@ impl Output {
         for record in records {
             if max.is_some_and(|max| self.count >= max) {
                 break;
+            }
+            if self.format == Format::Json {
+                serde_json::to_writer(&mut self.writer, &record_json(record))?;
+                self.writer.write_all(b"\n")?;
+                self.count += 1;
+                printed += 1;
+                continue;
             }
             if self.print_key {
                 self.writer.write_all(record.key.as_deref().unwrap_or(b"null"))?;

@@ -5,6 +5,11 @@
 //! acknowledgements. At EOF everything is flushed; the exit code is non-zero if any record
 //! failed.
 //!
+//! Failures: every line that was not stored is reported with its line number and the error,
+//! on stderr or in `--failed-output FILE` (one `line N: error` per line), so a user can tell
+//! exactly which records were delivered; a record is reported failed only when it is known not
+//! to be stored (the broker cuts its log back on a failed write).
+//!
 //! Key separator: with `--key-separator C`, a line is split at the first `C` into key and
 //! value. A line without the separator is an error, as in kafka-console-producer
 //! (`parse.key=true`): it is reported with its line number and not sent, and the exit code is
@@ -13,7 +18,8 @@
 mod cli;
 
 use std::collections::VecDeque;
-use std::io::Read;
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -52,14 +58,32 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
     /// Batch size in bytes.
-    #[arg(long, default_value_t = 16 * 1024)]
+    #[arg(long, default_value_t = 16 * 1024, value_parser = positive_usize)]
     batch_size: usize,
     /// Largest request (and so record) in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = positive_usize)]
     max_request_size: usize,
+    /// Upper bound from reading a line to its success or failure, retries included (Kafka's
+    /// delivery.timeout.ms). A broker restart or a full disk within it costs no record.
+    #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..))]
+    delivery_timeout_ms: u64,
+    /// Deadline of one produce request, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+    /// Write the failed lines' reports (`line N: error`) to this file instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    failed_output: Option<PathBuf>,
     /// Most records awaiting acknowledgement at once.
     #[arg(long, default_value_t = 100_000, hide = true)]
     window: usize,
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be positive".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_acks(s: &str) -> Result<Acks, String> {
@@ -70,8 +94,6 @@ fn parse_acks(s: &str) -> Result<Acks, String> {
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks of lines queued between the reader thread and the sender.
 const CHANNEL_CHUNKS: usize = 16;
-/// Failures printed one by one before only counting them.
-const MAX_REPORTED: u64 = 20;
 
 fn main() -> ExitCode {
     cli::init_logging();
@@ -86,7 +108,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(failed) => {
-            eprintln!("error: {failed} record(s) were not sent");
+            eprintln!("error: {failed} record(s) were not stored");
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -111,6 +133,11 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     config.linger = Duration::from_millis(args.linger_ms);
     config.batch_size = args.batch_size;
     config.max_request_size = args.max_request_size;
+    config.delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
+    config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+    // Settings first: a bad value is the user's to fix, not a cluster that cannot be reached.
+    config.validate().context("invalid settings")?;
+    let mut failures = Failures::open(args.failed_output.as_deref())?;
     let producer = Producer::new(config)
         .await
         .with_context(|| format!("cannot reach the cluster at {}", args.bootstrap))?;
@@ -127,7 +154,6 @@ async fn run(args: Args) -> anyhow::Result<u64> {
         .spawn(move || read_lines(tx))
         .context("cannot start the stdin reader")?;
 
-    let mut failures = Failures::default();
     let mut window: VecDeque<(u64, DeliveryFuture)> = VecDeque::with_capacity(args.window);
     let separator = args.key_separator.as_deref().map(str::as_bytes);
     let mut line_no = 0u64;
@@ -162,6 +188,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
                     drop(rx);
                     await_all(&mut window, &mut failures).await;
                     producer.close().await;
+                    let _ = failures.finish();
                     return Err(anyhow::Error::new(e).context(format!("sending line {line_no}")));
                 }
             }
@@ -181,8 +208,11 @@ async fn run(args: Args) -> anyhow::Result<u64> {
         Ok(Err(e)) => return Err(e).context("reading stdin"),
         Err(_) => bail!("the stdin reader panicked"),
     }
-    if failures.count > MAX_REPORTED {
-        eprintln!("... {} more failure(s) not shown", failures.count - MAX_REPORTED);
+    failures.finish()?;
+    if failures.count > 0
+        && let Some(path) = &args.failed_output
+    {
+        eprintln!("the failed lines are listed in {}", path.display());
     }
     Ok(failures.count)
 }
@@ -195,16 +225,40 @@ async fn await_all(window: &mut VecDeque<(u64, DeliveryFuture)>, failures: &mut 
     }
 }
 
-#[derive(Debug, Default)]
+/// Where failed lines are reported: every one, as `line N: error`.
 struct Failures {
     count: u64,
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// The first error writing the report; the report is then incomplete, which `finish` says.
+    broken: Option<std::io::Error>,
 }
 
 impl Failures {
+    fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let out: Box<dyn Write + Send> = match path {
+            Some(path) => Box::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stderr()),
+        };
+        Ok(Failures { count: 0, out: BufWriter::new(out), broken: None })
+    }
+
     fn report(&mut self, line: u64, error: &dyn std::fmt::Display) {
         self.count += 1;
-        if self.count <= MAX_REPORTED {
-            eprintln!("line {line}: {error}");
+        if self.broken.is_none()
+            && let Err(e) = writeln!(self.out, "line {line}: {error}")
+        {
+            self.broken = Some(e);
+        }
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        let flushed = self.out.flush();
+        match self.broken.take().map_or(flushed, Err) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context("writing the failed-line report")),
         }
     }
 }

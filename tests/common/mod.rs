@@ -38,8 +38,36 @@ impl BrokerProcess {
         Self::start_on(data_dir, "127.0.0.1:0", extra_args)
     }
 
+    /// Like [`BrokerProcess::start`], with SIGXFSZ ignored in the broker, so a file-size limit
+    /// makes its writes fail (EFBIG) instead of killing it.
+    pub fn start_ignoring_sigxfsz(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, "127.0.0.1:0", extra_args, true)
+    }
+
     fn start_on(data_dir: &Path, listen: &str, extra_args: Vec<String>) -> BrokerProcess {
-        let mut child = Command::new(bin("strom-broker"))
+        Self::spawn(data_dir, listen, extra_args, false)
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: Vec<String>,
+        ignore_sigxfsz: bool,
+    ) -> BrokerProcess {
+        let mut command = Command::new(bin("strom-broker"));
+        if ignore_sigxfsz {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec; an ignored signal
+            // stays ignored across exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")

@@ -518,6 +518,7 @@ impl Broker {
                             .as_ref()
                             .map_or(-1, |r| r.log_start_offset().get()),
                         high_watermark: replica.as_ref().map_or(-1, |r| r.high_watermark().get()),
+                        storage_error: replica.as_ref().and_then(|r| r.storage_error()),
                     }
                 })
                 .collect(),
@@ -779,6 +780,7 @@ fn run_chore(p: &Partition, chore: Chore) -> usize {
     match chore {
         Chore::Flush => {
             if let Err(e) = p.log().flush_if_due() {
+                p.clamp_high_watermark();
                 tracing::error!(partition = p.name(), error = %e, "scheduled flush failed");
             }
             0

@@ -92,6 +92,12 @@ pub struct BrokerConfig {
     pub broker_session_timeout_ms: u64,
     /// How often a broker heartbeats to the controller (`broker.heartbeat.interval.ms`).
     pub broker_heartbeat_interval_ms: u64,
+    /// Close a client connection that sends nothing for this long (Kafka's
+    /// `connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// Client connections open at once; more are closed on accept (Kafka's
+    /// `max.connections`).
+    pub max_connections: usize,
 }
 
 impl Default for BrokerConfig {
@@ -125,6 +131,8 @@ impl Default for BrokerConfig {
             voters: BTreeMap::new(),
             broker_session_timeout_ms: 1_500,
             broker_heartbeat_interval_ms: 250,
+            connections_max_idle_ms: 10 * 60 * 1000,
+            max_connections: 10_000,
         }
     }
 }
@@ -211,9 +219,20 @@ impl BrokerConfig {
         if self.log_index_interval_bytes == 0 {
             return bad("log_index_interval_bytes must be > 0".into());
         }
+        self.validate_connection_limits()?;
         // The broker-wide log settings obey the same rules as per-topic overrides.
         TopicConfig::resolve(self, &BTreeMap::new())
             .map_err(|e| BrokerError::Config(e.message.clone()))?;
+        Ok(())
+    }
+
+    fn validate_connection_limits(&self) -> Result<(), BrokerError> {
+        if self.connections_max_idle_ms == 0 {
+            return Err(BrokerError::Config("connections_max_idle_ms must be > 0".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(BrokerError::Config("max_connections must be > 0".into()));
+        }
         Ok(())
     }
 

@@ -104,6 +104,7 @@ impl ApiError {
             LogError::Io { .. }
             | LogError::Corrupt { .. }
             | LogError::Poisoned(_)
+            | LogError::RolledBack { .. }
             | LogError::ConcurrentModification => ErrorCode::KafkaStorageError,
             _ => ErrorCode::UnknownServerError,
         };

@@ -52,6 +52,7 @@
 
 mod broker;
 mod config;
+mod connection;
 mod controller;
 mod error;
 mod fetch;

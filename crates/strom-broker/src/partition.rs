@@ -54,6 +54,9 @@ pub(crate) struct Partition {
     /// Carries the high watermark; every advance wakes the fetches subscribed to it.
     high_watermark: watch::Sender<Offset>,
     deleted: AtomicBool,
+    /// The first corruption a read met, kept for `describe` until the broker restarts (whose
+    /// recovery truncates a corrupt tail, or finds the damage again). Leaf lock.
+    corruption: parking_lot::Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Partition {
@@ -89,6 +92,7 @@ impl Partition {
             role: parking_lot::RwLock::new(Role { leader: true, epoch }),
             high_watermark,
             deleted: AtomicBool::new(false),
+            corruption: parking_lot::Mutex::new(None),
         })
     }
 
@@ -139,6 +143,12 @@ impl Partition {
         }
     }
 
+    /// Why the partition cannot be read or written right now, if it cannot: corrupt data met
+    /// by a read, or a failed write the log has not been able to undo yet.
+    pub(crate) fn storage_error(&self) -> Option<String> {
+        self.corruption.lock().clone().or_else(|| self.log.storage_error())
+    }
+
     pub(crate) fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
     }
@@ -186,10 +196,13 @@ impl Partition {
             return Err(ApiError::new(ErrorCode::CorruptMessage, "no record batches in request"));
         }
         let epoch = self.check_leader()?;
-        let info = self
-            .log
-            .append_with_leader_epoch(records, epoch)
-            .map_err(|e| self.log_error("append", &e))?;
+        let info = match self.log.append_with_leader_epoch(records, epoch) {
+            Ok(info) => info,
+            Err(e) => {
+                self.clamp_high_watermark();
+                return Err(self.log_error("append", &e));
+            }
+        };
         // Appends to one log are serialised by the log, so when this one returns every
         // earlier one is complete and the high watermark may pass them all.
         let end = info.last_offset.next();
@@ -202,6 +215,23 @@ impl Partition {
             }
         });
         Ok(info)
+    }
+
+    /// After a failed write or flush the log cuts itself back to its last good end, which may
+    /// lie below the high watermark (records acknowledged before a failed fsync): the high
+    /// watermark follows it down, so no consumer is told of records that are gone.
+    pub(crate) fn clamp_high_watermark(&self) {
+        let end = self.log.log_end_offset();
+        self.high_watermark.send_if_modified(|hw| {
+            if end < *hw {
+                tracing::warn!(partition = %self.name, from = %*hw, to = %end,
+                    "high watermark lowered after the log was cut back");
+                *hw = end;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Whole batches from the one holding `from`, none at or above the high watermark, about
@@ -224,7 +254,7 @@ impl Partition {
         let first = self
             .log
             .read_below(from, max_bytes.max(1), hw)
-            .map_err(|e| self.log_error("read", &e))?
+            .map_err(|e| self.read_error(from, &e))?
             .records;
         Ok(self.read_on(first, max_bytes, hw))
     }
@@ -288,6 +318,31 @@ impl Partition {
         }
     }
 
+    /// A failed read. Corruption is logged once per partition with the segment, byte and
+    /// offset, and marks the partition (see `storage_error`); the other partitions are
+    /// unaffected. The client gets KAFKA_STORAGE_ERROR naming the offset, every time.
+    fn read_error(&self, from: Offset, error: &strom_log::LogError) -> ApiError {
+        let strom_log::LogError::Corrupt { path, position, reason } = error else {
+            return self.log_error("read", error);
+        };
+        let what = format!(
+            "corrupt data in segment {} at byte {position}, reading offset {from}: {reason}",
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |f| { f.to_string_lossy().into_owned() }
+            ),
+        );
+        let mut marked = self.corruption.lock();
+        if marked.is_none() {
+            tracing::error!(partition = %self.name, segment = %path.display(), position,
+                offset = %from, %reason, "corrupt data: the partition is marked as having a \
+                storage error; run `strom-admin log verify` on the data directory");
+            *marked = Some(what.clone());
+        }
+        drop(marked);
+        ApiError::storage(format!("{}: {what}", self.name))
+    }
+
     fn log_error(&self, op: &str, error: &strom_log::LogError) -> ApiError {
         let api = ApiError::from_log(&self.name, error);
         if api.code == ErrorCode::KafkaStorageError || api.code == ErrorCode::UnknownServerError {
@@ -322,6 +377,9 @@ impl OffsetsLog for Partition {
 
     fn flush(&self) -> Result<(), OffsetsLogError> {
         self.check_live().map_err(OffsetsLogError::new)?;
-        self.log.flush().map_err(OffsetsLogError::new)
+        self.log.flush().map_err(|e| {
+            self.clamp_high_watermark();
+            OffsetsLogError::new(e)
+        })
     }
 }

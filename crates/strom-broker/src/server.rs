@@ -18,6 +18,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
+use crate::connection::{self, Limits};
 use crate::error::BrokerError;
 use crate::service::admin::AdminService;
 use crate::service::broker::BrokerService;
@@ -181,7 +182,11 @@ async fn run(
     let quorum_service = QuorumServer::new(QuorumService::new(broker.clone()))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_request_bytes);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let limits = Limits {
+        max_connections: config.max_connections,
+        max_idle: Duration::from_millis(config.connections_max_idle_ms),
+    };
+    let incoming = connection::limit(TcpIncoming::from(listener).with_nodelay(Some(true)), limits);
     let serving = Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)

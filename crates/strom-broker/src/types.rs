@@ -62,6 +62,8 @@ pub struct PartitionDescription {
     pub log_start_offset: i64,
     /// Offset below which records are committed.
     pub high_watermark: i64,
+    /// Corrupt data met on a read, or a failed write not yet undone; `None` when healthy.
+    pub storage_error: Option<String>,
 }
 
 /// A broker's address as clients should dial it.

@@ -202,10 +202,14 @@ impl ClientError {
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Connect { .. } | ClientError::Timeout => true,
-            ClientError::Rpc(status) => matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ),
+            ClientError::Rpc(status) => {
+                matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                ) || is_transport_failure(status)
+            }
             ClientError::Broker { code, .. } => is_retriable_code(*code),
             ClientError::UnknownTopic(_)
             | ClientError::InvalidArgument(_)
@@ -238,6 +242,29 @@ impl ClientError {
             ClientError::Rpc(status)
         }
     }
+}
+
+/// Whether a gRPC status reports a broken or refused connection rather than an answer.
+///
+/// tonic turns a connection reset, a refused dial or an HTTP/2 `GOAWAY` mid-call into a status
+/// with code `Unknown` ("transport error") or `Internal` ("h2 protocol error") and keeps the
+/// local error as its source. A status the server sent is parsed from response headers and never
+/// carries a source, so "has a source" separates the two without matching on message text.
+/// The request may or may not have reached the broker: callers retry only what is safe to
+/// repeat (every read, and produce, whose retries Kafka's at-least-once semantics allow).
+///
+/// ```
+/// assert!(!strom_client::is_transport_failure(&tonic::Status::unknown("from the server")));
+/// ```
+pub fn is_transport_failure(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    matches!(
+        status.code(),
+        tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+    ) && status.source().is_some()
 }
 
 /// Whether a broker error code names a transient condition.
@@ -893,6 +920,12 @@ mod tests {
         }
         assert!(ClientError::Rpc(tonic::Status::unavailable("down")).is_retriable());
         assert!(!ClientError::Rpc(tonic::Status::invalid_argument("bad")).is_retriable());
+        // A server-sent UNKNOWN is an answer; a local transport error is a lost connection.
+        assert!(!ClientError::Rpc(tonic::Status::unknown("server bug")).is_retriable());
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let lost = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(lost.code(), tonic::Code::Unknown);
+        assert!(ClientError::Rpc(lost).is_retriable());
         assert!(ClientError::Timeout.is_retriable());
         assert!(matches!(
             ClientError::from_status(tonic::Status::cancelled("Timeout expired")),

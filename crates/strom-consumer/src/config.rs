@@ -131,6 +131,11 @@ pub struct ConsumerConfig {
     /// First wait after a retriable failure; doubles per consecutive failure up to a second.
     /// Default 100 ms.
     pub retry_backoff: Duration,
+    /// How long a partition may keep answering KAFKA_STORAGE_ERROR (corrupt data, a failed
+    /// disk) before `poll` gives up on it with [`ConsumerError::Storage`] naming the partition
+    /// and offset, instead of retrying silently forever. Polling again retries for another
+    /// period. Default 10 s.
+    pub storage_error_timeout: Duration,
     /// The consumer group this consumer belongs to. Required by
     /// [`Consumer::subscribe`](crate::Consumer::subscribe) and the commit calls; with a
     /// manual assignment it also makes new partitions start at the group's committed offsets.
@@ -194,6 +199,9 @@ impl ConsumerConfig {
         if self.retry_backoff > MAX_RETRY_BACKOFF {
             return invalid("retry_backoff must be at most 1 minute");
         }
+        if self.storage_error_timeout.is_zero() {
+            return invalid("storage_error_timeout must be positive");
+        }
         if let Some(group) = &self.group_id {
             if group.is_empty() || group.len() > MAX_GROUP_ID_LEN {
                 return invalid("group_id must be 1 to 1024 bytes long");
@@ -239,6 +247,7 @@ impl Default for ConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             max_poll_records: 500,
             retry_backoff: Duration::from_millis(100),
+            storage_error_timeout: Duration::from_secs(10),
             group_id: None,
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(3),

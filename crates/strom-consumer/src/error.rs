@@ -64,6 +64,23 @@ pub enum ConsumerError {
         /// Its size.
         size: usize,
     },
+    /// The partition kept failing with a storage error (KAFKA_STORAGE_ERROR: corrupt data on
+    /// the broker, a failed disk) for longer than
+    /// [`ConsumerConfig::storage_error_timeout`](crate::ConsumerConfig::storage_error_timeout).
+    /// The position stays at `offset`; polling again retries.
+    #[error(
+        "storage error in {partition} at offset {offset}, unresolved for {elapsed:?}: {message}"
+    )]
+    Storage {
+        /// The partition.
+        partition: TopicPartition,
+        /// The position the consumer could not read past.
+        offset: Offset,
+        /// How long the error persisted.
+        elapsed: std::time::Duration,
+        /// The broker's last message.
+        message: String,
+    },
     /// The broker answered a fetch of the partition with an error that retrying will not fix.
     #[error("broker error {code:?} for {partition}: {message}")]
     Broker {

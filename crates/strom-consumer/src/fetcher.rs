@@ -59,6 +59,7 @@ struct Settings {
     reset: OffsetReset,
     max_poll_records: usize,
     retry_backoff: Duration,
+    storage_error_timeout: Duration,
     rpc_deadline: Duration,
     /// Largest batch the consumer will ask for when one does not fit the usual limits.
     max_batch_bytes: usize,
@@ -98,6 +99,8 @@ struct PartitionState {
     /// Consecutive retriable failures, for the exponential backoff.
     failures: u32,
     retry_at: Option<Instant>,
+    /// When the partition's current run of KAFKA_STORAGE_ERROR answers began.
+    storage_error_since: Option<Instant>,
     /// Raised per-partition fetch limit after a response held only part of a large batch.
     max_bytes_override: Option<u32>,
 }
@@ -112,6 +115,7 @@ impl PartitionState {
             buffered: false,
             failures: 0,
             retry_at: None,
+            storage_error_since: None,
             max_bytes_override: None,
         }
     }
@@ -123,6 +127,7 @@ impl PartitionState {
     fn succeeded(&mut self) {
         self.failures = 0;
         self.retry_at = None;
+        self.storage_error_since = None;
     }
 }
 
@@ -224,6 +229,7 @@ impl Fetcher {
             reset: config.auto_offset_reset,
             max_poll_records: config.max_poll_records,
             retry_backoff: config.retry_backoff,
+            storage_error_timeout: config.storage_error_timeout,
             rpc_deadline: client
                 .config()
                 .request_timeout
@@ -907,6 +913,33 @@ impl Fetcher {
                 state.epoch = self.next_epoch;
             }
             return;
+        }
+        if code == ErrorCode::KafkaStorageError {
+            let since = *state.storage_error_since.get_or_insert_with(Instant::now);
+            let elapsed = since.elapsed();
+            if elapsed >= self.settings.storage_error_timeout {
+                // Retrying silently forever would look like the end of the topic: give up
+                // loudly, position unchanged, so the application can decide (and a later poll
+                // tries again).
+                state.storage_error_since = None;
+                state.buffered = true;
+                self.completed.push_back(Completed {
+                    tp: p.tp.clone(),
+                    epoch: p.epoch,
+                    records: Vec::new().into_iter(),
+                    next_offset: p.fetch_offset,
+                    error: Some(ConsumerError::Storage {
+                        partition: p.tp.clone(),
+                        offset: p.fetch_offset,
+                        elapsed,
+                        message,
+                    }),
+                    bytes: 0,
+                });
+                return;
+            }
+            warn!(partition = %p.tp, offset = %p.fetch_offset, %message,
+                "storage error on the broker; retrying");
         }
         if code_retriable(code) {
             debug!(partition = %p.tp, ?code, %message, "retriable fetch error");

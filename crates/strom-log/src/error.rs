@@ -91,10 +91,19 @@ pub enum LogError {
     /// A read kept racing with truncations of the segment it read and gave up; retry it.
     #[error("read raced with concurrent truncation of the log; retry")]
     ConcurrentModification,
-    /// An earlier write failed half-way; the log refuses further writes until it is reopened,
-    /// which runs crash recovery. Reads still work.
-    #[error("log is unusable after an earlier I/O failure ({0}); reopen it to recover")]
+    /// An earlier write or flush failed and the log could not yet be cut back to its last
+    /// good end; it refuses writes until that works (each write retries it). Reads still work.
+    #[error("log refuses writes after an I/O failure ({0}); retry once the disk is usable")]
     Poisoned(String),
+    /// The append was written, but a flush failed before it was acknowledged and the log was
+    /// cut back below it: the records are not stored.
+    #[error("records from offset {offset} were not stored: {reason}")]
+    RolledBack {
+        /// First offset of the append.
+        offset: Offset,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl LogError {

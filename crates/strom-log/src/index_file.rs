@@ -133,6 +133,13 @@ impl<E: IndexEntry> IndexFile<E> {
         self.file.set_len((n * E::LEN) as u64).ctx(|| format!("truncate {}", self.path.display()))
     }
 
+    /// Cuts the file back to the entries in memory: drops the bytes of an append that failed
+    /// part-way (a full disk), so the next append lands on an entry boundary. Writer only.
+    pub(crate) fn discard_unlisted(&self) -> Result<(), LogError> {
+        let n = self.entries.read().len();
+        self.file.set_len((n * E::LEN) as u64).ctx(|| format!("truncate {}", self.path.display()))
+    }
+
     /// Replaces the whole index (after a rebuild). Writer or recovery only.
     pub(crate) fn replace(&self, new: Vec<E>) -> Result<(), LogError> {
         self.truncate(0)?;

@@ -1,11 +1,11 @@
 //! [`Log`]: a directory of segments behind one append/read/truncate API, with its concurrency
 //! protocol (one writer at a time, lock-free readers), flush policy and retention.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -21,6 +21,10 @@ use crate::{Clock, FlushPolicy, LogConfig, LogError, SystemClock, retention};
 /// Index entries per segment before the log rolls, bounding the memory an index takes
 /// (Kafka's default `segment.index.bytes` of 10 MiB holds as many offset entries).
 const MAX_INDEX_ENTRIES: usize = 10 * 1024 * 1024 / 8;
+
+/// Roll-backs remembered for appends that were written before one and check after their
+/// flush whether they survived it; an append older than all of them reports failure.
+const ROLLBACK_HISTORY: usize = 64;
 
 /// How often a read retries after racing with a truncation before giving up.
 const MAX_READ_ATTEMPTS: usize = 8;
@@ -123,10 +127,42 @@ pub struct Log {
     end: AtomicI64,
     flushed: AtomicI64,
     last_flush_ms: AtomicI64,
-    /// Set by the first failed write; the log then refuses writes until reopened.
-    poison: OnceLock<String>,
+    /// Set by a failed write or flush until the log is cut back to its last good end: while
+    /// set, writes are refused. Leaf lock.
+    damage: Mutex<Option<Damage>>,
+    /// Roll-backs done so far, so an append can tell whether its records survived a roll-back
+    /// that ran between its write and its flush. Leaf lock.
+    rollbacks: Mutex<Rollbacks>,
     /// Last, so it is released after the files are closed.
     _dir_lock: DirLock,
+}
+
+/// A failed write or flush: what failed, and where the log must be cut back to before it takes
+/// another write.
+#[derive(Debug)]
+struct Damage {
+    reason: String,
+    roll_back_to: Offset,
+}
+
+/// The latest roll-backs, numbered.
+#[derive(Debug, Default)]
+struct Rollbacks {
+    /// Number of roll-backs done so far.
+    count: u64,
+    /// `(number, offset cut back to)` of the latest `ROLLBACK_HISTORY`.
+    recent: VecDeque<(u64, Offset)>,
+}
+
+impl Rollbacks {
+    /// Whether offsets up to `last` may have been cut by a roll-back after the `seen`-th.
+    fn cut(&self, seen: u64, last: Offset) -> bool {
+        if self.count == seen {
+            return false;
+        }
+        let remembered = self.recent.front().is_some_and(|(n, _)| *n <= seen + 1);
+        !remembered || self.recent.iter().any(|(n, to)| *n > seen && *to <= last)
+    }
 }
 
 /// Directories opened by a live [`Log`] of this process: two logs writing one directory would
@@ -248,7 +284,8 @@ impl Log {
             end: AtomicI64::new(end.get()),
             flushed: AtomicI64::new(end.get()),
             last_flush_ms: AtomicI64::new(now),
-            poison: OnceLock::new(),
+            damage: Mutex::new(None),
+            rollbacks: Mutex::new(Rollbacks::default()),
             _dir_lock: dir_lock,
         })
     }
@@ -359,17 +396,39 @@ impl Log {
         self.append_from(batches, Origin::Replica)
     }
 
+    /// A failed write or flush never leaves its records behind: the log is cut back to where
+    /// it was before the write (or to its last flushed offset) before the error is returned,
+    /// so a failure always means "not stored". The next append first retries that cut if it
+    /// failed too, so the log takes writes again as soon as the disk does (no reopen).
     fn append_from(&self, batches: Bytes, origin: Origin) -> Result<AppendInfo, LogError> {
+        self.repair_if_damaged()?;
         let parsed = self.validate(batches, origin)?;
-        let info = {
+        let (info, rollbacks_seen) = {
             let mut writer = self.writer.lock();
             self.check_poison()?;
+            let before = self.log_end_offset();
             let prepared = self.assign_offsets(parsed, origin)?;
             let now = self.clock.now_ms();
-            self.write_batches(&mut writer, &prepared, origin, now)
-                .map_err(|e| self.poisoned_by(e))?
+            match self.write_batches(&mut writer, &prepared, origin, now) {
+                Ok(info) => (info, self.rollbacks.lock().count),
+                Err(e) => {
+                    let e = self.damaged_by(e, before);
+                    drop(writer);
+                    // A failed cut keeps the log refusing writes until a later one works.
+                    let _ = self.repair_if_damaged();
+                    return Err(e);
+                }
+            }
         };
         self.flush_per_policy()?;
+        // A flush that failed after this write (ours or a concurrent one) may have cut the log
+        // below our records; they are then gone, and we must not report them stored.
+        if self.rollbacks.lock().cut(rollbacks_seen, info.last_offset) {
+            return Err(LogError::RolledBack {
+                offset: info.first_offset,
+                reason: "a flush failed after the write".into(),
+            });
+        }
         Ok(info)
     }
 
@@ -461,7 +520,8 @@ impl Log {
     }
 
     /// Writes prepared batches, rolling segments as needed, and publishes them run by run.
-    /// Any error here leaves the files in an unknown state and poisons the log.
+    /// An error here leaves unpublished bytes (and maybe published batches) of this append
+    /// behind; the caller cuts the log back before it answers.
     fn write_batches(
         &self,
         writer: &mut Writer,
@@ -736,6 +796,7 @@ impl Log {
                 end: self.log_end_offset(),
             });
         }
+        self.repair_if_damaged()?;
         let _flush = self.flush_lock.lock();
         let mut writer = self.writer.lock();
         self.check_poison()?;
@@ -745,9 +806,9 @@ impl Log {
         // A recovery point above data that is about to be rewritten would let recovery trust
         // unflushed bytes: lower it durably first.
         let point = offset.min(self.flushed_offset());
-        self.write_checkpoint(point, true).map_err(|e| self.poisoned_by(e))?;
+        self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
-        self.truncate_locked(&mut writer, offset).map_err(|e| self.poisoned_by(e))
+        self.truncate_locked(&mut writer, offset).map_err(|e| self.damaged_by(e, offset))
     }
 
     fn truncate_locked(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
@@ -867,7 +928,21 @@ impl Log {
         if self.flush_due() { self.flush_inner(false) } else { Ok(()) }
     }
 
+    /// A failed fsync cuts the log back to its last flushed offset before returning: after
+    /// one, the kernel may have dropped the unflushed pages, so what lies above is no longer
+    /// known to be what was written (and for an append waiting on this flush, not stored).
     fn flush_inner(&self, checkpoint: bool) -> Result<(), LogError> {
+        let result = self.flush_locked(checkpoint);
+        if result.is_err() {
+            if let Err(e) = self.repair_if_damaged() {
+                tracing::warn!(dir = %self.dir.display(), error = %e,
+                    "could not cut the log back after a failed flush; retrying on the next write");
+            }
+        }
+        result
+    }
+
+    fn flush_locked(&self, checkpoint: bool) -> Result<(), LogError> {
         let _flush = self.flush_lock.lock();
         self.check_poison()?;
         // The end before the active segment: a roll fsyncs the old active segment before the
@@ -875,12 +950,17 @@ impl Log {
         let target = self.log_end_offset();
         let active = self.active_segment();
         if self.flushed_offset() < target {
-            active.flush().map_err(|e| self.poisoned_by(e))?;
+            active.flush().map_err(|e| self.damaged_by(e, self.flushed_offset()))?;
             self.flushed.fetch_max(target.get(), Ordering::AcqRel);
         }
         self.last_flush_ms.store(self.clock.now_ms(), Ordering::Release);
         if checkpoint {
-            self.write_checkpoint(self.flushed_offset(), false)?;
+            // The data is durable either way; a stale recovery point only makes the next
+            // recovery scan more (and a full disk may refuse the new file).
+            if let Err(e) = self.write_checkpoint(self.flushed_offset(), false) {
+                tracing::warn!(dir = %self.dir.display(), error = %e,
+                    "could not write the recovery point");
+            }
         }
         Ok(())
     }
@@ -1069,17 +1149,84 @@ impl Log {
     }
 
     fn check_poison(&self) -> Result<(), LogError> {
-        match self.poison.get() {
-            Some(why) => Err(LogError::Poisoned(why.clone())),
+        match self.damage.lock().as_ref() {
+            Some(d) => Err(LogError::Poisoned(d.reason.clone())),
             None => Ok(()),
         }
     }
 
-    fn poisoned_by(&self, e: LogError) -> LogError {
-        tracing::error!(dir = %self.dir.display(), error = %e,
-            "write failed; the log refuses writes until reopened");
-        let _ = self.poison.set(e.to_string());
+    /// Why the log refuses writes right now (a failed write or flush it could not yet undo).
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert_eq!(log.storage_error(), None);
+    /// ```
+    pub fn storage_error(&self) -> Option<String> {
+        self.damage.lock().as_ref().map(|d| d.reason.clone())
+    }
+
+    /// Records a failed write or flush: no write is taken until the log is cut back to
+    /// `roll_back_to` (the lowest of all failures not yet undone).
+    fn damaged_by(&self, e: LogError, roll_back_to: Offset) -> LogError {
+        tracing::warn!(dir = %self.dir.display(), error = %e, %roll_back_to,
+            "write failed; cutting the log back to its last good end");
+        let mut damage = self.damage.lock();
+        match damage.as_mut() {
+            Some(d) => d.roll_back_to = d.roll_back_to.min(roll_back_to),
+            None => *damage = Some(Damage { reason: e.to_string(), roll_back_to }),
+        }
         e
+    }
+
+    /// Undoes a recorded failure: cuts the log back to its last good end and drops the bytes a
+    /// failed write left past it; then the log takes writes again. A no-op on a healthy log.
+    fn repair_if_damaged(&self) -> Result<(), LogError> {
+        if self.damage.lock().is_none() {
+            return Ok(());
+        }
+        let _flush = self.flush_lock.lock();
+        let mut writer = self.writer.lock();
+        let Some(to) = self.damage.lock().as_ref().map(|d| d.roll_back_to) else {
+            return Ok(());
+        };
+        match self.roll_back(&mut writer, to) {
+            Ok(()) => {
+                *self.damage.lock() = None;
+                let mut rollbacks = self.rollbacks.lock();
+                rollbacks.count += 1;
+                let n = rollbacks.count;
+                rollbacks.recent.push_back((n, to));
+                if rollbacks.recent.len() > ROLLBACK_HISTORY {
+                    rollbacks.recent.pop_front();
+                }
+                tracing::info!(dir = %self.dir.display(), end = %self.log_end_offset(),
+                    "log cut back to its last good end after a failed write; taking writes again");
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("{e} (while undoing an earlier failed write)");
+                if let Some(d) = self.damage.lock().as_mut() {
+                    d.reason.clone_from(&reason);
+                }
+                Err(LogError::Poisoned(reason))
+            }
+        }
+    }
+
+    /// Cuts the log to `to` and every file of the active segment to what is published.
+    fn roll_back(&self, writer: &mut Writer, to: Offset) -> Result<(), LogError> {
+        // A recovery point above data that goes would let recovery trust rewritten bytes.
+        let point = to.min(self.flushed_offset());
+        if *self.checkpoint.lock() > point {
+            self.write_checkpoint(point, true)?;
+        }
+        self.flushed.fetch_min(point.get(), Ordering::AcqRel);
+        if to < self.log_end_offset() {
+            self.truncate_locked(writer, to)?;
+        }
+        self.active_segment().discard_unpublished()
     }
 }
 
@@ -1114,4 +1261,43 @@ fn write_run(segment: &LogSegment, run: &[Prepared], origin: Origin) -> Result<(
         slices.push(IoSlice::new(p.batch.as_bytes().get(PREFIX..).unwrap_or_default()));
     }
     segment.write_vectored(&mut slices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollbacks(cuts: &[i64]) -> Rollbacks {
+        let mut r = Rollbacks::default();
+        for &to in cuts {
+            r.count += 1;
+            r.recent.push_back((r.count, Offset::new(to)));
+            if r.recent.len() > ROLLBACK_HISTORY {
+                r.recent.pop_front();
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn an_append_survives_only_cuts_above_its_records() {
+        let r = rollbacks(&[]);
+        assert!(!r.cut(0, Offset::new(10)), "no roll-back at all");
+        let r = rollbacks(&[50]);
+        assert!(!r.cut(1, Offset::new(60)), "the cut came before the append was written");
+        assert!(!r.cut(0, Offset::new(49)), "records below the cut survive");
+        assert!(r.cut(0, Offset::new(50)), "the last record was cut");
+        let r = rollbacks(&[80, 20]);
+        assert!(r.cut(0, Offset::new(30)), "any later cut at or below the records counts");
+        assert!(!r.cut(1, Offset::new(19)));
+    }
+
+    #[test]
+    fn an_append_older_than_the_history_reports_failure() {
+        let cuts: Vec<i64> = (0..ROLLBACK_HISTORY as i64 + 5).map(|i| 1_000 + i).collect();
+        let r = rollbacks(&cuts);
+        // Its roll-backs are forgotten: it cannot tell, so it does not claim success.
+        assert!(r.cut(0, Offset::new(1)));
+        assert!(!r.cut(r.count - 1, Offset::new(1)));
+    }
 }

@@ -800,6 +800,15 @@ impl LogSegment {
         Ok(Some((header.base, pos - start.pos)))
     }
 
+    /// Cuts the data file and both indexes back to what is published, dropping whatever a
+    /// failed write left past it. The data file is opened for appending, so bytes left there
+    /// would otherwise end up between published batches. Writer only.
+    pub(crate) fn discard_unpublished(&self) -> Result<(), LogError> {
+        self.log.set_len(self.size()).ctx(|| format!("truncate {}", self.path.display()))?;
+        self.offset_index.file().discard_unlisted()?;
+        self.time_index.file().discard_unlisted()
+    }
+
     /// Marks the segment as mid-truncation forever: every read of it from now on retries
     /// (with a new snapshot of the segment list). For a segment whose file is being reused.
     pub(crate) fn retire(&self) {

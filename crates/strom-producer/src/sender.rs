@@ -349,12 +349,19 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
                 last_error: message.clone(),
             });
         } else {
-            debug!(topic = %d.topic, partition = %d.partition, error = %message,
-                attempt = b.attempts, ?backoff, "retrying batch");
             b.retry_at = Some(now + backoff);
             b.last_error = Some(message.clone());
             keep.push(b);
         }
+    }
+    if let Some(first) = keep.first() {
+        // One line per partition and retry round, so a stuck partition (full disk, broker
+        // down) is visible long before the delivery timeout fails its records.
+        let left =
+            cfg.delivery_timeout.saturating_sub(now.saturating_duration_since(first.created));
+        warn!(topic = %d.topic, partition = %d.partition, error = %message,
+            attempt = first.attempts, batches = keep.len(), retry_in = ?first.retry_at.map(|t| t - now),
+            gives_up_in = ?left, "produce failed; retrying");
     }
     inner.accum.lock().requeue(&d.topic, d.partition, keep);
     if retriable {

@@ -48,6 +48,7 @@ fn partition_descriptions(d: &TopicDescription) -> Vec<pb::PartitionDescription>
             isr: p.isr.clone(),
             log_start_offset: p.log_start_offset,
             high_watermark: p.high_watermark,
+            storage_error: p.storage_error.clone().unwrap_or_default(),
         })
         .collect()
 }
