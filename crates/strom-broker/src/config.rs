@@ -80,6 +80,11 @@ pub struct BrokerConfig {
     /// `offsets.topic.num.partitions`). Fixed once created: a group's partition is a hash of
     /// its id modulo this count, so an existing topic keeps its count whatever this says.
     pub offsets_topic_num_partitions: i32,
+    /// Address the Kafka protocol listener binds, or `none` to disable it; port 0 picks a free
+    /// port. See [`BrokerConfig::kafka_listen_addr`].
+    pub kafka_listen: String,
+    /// `host:port` Kafka clients are told to dial; defaults to the Kafka listener's address.
+    pub kafka_advertised_address: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -108,6 +113,8 @@ impl Default for BrokerConfig {
             auto_create_topics: false,
             shutdown_timeout_ms: 10_000,
             offsets_topic_num_partitions: 50,
+            kafka_listen: crate::kafka_support::DEFAULT_KAFKA_LISTEN.to_string(),
+            kafka_advertised_address: None,
         }
     }
 }
@@ -162,6 +169,7 @@ impl BrokerConfig {
         if let Some(addr) = &self.advertised_address {
             parse_host_port(addr).map_err(BrokerError::Config)?;
         }
+        self.validate_kafka()?;
         if self.max_request_bytes < 1024 || self.max_request_bytes > MAX_REQUEST_BYTES {
             return bad(format!(
                 "max_request_bytes must be in 1024..={MAX_REQUEST_BYTES}, got {}",
@@ -206,7 +214,7 @@ impl BrokerConfig {
 /// Most partitions a single topic may have.
 pub const MAX_PARTITIONS: i32 = 10_000;
 
-fn parse_host_port(addr: &str) -> Result<(String, i32), String> {
+pub(crate) fn parse_host_port(addr: &str) -> Result<(String, i32), String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("advertised address {addr:?} is not host:port"))?;

@@ -55,6 +55,7 @@ mod config;
 mod controller;
 mod error;
 mod fetch;
+mod kafka_support;
 mod metadata;
 mod partition;
 mod server;
@@ -66,6 +67,7 @@ pub use broker::{Broker, MAX_TOPICS_PER_REQUEST};
 pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig};
 pub use error::{ApiError, BrokerError};
 pub use fetch::MAX_FETCH_PARTITIONS;
+pub use kafka_support::DEFAULT_KAFKA_LISTEN;
 pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };
