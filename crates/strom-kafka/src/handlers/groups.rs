@@ -22,9 +22,7 @@ use kafka_protocol::messages::*;
 use strom_coordinator::{self as coord, GroupCoordinator, GroupState, OffsetCommitEntry};
 use strom_format::{LeaderEpoch, Offset, PartitionId};
 
-use super::codes::{
-    COORDINATOR_NOT_AVAILABLE, GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP, UNKNOWN_SERVER_ERROR,
-};
+use super::codes::{COORDINATOR_NOT_AVAILABLE, GROUP_ID_NOT_FOUND, UNKNOWN_SERVER_ERROR};
 use super::{ALL_GROUP_OPERATIONS, Context, OPERATIONS_NOT_REQUESTED, code, str_bytes, topic_name};
 
 /// Kafka's FindCoordinator key type of transactional ids.
@@ -440,29 +438,19 @@ pub(super) fn describe_groups(ctx: &Context, req: DescribeGroupsRequest) -> Desc
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-/// A group with live members cannot be deleted (NON_EMPTY_GROUP, as in Kafka). Deleting an
-/// empty group's committed offsets needs support in the coordinator that does not exist yet.
+/// Each group is deleted on its own: NON_EMPTY_GROUP while it has members (as in Kafka),
+/// GROUP_ID_NOT_FOUND when unknown; otherwise its committed offsets are gone.
 pub(super) async fn delete_groups(ctx: &Context, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let c = coordinator(ctx);
-    let results = req
-        .groups_names
-        .into_iter()
-        .map(|group_id| {
-            let error_code = match &c {
-                None => COORDINATOR_NOT_AVAILABLE,
-                Some(c) => {
-                    let d = c.describe_group(&group_id);
-                    if !d.members.is_empty() {
-                        NON_EMPTY_GROUP
-                    } else if d.state == GroupState::Dead && !c.offsets().has_offsets(&group_id) {
-                        GROUP_ID_NOT_FOUND
-                    } else {
-                        super::codes::INVALID_REQUEST
-                    }
-                }
-            };
-            DeletableGroupResult::default().with_group_id(group_id).with_error_code(error_code)
-        })
-        .collect();
+    let mut results = Vec::with_capacity(req.groups_names.len());
+    for group_id in req.groups_names {
+        let error_code = match &c {
+            None => COORDINATOR_NOT_AVAILABLE,
+            Some(c) => c.delete_group(&group_id).await.error_code.code(),
+        };
+        results.push(
+            DeletableGroupResult::default().with_group_id(group_id).with_error_code(error_code),
+        );
+    }
     DeleteGroupsResponse::default().with_results(results)
 }

@@ -256,7 +256,6 @@ pub(crate) mod codes {
     pub(crate) const INVALID_CONFIG: i16 = ResponseError::InvalidConfig.code();
     pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 =
         ResponseError::TransactionalIdAuthorizationFailed.code();
-    pub(crate) const NON_EMPTY_GROUP: i16 = ResponseError::NonEmptyGroup.code();
     pub(crate) const GROUP_ID_NOT_FOUND: i16 = ResponseError::GroupIdNotFound.code();
     pub(crate) const UNKNOWN_SERVER_ERROR: i16 = ResponseError::UnknownServerError.code();
 }

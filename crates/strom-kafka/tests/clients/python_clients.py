@@ -96,6 +96,11 @@ def confluent_admin_produce_consume():
             seen.append(m.value())
     c.close()
     check(seen == [b"after-commit"], f"resumed from the committed offset (saw {seen[:3]})")
+    admin.delete_consumer_groups([group])[group].result(timeout=10)
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+    left = c.committed([TopicPartition(topic, p) for p in range(6)], timeout=10)
+    c.close()
+    check(all(tp.offset < 0 for tp in left), "deleted group has no committed offsets")
 
     fs = admin.delete_topics([topic])
     fs[topic].result(timeout=10)
@@ -103,40 +108,59 @@ def confluent_admin_produce_consume():
 
 
 def confluent_group_split():
-    from confluent_kafka import Consumer, Producer
+    import os
+    import signal
+    import subprocess
+    from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
     topic = unique("split")
     admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result(timeout=10)
     group = unique("g")
+    conf = {"bootstrap.servers": BOOTSTRAP, "group.id": group, "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500, "partition.assignment.strategy": "range"}
     assignments = {}
-    stop = threading.Event()
+    stops = {n: threading.Event() for n in ("a", "b")}
 
     def member(name):
-        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group,
-                      "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-                      "partition.assignment.strategy": "range"})
+        c = Consumer(conf)
         c.subscribe([topic])
-        while not stop.is_set():
+        while not stops[name].is_set():
             c.poll(0.2)
             assignments[name] = sorted(tp.partition for tp in c.assignment())
-        c.close()
+        c.close()  # LeaveGroup
 
-    threads = [threading.Thread(target=member, args=(n,)) for n in ("a", "b")]
-    for t in threads:
+    def wait_for(cond, what):
+        end = time.time() + DEADLINE
+        while time.time() < end and not cond():
+            time.sleep(0.2)
+        check(cond(), f"{what} ({assignments})")
+
+    threads = {n: threading.Thread(target=member, args=(n,)) for n in ("a", "b")}
+    for t in threads.values():
         t.start()
-    end = time.time() + DEADLINE
-    while time.time() < end:
-        a, b = assignments.get("a", []), assignments.get("b", [])
-        if len(a) == 3 and len(b) == 3 and sorted(a + b) == list(range(6)):
-            break
-        time.sleep(0.2)
-    check(len(assignments.get("a", [])) == 3 and len(assignments.get("b", [])) == 3,
-          f"2 members split 6 partitions 3/3 ({assignments})")
-    stop.set()
-    for t in threads:
-        t.join()
+    wait_for(lambda: len(assignments.get("a", [])) == 3 and len(assignments.get("b", [])) == 3
+             and sorted(assignments["a"] + assignments["b"]) == list(range(6)),
+             "2 members split 6 partitions 3/3")
+    stops["b"].set()
+    threads["b"].join()
+    wait_for(lambda: assignments.get("a") == list(range(6)), "after b left, a owns all 6")
+
+    # A member in another process, killed with SIGKILL: its partitions return to a once its
+    # session times out.
+    code = ("import sys, time\nfrom confluent_kafka import Consumer\n"
+            f"c = Consumer({conf!r})\nc.subscribe([{topic!r}])\n"
+            "while True:\n    c.poll(0.2)\n")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        wait_for(lambda: len(assignments.get("a", [])) == 3, "a third member process takes 3 of a's 6")
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    wait_for(lambda: assignments.get("a") == list(range(6)), "after the member was killed, a owns all 6 again")
+    stops["a"].set()
+    threads["a"].join()
 
 
 def kafka_python():
