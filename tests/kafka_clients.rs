@@ -41,11 +41,13 @@ impl Node {
             .enable_all()
             .build()
             .unwrap();
-        let mut config = BrokerConfig::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.data_dir = dir.path().to_path_buf();
-        config.offsets_topic_num_partitions = 4;
-        config.message_max_bytes = 2 << 20;
+        let config = BrokerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            offsets_topic_num_partitions: 4,
+            message_max_bytes: 2 << 20,
+            ..BrokerConfig::default()
+        };
         let (server, kafka) = rt.block_on(async {
             let server = BrokerServer::start(config).await.unwrap();
             let kafka = KafkaListener::start(

@@ -50,16 +50,20 @@ impl Node {
             .enable_all()
             .build()
             .unwrap();
-        let mut config = BrokerConfig::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.data_dir = dir.path().to_path_buf();
-        config.offsets_topic_num_partitions = 2;
-        // Random Fetch frames must not park a connection for long.
-        config.fetch_max_wait_ms = 50;
+        let config = BrokerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            offsets_topic_num_partitions: 2,
+            // Random Fetch frames must not park a connection for long.
+            fetch_max_wait_ms: 50,
+            ..BrokerConfig::default()
+        };
         let (broker, listener) = rt.block_on(async {
             let broker = Broker::open(config).await.unwrap();
-            let mut k = KafkaConfig::new("127.0.0.1:0".parse().unwrap());
-            k.max_request_bytes = max_request_bytes;
+            let k = KafkaConfig {
+                max_request_bytes,
+                ..KafkaConfig::new("127.0.0.1:0".parse().unwrap())
+            };
             let listener = KafkaListener::start(broker.clone(), k).await.unwrap();
             (broker, listener)
         });
