@@ -12,7 +12,7 @@ use strom_broker::Broker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::KafkaConfig;
@@ -23,6 +23,11 @@ use crate::handlers::{Context, Decoded, Shared};
 /// Requests read ahead of the one being answered, per connection. Beyond this the reader stops
 /// reading the socket, and TCP flow control slows the client down.
 const MAX_QUEUED_REQUESTS: usize = 64;
+/// Bytes of requests read ahead per connection (at least one largest frame), so 64 queued
+/// frames cannot each be 100 MiB.
+const MIN_QUEUED_BYTES: usize = 16 << 20;
+/// Open connections at most; more are closed as they arrive, with a log line.
+const MAX_CONNECTIONS: usize = 10_000;
 
 /// A running Kafka listener. Dropping it without [`KafkaListener::shutdown`] stops accepting
 /// but leaves open connections to end with the broker.
@@ -87,6 +92,10 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!(%peer, "refusing Kafka connection: {MAX_CONNECTIONS} already open");
+                    drop(stream);
+                }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
@@ -138,9 +147,11 @@ async fn read_frames(
     mut read: OwnedReadHalf,
     peer: SocketAddr,
     max_frame: usize,
-    queue: mpsc::Sender<Decoded>,
+    queue: mpsc::Sender<(Decoded, OwnedSemaphorePermit)>,
 ) -> Result<(), KafkaError> {
     let io = |source| KafkaError::Io { context: format!("reading from {peer}"), source };
+    let budget_bytes = max_frame.max(MIN_QUEUED_BYTES);
+    let budget = Arc::new(Semaphore::new(budget_bytes));
     loop {
         let mut len = [0u8; 4];
         match read.read_exact(&mut len).await {
@@ -153,12 +164,17 @@ async fn read_frames(
             Ok(n) if n <= max_frame => n,
             _ => return Err(KafkaError::FrameTooLarge { size: i64::from(size), limit: max_frame }),
         };
+        // Held until the request is answered: the bytes read ahead stay within the budget.
+        let permits = u32::try_from(size.min(budget_bytes)).unwrap_or(u32::MAX);
+        let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
+            return Ok(());
+        };
         let mut frame = BytesMut::zeroed(size);
         read.read_exact(&mut frame).await.map_err(io)?;
         let frame: Bytes = frame.freeze();
         let prefix = header_prefix(&frame)?;
         let decoded = Decoded::parse(prefix, frame)?;
-        if queue.send(decoded).await.is_err() {
+        if queue.send((decoded, permit)).await.is_err() {
             // The writer is gone (its socket failed): nothing more to do.
             return Ok(());
         }
@@ -166,9 +182,13 @@ async fn read_frames(
 }
 
 /// Runs queued requests one at a time and writes each answer before starting the next.
-async fn answer_frames(write: OwnedWriteHalf, ctx: Context, mut queued: mpsc::Receiver<Decoded>) {
+async fn answer_frames(
+    write: OwnedWriteHalf,
+    ctx: Context,
+    mut queued: mpsc::Receiver<(Decoded, OwnedSemaphorePermit)>,
+) {
     let mut write = BufWriter::new(write);
-    while let Some(request) = queued.recv().await {
+    while let Some((request, _permit)) = queued.recv().await {
         let bytes = match crate::handlers::handle(&ctx, request).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => continue,
