@@ -295,3 +295,40 @@ fn kafka_and_grpc_front_ends_share_records() {
     );
     println!("cross front end: 5 records Kafka -> gRPC, 2 records gRPC -> Kafka");
 }
+
+#[test]
+fn a_group_mixes_kafka_and_grpc_members() {
+    let python = venv_python();
+    let node = Node::start();
+    node.create_topic("mixed", 6);
+    let mut grpc_member = Command::new(common::bin("strom-consumer"))
+        .args(["--bootstrap", &node.grpc, "--topic", "mixed", "--group", "mixed"])
+        .args(["--timeout-ms", "60000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn strom-consumer");
+    let script = r#"
+import sys, time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "mixed",
+              "partition.assignment.strategy": "range"})
+c.subscribe(["mixed"])
+end, got = time.time() + 40, []
+while time.time() < end and len(got) != 3:
+    c.poll(0.2)
+    got = sorted(tp.partition for tp in c.assignment())
+c.close()
+print("kafka member owns", got)
+sys.exit(0 if len(got) == 3 else 1)
+"#;
+    let out = Command::new(python).args(["-c", script, &node.bootstrap]).output().unwrap();
+    let _ = grpc_member.kill();
+    let _ = grpc_member.wait();
+    println!("{}", text(&out));
+    assert!(
+        out.status.success(),
+        "the Kafka member did not get half the partitions: {}",
+        text(&out)
+    );
+}
