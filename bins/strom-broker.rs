@@ -1,4 +1,5 @@
-//! `strom-broker`: runs one Strom node, controller and broker at once, serving the gRPC API.
+//! `strom-broker`: runs one Strom node, controller and broker at once, serving the gRPC API
+//! and the Kafka protocol.
 //! Settings come from defaults, then `--config FILE` (TOML), then flags; SIGTERM or Ctrl-C
 //! shuts down gracefully (requests drained, every log flushed and closed).
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use strom_broker::{BrokerConfig, BrokerServer};
+use strom_kafka::{KafkaConfig, KafkaListener};
 use tracing_subscriber::EnvFilter;
 
 /// Runs a single-node Strom broker.
@@ -74,6 +76,12 @@ struct Args {
     /// Client connections open at once; more are refused [default: 10000].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
+    /// Address of the Kafka protocol listener, or `none` to disable it [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "ADDR|none")]
+    kafka_listen: Option<String>,
+    /// host:port Kafka clients are told to connect to [default: the Kafka listener's address].
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_advertised_address: Option<String>,
     /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -134,6 +142,10 @@ impl Args {
         set(&mut c.connections_max_idle_ms, self.connections_max_idle_ms);
         if let Some(n) = self.max_connections {
             c.max_connections = usize::try_from(n).context("--max-connections is too large")?;
+        }
+        set(&mut c.kafka_listen, self.kafka_listen);
+        if self.kafka_advertised_address.is_some() {
+            c.kafka_advertised_address = self.kafka_advertised_address;
         }
         c.validate()?;
         Ok(c)
@@ -206,17 +218,42 @@ async fn termination() {
     }
 }
 
+/// The Kafka listener's settings, `None` when `--kafka-listen none` disables it.
+fn kafka_config(c: &BrokerConfig) -> anyhow::Result<Option<KafkaConfig>> {
+    Ok(c.kafka_listen_addr()?.map(|listen| KafkaConfig {
+        listen,
+        advertised_address: c.kafka_advertised_address.clone(),
+        max_request_bytes: c.max_request_bytes,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     let log_file = args.log_file.take();
     init_logging(args.log_level.take().as_deref(), log_file.as_deref())?;
     let config = args.into_config()?;
+    let kafka = kafka_config(&config)?;
     let server = BrokerServer::start(config).await.context("starting the broker")?;
-    // Scripts and tests read this line to learn the port when started with port 0.
+    let kafka = match kafka {
+        Some(k) => Some(
+            KafkaListener::start(server.broker().clone(), k)
+                .await
+                .context("starting the Kafka listener")?,
+        ),
+        None => None,
+    };
+    // Scripts and tests read these lines to learn the ports when started with port 0.
+    if let Some(k) = &kafka {
+        println!("strom-broker kafka protocol on {}", k.local_addr());
+    }
     println!("strom-broker listening on {}", server.local_addr());
     std::io::stdout().flush().context("writing to stdout")?;
-    server.run_until(termination()).await.context("broker failed")?;
+    let served = server.run_until(termination()).await;
+    if let Some(k) = kafka {
+        k.shutdown().await;
+    }
+    served.context("broker failed")?;
     tracing::info!("bye");
     Ok(())
 }

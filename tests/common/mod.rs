@@ -70,6 +70,7 @@ impl BrokerProcess {
         let mut child = command
             .arg("--listen")
             .arg(listen)
+            .args(["--kafka-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(&extra_args)

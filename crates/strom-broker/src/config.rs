@@ -98,6 +98,11 @@ pub struct BrokerConfig {
     /// Client connections open at once; more are closed on accept (Kafka's
     /// `max.connections`).
     pub max_connections: usize,
+    /// Address the Kafka protocol listener binds, or `none` to disable it; port 0 picks a free
+    /// port. See [`BrokerConfig::kafka_listen_addr`].
+    pub kafka_listen: String,
+    /// `host:port` Kafka clients are told to dial; defaults to the Kafka listener's address.
+    pub kafka_advertised_address: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -133,6 +138,8 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval_ms: 250,
             connections_max_idle_ms: 10 * 60 * 1000,
             max_connections: 10_000,
+            kafka_listen: crate::kafka_support::DEFAULT_KAFKA_LISTEN.to_string(),
+            kafka_advertised_address: None,
         }
     }
 }
@@ -204,6 +211,7 @@ impl BrokerConfig {
         if let Some(addr) = &self.advertised_address {
             parse_host_port(addr).map_err(BrokerError::Config)?;
         }
+        self.validate_kafka()?;
         if self.max_request_bytes < 1024 || self.max_request_bytes > MAX_REQUEST_BYTES {
             return bad(format!(
                 "max_request_bytes must be in 1024..={MAX_REQUEST_BYTES}, got {}",
@@ -259,7 +267,7 @@ impl BrokerConfig {
 /// Most partitions a single topic may have.
 pub const MAX_PARTITIONS: i32 = 10_000;
 
-fn parse_host_port(addr: &str) -> Result<(String, i32), String> {
+pub(crate) fn parse_host_port(addr: &str) -> Result<(String, i32), String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("advertised address {addr:?} is not host:port"))?;

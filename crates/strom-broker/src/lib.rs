@@ -56,6 +56,7 @@ mod connection;
 mod controller;
 mod error;
 mod fetch;
+mod kafka_support;
 mod metadata;
 mod partition;
 mod peers;
@@ -71,6 +72,7 @@ pub use broker::{Broker, MAX_TOPICS_PER_REQUEST};
 pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig, parse_voters};
 pub use error::{ApiError, BrokerError};
 pub use fetch::MAX_FETCH_PARTITIONS;
+pub use kafka_support::DEFAULT_KAFKA_LISTEN;
 pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };

@@ -432,6 +432,39 @@ impl GroupCoordinator {
             .map_err(|e| CoordinatorError::Task(e.to_string()))?
     }
 
+    /// DeleteGroups for one group: refused with NON_EMPTY_GROUP while it has members,
+    /// GROUP_ID_NOT_FOUND when it has neither members nor committed offsets; otherwise its
+    /// offsets are deleted (durably, before this returns NONE) and the group is unloaded.
+    pub async fn delete_group(&self, group_id: &str) -> GroupResult {
+        if let Err((code, msg)) = self.validate_group_id(group_id) {
+            return GroupResult::error(code, msg);
+        }
+        {
+            // Unloaded under the table lock (then the group's, as everywhere), so no member
+            // can join between the check and the deletion; a later join starts a new group.
+            let mut groups = self.inner.groups.lock();
+            if let Some(cell) = groups.get(group_id).cloned() {
+                let mut group = cell.group.lock();
+                if !group.is_idle() {
+                    return GroupResult::error(ErrorCode::NonEmptyGroup, "the group has members");
+                }
+                group.mark_dead();
+                groups.remove(group_id);
+                cell.wake.notify_one();
+            } else if !self.inner.offsets.has_offsets(group_id) {
+                return GroupResult::error(ErrorCode::GroupIdNotFound, "the group does not exist");
+            }
+        }
+        let store = Arc::clone(&self.inner.offsets);
+        let id = group_id.to_owned();
+        match tokio::task::spawn_blocking(move || store.delete_group(&id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return GroupResult::error(e.code(), e.to_string()),
+            Err(e) => return GroupResult::error(ErrorCode::UnknownServerError, e.to_string()),
+        }
+        GroupResult::ok()
+    }
+
     // ---- Introspection -------------------------------------------------------------------------
 
     /// Every group: live ones and those that only have committed offsets, sorted by id.

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     InvalidRequest = 42,
     /// Writing to `__consumer_offsets` failed; nothing was committed.
     KafkaStorageError = 56,
+    /// DeleteGroups of a group that still has members.
+    NonEmptyGroup = 68,
     /// The group does not exist.
     GroupIdNotFound = 69,
     /// KIP-394: rejoin with the member id in this response.
@@ -66,6 +68,7 @@ impl ErrorCode {
             ErrorCode::RebalanceInProgress => "REBALANCE_IN_PROGRESS",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::KafkaStorageError => "KAFKA_STORAGE_ERROR",
+            ErrorCode::NonEmptyGroup => "NON_EMPTY_GROUP",
             ErrorCode::GroupIdNotFound => "GROUP_ID_NOT_FOUND",
             ErrorCode::MemberIdRequired => "MEMBER_ID_REQUIRED",
             ErrorCode::GroupMaxSizeReached => "GROUP_MAX_SIZE_REACHED",

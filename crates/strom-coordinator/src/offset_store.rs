@@ -214,6 +214,25 @@ impl OffsetStore {
         Ok(deleted)
     }
 
+    /// Deletes every committed offset of `group_id` (tombstones, one batch), as Kafka's
+    /// DeleteGroups does. Returns how many offsets were removed. Blocks on disk I/O.
+    pub fn delete_group(&self, group_id: &str) -> Result<usize, CoordinatorError> {
+        let victims = self.fetch_group(group_id);
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut builder = BatchBuilder::new(Compression::None);
+        let now = now_ms();
+        for (topic, p, _) in &victims {
+            let key = encode_key(group_id, topic, *p).map_err(schema_error)?;
+            builder.append(now, Some(&key), None, &[]);
+        }
+        let entries = victims.iter().map(|(topic, p, _)| (topic.as_str(), *p, None)).collect();
+        self.write(group_id, builder, entries)?;
+        info!(group = group_id, deleted = victims.len(), "deleted a group's committed offsets");
+        Ok(victims.len())
+    }
+
     /// Appends and flushes one batch to the group's partition, then applies `entries` (in
     /// record order) to the cache.
     fn write(

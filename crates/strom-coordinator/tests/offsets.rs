@@ -300,3 +300,21 @@ async fn racing_commits_leave_the_cache_equal_to_a_replay() {
     let replayed = OffsetStore::load(logs).unwrap();
     assert_eq!(replayed.fetch_group("g"), store.fetch_group("g"));
 }
+
+#[tokio::test]
+async fn delete_group_removes_its_offsets_and_refuses_groups_with_members() {
+    let c = memory_coordinator();
+    assert_eq!(c.delete_group("nobody").await.error_code, ErrorCode::GroupIdNotFound);
+    let results = c.commit_offsets(simple_commit("g", vec![entry("t", 0, 10, "")])).await;
+    assert!(results.iter().all(|r| r.error_code == ErrorCode::None));
+    let joined = c.join_group(join_req("")).await;
+    assert_eq!(joined.error_code, ErrorCode::None);
+    assert_eq!(c.delete_group("g").await.error_code, ErrorCode::NonEmptyGroup);
+    let left =
+        c.leave_group(&LeaveGroupRequest { group_id: "g".into(), member_id: joined.member_id });
+    assert_eq!(left.error_code, ErrorCode::None);
+    assert_eq!(c.delete_group("g").await.error_code, ErrorCode::None);
+    assert!(c.fetch_offsets("g", None).partitions.is_empty());
+    assert!(!c.list_groups().iter().any(|g| g.group_id == "g"));
+    assert_eq!(c.delete_group("g").await.error_code, ErrorCode::GroupIdNotFound);
+}

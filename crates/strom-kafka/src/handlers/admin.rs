@@ -1,0 +1,241 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs and
+//! IncrementalAlterConfigs, onto the broker core's topic operations.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::*;
+use strom_broker::NewTopic;
+
+use super::codes::{INVALID_CONFIG, INVALID_PARTITIONS, INVALID_REQUEST, UNKNOWN_TOPIC_ID};
+use super::{Context, code, result_code, result_message, str_bytes};
+
+/// Kafka's ConfigResource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// Kafka's ConfigSource values.
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+pub(super) async fn create_topics(
+    ctx: &Context,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.to_string();
+        // Manual assignments fix the partition count; every replica is this node anyway.
+        let num_partitions = if t.num_partitions == -1 && !t.assignments.is_empty() {
+            i32::try_from(t.assignments.len()).unwrap_or(i32::MAX)
+        } else {
+            t.num_partitions
+        };
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+            .collect();
+        let new = NewTopic {
+            name: name.clone(),
+            num_partitions,
+            replication_factor: i32::from(t.replication_factor),
+            configs: configs.clone(),
+        };
+        let result = ctx.broker().create_topic(new, req.validate_only).await;
+        let mut answer = CreatableTopicResult::default()
+            .with_name(t.name)
+            .with_error_code(result_code(&result))
+            .with_error_message(result_message(&result))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1);
+        if result.is_ok() && version >= 5 {
+            answer.replication_factor = 1;
+            answer.num_partitions = match num_partitions {
+                -1 => ctx.broker().config().num_partitions,
+                n => n,
+            };
+            if let Ok(d) = ctx.broker().describe_topic(&name) {
+                answer.configs = Some(
+                    d.configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfigs::default()
+                                .with_name(str_bytes(k))
+                                .with_value(Some(str_bytes(v)))
+                                .with_config_source(if configs.contains_key(k) {
+                                    SOURCE_DYNAMIC_TOPIC
+                                } else {
+                                    SOURCE_DEFAULT
+                                })
+                        })
+                        .collect(),
+                );
+            }
+        }
+        results.push(answer);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub(super) async fn delete_topics(
+    ctx: &Context,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    // v6 names topics in `topics` (by name or id); earlier versions in `topic_names`.
+    let wanted: Vec<Option<TopicName>> = if version >= 6 {
+        req.topics.into_iter().map(|t| t.name).collect()
+    } else {
+        req.topic_names.into_iter().map(Some).collect()
+    };
+    let mut responses = Vec::with_capacity(wanted.len());
+    for name in wanted {
+        let answer = match name {
+            None => DeletableTopicResult::default()
+                .with_error_code(UNKNOWN_TOPIC_ID)
+                .with_error_message(Some(str_bytes("Strom topics have no ids; name the topic"))),
+            Some(name) => {
+                let result = ctx.broker().delete_topic(&name).await;
+                DeletableTopicResult::default()
+                    .with_name(Some(name))
+                    .with_error_code(result_code(&result))
+                    .with_error_message(result_message(&result))
+            }
+        };
+        responses.push(answer);
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+/// The broker core cannot add partitions to a topic yet: a count equal to the current one is
+/// INVALID_PARTITIONS (as in Kafka), a larger one INVALID_REQUEST with the reason.
+pub(super) fn create_partitions(
+    ctx: &Context,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let results = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let (error_code, message) = match ctx.broker().describe_topic(&t.name) {
+                Err(e) => (code(&e), e.message),
+                Ok(d) => {
+                    let current = i32::try_from(d.partitions.len()).unwrap_or(i32::MAX);
+                    if t.count <= current {
+                        (
+                            INVALID_PARTITIONS,
+                            format!("topic has {current} partitions; asked for {}", t.count),
+                        )
+                    } else {
+                        (INVALID_REQUEST, "adding partitions is not supported yet".to_string())
+                    }
+                }
+            };
+            CreatePartitionsTopicResult::default()
+                .with_name(t.name)
+                .with_error_code(error_code)
+                .with_error_message(Some(str_bytes(&message)))
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+/// Topic configs come from the broker's effective topic settings; broker configs are the few
+/// broker settings with a Kafka name.
+pub(super) fn describe_configs(
+    ctx: &Context,
+    req: DescribeConfigsRequest,
+    _version: i16,
+) -> DescribeConfigsResponse {
+    let results = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let keys: Option<Vec<String>> = r
+                .configuration_keys
+                .as_ref()
+                .map(|keys| keys.iter().map(|k| k.to_string()).collect());
+            let wanted = |k: &str| keys.as_ref().is_none_or(|keys| keys.iter().any(|x| x == k));
+            let base = DescribeConfigsResult::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+            let entry = |k: &str, v: &str, source: i8| {
+                DescribeConfigsResourceResult::default()
+                    .with_name(str_bytes(k))
+                    .with_value(Some(str_bytes(v)))
+                    .with_config_source(source)
+            };
+            match r.resource_type {
+                RESOURCE_TOPIC => match ctx.broker().describe_topic(&r.resource_name) {
+                    Ok(d) => base.with_configs(
+                        d.configs
+                            .iter()
+                            .filter(|(k, _)| wanted(k))
+                            .map(|(k, v)| entry(k, v, SOURCE_DEFAULT))
+                            .collect(),
+                    ),
+                    Err(e) => base
+                        .with_error_code(code(&e))
+                        .with_error_message(Some(str_bytes(&e.message))),
+                },
+                RESOURCE_BROKER => {
+                    let c = ctx.broker().config();
+                    let settings = [
+                        ("broker.id", c.node_id.to_string()),
+                        ("num.partitions", c.num_partitions.to_string()),
+                        ("log.segment.bytes", c.log_segment_bytes.to_string()),
+                        ("log.retention.ms", c.log_retention_ms.to_string()),
+                        ("log.retention.bytes", c.log_retention_bytes.to_string()),
+                        ("message.max.bytes", c.message_max_bytes.to_string()),
+                        ("socket.request.max.bytes", c.max_request_bytes.to_string()),
+                        ("auto.create.topics.enable", c.auto_create_topics.to_string()),
+                        (
+                            "offsets.topic.num.partitions",
+                            c.offsets_topic_num_partitions.to_string(),
+                        ),
+                    ];
+                    base.with_configs(
+                        settings
+                            .iter()
+                            .filter(|(k, _)| wanted(k))
+                            .map(|(k, v)| entry(k, v, SOURCE_STATIC_BROKER).with_read_only(true))
+                            .collect(),
+                    )
+                }
+                other => base.with_error_code(INVALID_REQUEST).with_error_message(Some(str_bytes(
+                    &format!("config resource type {other} is not supported"),
+                ))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// The broker core has no way to change a topic's settings after creation yet: every resource
+/// is answered INVALID_CONFIG with that reason, and nothing changes.
+pub(super) fn incremental_alter_configs(
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let responses = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(INVALID_CONFIG)
+                .with_error_message(Some(str_bytes("altering configs is not supported yet")))
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}

@@ -1,0 +1,238 @@
+"""Scenarios of real Python Kafka clients against a Strom broker's Kafka listener.
+
+Run by tests/kafka_clients.rs with the venv's python: `python_clients.py BOOTSTRAP SCENARIO`.
+Prints one line per check and exits non-zero on the first failure.
+"""
+import asyncio
+import sys
+import threading
+import time
+import uuid
+
+BOOTSTRAP = sys.argv[1]
+SCENARIO = sys.argv[2]
+DEADLINE = 40.0
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAIL: {what}", flush=True)
+        sys.exit(1)
+    print(f"ok: {what}", flush=True)
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def confluent_admin_produce_consume():
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic = unique("ck")
+    fs = admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
+    fs[topic].result(timeout=10)
+    md = admin.list_topics(timeout=10)
+    check(topic in md.topics and len(md.topics[topic].partitions) == 6, "created topic has 6 partitions")
+
+    sent = {}
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"]:
+        p = Producer({"bootstrap.servers": BOOTSTRAP, "compression.type": codec,
+                      "partitioner": "murmur2_random", "linger.ms": 5})
+        delivered = []
+        for i in range(20):
+            key = f"key-{codec}-{i}".encode()
+            p.produce(topic, key=key, value=f"v{i}".encode(), headers=[("h", codec.encode())],
+                      on_delivery=lambda err, msg: delivered.append((err, msg)))
+            sent[key] = None
+        p.flush(10)
+        check(len(delivered) == 20 and all(e is None for e, _ in delivered), f"20 records acked with {codec}")
+        for _, m in delivered:
+            sent[m.key()] = m.partition()
+    big = b"x" * (900 * 1024)
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "message.max.bytes": 2_000_000})
+    p.produce(topic, key=b"big", value=big, partition=0)
+    check(p.flush(10) == 0, "900 KiB record acked")
+
+    # Keyed records land where Java's murmur2 partitioner puts them.
+    from kafka.partitioner.default import murmur2
+    wrong = [k for k, part in sent.items() if part != (murmur2(k) & 0x7FFFFFFF) % 6]
+    check(not wrong, "every key on its murmur2 partition")
+
+    group = unique("g")
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False, "fetch.message.max.bytes": 2_000_000})
+    c.subscribe([topic])
+    got, headers_ok, big_seen = 0, True, False
+    end = time.time() + DEADLINE
+    while got < 101 and time.time() < end:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        got += 1
+        if m.key() == b"big":
+            big_seen = len(m.value()) == len(big)
+        elif not m.headers() or m.headers()[0][0] != "h":
+            headers_ok = False
+    check(got == 101, f"consumed all 101 records (got {got})")
+    check(big_seen and headers_ok, "900 KiB record and headers came back intact")
+    c.commit(asynchronous=False)
+    committed = c.committed([TopicPartition(topic, p) for p in range(6)], timeout=10)
+    check(sum(tp.offset for tp in committed if tp.offset > 0) == 101, "commit stored every position")
+    c.close()
+
+    # Resume: a new consumer of the group starts at the committed offsets, sees only new records.
+    p = Producer({"bootstrap.servers": BOOTSTRAP})
+    p.produce(topic, key=b"after", value=b"after-commit", partition=3)
+    p.flush(10)
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    seen = []
+    end = time.time() + DEADLINE
+    while not seen and time.time() < end:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            seen.append(m.value())
+    c.close()
+    check(seen == [b"after-commit"], f"resumed from the committed offset (saw {seen[:3]})")
+    admin.delete_consumer_groups([group])[group].result(timeout=10)
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+    left = c.committed([TopicPartition(topic, p) for p in range(6)], timeout=10)
+    c.close()
+    check(all(tp.offset < 0 for tp in left), "deleted group has no committed offsets")
+
+    fs = admin.delete_topics([topic])
+    fs[topic].result(timeout=10)
+    check(topic not in admin.list_topics(timeout=10).topics, "deleted topic is gone")
+
+
+def confluent_group_split():
+    import os
+    import signal
+    import subprocess
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic = unique("split")
+    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result(timeout=10)
+    group = unique("g")
+    conf = {"bootstrap.servers": BOOTSTRAP, "group.id": group, "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500, "partition.assignment.strategy": "range"}
+    assignments = {}
+    stops = {n: threading.Event() for n in ("a", "b")}
+
+    def member(name):
+        c = Consumer(conf)
+        c.subscribe([topic])
+        while not stops[name].is_set():
+            c.poll(0.2)
+            assignments[name] = sorted(tp.partition for tp in c.assignment())
+        c.close()  # LeaveGroup
+
+    def wait_for(cond, what):
+        end = time.time() + DEADLINE
+        while time.time() < end and not cond():
+            time.sleep(0.2)
+        check(cond(), f"{what} ({assignments})")
+
+    threads = {n: threading.Thread(target=member, args=(n,)) for n in ("a", "b")}
+    for t in threads.values():
+        t.start()
+    wait_for(lambda: len(assignments.get("a", [])) == 3 and len(assignments.get("b", [])) == 3
+             and sorted(assignments["a"] + assignments["b"]) == list(range(6)),
+             "2 members split 6 partitions 3/3")
+    stops["b"].set()
+    threads["b"].join()
+    wait_for(lambda: assignments.get("a") == list(range(6)), "after b left, a owns all 6")
+
+    # A member in another process, killed with SIGKILL: its partitions return to a once its
+    # session times out.
+    code = ("import sys, time\nfrom confluent_kafka import Consumer\n"
+            f"c = Consumer({conf!r})\nc.subscribe([{topic!r}])\n"
+            "while True:\n    c.poll(0.2)\n")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        wait_for(lambda: len(assignments.get("a", [])) == 3, "a third member process takes 3 of a's 6")
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    wait_for(lambda: assignments.get("a") == list(range(6)), "after the member was killed, a owns all 6 again")
+    stops["a"].set()
+    threads["a"].join()
+
+
+def kafka_python():
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    from kafka.admin import NewTopic
+    from kafka.partitioner.default import murmur2
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    topic = unique("kp")
+    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    check(topic in admin.list_topics(), "kafka-python admin created the topic")
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, compression_type="gzip")
+    placed = []
+    for i in range(20):
+        key = f"kp-{i}".encode()
+        md = producer.send(topic, key=key, value=b"v", headers=[("h", b"1")]).get(timeout=10)
+        placed.append((key, md.partition))
+    producer.flush()
+    check(all(p == (murmur2(k) & 0x7FFFFFFF) % 4 for k, p in placed), "kafka-python keys on murmur2 partitions")
+    consumer = KafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=unique("g"),
+                             auto_offset_reset="earliest", consumer_timeout_ms=15000)
+    got = 0
+    for _ in consumer:
+        got += 1
+        if got == 20:
+            break
+    consumer.commit()
+    consumer.close()
+    check(got == 20, f"kafka-python consumed 20 records in a group (got {got})")
+    admin.delete_topics([topic])
+    admin.close()
+
+
+def aiokafka_roundtrip():
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    topic = unique("aio")
+
+    async def run():
+        from kafka.admin import KafkaAdminClient, NewTopic
+        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+        admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, compression_type="gzip")
+        await producer.start()
+        for i in range(10):
+            await producer.send_and_wait(topic, key=f"a{i}".encode(), value=b"v", headers=[("h", b"1")])
+        await producer.stop()
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=unique("g"),
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        got = 0
+        try:
+            end = time.time() + DEADLINE
+            while got < 10 and time.time() < end:
+                batch = await consumer.getmany(timeout_ms=500)
+                got += sum(len(v) for v in batch.values())
+            await consumer.commit()
+        finally:
+            await consumer.stop()
+        return got
+
+    got = asyncio.run(run())
+    check(got == 10, f"aiokafka produced and consumed 10 records (got {got})")
+
+
+SCENARIOS = {
+    "confluent": confluent_admin_produce_consume,
+    "group-split": confluent_group_split,
+    "kafka-python": kafka_python,
+    "aiokafka": aiokafka_roundtrip,
+}
+
+if __name__ == "__main__":
+    SCENARIOS[SCENARIO]()
