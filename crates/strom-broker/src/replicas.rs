@@ -35,14 +35,19 @@ pub(crate) struct Reconciled {
 pub(crate) fn reconcile(config: &BrokerConfig, registry: &Registry, image: &Image) -> Reconciled {
     let node = config.node_id;
     let mut outcome = Reconciled::default();
-    for topic in registry.topics() {
-        let current = image.state.topic(&topic.name);
-        if current.is_none_or(|t| t.topic_id != topic.topic_id) {
-            if let Some(gone) = registry.remove(&topic.name) {
-                delete_topic_logs(gone);
-            }
-            outcome.removed.push(topic.name.clone());
+    // Names first: holding the registry's `Arc<Topic>`s here would keep the deleted topics
+    // alive, and their deletion waits for every holder to let go.
+    let stale: Vec<String> = registry
+        .topics()
+        .iter()
+        .filter(|t| image.state.topic(&t.name).is_none_or(|m| m.topic_id != t.topic_id))
+        .map(|t| t.name.clone())
+        .collect();
+    for name in stale {
+        if let Some(gone) = registry.remove(&name) {
+            delete_topic_logs(gone);
         }
+        outcome.removed.push(name);
     }
     for (name, meta) in image.state.topics() {
         let existing = registry.topic(name);
