@@ -45,6 +45,22 @@ impl BrokerProcess {
         Self::spawn(data_dir, "127.0.0.1:0", extra_args, true)
     }
 
+    /// Starts a broker on a fixed `listen` address (cluster members must know each other's
+    /// addresses before they start).
+    pub fn start_at(data_dir: &Path, listen: &str, extra_args: &[String]) -> BrokerProcess {
+        Self::start_on(data_dir, listen, extra_args.to_vec())
+    }
+
+    /// SIGSTOP: a frozen process (a long GC pause, a cut link).
+    pub fn freeze(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after [`BrokerProcess::freeze`].
+    pub fn thaw(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+    }
+
     fn start_on(data_dir: &Path, listen: &str, extra_args: Vec<String>) -> BrokerProcess {
         Self::spawn(data_dir, listen, extra_args, false)
     }
@@ -175,4 +191,10 @@ pub fn run_ok(name: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
 }

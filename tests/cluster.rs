@@ -1,0 +1,311 @@
+//! A real 3-node cluster of `strom-broker` processes (Raft metadata quorum, partitions spread
+//! over the nodes): produce through one node and consume through another; a frozen node is
+//! fenced and rejoins; `kill -9` of the active controller leaves a cluster that elects a new
+//! one and creates topics; a full stop and restart keeps the metadata. Also: voters lists that
+//! disagree form no cluster, and a malformed voters list is refused at start.
+//!
+//! Prints what it measured (fencing, failover and recovery seconds).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{BrokerProcess, free_port, run, run_ok};
+
+/// Longest any awaited cluster event may take before the test fails. Generous on purpose: the
+/// measured times are printed, and the bound only catches a cluster that never gets there.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    nodes: Vec<BrokerProcess>,
+    _dirs: Vec<tempfile::TempDir>,
+    voters: String,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+        let nodes = ports
+            .iter()
+            .zip(&dirs)
+            .enumerate()
+            .map(|(i, (port, dir))| {
+                let args = vec![
+                    "--node-id".to_string(),
+                    (i + 1).to_string(),
+                    "--voters".to_string(),
+                    voters.clone(),
+                ];
+                BrokerProcess::start_at(dir.path(), &format!("127.0.0.1:{port}"), &args)
+            })
+            .collect();
+        Cluster { nodes, _dirs: dirs, voters }
+    }
+
+    fn node(&self, id: i64) -> &BrokerProcess {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: i64) -> &mut BrokerProcess {
+        &mut self.nodes[(id - 1) as usize]
+    }
+}
+
+/// `strom-admin --output json ...` through `node`, parsed; `None` if the command failed.
+fn admin_json(addr: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let mut all = vec!["--bootstrap", addr, "--timeout-ms", "3000", "--output", "json"];
+    all.extend_from_slice(args);
+    let out = run("strom-admin", &all, None);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Polls `check` until it returns `Some` or [`PATIENCE`] runs out; returns the value and the
+/// time it took.
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return (v, start.elapsed());
+        }
+        assert!(start.elapsed() < PATIENCE, "{what}: not within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// node id -> "active" / "fenced", and the controller id, as `addr` sees the cluster.
+fn cluster_view(addr: &str) -> Option<(BTreeMap<i64, String>, i64)> {
+    let v = admin_json(addr, &["cluster", "describe"])?;
+    let nodes = v["nodes"]
+        .as_array()?
+        .iter()
+        .map(|n| (n["node_id"].as_i64().unwrap_or(-1), n["state"].as_str().unwrap_or("").into()))
+        .collect();
+    Some((nodes, v["controller_id"].as_i64()?))
+}
+
+fn all_active(addr: &str, ids: &[i64]) -> Option<i64> {
+    let (nodes, controller) = cluster_view(addr)?;
+    let ok = controller > 0 && ids.iter().all(|id| nodes.get(id).is_some_and(|s| s == "active"));
+    ok.then_some(controller)
+}
+
+/// partition -> leader of `topic`, as `addr` describes it.
+fn leaders(addr: &str, topic: &str) -> Option<BTreeMap<i64, i64>> {
+    let v = admin_json(addr, &["topics", "describe", topic])?;
+    let partitions = v[0]["partitions"].as_array()?;
+    Some(
+        partitions
+            .iter()
+            .map(|p| (p["partition"].as_i64().unwrap_or(-1), p["leader"].as_i64().unwrap_or(-1)))
+            .collect(),
+    )
+}
+
+/// The parts of a topic's metadata that must survive a restart unchanged.
+fn placement(addr: &str, topic: &str) -> Option<serde_json::Value> {
+    let v = admin_json(addr, &["topics", "describe", topic])?;
+    let partitions: Vec<serde_json::Value> = v[0]["partitions"]
+        .as_array()?
+        .iter()
+        .map(|p| serde_json::json!([p["partition"], p["replicas"]]))
+        .collect();
+    Some(serde_json::json!({"partitions": partitions, "configs": v[0]["configs"]}))
+}
+
+#[test]
+fn three_nodes_one_cluster_through_freeze_controller_kill_and_full_restart() {
+    let mut cluster = Cluster::start(3);
+    let ids: [i64; 3] = [1, 2, 3];
+    let (controller, formed) =
+        wait_for("3 nodes active with a controller", || all_active(&cluster.node(1).addr, &ids));
+    println!("cluster formed in {:.2}s, controller node {controller}", formed.as_secs_f64());
+
+    // A topic created through one node spreads its leaders over all three.
+    run_ok(
+        "strom-admin",
+        &["--bootstrap", &cluster.node(2).addr, "topics", "create", "orders", "--partitions", "6"],
+        None,
+    );
+    let (placed, _) = wait_for("orders described", || leaders(&cluster.node(3).addr, "orders"));
+    for id in ids {
+        let led = placed.values().filter(|l| **l == id).count();
+        assert_eq!(led, 2, "node {id} leads {led} of 6 partitions: {placed:?}");
+    }
+
+    // Produce through node 1, consume through node 3: requests reach each partition's leader.
+    let input: String = (0..600).map(|i| format!("key-{i}:value-{i}\n")).collect();
+    run_ok(
+        "strom-producer",
+        &["--bootstrap", &cluster.node(1).addr, "--topic", "orders", "--key-separator", ":"],
+        Some(input.as_bytes()),
+    );
+    let consumed = run_ok(
+        "strom-consumer",
+        &[
+            "--bootstrap",
+            &cluster.node(3).addr,
+            "--topic",
+            "orders",
+            "--from-beginning",
+            "--max-messages",
+            "600",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    );
+    let mut values: Vec<&str> = consumed.lines().collect();
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(values.len(), 600, "every produced record read back once");
+
+    // A frozen node misses its heartbeats and is fenced; thawed, it rejoins.
+    let frozen = ids.iter().copied().find(|id| *id != controller).expect("a follower");
+    let observer = ids.iter().copied().find(|id| *id != frozen).expect("another node");
+    cluster.node(frozen).freeze();
+    let (_, fenced_after) = wait_for("frozen node fenced", || {
+        let (nodes, _) = cluster_view(&cluster.node(observer).addr)?;
+        (nodes.get(&(frozen)).map(String::as_str) == Some("fenced")).then_some(())
+    });
+    let (offline, _) = wait_for("its partitions lose their leader", || {
+        let l = leaders(&cluster.node(observer).addr, "orders")?;
+        let led_by_frozen = l.values().filter(|n| **n == frozen).count();
+        (led_by_frozen == 0).then_some(l)
+    });
+    println!(
+        "frozen node {frozen} fenced after {:.2}s; leaders now {offline:?}",
+        fenced_after.as_secs_f64()
+    );
+    cluster.node(frozen).thaw();
+    let (_, rejoined_after) = wait_for("thawed node active and leading again", || {
+        all_active(&cluster.node(observer).addr, &ids)?;
+        let l = leaders(&cluster.node(observer).addr, "orders")?;
+        (l.values().filter(|n| **n == frozen).count() == 2).then_some(())
+    });
+    println!("thawed node {frozen} leads again after {:.2}s", rejoined_after.as_secs_f64());
+
+    // kill -9 of the active controller: a new one is elected and serves topic creation.
+    let (_, controller) = cluster_view(&cluster.node(1).addr).expect("cluster view");
+    let survivor = ids.iter().copied().find(|id| *id != controller).expect("survivor");
+    cluster.node_mut(controller).kill();
+    let killed_at = Instant::now();
+    let survivor_addr = cluster.node(survivor).addr.clone();
+    wait_for("a topic created after the controller's death", || {
+        let out = run(
+            "strom-admin",
+            &[
+                "--bootstrap",
+                &survivor_addr,
+                "--timeout-ms",
+                "2000",
+                "topics",
+                "create",
+                "after-kill",
+            ],
+            None,
+        );
+        let exists = String::from_utf8_lossy(&out.stderr).contains("already exists");
+        (out.status.success() || exists).then_some(())
+    });
+    let failover = killed_at.elapsed();
+    let (view, new_controller) = cluster_view(&survivor_addr).expect("view after failover");
+    println!(
+        "controller {controller} killed: new controller {new_controller}, topic created {:.2}s after the kill; nodes {view:?}",
+        failover.as_secs_f64()
+    );
+    assert_ne!(new_controller, controller);
+    cluster.node_mut(controller).restart();
+    wait_for("restarted node active", || all_active(&survivor_addr, &ids));
+
+    // A full stop and restart keeps the metadata.
+    let before = placement(&survivor_addr, "orders").expect("placement before");
+    let before_topics = admin_json(&survivor_addr, &["topics", "list"]).expect("topics before");
+    for id in ids {
+        cluster.node_mut(id).stop();
+    }
+    for id in ids {
+        cluster.node_mut(id).restart();
+    }
+    wait_for("cluster back after a full restart", || all_active(&cluster.node(2).addr, &ids));
+    let (after, _) =
+        wait_for("orders described after restart", || placement(&cluster.node(3).addr, "orders"));
+    assert_eq!(after, before, "topic placement and configs survive a full restart");
+    let after_topics = admin_json(&cluster.node(1).addr, &["topics", "list"]).expect("topics");
+    assert_eq!(after_topics, before_topics);
+    let again = run_ok(
+        "strom-consumer",
+        &[
+            "--bootstrap",
+            &cluster.node(2).addr,
+            "--topic",
+            "orders",
+            "--from-beginning",
+            "--max-messages",
+            "600",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    );
+    assert_eq!(again.lines().count(), 600, "every record readable after the restart");
+    println!("voters: {}", cluster.voters);
+}
+
+#[test]
+fn voters_lists_that_disagree_elect_no_controller() {
+    let (a, b) = (free_port(), free_port());
+    let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+    // Node 2 names a third voter node 1 does not know: two different clusters.
+    let one = format!("1@127.0.0.1:{a},2@127.0.0.1:{b}");
+    let two = format!("1@127.0.0.1:{a},2@127.0.0.1:{b},3@127.0.0.1:{}", free_port());
+    let args = |id: &str, voters: &str| {
+        vec!["--node-id".to_string(), id.to_string(), "--voters".to_string(), voters.to_string()]
+    };
+    let n1 = BrokerProcess::start_at(dirs[0].path(), &format!("127.0.0.1:{a}"), &args("1", &one));
+    let _n2 = BrokerProcess::start_at(dirs[1].path(), &format!("127.0.0.1:{b}"), &args("2", &two));
+    // Both are up; neither can win the other's vote, so no controller exists and no change can
+    // be made (rather than two controllers over one set of ids).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let (_, controller) = cluster_view(&n1.addr).expect("node 1 answers");
+        assert_eq!(controller, -1, "a controller was elected across disagreeing voters");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run(
+        "strom-admin",
+        &["--bootstrap", &n1.addr, "--timeout-ms", "2000", "topics", "create", "t"],
+        None,
+    );
+    assert!(!out.status.success(), "no topic may be created without a quorum");
+}
+
+#[test]
+fn malformed_voters_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    for (voters, says) in [
+        ("1@127.0.0.1:1,1@127.0.0.1:2", "listed twice"),
+        ("1@nowhere", "voter"),
+        ("one@127.0.0.1:1", "node id"),
+    ] {
+        let out = std::process::Command::new(common::bin("strom-broker"))
+            .args(["--listen", "127.0.0.1:0", "--kafka-listen", "none", "--data-dir", data])
+            .args(["--voters", voters])
+            .output()
+            .expect("run strom-broker");
+        assert!(!out.status.success(), "--voters {voters} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "--voters {voters}: {stderr}");
+    }
+}
