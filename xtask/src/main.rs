@@ -21,6 +21,7 @@ fn main() -> Result<()> {
             test(rest)
         }
         "bench" => bench(rest),
+        "cluster" => cluster(rest),
         "sim" => {
             // SEED (for --replay) and RUST_LOG pass through the environment.
             let mut args = vec!["run", "-q", "-p", "strom-sim", "--"];
@@ -34,6 +35,8 @@ fn main() -> Result<()> {
                  test   run every test of the workspace (unit, doc, property, multi-process)\n  \
                  ci     fmt --check, clippy -D warnings, then test\n  \
                  bench  criterion benches of strom-format and strom-log\n  \
+                 cluster  a local cluster: --nodes N (default 3) [--base-port P (default 9101)];\n         \
+                 data and logs under ./strom-cluster/, Ctrl-C stops every node\n  \
                  sim    quorum simulation: --seeds N [--base B] [--voters 3|5] [--steps S];\n         \
                  SEED=n cargo xtask sim --replay [--voters V] replays one seed verbosely"
             );
@@ -47,6 +50,73 @@ fn test(extra: &[String]) -> Result<()> {
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
+}
+
+/// Builds the broker (release) and runs `--nodes N` of them as one cluster on 127.0.0.1, each
+/// a voter, data in `./strom-cluster/node-N/`, logs in `./strom-cluster/node-N.log`. Ctrl-C
+/// (or any node exiting) stops them all.
+fn cluster(extra: &[String]) -> Result<()> {
+    let mut nodes = 3u16;
+    let mut base_port = 9101u16;
+    let mut args = extra.iter();
+    while let Some(arg) = args.next() {
+        let value = args.next().with_context(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--nodes" => nodes = value.parse().context("--nodes takes a number")?,
+            "--base-port" => base_port = value.parse().context("--base-port takes a port")?,
+            other => bail!("unknown option {other} (use --nodes N, --base-port P)"),
+        }
+    }
+    if !(1..=9).contains(&nodes) {
+        bail!("--nodes must be 1 to 9");
+    }
+    cargo(&["build", "--release", "--bin", "strom-broker"])?;
+    let root = std::path::Path::new("strom-cluster");
+    std::fs::create_dir_all(root).context("creating ./strom-cluster")?;
+    let voters: Vec<String> =
+        (1..=nodes).map(|n| format!("{n}@127.0.0.1:{}", base_port + n - 1)).collect();
+    let voters = voters.join(",");
+    let mut children = Vec::new();
+    for n in 1..=nodes {
+        let log = std::fs::File::create(root.join(format!("node-{n}.log")))
+            .with_context(|| format!("creating the log of node {n}"))?;
+        let child = Command::new("target/release/strom-broker")
+            .args(["--node-id", &n.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", base_port + n - 1)])
+            .args(["--kafka-listen", &format!("127.0.0.1:{}", base_port + 100 + n - 1)])
+            .arg("--data-dir")
+            .arg(root.join(format!("node-{n}")))
+            .args(["--voters", &voters])
+            .stdout(log.try_clone().context("log file")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {n}"))?;
+        eprintln!(
+            "node {n}: gRPC 127.0.0.1:{}, Kafka 127.0.0.1:{}, log strom-cluster/node-{n}.log",
+            base_port + n - 1,
+            base_port + 100 + n - 1
+        );
+        children.push(child);
+    }
+    eprintln!(
+        "cluster of {nodes} running; try: strom-admin --bootstrap 127.0.0.1:{base_port} cluster describe"
+    );
+    eprintln!("Ctrl-C stops every node");
+    // Ctrl-C reaches the whole foreground process group, nodes included; they shut down
+    // gracefully and this loop sees them exit.
+    loop {
+        for (i, child) in children.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait().context("waiting for a node")? {
+                eprintln!("node {} exited ({status}); stopping the others", i + 1);
+                for other in children.iter_mut() {
+                    let _ = other.kill();
+                    let _ = other.wait();
+                }
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn bench(extra: &[String]) -> Result<()> {

@@ -64,6 +64,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Largest gRPC message encoded or decoded, in bytes.
     pub max_message_bytes: usize,
+    /// Cached topic metadata older than this is fetched again on next use, so new partitions
+    /// and moved leaders are seen without an error first (Kafka's `metadata.max.age.ms`).
+    pub metadata_max_age: Duration,
 }
 
 impl ClientConfig {
@@ -86,6 +89,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_message_bytes: 100 * 1024 * 1024,
+            metadata_max_age: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -325,7 +329,8 @@ struct Inner {
     /// Known brokers and a lazily connecting channel to each. Locks are never held across
     /// `.await`: readers clone the channel (an `Arc` inside) and drop the guard.
     brokers: RwLock<HashMap<i32, BrokerConn>>,
-    topics: RwLock<HashMap<String, Arc<TopicInfo>>>,
+    /// Topic metadata and when it was fetched.
+    topics: RwLock<HashMap<String, (Arc<TopicInfo>, std::time::Instant)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -449,7 +454,24 @@ impl Client {
 
     /// The cached metadata of `topic`, without any RPC.
     pub fn cached_topic(&self, topic: &str) -> Option<Arc<TopicInfo>> {
-        self.inner.topics.read().get(topic).cloned()
+        let max_age = self.inner.config.metadata_max_age;
+        let (info, fetched) = self.inner.topics.read().get(topic).cloned()?;
+        if fetched.elapsed() >= max_age {
+            // Stale: keep serving it (the hot path must not stall) and refresh it in the
+            // background, once: the timestamp moves so later callers do not spawn again.
+            if let Some(entry) = self.inner.topics.write().get_mut(topic) {
+                entry.1 = std::time::Instant::now();
+            }
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (client, topic) = (self.clone(), topic.to_owned());
+                runtime.spawn(async move {
+                    if let Err(e) = client.refresh_metadata(&topic).await {
+                        tracing::debug!(%topic, error = %e, "periodic metadata refresh failed");
+                    }
+                });
+            }
+        }
+        Some(info)
     }
 
     /// Fetches the topic's metadata from the cluster, replacing the cached copy.
@@ -480,7 +502,8 @@ impl Client {
             });
         }
         let info = Arc::new(topic_info(meta));
-        self.inner.topics.write().insert(topic.to_owned(), Arc::clone(&info));
+        let now = std::time::Instant::now();
+        self.inner.topics.write().insert(topic.to_owned(), (Arc::clone(&info), now));
         Ok(info)
     }
 
