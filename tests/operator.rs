@@ -20,6 +20,7 @@ fn listen_accepts_host_names_and_idle_connections_are_reaped() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin("strom-broker"))
         .args(["--listen", "localhost:0", "--connections-max-idle-ms", "500"])
+        .args(["--kafka-listen", "none"])
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--log-file")
@@ -30,7 +31,11 @@ fn listen_accepts_host_names_and_idle_connections_are_reaped() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("listening line").unwrap();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on"))
+        .expect("listening line");
     let addr = line.split("listening on ").nth(1).expect(&line).trim().to_string();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
@@ -80,7 +85,7 @@ fn unwritable_stderr_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
     let out = Command::new(bin("strom-broker"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "none"])
         .arg("--data-dir")
         .arg(dir.path())
         .stdin(Stdio::null())

@@ -863,7 +863,14 @@ async fn heartbeat_loop(broker: std::sync::Weak<Broker>) {
         let registration = broker.registration();
         let sent = match broker.broker_heartbeat(registration.clone()).await {
             Err(e) if e.code == ErrorCode::NotController => {
-                broker.peers.heartbeat(&broker.controller(), registration).await
+                let controller = broker.controller();
+                if controller.address.is_some() {
+                    broker.peers.heartbeat(&controller, registration).await
+                } else {
+                    // A broker-only node learns the controller from the log it is not yet
+                    // a learner of: ask the voters; the controller among them answers.
+                    heartbeat_any_voter(&broker, registration).await
+                }
             }
             other => other,
         };
@@ -880,6 +887,21 @@ async fn heartbeat_loop(broker: std::sync::Weak<Broker>) {
             }
         }
     }
+}
+
+async fn heartbeat_any_voter(
+    broker: &Broker,
+    registration: BrokerRegistration,
+) -> Result<(), ApiError> {
+    let mut last = crate::controller::not_controller();
+    for (id, address) in &broker.config.voters {
+        let view = ControllerView { id: Some(*id), address: Some(address.clone()) };
+        match broker.peers.heartbeat(&view, registration.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// An offsets partition this node does not lead: no offsets to replay, commits refused.

@@ -107,6 +107,8 @@ struct Active {
     voters: usize,
     /// Soft state of the current term of leadership; `None` while not the leader.
     logic: Option<(Controller, Instant)>,
+    /// Broker-only nodes being added as learners (or added) in this term of leadership.
+    learners: Arc<parking_lot::Mutex<std::collections::BTreeSet<i32>>>,
     epoch: Instant,
 }
 
@@ -118,7 +120,9 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let image = quorum.image();
-    let mut active = Active { config, quorum, image, voters, logic: None, epoch: Instant::now() };
+    let learners = Arc::default();
+    let mut active =
+        Active { config, quorum, image, voters, logic: None, learners, epoch: Instant::now() };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -147,6 +151,7 @@ impl Active {
     fn logic(&mut self) -> Option<&mut Controller> {
         if !self.quorum.is_controller() {
             self.logic = None;
+            self.learners.lock().clear();
             return None;
         }
         if self.logic.is_none() {
@@ -190,6 +195,7 @@ impl Active {
             return Err(not_controller());
         }
         let node_id = registration.node_id;
+        self.ensure_learner(node_id, &registration.address);
         let known = self.state().broker(node_id).map(|b| b.registration.clone());
         if known.as_ref() != Some(&registration) {
             tracing::info!(node_id, address = %registration.address, "broker registered");
@@ -203,6 +209,32 @@ impl Active {
         };
         self.propose_all(records).await;
         Ok(())
+    }
+
+    /// A node outside the voters follows the metadata log as a Raft learner; adding it waits
+    /// for it to catch up, so it runs beside the controller loop.
+    fn ensure_learner(&self, node_id: i32, address: &str) {
+        let voter = if self.config.voters.is_empty() {
+            node_id == self.config.node_id
+        } else {
+            self.config.voters.contains_key(&node_id)
+        };
+        if voter || !self.learners.lock().insert(node_id) {
+            return;
+        }
+        let (learners, adding) =
+            (self.learners.clone(), self.quorum.add_learner(node_id, address.to_string()));
+        tracing::info!(
+            node_id,
+            address,
+            "adding broker-only node as a learner of the metadata log"
+        );
+        tokio::spawn(async move {
+            if let Err(e) = adding.await {
+                tracing::warn!(node_id, error = %e, "adding learner failed; retrying on its next heartbeat");
+                learners.lock().remove(&node_id);
+            }
+        });
     }
 
     /// Creates `__consumer_offsets` once every voter has registered (or after a grace period,

@@ -46,6 +46,13 @@ pub trait QuorumLog: Send + Sync + std::fmt::Debug + 'static {
     fn is_controller(&self) -> bool;
     /// The cluster's id.
     fn cluster_id(&self) -> String;
+    /// Active controller only: makes a broker-only node a learner of the log (a non-voting
+    /// member), so it follows the metadata. Resolves once it has caught up.
+    fn add_learner(
+        &self,
+        node: NodeId,
+        address: String,
+    ) -> BoxFuture<'static, Result<(), ApiError>>;
     /// A Raft message from a peer (`kind` and `payload` as strom-quorum encodes them).
     fn handle_rpc(
         &self,

@@ -226,6 +226,15 @@ impl QuorumLog for RaftQuorum {
         self.cluster_id.clone()
     }
 
+    fn add_learner(
+        &self,
+        node: NodeId,
+        address: String,
+    ) -> BoxFuture<'static, Result<(), ApiError>> {
+        let quorum = self.quorum.clone();
+        Box::pin(async move { quorum.add_learner(node, address).await.map_err(quorum_error) })
+    }
+
     fn handle_rpc(&self, kind: i32, payload: Bytes) -> BoxFuture<'static, Result<Bytes, ApiError>> {
         let quorum = self.quorum.clone();
         Box::pin(async move {
