@@ -43,6 +43,8 @@ pub const MAX_TOPICS_PER_REQUEST: usize = 1000;
 
 /// How long an admin change waits for this node to apply it before answering anyway.
 const APPLY_PATIENCE: Duration = Duration::from_secs(15);
+/// How long shutdown waits for a background task to finish its current pass.
+const TASK_STOP_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a single-node broker's start waits for its quorum of one to be ready.
 const SINGLE_NODE_START_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -666,9 +668,21 @@ impl Broker {
         }
         // Background tasks (replica manager, controller, heartbeats) stop on the signal; the
         // replica manager finishes the image it is on, so no log opens after the drain.
+        // The controller may be waiting on a proposal that cannot commit (no majority left)
+        // and heartbeats on an unreachable peer: neither holds state worth waiting for. The
+        // replica manager and maintenance finish their pass (bounded), so no log opens or
+        // flushes behind the drain.
+        if let Some(controller) = self.controller.take_task() {
+            controller.abort();
+        }
         let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
-        for task in tasks.into_iter().chain(self.controller.take_task()) {
-            let _ = task.await;
+        for mut task in tasks {
+            if tokio::time::timeout(TASK_STOP_PATIENCE, &mut task).await.is_err() {
+                tracing::warn!(
+                    "a background task did not stop in {TASK_STOP_PATIENCE:?}; aborting it"
+                );
+                task.abort();
+            }
         }
         self.quorum.shutdown().await;
         let topics = self.registry.drain();

@@ -35,6 +35,8 @@ const CLUSTER_ID_FILE: &str = "cluster-id";
 /// its identity the same across restarts on other ports.
 const SOLO_ADDRESS: &str = "localhost:0";
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest a metadata proposal waits to commit.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `strom_quorum::Quorum` as the broker's metadata log.
 #[derive(Debug)]
@@ -207,7 +209,20 @@ impl QuorumLog for RaftQuorum {
         record: MetadataRecord,
     ) -> BoxFuture<'static, Result<Result<(), MetadataError>, ApiError>> {
         let quorum = self.quorum.clone();
-        Box::pin(async move { quorum.propose(record).await.map_err(quorum_error) })
+        Box::pin(async move {
+            // Without a majority a proposal would wait forever; the caller gets a clear
+            // timeout instead, and the outcome is unknown (it may still commit later).
+            match tokio::time::timeout(PROPOSE_TIMEOUT, quorum.propose(record)).await {
+                Ok(result) => result.map_err(quorum_error),
+                Err(_) => Err(ApiError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "the metadata change did not commit within {PROPOSE_TIMEOUT:?}; a majority \
+                         of the voters may be unreachable (outcome unknown)"
+                    ),
+                )),
+            }
+        })
     }
 
     fn image(&self) -> watch::Receiver<Arc<Image>> {

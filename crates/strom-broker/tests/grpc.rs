@@ -663,3 +663,50 @@ async fn deleting_a_topic_answers_fetches_parked_on_it() {
     assert!(!dir.path().join("doomed-0").exists());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_quorum_data_dir_is_migrated_into_the_metadata_log() {
+    use strom_broker::{ClusterMetadata, FileMetadataStore, MetadataStore, PartitionRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(dir.path())).await;
+    h.create("old", 2, &[("retention.ms", "60000")]).await;
+    h.produce_ok("old", 1, batch(&["kept"])).await;
+    h.stop().await;
+
+    // What a release before the quorum left: the partition logs and strom-metadata.toml.
+    std::fs::remove_dir_all(dir.path().join("quorum")).unwrap();
+    std::fs::remove_file(dir.path().join("cluster-id")).unwrap();
+    let mut legacy = ClusterMetadata::new();
+    legacy.cluster_id = "strom-legacy".into();
+    legacy.topics.push(strom_broker::TopicRecord {
+        name: "old".into(),
+        configs: [("retention.ms".to_string(), "60000".to_string())].into_iter().collect(),
+        partitions: (0..2)
+            .map(|p| PartitionRecord {
+                partition: p,
+                leader: 1,
+                leader_epoch: 0,
+                replicas: vec![1],
+                isr: vec![1],
+            })
+            .collect(),
+    });
+    FileMetadataStore::new(dir.path()).persist(&legacy).unwrap();
+
+    let mut h = Harness::start(config(dir.path())).await;
+    let d = h.describe("old").await;
+    assert_eq!(d.error_code(), ErrorCode::None, "{}", d.error_message);
+    assert_eq!(d.partitions.len(), 2);
+    assert_eq!(d.configs["retention.ms"], "60000");
+    let f = h.fetch("old", 1, 0).await;
+    assert_eq!(records(&f.records), vec![(0, "kept".to_string())]);
+    let meta = h.admin.metadata(pb::MetadataRequest { topics: vec![] }).await.unwrap();
+    assert_eq!(meta.into_inner().cluster_id, "strom-legacy", "the cluster id is kept");
+    assert!(!dir.path().join("strom-metadata.toml").exists());
+    assert!(dir.path().join("strom-metadata.toml.migrated").exists());
+    h.stop().await;
+    // Migrated once: a restart does not replay the old file.
+    let mut h = Harness::start(config(dir.path())).await;
+    assert_eq!(h.describe("old").await.partitions.len(), 2);
+    h.stop().await;
+}
