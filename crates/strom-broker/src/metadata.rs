@@ -189,20 +189,25 @@ impl MetadataStore for FileMetadataStore {
     fn persist(&mut self, image: &ClusterMetadata) -> Result<(), BrokerError> {
         let text = toml::to_string(image)
             .map_err(|e| BrokerError::Metadata(format!("encoding metadata: {e}")))?;
-        let path = self.path();
-        let tmp = self.dir.join(format!("{METADATA_FILE}.tmp"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(format!("creating {}", tmp.display())))?;
-        file.write_all(text.as_bytes()).map_err(io_err(format!("writing {}", tmp.display())))?;
-        file.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_err(format!("renaming to {}", path.display())))?;
-        sync_dir(&self.dir)
+        replace_file(&self.dir, METADATA_FILE, text.as_bytes())
     }
+}
+
+/// Replaces `<dir>/<name>` atomically and durably (temp file, fsync, rename, fsync dir).
+pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BrokerError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err(format!("creating {}", tmp.display())))?;
+    file.write_all(bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
+    file.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(io_err(format!("renaming to {}", path.display())))?;
+    sync_dir(dir)
 }
 
 /// Fsyncs a directory so a rename or create inside it survives a crash.

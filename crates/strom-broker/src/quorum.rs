@@ -4,8 +4,6 @@
 //! (`raft.rs`); a test or an embedder may bring another.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,7 +14,7 @@ use strom_quorum::{
 use tokio::sync::watch;
 
 use crate::error::{ApiError, BrokerError};
-use crate::metadata::{ClusterMetadata, FileMetadataStore, MetadataStore, sync_dir};
+use crate::metadata::{ClusterMetadata, FileMetadataStore, MetadataStore};
 
 /// The active controller as this node sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,24 +59,6 @@ pub trait QuorumLog: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'static, Result<bytes::Bytes, ApiError>>;
     /// Stops replication; later proposals fail.
     fn shutdown(&self) -> BoxFuture<'static, ()>;
-}
-
-/// Replaces `<dir>/<name>` atomically and durably (temp file, fsync, rename, fsync dir).
-pub(crate) fn write_small_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BrokerError> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let io = |context: String| move |source| BrokerError::Io { context, source };
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io(format!("creating {}", tmp.display())))?;
-    out.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))?;
-    out.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
-    drop(out);
-    fs::rename(&tmp, &path).map_err(io(format!("renaming to {}", path.display())))?;
-    sync_dir(dir)
 }
 
 /// The cluster id and topics of a pre-quorum data directory as metadata records (none, with a

@@ -172,7 +172,7 @@ fn cluster_identity(
         None => legacy_records(data_dir)?,
     };
     let id = if id.is_empty() { ClusterMetadata::new().cluster_id } else { id };
-    crate::quorum::write_small_file(data_dir, CLUSTER_ID_FILE, id.as_bytes())?;
+    crate::metadata::replace_file(data_dir, CLUSTER_ID_FILE, id.as_bytes())?;
     Ok((id, records))
 }
 
