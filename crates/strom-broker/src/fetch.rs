@@ -115,6 +115,7 @@ fn read_one(
     remaining: usize,
     first_data: bool,
 ) -> Result<Bytes, ApiError> {
+    p.check_epoch(spec.current_leader_epoch)?;
     let Some(offset) = fetch_offset(spec.fetch_offset) else {
         return Err(ApiError::new(
             ErrorCode::OffsetOutOfRange,

@@ -130,6 +130,24 @@ impl Partition {
         }
     }
 
+    /// FENCED_LEADER_EPOCH when the client's epoch is older than this replica's,
+    /// UNKNOWN_LEADER_EPOCH when it is newer (this replica has not seen the change yet).
+    pub(crate) fn check_epoch(&self, client: Option<i32>) -> Result<(), ApiError> {
+        let Some(client) = client else { return Ok(()) };
+        let current = self.role.read().epoch.get();
+        match client.cmp(&current) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(ApiError::new(
+                ErrorCode::FencedLeaderEpoch,
+                format!("{}: leader epoch {client} is older than {current}", self.name),
+            )),
+            std::cmp::Ordering::Greater => Err(ApiError::new(
+                ErrorCode::UnknownLeaderEpoch,
+                format!("{}: leader epoch {client} is newer than {current} known here", self.name),
+            )),
+        }
+    }
+
     /// NOT_LEADER_OR_FOLLOWER unless this replica leads.
     pub(crate) fn check_leader(&self) -> Result<LeaderEpoch, ApiError> {
         let role = *self.role.read();
@@ -381,5 +399,27 @@ impl OffsetsLog for Partition {
             self.clamp_high_watermark();
             OffsetsLogError::new(e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_epoch_is_fenced_and_a_newer_one_unknown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Partition::open(dir.path(), "t", 0, LogConfig::default(), LeaderEpoch::new(0))
+            .expect("open");
+        p.set_role(true, LeaderEpoch::new(3));
+        assert!(p.check_epoch(None).is_ok());
+        assert!(p.check_epoch(Some(3)).is_ok());
+        assert_eq!(p.check_epoch(Some(2)).unwrap_err().code, ErrorCode::FencedLeaderEpoch);
+        assert_eq!(p.check_epoch(Some(4)).unwrap_err().code, ErrorCode::UnknownLeaderEpoch);
+        // An older image arriving late never takes the epoch back.
+        p.set_role(false, LeaderEpoch::new(2));
+        assert!(p.is_leader());
+        p.set_role(false, LeaderEpoch::new(4));
+        assert_eq!(p.check_leader().unwrap_err().code, ErrorCode::NotLeaderOrFollower);
     }
 }

@@ -139,6 +139,8 @@ pub struct FetchPartitionParams {
     pub fetch_offset: i64,
     /// Limit for this partition; `0` means only the whole answer's limit applies.
     pub max_bytes: usize,
+    /// The leader epoch the client believes current; `None`: not checked.
+    pub current_leader_epoch: Option<i32>,
 }
 
 /// One partition's part of a fetch answer.

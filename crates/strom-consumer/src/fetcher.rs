@@ -1016,6 +1016,9 @@ fn build_request(plan: &[Planned], settings: &Settings, max_bytes: u32) -> Fetch
             partition: p.tp.partition.get(),
             fetch_offset: p.fetch_offset.get(),
             partition_max_bytes: p.max_bytes,
+            // Not sent yet: the consumer would need to handle FENCED/UNKNOWN_LEADER_EPOCH by
+            // refreshing metadata, which belongs with replication's leader changes.
+            current_leader_epoch: None,
         });
     }
     FetchRequest {

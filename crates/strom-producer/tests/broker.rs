@@ -36,6 +36,7 @@ async fn fetch_all(producer: &Producer, topic: &str, partition: i32) -> Vec<Opti
                     partition,
                     fetch_offset: out.len() as i64,
                     partition_max_bytes: 1 << 20,
+                    current_leader_epoch: None,
                 }],
             }],
         };

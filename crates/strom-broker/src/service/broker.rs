@@ -81,6 +81,7 @@ impl pb::broker_server::Broker for BrokerService {
                     partition: p.partition,
                     fetch_offset: p.fetch_offset,
                     max_bytes: p.partition_max_bytes as usize,
+                    current_leader_epoch: p.current_leader_epoch,
                 });
             }
         }

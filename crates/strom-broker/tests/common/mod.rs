@@ -176,7 +176,12 @@ pub fn fetch_request(
 ) -> pb::FetchRequest {
     let mut topics: Vec<pb::FetchTopic> = Vec::new();
     for &(topic, partition, fetch_offset) in partitions {
-        let p = pb::FetchPartition { partition, fetch_offset, partition_max_bytes: 0 };
+        let p = pb::FetchPartition {
+            partition,
+            fetch_offset,
+            partition_max_bytes: 0,
+            current_leader_epoch: None,
+        };
         match topics.last_mut() {
             Some(t) if t.name == topic => t.partitions.push(p),
             _ => topics.push(pb::FetchTopic { name: topic.to_string(), partitions: vec![p] }),

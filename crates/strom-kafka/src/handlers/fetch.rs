@@ -31,6 +31,9 @@ pub(super) async fn handle(ctx: &Context, req: FetchRequest, _version: i16) -> F
                 partition: p.partition,
                 fetch_offset: p.fetch_offset,
                 max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+                // -1 (and versions before 9): the client does not know, nothing to check.
+                current_leader_epoch: (p.current_leader_epoch >= 0)
+                    .then_some(p.current_leader_epoch),
             });
         }
     }
