@@ -123,6 +123,13 @@ fn placement(addr: &str, topic: &str) -> Option<serde_json::Value> {
     Some(serde_json::json!({"partitions": partitions, "configs": v[0]["configs"]}))
 }
 
+/// Every record of `orders` read from the beginning through `addr`, one value per line.
+fn read_orders(addr: &str) -> String {
+    let args =
+        ["--bootstrap", addr, "--topic", "orders", "--from-beginning", "--max-messages", "600"];
+    run_ok("strom-consumer", &[&args[..], &["--timeout-ms", "20000"]].concat(), None)
+}
+
 #[test]
 fn three_nodes_one_cluster_through_freeze_controller_kill_and_full_restart() {
     let mut cluster = Cluster::start(3);
@@ -150,21 +157,7 @@ fn three_nodes_one_cluster_through_freeze_controller_kill_and_full_restart() {
         &["--bootstrap", &cluster.node(1).addr, "--topic", "orders", "--key-separator", ":"],
         Some(input.as_bytes()),
     );
-    let consumed = run_ok(
-        "strom-consumer",
-        &[
-            "--bootstrap",
-            &cluster.node(3).addr,
-            "--topic",
-            "orders",
-            "--from-beginning",
-            "--max-messages",
-            "600",
-            "--timeout-ms",
-            "20000",
-        ],
-        None,
-    );
+    let consumed = read_orders(&cluster.node(3).addr);
     let mut values: Vec<&str> = consumed.lines().collect();
     values.sort_unstable();
     values.dedup();
@@ -243,21 +236,7 @@ fn three_nodes_one_cluster_through_freeze_controller_kill_and_full_restart() {
     assert_eq!(after, before, "topic placement and configs survive a full restart");
     let after_topics = admin_json(&cluster.node(1).addr, &["topics", "list"]).expect("topics");
     assert_eq!(after_topics, before_topics);
-    let again = run_ok(
-        "strom-consumer",
-        &[
-            "--bootstrap",
-            &cluster.node(2).addr,
-            "--topic",
-            "orders",
-            "--from-beginning",
-            "--max-messages",
-            "600",
-            "--timeout-ms",
-            "20000",
-        ],
-        None,
-    );
+    let again = read_orders(&cluster.node(2).addr);
     assert_eq!(again.lines().count(), 600, "every record readable after the restart");
     println!("voters: {}", cluster.voters);
 }

@@ -192,6 +192,20 @@ struct Completed {
     bytes: usize,
 }
 
+impl Completed {
+    /// A partition's answer that is only an error: no records, position unchanged.
+    fn failed(p: &Planned, error: ConsumerError) -> Completed {
+        Completed {
+            tp: p.tp.clone(),
+            epoch: p.epoch,
+            records: Vec::new().into_iter(),
+            next_offset: p.fetch_offset,
+            error: Some(error),
+            bytes: 0,
+        }
+    }
+}
+
 /// The fetch engine; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct Fetcher {
@@ -894,17 +908,13 @@ impl Fetcher {
         if code == ErrorCode::OffsetOutOfRange {
             if self.settings.reset == OffsetReset::None {
                 state.buffered = true;
-                self.completed.push_back(Completed {
-                    tp: p.tp.clone(),
-                    epoch: p.epoch,
-                    records: Vec::new().into_iter(),
-                    next_offset: p.fetch_offset,
-                    error: Some(ConsumerError::OffsetOutOfRange {
+                self.completed.push_back(Completed::failed(
+                    p,
+                    ConsumerError::OffsetOutOfRange {
                         partition: p.tp.clone(),
                         offset: p.fetch_offset,
-                    }),
-                    bytes: 0,
-                });
+                    },
+                ));
             } else {
                 warn!(partition = %p.tp, offset = %p.fetch_offset, policy = ?self.settings.reset,
                     "fetch offset out of range; resetting");
@@ -923,19 +933,15 @@ impl Fetcher {
                 // tries again).
                 state.storage_error_since = None;
                 state.buffered = true;
-                self.completed.push_back(Completed {
-                    tp: p.tp.clone(),
-                    epoch: p.epoch,
-                    records: Vec::new().into_iter(),
-                    next_offset: p.fetch_offset,
-                    error: Some(ConsumerError::Storage {
+                self.completed.push_back(Completed::failed(
+                    p,
+                    ConsumerError::Storage {
                         partition: p.tp.clone(),
                         offset: p.fetch_offset,
                         elapsed,
                         message,
-                    }),
-                    bytes: 0,
-                });
+                    },
+                ));
                 return;
             }
             warn!(partition = %p.tp, offset = %p.fetch_offset, %message,
