@@ -152,6 +152,137 @@ fn elect_partition(
     })
 }
 
+/// Why an ISR change from a partition leader (Kafka's AlterPartition) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AlterPartitionError {
+    /// No such topic or partition (deleted meanwhile).
+    #[error("unknown partition {topic}-{partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: i32,
+    },
+    /// The requester does not lead the partition (any more).
+    #[error("node {from} does not lead {topic}-{partition} (leader {leader})")]
+    NotLeader {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: i32,
+        /// Who asked.
+        from: NodeId,
+        /// The current leader.
+        leader: NodeId,
+    },
+    /// The request was computed in an older leader epoch: the requester has been deposed.
+    #[error("leader epoch {asked} is not the current {current}")]
+    FencedLeaderEpoch {
+        /// The request's leader epoch.
+        asked: i32,
+        /// The image's.
+        current: i32,
+    },
+    /// The request was computed on an older partition epoch (another change came first).
+    #[error("partition epoch {asked} is not the current {current}")]
+    StalePartitionEpoch {
+        /// The request's partition epoch.
+        asked: i32,
+        /// The image's.
+        current: i32,
+    },
+    /// The new ISR names a replica that may not be in it (not a replica, fenced, or without
+    /// the leader).
+    #[error("ineligible ISR {isr:?}: {reason}")]
+    IneligibleReplica {
+        /// The ISR asked for.
+        isr: Vec<NodeId>,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Checks an ISR change a partition leader asks for and turns it into the record to commit.
+/// It must come from the current leader, in the current leader epoch, on the current partition
+/// epoch; the new ISR must hold the leader, only replicas, no duplicates, and every member it
+/// adds must be unfenced (a fenced broker rejoining would count for acks while it cannot
+/// fetch). An unchanged ISR is still accepted (it commits nothing new but answers the leader).
+pub fn alter_partition(
+    state: &MetadataState,
+    topic: &str,
+    partition: i32,
+    from: NodeId,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    isr: Vec<NodeId>,
+) -> Result<Option<PartitionChange>, AlterPartitionError> {
+    let p = state.partition(topic, partition).ok_or_else(|| {
+        AlterPartitionError::UnknownPartition { topic: topic.to_string(), partition }
+    })?;
+    if leader_epoch != p.leader_epoch {
+        return Err(AlterPartitionError::FencedLeaderEpoch {
+            asked: leader_epoch,
+            current: p.leader_epoch,
+        });
+    }
+    if p.leader != from {
+        return Err(AlterPartitionError::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            from,
+            leader: p.leader,
+        });
+    }
+    if partition_epoch != p.partition_epoch {
+        return Err(AlterPartitionError::StalePartitionEpoch {
+            asked: partition_epoch,
+            current: p.partition_epoch,
+        });
+    }
+    let ineligible =
+        |reason: String| AlterPartitionError::IneligibleReplica { isr: isr.clone(), reason };
+    if !isr.contains(&from) {
+        return Err(ineligible("the leader must stay in its ISR".into()));
+    }
+    let mut seen = isr.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != isr.len() {
+        return Err(ineligible("duplicate replica".into()));
+    }
+    if let Some(n) = isr.iter().find(|n| !p.replicas.contains(n)) {
+        return Err(ineligible(format!("node {n} is not a replica")));
+    }
+    if let Some(n) = isr.iter().find(|n| !p.isr.contains(n) && !state.is_live(**n)) {
+        return Err(ineligible(format!("node {n} is fenced")));
+    }
+    if isr == p.isr {
+        return Ok(None);
+    }
+    Ok(Some(PartitionChange {
+        topic: topic.to_string(),
+        partition,
+        leader: p.leader,
+        isr,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch + 1,
+    }))
+}
+
+/// A broker shutting down cleanly (Kafka's controlled shutdown): fence it now rather than
+/// after its session times out, which moves leadership of its partitions to other ISR
+/// members and takes it out of every ISR it is not the last member of. Empty when it is
+/// fenced already or unknown.
+pub fn controlled_shutdown(state: &MetadataState, node_id: NodeId) -> Vec<MetadataRecord> {
+    if !state.is_live(node_id) {
+        return Vec::new();
+    }
+    let mut records = vec![MetadataRecord::FenceBroker { node_id }];
+    records.extend(follow_up_elections(state, &records));
+    records
+}
+
 /// The active controller's soft state: when each broker was last heard from.
 #[derive(Debug, Clone)]
 pub struct Controller {
@@ -372,5 +503,64 @@ mod tests {
         );
         let unclean = elect_leaders(&state);
         assert_eq!((unclean[0].leader, unclean[0].isr.clone()), (2, vec![2]));
+    }
+
+    #[test]
+    fn alter_partition_accepts_only_the_current_leader_on_current_epochs() {
+        let mut state = state_with_brokers(&[1, 2, 3]);
+        create(&mut state, "t", 1, 3);
+        let p = state.partition("t", 0).expect("p0").clone();
+        let leader = p.leader;
+        let others: Vec<NodeId> = p.replicas.iter().copied().filter(|n| *n != leader).collect();
+        let shrink = vec![leader, others[0]];
+        let change = alter_partition(&state, "t", 0, leader, 0, 0, shrink.clone())
+            .expect("valid")
+            .expect("a change");
+        assert_eq!((change.partition_epoch, change.leader_epoch), (1, 0));
+        assert_eq!(
+            alter_partition(&state, "t", 0, others[0], 0, 0, shrink.clone()),
+            Err(AlterPartitionError::NotLeader {
+                topic: "t".into(),
+                partition: 0,
+                from: others[0],
+                leader
+            })
+        );
+        assert!(matches!(
+            alter_partition(&state, "t", 0, leader, 1, 0, shrink.clone()),
+            Err(AlterPartitionError::FencedLeaderEpoch { .. })
+        ));
+        apply_all(&mut state, &[MetadataRecord::PartitionChange(change)]);
+        // The same request again is based on a partition epoch that moved on.
+        assert!(matches!(
+            alter_partition(&state, "t", 0, leader, 0, 0, shrink),
+            Err(AlterPartitionError::StalePartitionEpoch { asked: 0, current: 1 })
+        ));
+        // Adding back a fenced broker is refused; a live one is accepted.
+        apply_all(&mut state, &[MetadataRecord::FenceBroker { node_id: others[1] }]);
+        assert!(matches!(
+            alter_partition(&state, "t", 0, leader, 0, 1, p.replicas.clone()),
+            Err(AlterPartitionError::IneligibleReplica { .. })
+        ));
+        apply_all(&mut state, &[MetadataRecord::UnfenceBroker { node_id: others[1] }]);
+        assert!(alter_partition(&state, "t", 0, leader, 0, 1, p.replicas.clone()).is_ok());
+        assert!(matches!(
+            alter_partition(&state, "t", 0, leader, 0, 1, others.clone()),
+            Err(AlterPartitionError::IneligibleReplica { .. })
+        ));
+    }
+
+    #[test]
+    fn controlled_shutdown_moves_leadership_away_at_once() {
+        let mut state = state_with_brokers(&[1, 2, 3]);
+        create(&mut state, "t", 3, 3);
+        let records = controlled_shutdown(&state, 1);
+        assert_eq!(records[0], MetadataRecord::FenceBroker { node_id: 1 });
+        apply_all(&mut state, &records);
+        for (_, p) in state.partitions() {
+            assert_ne!(p.leader, 1);
+            assert!(!p.isr.contains(&1));
+        }
+        assert!(controlled_shutdown(&state, 1).is_empty());
     }
 }

@@ -28,7 +28,7 @@ pub mod node;
 pub mod state_machine;
 pub mod types;
 
-pub use controller::{Controller, ControllerConfig, PlacementError};
+pub use controller::{AlterPartitionError, Controller, ControllerConfig, PlacementError};
 pub use disk::{Disk, FsDisk, MemDisk, MemDiskHandle};
 pub use error::QuorumError;
 pub use metadata::{
