@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use strom_format::{FormatError, Offset};
+use strom_format::{FormatError, LeaderEpoch, Offset};
 
 /// Why a log operation failed.
 ///
@@ -103,6 +103,15 @@ pub enum LogError {
         offset: Offset,
         /// What failed.
         reason: String,
+    },
+    /// An append carried a leader epoch below the newest one in the log: a leader that lost
+    /// its leadership, or a leader bug. Nothing was written.
+    #[error("leader epoch {epoch} is below the log's latest epoch {latest}")]
+    EpochRegression {
+        /// The epoch of the refused append (or of its first offending batch).
+        epoch: LeaderEpoch,
+        /// The newest epoch in the log.
+        latest: LeaderEpoch,
     },
 }
 

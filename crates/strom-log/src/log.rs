@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use strom_format::{Batches, FormatError, LeaderEpoch, Offset, RecordBatch, peek_batch_size};
 
 use crate::error::IoContext;
+use crate::leader_epoch_cache::LeaderEpochCache;
 use crate::offset_index::OffsetEntry;
 use crate::recovery::{self, sync_dir};
 use crate::segment::{LogSegment, SegError};
@@ -133,6 +134,8 @@ pub struct Log {
     /// Roll-backs done so far, so an append can tell whether its records survived a roll-back
     /// that ran between its write and its flush. Leaf lock.
     rollbacks: Mutex<Rollbacks>,
+    /// Which leader epoch began where; changed only under `writer`.
+    pub(crate) epochs: LeaderEpochCache,
     /// Last, so it is released after the files are closed.
     _dir_lock: DirLock,
 }
@@ -269,6 +272,7 @@ impl Log {
         let (start, end) = (first.base(), last.next_offset());
         // Recovery fsynced what it kept, so everything below the end is durable.
         recovery::write_recovery_point(&dir, end, true)?;
+        let epochs = LeaderEpochCache::open(&dir, &recovered.segments, start, end)?;
         let now = clock.now_ms();
         tracing::debug!(dir = %dir.display(), %start, %end, segments = recovered.segments.len(),
             "log opened");
@@ -286,6 +290,7 @@ impl Log {
             last_flush_ms: AtomicI64::new(now),
             damage: Mutex::new(None),
             rollbacks: Mutex::new(Rollbacks::default()),
+            epochs,
             _dir_lock: dir_lock,
         })
     }
@@ -347,7 +352,9 @@ impl Log {
     }
 
     /// [`Log::append`], also stamping `epoch` into every batch's `partitionLeaderEpoch` (which
-    /// lies outside the CRC too).
+    /// lies outside the CRC too). An epoch newer than [`Log::latest_epoch`] starts a new
+    /// entry of the epoch cache at the first assigned offset, made durable before the batches
+    /// are written; an older one is refused with [`LogError::EpochRegression`].
     ///
     /// ```
     /// # use strom_format::{BatchBuilder, Compression, Batches, LeaderEpoch, Offset};
@@ -373,7 +380,9 @@ impl Log {
     /// Appends batches copied from the leader, keeping their offsets and epochs: the first
     /// base offset must equal the log end offset and the batches must be contiguous, else
     /// [`LogError::NonMonotonicOffset`]. Checks shape, size and CRC of every batch before
-    /// writing any. Durability as for [`Log::append`].
+    /// writing any. Durability as for [`Log::append`]. A batch whose epoch (>= 0) is newer
+    /// than the latest starts an epoch-cache entry at its base offset, made durable before the
+    /// batches are written; an older one refuses the append ([`LogError::EpochRegression`]).
     ///
     /// ```
     /// # use strom_format::{BatchBuilder, Compression, Offset};
@@ -408,6 +417,7 @@ impl Log {
             self.check_poison()?;
             let before = self.log_end_offset();
             let prepared = self.assign_offsets(parsed, origin)?;
+            self.epochs.record_append(&epoch_starts(&prepared, origin))?;
             let now = self.clock.now_ms();
             match self.write_batches(&mut writer, &prepared, origin, now) {
                 Ok(info) => (info, self.rollbacks.lock().count),
@@ -844,16 +854,66 @@ impl Log {
         self.flushed.fetch_min(new_end.get(), Ordering::AcqRel);
         tracing::info!(dir = %self.dir.display(), %offset, end = %new_end,
             deleted_segments = removed.len(), "truncated log");
-        Ok(())
+        // After the cut: a crash before this leaves entries at or above the end, which open
+        // drops; never batches without their entry.
+        self.epochs.truncate_from_end(new_end)
     }
 
-    /// Deletes every segment and restarts the log, empty, at `offset`. Old segments go newest
-    /// first and the new one is created last, so a crash part-way leaves a dense prefix of the
-    /// old log or, at worst, no segment (the log then reopens empty at offset 0).
+    /// Deletes every record and restarts the log, empty, at `offset` (log start = end =
+    /// `offset`), which may lie above the current end: a follower whose leader's log start
+    /// has passed its end. Clears the epoch cache.
+    ///
+    /// Durability: as for [`Log::truncate_to`]; a crash part-way reopens either a dense part
+    /// of the old log or the empty log at `offset`, with an epoch cache matching its batches.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, LeaderEpoch, Offset};
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// let mut b = BatchBuilder::new(Compression::None);
+    /// b.append(0, None, Some(b"v".as_slice()), &[]);
+    /// log.append_with_leader_epoch(b.build().unwrap(), LeaderEpoch::new(1)).unwrap();
+    /// log.restart_at(Offset::new(500)).unwrap();
+    /// assert_eq!((log.log_start_offset().get(), log.log_end_offset().get()), (500, 500));
+    /// assert_eq!(log.latest_epoch(), None);
+    /// ```
+    pub fn restart_at(&self, offset: Offset) -> Result<(), LogError> {
+        if offset.get() < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start: self.log_start_offset(),
+                end: self.log_end_offset(),
+            });
+        }
+        self.repair_if_damaged()?;
+        let _flush = self.flush_lock.lock();
+        let mut writer = self.writer.lock();
+        self.check_poison()?;
+        // As in truncate_to; also puts every segment in recovery's range, so a crash part-way
+        // cannot leave the new segment trusted in front of (or behind) old ones.
+        let point = offset.min(self.flushed_offset());
+        self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
+        self.flushed.fetch_min(point.get(), Ordering::AcqRel);
+        self.truncate_fully(&mut writer, offset).map_err(|e| self.damaged_by(e, offset))
+    }
+
+    /// Deletes every segment and restarts the log, empty, at `offset`; the caller lowered the
+    /// recovery point to `offset` or below. Crash order: with no segment named `offset`, the
+    /// new one is created first, then old ones go newest first; with one, the others go
+    /// newest first and it is emptied (and fsynced) last. A crash part-way leaves old segments
+    /// that do not continue one another or the new one, and recovery keeps a dense run of
+    /// them (deleting the rest) or the new empty one: never no segment at all.
     fn truncate_fully(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
         let old = self.snapshot();
         self.end.store(offset.get(), Ordering::Release);
         self.start.store(offset.get(), Ordering::Release);
+        let reused = old.iter().any(|s| s.base() == offset);
+        if !reused {
+            let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
+            sync_dir(&self.dir)?;
+            *self.segments.write() = Arc::new(vec![segment]);
+        }
         for segment in old.iter().rev() {
             if segment.base() == offset {
                 // Its file is about to be reused: readers of the old segment must retry.
@@ -862,14 +922,18 @@ impl Log {
                 segment.delete_files()?;
             }
         }
-        // Truncates a same-named old segment in place.
-        let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
+        if reused {
+            // Truncates the same-named old segment in place; the fsync keeps its old bytes
+            // from coming back after power loss.
+            let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
+            segment.flush()?;
+            *self.segments.write() = Arc::new(vec![segment]);
+        }
         sync_dir(&self.dir)?;
-        *self.segments.write() = Arc::new(vec![segment]);
         writer.bytes_since_index = 0;
         self.flushed.store(offset.get(), Ordering::Release);
         tracing::info!(dir = %self.dir.display(), %offset, "truncated the whole log");
-        Ok(())
+        self.epochs.clear()
     }
 
     // ------------------------------------------------------------------------------ flushing
@@ -1024,6 +1088,11 @@ impl Log {
             segment.delete_files()?;
         }
         sync_dir(&self.dir)?;
+        if let Err(e) = self.epochs.truncate_from_start(new_first.base()) {
+            // Answers already follow the new start; a stale file is fixed up by open.
+            tracing::warn!(dir = %self.dir.display(), error = %e,
+                "could not write the leader-epoch checkpoint after retention");
+        }
         Ok(count)
     }
 
@@ -1226,7 +1295,9 @@ impl Log {
         if to < self.log_end_offset() {
             self.truncate_locked(writer, to)?;
         }
-        self.active_segment().discard_unpublished()
+        self.active_segment().discard_unpublished()?;
+        // An append that failed after recording its new epoch leaves it at the end.
+        self.epochs.truncate_from_end(self.log_end_offset())
     }
 }
 
@@ -1234,6 +1305,15 @@ impl Log {
 fn segment_holding(segments: &[Arc<LogSegment>], offset: Offset) -> Option<&Arc<LogSegment>> {
     let n = segments.partition_point(|s| s.base() <= offset);
     n.checked_sub(1).and_then(|i| segments.get(i))
+}
+
+/// The `(epoch, first offset)` each prepared batch claims for the epoch cache.
+fn epoch_starts(prepared: &[Prepared], origin: Origin) -> Vec<(LeaderEpoch, Offset)> {
+    match origin {
+        Origin::Leader(None) => Vec::new(),
+        Origin::Leader(Some(epoch)) => prepared.first().map(|p| (epoch, p.base)).into_iter().collect(),
+        Origin::Replica => prepared.iter().map(|p| (p.batch.partition_leader_epoch(), p.base)).collect(),
+    }
 }
 
 /// Writes a run of batches at the end of `segment` with one vectored write (restarted after

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use strom_format::{BATCH_HEADER_LEN, Offset, RecordBatch, TimestampType, peek_batch_size};
+use strom_format::{
+    BATCH_HEADER_LEN, LeaderEpoch, Offset, RecordBatch, TimestampType, peek_batch_size,
+};
 
 use crate::LogError;
 use crate::error::IoContext;
@@ -80,6 +82,7 @@ pub(crate) struct BatchHeader {
     pub(crate) size: u64,
     pub(crate) last_offset_delta: i32,
     pub(crate) max_timestamp: i64,
+    pub(crate) epoch: LeaderEpoch,
 }
 
 impl BatchHeader {
@@ -116,6 +119,7 @@ impl BatchHeader {
             size,
             last_offset_delta,
             max_timestamp: be_i64(buf, 35),
+            epoch: LeaderEpoch::new(be_i32(buf, 12)),
         })
     }
 
@@ -574,6 +578,38 @@ impl LogSegment {
             pos += header.size;
         }
         Ok(None)
+    }
+
+    /// Calls `visit(base offset, partitionLeaderEpoch)` for every committed batch, front to
+    /// back, reading headers only (rebuilding the leader-epoch cache). Writer or open only.
+    pub(crate) fn for_each_batch_epoch(
+        &self,
+        visit: &mut dyn FnMut(Offset, LeaderEpoch),
+    ) -> Result<(), LogError> {
+        let size = self.size();
+        let mut pos = 0;
+        let mut expected = self.base;
+        while pos < size {
+            let header = self.read_header(pos, size)?;
+            if header.base != expected {
+                return Err(self.corrupt(pos, "batch base offsets are not contiguous"));
+            }
+            visit(header.base, header.epoch);
+            expected = header.next_offset();
+            pos += header.size;
+        }
+        Ok(())
+    }
+
+    /// The `partitionLeaderEpoch` of the last committed batch, `None` when the segment is
+    /// empty. One index lookup and a short header walk.
+    pub(crate) fn last_batch_epoch(&self) -> Result<Option<LeaderEpoch>, LogError> {
+        let size = self.size();
+        if size == 0 {
+            return Ok(None);
+        }
+        let last = self.next_offset().add(-1);
+        Ok(self.find_batch(last, self.rel(last), size)?.map(|(_, header)| header.epoch))
     }
 
     /// Runs `f` as a reader: retries are signalled when a truncation overlapped it.
