@@ -21,9 +21,9 @@ use parking_lot::RwLock;
 use strom_format::{LeaderEpoch, Offset};
 
 use crate::error::IoContext;
-use crate::{Log, LogError};
 use crate::recovery::sync_dir;
 use crate::segment::LogSegment;
+use crate::{Log, LogError};
 
 /// The checkpoint file, in Kafka's text format: `0` (version), the entry count, then one
 /// `epoch start_offset` line per entry.
@@ -173,8 +173,10 @@ impl EpochEntries {
             };
             let epoch: i32 = epoch.parse().map_err(|_| format!("entry {i}: bad epoch"))?;
             let offset: i64 = offset.parse().map_err(|_| format!("entry {i}: bad offset"))?;
-            entries
-                .push(EpochEntry { epoch: LeaderEpoch::new(epoch), start_offset: Offset::new(offset) });
+            entries.push(EpochEntry {
+                epoch: LeaderEpoch::new(epoch),
+                start_offset: Offset::new(offset),
+            });
         }
         if entries.len() != count {
             return Err(format!("{} entries where the header says {count}", entries.len()));

@@ -1311,8 +1311,12 @@ fn segment_holding(segments: &[Arc<LogSegment>], offset: Offset) -> Option<&Arc<
 fn epoch_starts(prepared: &[Prepared], origin: Origin) -> Vec<(LeaderEpoch, Offset)> {
     match origin {
         Origin::Leader(None) => Vec::new(),
-        Origin::Leader(Some(epoch)) => prepared.first().map(|p| (epoch, p.base)).into_iter().collect(),
-        Origin::Replica => prepared.iter().map(|p| (p.batch.partition_leader_epoch(), p.base)).collect(),
+        Origin::Leader(Some(epoch)) => {
+            prepared.first().map(|p| (epoch, p.base)).into_iter().collect()
+        }
+        Origin::Replica => {
+            prepared.iter().map(|p| (p.batch.partition_leader_epoch(), p.base)).collect()
+        }
     }
 }
 
