@@ -799,6 +799,11 @@ impl Log {
     /// assert_eq!(log.append(batch(1)).unwrap().first_offset.get(), 4);
     /// ```
     pub fn truncate_to(&self, offset: Offset) -> Result<(), LogError> {
+        self.cut_durably(offset, false)
+    }
+
+    /// Both truncations; `restart` deletes every record.
+    fn cut_durably(&self, offset: Offset, restart: bool) -> Result<(), LogError> {
         if offset.get() < 0 {
             return Err(LogError::OffsetOutOfRange {
                 requested: offset,
@@ -810,15 +815,21 @@ impl Log {
         let _flush = self.flush_lock.lock();
         let mut writer = self.writer.lock();
         self.check_poison()?;
-        if offset >= self.log_end_offset() {
+        if !restart && offset >= self.log_end_offset() {
             return Ok(());
         }
         // A recovery point above data that is about to be rewritten would let recovery trust
-        // unflushed bytes: lower it durably first.
+        // unflushed bytes: lower it durably first. This also puts every segment in recovery's
+        // range, so it deletes whatever does not continue the segments before it.
         let point = offset.min(self.flushed_offset());
         self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
-        self.truncate_locked(&mut writer, offset).map_err(|e| self.damaged_by(e, offset))
+        let result = if restart {
+            self.truncate_fully(&mut writer, offset)
+        } else {
+            self.truncate_locked(&mut writer, offset)
+        };
+        result.map_err(|e| self.damaged_by(e, offset))
     }
 
     fn truncate_locked(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
@@ -879,23 +890,7 @@ impl Log {
     /// assert_eq!(log.latest_epoch(), None);
     /// ```
     pub fn restart_at(&self, offset: Offset) -> Result<(), LogError> {
-        if offset.get() < 0 {
-            return Err(LogError::OffsetOutOfRange {
-                requested: offset,
-                start: self.log_start_offset(),
-                end: self.log_end_offset(),
-            });
-        }
-        self.repair_if_damaged()?;
-        let _flush = self.flush_lock.lock();
-        let mut writer = self.writer.lock();
-        self.check_poison()?;
-        // As in truncate_to; also puts every segment in recovery's range, so a crash part-way
-        // cannot leave the new segment trusted in front of (or behind) old ones.
-        let point = offset.min(self.flushed_offset());
-        self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
-        self.flushed.fetch_min(point.get(), Ordering::AcqRel);
-        self.truncate_fully(&mut writer, offset).map_err(|e| self.damaged_by(e, offset))
+        self.cut_durably(offset, true)
     }
 
     /// Deletes every segment and restarts the log, empty, at `offset`; the caller lowered the
