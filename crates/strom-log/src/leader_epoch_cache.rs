@@ -263,14 +263,23 @@ impl LeaderEpochCache {
     /// Before batches are written: records each `(epoch, base offset)` whose epoch is newer
     /// than the latest and makes the file durable, then publishes. On an error nothing is
     /// published and the append must not be written. Caller holds the log's writer lock.
-    pub(crate) fn record_append(&self, starts: &[(LeaderEpoch, Offset)]) -> Result<(), LogError> {
+    pub(crate) fn record_append(
+        &self,
+        starts: impl Iterator<Item = (LeaderEpoch, Offset)> + Clone,
+    ) -> Result<(), LogError> {
         let current = self.snapshot();
+        let stale = self.stale.load(Ordering::Acquire);
+        // The common case, every append of a leader in its epoch: no copy, no write.
+        let latest = current.latest().map(|e| e.epoch);
+        if !stale && starts.clone().all(|(epoch, _)| epoch.get() < 0 || Some(epoch) == latest) {
+            return Ok(());
+        }
         let mut next = EpochEntries::clone(&current);
         let mut changed = false;
-        for &(epoch, start) in starts {
+        for (epoch, start) in starts {
             changed |= next.assign(epoch, start)?;
         }
-        if changed || self.stale.load(Ordering::Acquire) {
+        if changed || stale {
             self.persist(&next)?;
         }
         if changed {

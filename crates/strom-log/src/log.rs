@@ -417,7 +417,7 @@ impl Log {
             self.check_poison()?;
             let before = self.log_end_offset();
             let prepared = self.assign_offsets(parsed, origin)?;
-            self.epochs.record_append(&epoch_starts(&prepared, origin))?;
+            self.epochs.record_append(epoch_starts(&prepared, origin))?;
             let now = self.clock.now_ms();
             match self.write_batches(&mut writer, &prepared, origin, now) {
                 Ok(info) => (info, self.rollbacks.lock().count),
@@ -1303,16 +1303,15 @@ fn segment_holding(segments: &[Arc<LogSegment>], offset: Offset) -> Option<&Arc<
 }
 
 /// The `(epoch, first offset)` each prepared batch claims for the epoch cache.
-fn epoch_starts(prepared: &[Prepared], origin: Origin) -> Vec<(LeaderEpoch, Offset)> {
-    match origin {
-        Origin::Leader(None) => Vec::new(),
-        Origin::Leader(Some(epoch)) => {
-            prepared.first().map(|p| (epoch, p.base)).into_iter().collect()
-        }
-        Origin::Replica => {
-            prepared.iter().map(|p| (p.batch.partition_leader_epoch(), p.base)).collect()
-        }
-    }
+fn epoch_starts(
+    prepared: &[Prepared],
+    origin: Origin,
+) -> impl Iterator<Item = (LeaderEpoch, Offset)> + Clone + '_ {
+    prepared.iter().enumerate().filter_map(move |(i, p)| match origin {
+        Origin::Leader(None) => None,
+        Origin::Leader(Some(epoch)) => (i == 0).then_some((epoch, p.base)),
+        Origin::Replica => Some((p.batch.partition_leader_epoch(), p.base)),
+    })
 }
 
 /// Writes a run of batches at the end of `segment` with one vectored write (restarted after
