@@ -280,7 +280,9 @@ impl LeaderEpochCache {
             changed |= next.assign(epoch, start)?;
         }
         if changed || stale {
-            self.persist(&next)?;
+            // Nothing is published on failure, so the file is as stale as it was.
+            self.write(&next)?;
+            self.stale.store(false, Ordering::Release);
         }
         if changed {
             tracing::info!(dir = %self.dir.display(), latest = ?next.latest(), "new leader epoch");
@@ -318,14 +320,14 @@ impl LeaderEpochCache {
             return Ok(());
         }
         *self.entries.write() = Arc::new(next.clone());
-        self.persist(&next)
-    }
-
-    fn persist(&self, entries: &EpochEntries) -> Result<(), LogError> {
-        debug_assert!(entries.holds_invariant(), "{entries:?}");
-        let result = write_checkpoint(&self.dir, entries);
+        let result = self.write(&next);
         self.stale.store(result.is_err(), Ordering::Release);
         result
+    }
+
+    fn write(&self, entries: &EpochEntries) -> Result<(), LogError> {
+        debug_assert!(entries.holds_invariant(), "{entries:?}");
+        write_checkpoint(&self.dir, entries)
     }
 }
 

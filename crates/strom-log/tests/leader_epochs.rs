@@ -430,3 +430,27 @@ fn crash_during_truncate_below_the_start_reopens_consistent() {
     assert_eq!(log.epoch_entries(), vec![]);
     assert_consistent(&log);
 }
+
+#[test]
+fn an_unwritable_checkpoint_refuses_new_epochs_and_is_rewritten_once_it_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    lead(&log, &[1, 1, 2]);
+    // A directory where the temporary file goes: every checkpoint write fails.
+    let blocker = dir.path().join(format!("{CHECKPOINT}.tmp"));
+    fs::create_dir(&blocker).unwrap();
+    let err = log.append_with_leader_epoch(simple_batch(1), LeaderEpoch::new(3)).unwrap_err();
+    assert!(matches!(err, LogError::Io { .. }), "{err:?}");
+    assert_eq!(log.log_end_offset().get(), 6, "nothing written without a durable entry");
+    lead(&log, &[2]); // the current epoch needs no write
+    // A truncation cuts the log and the answers, and reports the stale file.
+    assert!(log.truncate_to(Offset::new(4)).is_err());
+    assert_eq!(log.log_end_offset().get(), 4);
+    assert_eq!(log.epoch_entries(), vec![entry(1, 0)]);
+    assert_eq!(checkpoint_entries(dir.path()), vec![entry(1, 0), entry(2, 4)], "stale");
+    fs::remove_dir(&blocker).unwrap();
+    lead(&log, &[1]); // no new epoch, but the stale file is rewritten first
+    assert_eq!(checkpoint_entries(dir.path()), vec![entry(1, 0)]);
+    lead(&log, &[3]);
+    assert_consistent(&log);
+}
