@@ -900,6 +900,13 @@ impl Log {
     /// that do not continue one another or the new one, and recovery keeps a dense run of
     /// them (deleting the rest) or the new empty one: never no segment at all.
     fn truncate_fully(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
+        let result = self.recreate_at(writer, offset);
+        // Start and end are `offset` even if a file operation failed part-way: no record is
+        // left for an entry to describe (were old ones left, reopen would rebuild the file).
+        result.and(self.epochs.clear())
+    }
+
+    fn recreate_at(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
         let old = self.snapshot();
         self.end.store(offset.get(), Ordering::Release);
         self.start.store(offset.get(), Ordering::Release);
@@ -928,7 +935,7 @@ impl Log {
         writer.bytes_since_index = 0;
         self.flushed.store(offset.get(), Ordering::Release);
         tracing::info!(dir = %self.dir.display(), %offset, "truncated the whole log");
-        self.epochs.clear()
+        Ok(())
     }
 
     // ------------------------------------------------------------------------------ flushing
