@@ -21,9 +21,9 @@ use parking_lot::RwLock;
 use strom_format::{LeaderEpoch, Offset};
 
 use crate::error::IoContext;
-use crate::{Log, LogError};
 use crate::recovery::sync_dir;
 use crate::segment::LogSegment;
+use crate::{Log, LogError};
 
 /// The checkpoint file, in Kafka's text format: `0` (version), the entry count, then one
 /// `epoch start_offset` line per entry.
@@ -173,8 +173,10 @@ impl EpochEntries {
             };
             let epoch: i32 = epoch.parse().map_err(|_| format!("entry {i}: bad epoch"))?;
             let offset: i64 = offset.parse().map_err(|_| format!("entry {i}: bad offset"))?;
-            entries
-                .push(EpochEntry { epoch: LeaderEpoch::new(epoch), start_offset: Offset::new(offset) });
+            entries.push(EpochEntry {
+                epoch: LeaderEpoch::new(epoch),
+                start_offset: Offset::new(offset),
+            });
         }
         if entries.len() != count {
             return Err(format!("{} entries where the header says {count}", entries.len()));
@@ -261,15 +263,26 @@ impl LeaderEpochCache {
     /// Before batches are written: records each `(epoch, base offset)` whose epoch is newer
     /// than the latest and makes the file durable, then publishes. On an error nothing is
     /// published and the append must not be written. Caller holds the log's writer lock.
-    pub(crate) fn record_append(&self, starts: &[(LeaderEpoch, Offset)]) -> Result<(), LogError> {
+    pub(crate) fn record_append(
+        &self,
+        starts: impl Iterator<Item = (LeaderEpoch, Offset)> + Clone,
+    ) -> Result<(), LogError> {
         let current = self.snapshot();
+        let stale = self.stale.load(Ordering::Acquire);
+        // The common case, every append of a leader in its epoch: no copy, no write.
+        let latest = current.latest().map(|e| e.epoch);
+        if !stale && starts.clone().all(|(epoch, _)| epoch.get() < 0 || Some(epoch) == latest) {
+            return Ok(());
+        }
         let mut next = EpochEntries::clone(&current);
         let mut changed = false;
-        for &(epoch, start) in starts {
+        for (epoch, start) in starts {
             changed |= next.assign(epoch, start)?;
         }
-        if changed || self.stale.load(Ordering::Acquire) {
-            self.persist(&next)?;
+        if changed || stale {
+            // Nothing is published on failure, so the file is as stale as it was.
+            self.write(&next)?;
+            self.stale.store(false, Ordering::Release);
         }
         if changed {
             tracing::info!(dir = %self.dir.display(), latest = ?next.latest(), "new leader epoch");
@@ -307,14 +320,14 @@ impl LeaderEpochCache {
             return Ok(());
         }
         *self.entries.write() = Arc::new(next.clone());
-        self.persist(&next)
-    }
-
-    fn persist(&self, entries: &EpochEntries) -> Result<(), LogError> {
-        debug_assert!(entries.holds_invariant(), "{entries:?}");
-        let result = write_checkpoint(&self.dir, entries);
+        let result = self.write(&next);
         self.stale.store(result.is_err(), Ordering::Release);
         result
+    }
+
+    fn write(&self, entries: &EpochEntries) -> Result<(), LogError> {
+        debug_assert!(entries.holds_invariant(), "{entries:?}");
+        write_checkpoint(&self.dir, entries)
     }
 }
 

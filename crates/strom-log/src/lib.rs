@@ -37,6 +37,7 @@
 //! 00000000000000000000.timeindex  sparse: (largest timestamp so far i64, relative offset u32)
 //! 00000000000000052133.log        the next segment, first offset 52133 ...
 //! recovery-point                  offset below which everything was fsynced
+//! leader-epoch-checkpoint         leader epochs and the offsets they began at (Kafka's format)
 //! .clean-shutdown                 present only while the log is closed cleanly
 //! ```
 //!
@@ -50,8 +51,8 @@
 //!   [`Log::flushed_offset`] has passed them (a flush by the policy, by [`Log::flush`], or by
 //!   a segment roll, which always fsyncs the segment it closes).
 //! - [`Log::flush`] and [`Log::close`]: every record appended before the call, and the indexes.
-//! - [`Log::truncate_to`] and [`Log::enforce_retention`]: the truncation or deletion, directory
-//!   included; removed records never come back after a crash.
+//! - [`Log::truncate_to`], [`Log::restart_at`] and [`Log::enforce_retention`]: the truncation
+//!   or deletion, directory included; removed records never come back after a crash.
 //!
 //! After power loss, the log holds at least every record below the last flushed offset, and
 //! possibly more: every record it keeps has a valid CRC and the offsets stay dense.
@@ -65,6 +66,18 @@
 //! batches after its last index entry). Missing or inconsistent indexes are rebuilt from their
 //! segment. Corruption found later, in data that was already flushed, is never served: reads
 //! of it fail with [`LogError::Corrupt`]. No file content makes open or read panic.
+//!
+//! # Leader epochs
+//!
+//! The log keeps Kafka's leader-epoch cache (KIP-101/KIP-279): for every leader epoch found in
+//! its batches (`partitionLeaderEpoch`, -1 meaning none), the offset it began at
+//! ([`Log::epoch_entries`], [`Log::end_offset_for_epoch`], which answers a follower's
+//! OffsetForLeaderEpoch). Invariant: epochs strictly increase and start offsets never decrease,
+//! and the entries say exactly what the batches between the log start and end say. Appends
+//! that start a newer epoch make its entry durable before writing the batches, an older epoch
+//! is refused ([`LogError::EpochRegression`]), truncation drops entries after its cut, and
+//! retention and [`Log::restart_at`] move or clear them; open drops entries a crash left
+//! beyond the log end and rebuilds the file from batch headers when it is missing or corrupt.
 //!
 //! # Concurrency
 //!

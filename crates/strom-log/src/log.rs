@@ -417,7 +417,7 @@ impl Log {
             self.check_poison()?;
             let before = self.log_end_offset();
             let prepared = self.assign_offsets(parsed, origin)?;
-            self.epochs.record_append(&epoch_starts(&prepared, origin))?;
+            self.epochs.record_append(epoch_starts(&prepared, origin))?;
             let now = self.clock.now_ms();
             match self.write_batches(&mut writer, &prepared, origin, now) {
                 Ok(info) => (info, self.rollbacks.lock().count),
@@ -799,6 +799,11 @@ impl Log {
     /// assert_eq!(log.append(batch(1)).unwrap().first_offset.get(), 4);
     /// ```
     pub fn truncate_to(&self, offset: Offset) -> Result<(), LogError> {
+        self.cut_durably(offset, false)
+    }
+
+    /// Both truncations; `restart` deletes every record.
+    fn cut_durably(&self, offset: Offset, restart: bool) -> Result<(), LogError> {
         if offset.get() < 0 {
             return Err(LogError::OffsetOutOfRange {
                 requested: offset,
@@ -810,15 +815,21 @@ impl Log {
         let _flush = self.flush_lock.lock();
         let mut writer = self.writer.lock();
         self.check_poison()?;
-        if offset >= self.log_end_offset() {
+        if !restart && offset >= self.log_end_offset() {
             return Ok(());
         }
         // A recovery point above data that is about to be rewritten would let recovery trust
-        // unflushed bytes: lower it durably first.
+        // unflushed bytes: lower it durably first. This also puts every segment in recovery's
+        // range, so it deletes whatever does not continue the segments before it.
         let point = offset.min(self.flushed_offset());
         self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
-        self.truncate_locked(&mut writer, offset).map_err(|e| self.damaged_by(e, offset))
+        let result = if restart {
+            self.truncate_fully(&mut writer, offset)
+        } else {
+            self.truncate_locked(&mut writer, offset)
+        };
+        result.map_err(|e| self.damaged_by(e, offset))
     }
 
     fn truncate_locked(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
@@ -879,23 +890,7 @@ impl Log {
     /// assert_eq!(log.latest_epoch(), None);
     /// ```
     pub fn restart_at(&self, offset: Offset) -> Result<(), LogError> {
-        if offset.get() < 0 {
-            return Err(LogError::OffsetOutOfRange {
-                requested: offset,
-                start: self.log_start_offset(),
-                end: self.log_end_offset(),
-            });
-        }
-        self.repair_if_damaged()?;
-        let _flush = self.flush_lock.lock();
-        let mut writer = self.writer.lock();
-        self.check_poison()?;
-        // As in truncate_to; also puts every segment in recovery's range, so a crash part-way
-        // cannot leave the new segment trusted in front of (or behind) old ones.
-        let point = offset.min(self.flushed_offset());
-        self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
-        self.flushed.fetch_min(point.get(), Ordering::AcqRel);
-        self.truncate_fully(&mut writer, offset).map_err(|e| self.damaged_by(e, offset))
+        self.cut_durably(offset, true)
     }
 
     /// Deletes every segment and restarts the log, empty, at `offset`; the caller lowered the
@@ -905,6 +900,13 @@ impl Log {
     /// that do not continue one another or the new one, and recovery keeps a dense run of
     /// them (deleting the rest) or the new empty one: never no segment at all.
     fn truncate_fully(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
+        let result = self.recreate_at(writer, offset);
+        // Start and end are `offset` even if a file operation failed part-way: no record is
+        // left for an entry to describe (were old ones left, reopen would rebuild the file).
+        result.and(self.epochs.clear())
+    }
+
+    fn recreate_at(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
         let old = self.snapshot();
         self.end.store(offset.get(), Ordering::Release);
         self.start.store(offset.get(), Ordering::Release);
@@ -933,7 +935,7 @@ impl Log {
         writer.bytes_since_index = 0;
         self.flushed.store(offset.get(), Ordering::Release);
         tracing::info!(dir = %self.dir.display(), %offset, "truncated the whole log");
-        self.epochs.clear()
+        Ok(())
     }
 
     // ------------------------------------------------------------------------------ flushing
@@ -1308,12 +1310,15 @@ fn segment_holding(segments: &[Arc<LogSegment>], offset: Offset) -> Option<&Arc<
 }
 
 /// The `(epoch, first offset)` each prepared batch claims for the epoch cache.
-fn epoch_starts(prepared: &[Prepared], origin: Origin) -> Vec<(LeaderEpoch, Offset)> {
-    match origin {
-        Origin::Leader(None) => Vec::new(),
-        Origin::Leader(Some(epoch)) => prepared.first().map(|p| (epoch, p.base)).into_iter().collect(),
-        Origin::Replica => prepared.iter().map(|p| (p.batch.partition_leader_epoch(), p.base)).collect(),
-    }
+fn epoch_starts(
+    prepared: &[Prepared],
+    origin: Origin,
+) -> impl Iterator<Item = (LeaderEpoch, Offset)> + Clone + '_ {
+    prepared.iter().enumerate().filter_map(move |(i, p)| match origin {
+        Origin::Leader(None) => None,
+        Origin::Leader(Some(epoch)) => (i == 0).then_some((epoch, p.base)),
+        Origin::Replica => Some((p.batch.partition_leader_epoch(), p.base)),
+    })
 }
 
 /// Writes a run of batches at the end of `segment` with one vectored write (restarted after

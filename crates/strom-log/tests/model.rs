@@ -1,6 +1,6 @@
 //! Property test: random sequences of appends, truncations, flushes and reopens (clean and
 //! crashed) against a model (the list of batches the log should hold); every read must equal
-//! the model.
+//! the model, and the leader-epoch cache must list where the batches' epochs change.
 
 // Tests may unwrap: a panic is a failed assertion (helpers outside #[test] included).
 #![allow(clippy::unwrap_used)]
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::pattern_batch;
 use proptest::prelude::*;
 use strom_format::{Batches, LeaderEpoch, Offset, set_base_offset, set_partition_leader_epoch};
-use strom_log::{Log, LogConfig};
+use strom_log::{EpochEntry, Log, LogConfig, LogError};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -65,6 +65,19 @@ impl Model {
         self.batches.retain(|b| last_offset(b) < offset);
     }
 
+    /// Where each newer epoch (>= 0) starts among the batches.
+    fn epochs(&self) -> Vec<EpochEntry> {
+        let mut out: Vec<EpochEntry> = Vec::new();
+        for raw in &self.batches {
+            let b = Batches::new(raw.clone()).next().unwrap().unwrap();
+            let epoch = b.partition_leader_epoch();
+            if epoch.get() >= 0 && out.last().is_none_or(|l| l.epoch < epoch) {
+                out.push(EpochEntry { epoch, start_offset: b.base_offset() });
+            }
+        }
+        out
+    }
+
     /// Index of the batch holding `offset`.
     fn holding(&self, offset: i64) -> Option<usize> {
         self.batches.iter().position(|b| last_offset(b) >= offset)
@@ -90,6 +103,7 @@ fn check_everything(log: &Log, model: &Model) {
         }
     }
     assert_eq!(got, model.batches);
+    assert_eq!(log.epoch_entries(), model.epochs());
 }
 
 fn run(ops: Vec<Op>, config: LogConfig) {
@@ -113,8 +127,16 @@ fn run(ops: Vec<Op>, config: LogConfig) {
             }
             Op::AppendWithEpoch(n, epoch) => {
                 let raw = pattern_batch(model.end(), n, 11, |o| o);
-                l.append_with_leader_epoch(raw.clone(), LeaderEpoch::new(epoch)).unwrap();
-                model.push(&raw, Some(epoch));
+                let result = l.append_with_leader_epoch(raw.clone(), LeaderEpoch::new(epoch));
+                match model.epochs().last() {
+                    Some(latest) if latest.epoch.get() > epoch => {
+                        assert!(matches!(result, Err(LogError::EpochRegression { .. })));
+                    }
+                    _ => {
+                        result.unwrap();
+                        model.push(&raw, Some(epoch));
+                    }
+                }
             }
             Op::Truncate(per_mille) => {
                 let offset = model.end() * i64::from(per_mille) / 1000;
