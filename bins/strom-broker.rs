@@ -40,6 +40,12 @@ struct Args {
     /// Fence a broker not heard from for this long [default: 1500].
     #[arg(long, value_name = "MS")]
     broker_session_timeout_ms: Option<u64>,
+    /// In-sync replicas acks=all needs, unless a topic overrides it [default: 1].
+    #[arg(long, value_name = "N")]
+    min_insync_replicas: Option<i32>,
+    /// A follower behind its leader for this long leaves the ISR [default: 10000].
+    #[arg(long, value_name = "MS")]
+    replica_lag_time_max_ms: Option<u64>,
     /// Replicas of topics created without a replication factor [default: 1].
     #[arg(long, value_name = "N")]
     default_replication_factor: Option<i32>,
@@ -130,6 +136,8 @@ impl Args {
         }
         set(&mut c.broker_session_timeout_ms, self.broker_session_timeout_ms);
         set(&mut c.default_replication_factor, self.default_replication_factor);
+        set(&mut c.min_insync_replicas, self.min_insync_replicas);
+        set(&mut c.replica_lag_time_max_ms, self.replica_lag_time_max_ms);
         set(&mut c.num_partitions, self.num_partitions);
         set(&mut c.log_segment_bytes, self.segment_bytes);
         set(&mut c.log_segment_ms, self.segment_ms);

@@ -21,17 +21,19 @@ use strom_coordinator::{
 use strom_format::Offset;
 use strom_proto::v1::ErrorCode;
 use strom_quorum::{BrokerRegistration, NO_LEADER, NodeId};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{BrokerConfig, MAX_PARTITIONS, TopicConfig};
-use crate::controller::{Command, ControllerHandle};
+use crate::controller::{AlterPartition, Command, ControllerHandle};
 use crate::error::{ApiError, BrokerError};
+use crate::fetcher::Fetchers;
 use crate::partition::Partition;
 use crate::peers::Peers;
 use crate::quorum::{ControllerView, Image, QuorumLog};
 use crate::raft::RaftQuorum;
 use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
+use crate::replication::{ISR_QUEUE_LEN, IsrProposal};
 use crate::topic::{Registry, Topic, validate_topic_name};
 use crate::types::{
     BrokerEndpoint, ClusterView, ListedOffset, NewTopic, NodeDescription, PartitionDescription,
@@ -45,6 +47,8 @@ pub const MAX_TOPICS_PER_REQUEST: usize = 1000;
 const APPLY_PATIENCE: Duration = Duration::from_secs(15);
 /// How long shutdown waits for a background task to finish its current pass.
 const TASK_STOP_PATIENCE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the controller to move leadership away.
+const CONTROLLED_SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a single-node broker's start waits for its quorum of one to be ready.
 const SINGLE_NODE_START_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -73,7 +77,11 @@ pub struct Broker {
     registry: Arc<Registry>,
     quorum: Arc<dyn QuorumLog>,
     controller: ControllerHandle,
-    peers: Peers,
+    peers: Arc<Peers>,
+    /// Follower side of replication: one fetcher task per leader this node follows.
+    fetchers: Arc<Fetchers>,
+    /// Leader side: ISR changes on their way to the controller.
+    isr_changes: mpsc::Sender<IsrProposal>,
     cluster_id: String,
     incarnation: u64,
     advertised: RwLock<(String, i32)>,
@@ -83,6 +91,8 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Set by controlled shutdown: a heartbeat now would unfence this node again.
+    heartbeats_stopped: AtomicBool,
     /// Released at the end of shutdown, even if something still holds the `Broker`.
     lock: Mutex<Option<DataDirLock>>,
     /// Taken out at shutdown so its hold on the offsets partitions ends before logs close.
@@ -129,12 +139,23 @@ impl Broker {
         let coordinator: Arc<RwLock<Option<CoordinatorSlot>>> = Arc::new(RwLock::new(None));
         let cluster_id = quorum.cluster_id();
         let advertised = config.advertised(config.listen);
+        let peers = Arc::new(Peers::new(cluster_id.clone()));
+        let fetchers = Arc::new(Fetchers::new(
+            config.clone(),
+            cluster_id.clone(),
+            peers.clone(),
+            quorum.image(),
+            shutdown.subscribe(),
+        ));
+        let (isr_changes, isr_queue) = mpsc::channel(ISR_QUEUE_LEN);
         let broker = Arc::new(Broker {
             config: config.clone(),
             registry: registry.clone(),
             quorum: quorum.clone(),
             controller,
-            peers: Peers::new(cluster_id.clone()),
+            peers,
+            fetchers: fetchers.clone(),
+            isr_changes,
             cluster_id: cluster_id.clone(),
             incarnation: rand::random(),
             advertised: RwLock::new(advertised),
@@ -142,6 +163,7 @@ impl Broker {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            heartbeats_stopped: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
             coordinator: coordinator.clone(),
         });
@@ -149,6 +171,7 @@ impl Broker {
             let (config, registry, coordinator) =
                 (config.clone(), registry.clone(), coordinator.clone());
             let on_change = move |outcome: Reconciled| {
+                fetchers.update(&registry);
                 rebuild_coordinator(&config, &registry, &coordinator, &outcome);
             };
             tokio::spawn(crate::replicas::follow(
@@ -167,7 +190,8 @@ impl Broker {
             broker.shutdown.subscribe(),
         ));
         let heartbeats = tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
-        broker.tasks.lock().extend([follow, maintenance, heartbeats]);
+        let isr = tokio::spawn(crate::replication::isr_loop(Arc::downgrade(&broker), isr_queue));
+        broker.tasks.lock().extend([follow, maintenance, heartbeats, isr]);
         tracing::info!(
             node_id = config.node_id,
             %cluster_id,
@@ -319,11 +343,94 @@ impl Broker {
     }
 
     /// Runs `command` on the active controller: here if this node is it, else forwarded to it.
-    pub(crate) async fn controller_call(
+    pub(crate) async fn controller_call<T>(
         &self,
-        command: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), ApiError>>) -> Command,
-    ) -> Result<(), ApiError> {
+        command: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, ApiError>>) -> Command,
+    ) -> Result<T, ApiError> {
         self.controller.call(command).await
+    }
+
+    /// Queues a leader's ISR change for the controller; a full queue drops it (the partition
+    /// proposes again on a later tick or fetch).
+    pub(crate) fn propose_isr_change(&self, proposal: IsrProposal) {
+        if let Err(e) = self.isr_changes.try_send(proposal) {
+            let (partition, _) = match e {
+                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+            };
+            partition.isr_change_failed();
+        }
+    }
+
+    /// Sends an ISR change to the active controller (this node's, or forwarded). `Ok(true)`
+    /// when a change was committed.
+    pub(crate) async fn alter_partition(
+        &self,
+        request: strom_proto::v1::AlterPartitionRequest,
+    ) -> Result<bool, ApiError> {
+        let change = AlterPartition {
+            from: request.broker_id,
+            topic: request.topic.clone(),
+            partition: request.partition,
+            leader_epoch: request.leader_epoch,
+            partition_epoch: request.partition_epoch,
+            isr: request.new_isr.clone(),
+        };
+        match self.alter_partition_local(change, false).await {
+            Err(e) if e.code == ErrorCode::NotController => {
+                self.peers.alter_partition(&self.controller(), request).await
+            }
+            other => other,
+        }
+    }
+
+    /// An ISR change on this node's controller (NOT_CONTROLLER when it is not the active one).
+    pub(crate) async fn alter_partition_local(
+        &self,
+        change: AlterPartition,
+        _forward: bool,
+    ) -> Result<bool, ApiError> {
+        self.controller_call(|reply| Command::AlterPartition { request: change, reply }).await
+    }
+
+    /// Controlled shutdown (Kafka's): stops heartbeating and asks the active controller to
+    /// fence this node now, which moves leadership of its partitions to other ISR members at
+    /// once, then waits (bounded) until this node has applied that. Producers and consumers
+    /// move to the new leaders while this node still answers them with NOT_LEADER, so a
+    /// rolling restart costs no availability. Skipped when this node is the only broker.
+    pub(crate) async fn controlled_shutdown(&self) {
+        let me = self.config.node_id;
+        let others = self.image().state.live_brokers().into_iter().any(|n| n != me);
+        if !others || self.heartbeats_stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let started = Instant::now();
+        let asked = async {
+            match self
+                .controller_call(|reply| Command::ControlledShutdown { node_id: me, reply })
+                .await
+            {
+                Err(e) if e.code == ErrorCode::NotController => {
+                    self.peers.controlled_shutdown(&self.controller(), me).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(CONTROLLED_SHUTDOWN_PATIENCE, asked).await {
+            Ok(Ok(())) => {
+                let fenced = |image: &Image| !image.state.is_live(me);
+                tokio::time::timeout(CONTROLLED_SHUTDOWN_PATIENCE, self.wait_applied(fenced))
+                    .await
+                    .ok();
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "controlled shutdown: leadership moved to other replicas"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "controlled shutdown refused; stopping anyway")
+            }
+            Err(_) => tracing::warn!("controlled shutdown timed out; stopping anyway"),
+        }
     }
 
     /// A Raft message from a peer.
@@ -600,8 +707,11 @@ impl Broker {
     /// offset assigned. The batches are checked (shape, size against `max.message.bytes`, CRC,
     /// records) and appended all or nothing.
     ///
-    /// On one node acks 0, 1 and all are the same: when this returns, the records are in the
-    /// leader's log, below the high watermark, and fsynced if the flush policy asked for it.
+    /// `acks` as in Kafka: 0 and 1 answer once the leader appended; -1 (all) first requires
+    /// the committed ISR to hold `min.insync.replicas` (else NOT_ENOUGH_REPLICAS, nothing
+    /// written) and answers once every ISR member has the records (the high watermark passed
+    /// them). Within `timeout` or REQUEST_TIMED_OUT (outcome unknown: the records may still
+    /// commit). Durability on each replica is the topic's flush policy.
     ///
     /// `__consumer_offsets` is written by the coordinator only: `INVALID_TOPIC_EXCEPTION`.
     pub async fn produce(
@@ -609,6 +719,8 @@ impl Broker {
         topic: &str,
         partition: i32,
         records: Bytes,
+        acks: i16,
+        timeout: Duration,
     ) -> Result<ProduceOutcome, ApiError> {
         if topic == CONSUMER_OFFSETS_TOPIC {
             return Err(ApiError::new(
@@ -616,16 +728,34 @@ impl Broker {
                 format!("internal topic {topic:?} cannot be produced to"),
             ));
         }
+        if !matches!(acks, -1..=1) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequiredAcks,
+                format!("acks must be -1, 0 or 1, got {acks}"),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
         let p = self.registry.partition(topic, partition)?;
-        run_blocking(move || {
+        let appender = p.clone();
+        let (outcome, end, epoch) = run_blocking(move || {
+            let p = appender;
+            let epoch = p.check_leader()?;
+            if acks == -1 {
+                p.check_min_isr(ErrorCode::NotEnoughReplicas)?;
+            }
             let info = p.append(records)?;
-            Ok(ProduceOutcome {
+            let outcome = ProduceOutcome {
                 base_offset: info.first_offset.get(),
                 log_start_offset: p.log_start_offset().get(),
                 log_append_time_ms: -1,
-            })
+            };
+            Ok((outcome, info.last_offset.next(), epoch))
         })
-        .await
+        .await?;
+        if acks == -1 {
+            p.wait_committed(end, epoch, deadline).await?;
+        }
+        Ok(outcome)
     }
 
     /// Resolves `timestamp` (-2 earliest, -1 latest = high watermark, else the first record
@@ -661,7 +791,11 @@ impl Broker {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        if !self.is_shutting_down() {
+            self.controlled_shutdown().await;
+        }
         self.begin_shutdown();
+        self.fetchers.stop();
         let slot = self.coordinator.write().take();
         if let Some(slot) = slot {
             slot.coordinator.shutdown();
@@ -874,19 +1008,31 @@ async fn heartbeat_loop(broker: std::sync::Weak<Broker>) {
             () = stopped(&mut shutdown) => return,
         }
         let Some(broker) = broker.upgrade() else { return };
+        if broker.heartbeats_stopped.load(Ordering::Acquire) {
+            return;
+        }
         let registration = broker.registration();
-        let sent = match broker.broker_heartbeat(registration.clone()).await {
-            Err(e) if e.code == ErrorCode::NotController => {
-                let controller = broker.controller();
-                if controller.address.is_some() {
-                    broker.peers.heartbeat(&controller, registration).await
-                } else {
-                    // A broker-only node learns the controller from the log it is not yet
-                    // a learner of: ask the voters; the controller among them answers.
-                    heartbeat_any_voter(&broker, registration).await
+        let send = async {
+            match broker.broker_heartbeat(registration.clone()).await {
+                Err(e) if e.code == ErrorCode::NotController => {
+                    let controller = broker.controller();
+                    if controller.address.is_some() {
+                        broker.peers.heartbeat(&controller, registration).await
+                    } else {
+                        // A broker-only node learns the controller from the log it is not
+                        // yet a learner of: ask the voters; the controller among them answers.
+                        heartbeat_any_voter(&broker, registration).await
+                    }
                 }
+                other => other,
             }
-            other => other,
+        };
+        // A heartbeat stuck on a frozen (former) controller must not hold back the next one
+        // to the new controller past this node's session: bound it to a third of the session.
+        let patience = Duration::from_millis(broker.config.broker_session_timeout_ms / 3);
+        let sent = match tokio::time::timeout(patience, send).await {
+            Ok(sent) => sent,
+            Err(_) => Err(crate::controller::not_controller()),
         };
         match sent {
             Ok(()) => failing_since = None,

@@ -92,6 +92,17 @@ pub struct BrokerConfig {
     pub broker_session_timeout_ms: u64,
     /// How often a broker heartbeats to the controller (`broker.heartbeat.interval.ms`).
     pub broker_heartbeat_interval_ms: u64,
+    /// acks=all needs this many in-sync replicas unless the topic overrides it
+    /// (`min.insync.replicas`).
+    pub min_insync_replicas: i32,
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (`replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// How long a leader holds a follower's fetch when it has nothing new
+    /// (`replica.fetch.wait.max.ms`).
+    pub replica_fetch_wait_max_ms: u64,
+    /// Soft limit on the records of one follower fetch (`replica.fetch.response.max.bytes`).
+    pub replica_fetch_max_bytes: usize,
     /// Close a client connection that sends nothing for this long (Kafka's
     /// `connections.max.idle.ms`).
     pub connections_max_idle_ms: u64,
@@ -135,6 +146,10 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             voters: BTreeMap::new(),
             broker_session_timeout_ms: 1_500,
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 10_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 10 << 20,
             broker_heartbeat_interval_ms: 250,
             connections_max_idle_ms: 10 * 60 * 1000,
             max_connections: 10_000,
@@ -198,6 +213,23 @@ impl BrokerConfig {
                 "broker_session_timeout_ms ({}) must be at least twice broker_heartbeat_interval_ms ({}), which must be > 0",
                 self.broker_session_timeout_ms, self.broker_heartbeat_interval_ms
             ));
+        }
+        if self.min_insync_replicas < 1 {
+            return bad(format!(
+                "min_insync_replicas must be >= 1, got {}",
+                self.min_insync_replicas
+            ));
+        }
+        if self.replica_fetch_wait_max_ms == 0
+            || self.replica_lag_time_max_ms <= self.replica_fetch_wait_max_ms
+        {
+            return bad(format!(
+                "replica_lag_time_max_ms ({}) must exceed replica_fetch_wait_max_ms ({}), which must be > 0",
+                self.replica_lag_time_max_ms, self.replica_fetch_wait_max_ms
+            ));
+        }
+        if self.replica_fetch_max_bytes < 1024 {
+            return bad("replica_fetch_max_bytes must be at least 1024".into());
         }
         if self.offsets_topic_replication_factor < 1 || self.default_replication_factor < 1 {
             return bad("replication factors must be >= 1".into());
@@ -286,6 +318,7 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "flush.messages",
     "flush.ms",
     "max.message.bytes",
+    "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -304,6 +337,7 @@ pub struct TopicConfig {
     flush_ms: i64,
     max_message_bytes: usize,
     index_interval_bytes: u32,
+    min_insync_replicas: usize,
 }
 
 impl TopicConfig {
@@ -323,6 +357,7 @@ impl TopicConfig {
             flush_ms: broker.log_flush_interval_ms,
             max_message_bytes: broker.message_max_bytes,
             index_interval_bytes: broker.log_index_interval_bytes,
+            min_insync_replicas: usize::try_from(broker.min_insync_replicas).unwrap_or(1),
         };
         for (key, value) in overrides {
             let int = || -> Result<i64, ApiError> {
@@ -341,6 +376,9 @@ impl TopicConfig {
                 "flush.ms" => config.flush_ms = int()?,
                 "max.message.bytes" => {
                     config.max_message_bytes = usize::try_from(int()?).unwrap_or(0);
+                }
+                "min.insync.replicas" => {
+                    config.min_insync_replicas = usize::try_from(int()?).unwrap_or(0);
                 }
                 "cleanup.policy" if value.trim() == "delete" => {}
                 "cleanup.policy" => {
@@ -383,6 +421,9 @@ impl TopicConfig {
         if self.flush_ms < -1 {
             return bad(format!("flush.ms must be -1 or >= 0, got {}", self.flush_ms));
         }
+        if self.min_insync_replicas < 1 {
+            return bad("min.insync.replicas must be >= 1".into());
+        }
         if !(BATCH_HEADER_LEN..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
             return bad(format!(
                 "max.message.bytes must be in {BATCH_HEADER_LEN}..={MAX_MESSAGE_BYTES}"
@@ -394,6 +435,11 @@ impl TopicConfig {
     /// The overrides the topic was created with (persisted as given).
     pub fn overrides(&self) -> &BTreeMap<String, String> {
         &self.overrides
+    }
+
+    /// In-sync replicas acks=all needs (`min.insync.replicas`).
+    pub fn min_insync_replicas(&self) -> usize {
+        self.min_insync_replicas
     }
 
     /// Largest batch the topic accepts.
@@ -408,6 +454,7 @@ impl TopicConfig {
             ("flush.messages", self.flush_messages.to_string()),
             ("flush.ms", self.flush_ms.to_string()),
             ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("min.insync.replicas", self.min_insync_replicas.to_string()),
             ("retention.bytes", self.retention_bytes.to_string()),
             ("retention.ms", self.retention_ms.to_string()),
             ("segment.bytes", self.segment_bytes.to_string()),

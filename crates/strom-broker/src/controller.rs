@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use strom_coordinator::CONSUMER_OFFSETS_TOPIC;
 use strom_proto::v1::ErrorCode;
-use strom_quorum::controller::{Controller, ControllerConfig, PlacementError, place_partitions};
+use strom_quorum::controller::{
+    AlterPartitionError, Controller, ControllerConfig, PlacementError, alter_partition,
+    controlled_shutdown, place_partitions,
+};
 use strom_quorum::{BrokerRegistration, MetadataError, MetadataRecord, MetadataState, TopicRecord};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -51,6 +54,27 @@ pub(crate) enum Command {
         registration: BrokerRegistration,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    /// A partition leader's ISR change; answers whether a change was committed.
+    AlterPartition {
+        request: AlterPartition,
+        reply: oneshot::Sender<Result<bool, ApiError>>,
+    },
+    /// A broker shutting down cleanly: fence it and move its leadership away now.
+    ControlledShutdown {
+        node_id: i32,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+}
+
+/// A leader's ISR change as the controller receives it.
+#[derive(Debug, Clone)]
+pub(crate) struct AlterPartition {
+    pub(crate) from: i32,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) leader_epoch: i32,
+    pub(crate) partition_epoch: i32,
+    pub(crate) isr: Vec<i32>,
 }
 
 /// The error a node that is not the controller answers with; callers forward to the leader.
@@ -78,10 +102,10 @@ impl ControllerHandle {
     }
 
     /// Sends a command and waits for the controller's answer.
-    pub(crate) async fn call(
+    pub(crate) async fn call<T>(
         &self,
-        command: impl FnOnce(oneshot::Sender<Result<(), ApiError>>) -> Command,
-    ) -> Result<(), ApiError> {
+        command: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
+    ) -> Result<T, ApiError> {
         let unavailable =
             || ApiError::new(ErrorCode::UnknownServerError, "the controller is shutting down");
         let (reply, answer) = oneshot::channel();
@@ -178,6 +202,14 @@ impl Active {
                 let result = self.heartbeat(registration).await;
                 let _ = reply.send(result);
             }
+            Command::AlterPartition { request, reply } => {
+                let result = self.alter_partition(request).await;
+                let _ = reply.send(result);
+            }
+            Command::ControlledShutdown { node_id, reply } => {
+                let result = self.controlled_shutdown(node_id).await;
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -208,6 +240,42 @@ impl Active {
             None => return Err(not_controller()),
         };
         self.propose_all(records).await;
+        Ok(())
+    }
+
+    async fn alter_partition(&mut self, r: AlterPartition) -> Result<bool, ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        let state = self.state();
+        let change = alter_partition(
+            &state,
+            &r.topic,
+            r.partition,
+            r.from,
+            r.leader_epoch,
+            r.partition_epoch,
+            r.isr,
+        )
+        .map_err(alter_partition_error)?;
+        let Some(change) = change else { return Ok(false) };
+        tracing::info!(topic = %change.topic, partition = change.partition, isr = ?change.isr,
+            partition_epoch = change.partition_epoch, "ISR change");
+        self.propose(MetadataRecord::PartitionChange(change)).await?;
+        Ok(true)
+    }
+
+    async fn controlled_shutdown(&mut self, node_id: i32) -> Result<(), ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        let records = controlled_shutdown(&self.state(), node_id);
+        if !records.is_empty() {
+            tracing::info!(node_id, changes = records.len() - 1, "controlled shutdown");
+        }
+        for record in records {
+            self.propose(record).await?;
+        }
         Ok(())
     }
 
@@ -257,11 +325,7 @@ impl Active {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let rf = if crate::REPLICATION_SUPPORTED {
-            self.config.offsets_topic_replication_factor.min(live as i32).max(1)
-        } else {
-            1
-        };
+        let rf = self.config.offsets_topic_replication_factor.min(live as i32).max(1);
         let partitions = self.config.offsets_topic_num_partitions;
         match self.create_topic(CONSUMER_OFFSETS_TOPIC.into(), partitions, rf, configs).await {
             Ok(()) => tracing::info!(partitions, rf, "created {CONSUMER_OFFSETS_TOPIC}"),
@@ -290,15 +354,6 @@ impl Active {
         } else {
             replication_factor
         };
-        if rf > 1 && !crate::REPLICATION_SUPPORTED {
-            return Err(ApiError::new(
-                ErrorCode::InvalidReplicationFactor,
-                format!(
-                    "replication factor {rf} is not supported yet: partitions have one replica \
-                     until replication lands; use --replication-factor 1"
-                ),
-            ));
-        }
         let placed = place_partitions(&state, 0, partitions, rf).map_err(placement_error)?;
         let record = MetadataRecord::CreateTopic(TopicRecord {
             topic_id: topic_id(&name, self.now_ms(), self.config.node_id),
@@ -337,6 +392,18 @@ impl Active {
             }
         }
     }
+}
+
+fn alter_partition_error(e: AlterPartitionError) -> ApiError {
+    let code = match &e {
+        AlterPartitionError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+        AlterPartitionError::NotLeader { .. } => ErrorCode::NotLeaderOrFollower,
+        AlterPartitionError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+        AlterPartitionError::StalePartitionEpoch { .. } => ErrorCode::InvalidUpdateVersion,
+        AlterPartitionError::IneligibleReplica { .. } => ErrorCode::IneligibleReplica,
+        _ => ErrorCode::InvalidRequest,
+    };
+    ApiError::new(code, e.to_string())
 }
 
 fn placement_error(e: PlacementError) -> ApiError {

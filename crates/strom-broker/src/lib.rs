@@ -56,6 +56,7 @@ mod connection;
 mod controller;
 mod error;
 mod fetch;
+mod fetcher;
 mod kafka_support;
 mod metadata;
 mod partition;
@@ -63,6 +64,7 @@ mod peers;
 mod quorum;
 mod raft;
 mod replicas;
+mod replication;
 mod server;
 mod service;
 mod topic;
@@ -79,9 +81,6 @@ pub use metadata::{
 pub use partition::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 pub use quorum::{ControllerView, Image, QuorumLog};
 
-/// Whether partitions may have more than one replica. Until follower fetching and the ISR
-/// exist, a replication factor above 1 is refused with INVALID_REPLICATION_FACTOR.
-pub(crate) const REPLICATION_SUPPORTED: bool = false;
 pub use server::{BrokerServer, serve};
 pub use topic::{MAX_TOPIC_NAME_LEN, is_internal_topic, validate_topic_name};
 pub use types::{

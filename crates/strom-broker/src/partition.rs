@@ -1,24 +1,32 @@
-//! One partition replica as this broker serves it: its log, its high watermark and leader
-//! epoch, and the signal that wakes fetches parked on it.
+//! One partition replica as this broker serves it: its log, its role (leader or follower, in
+//! which leader epoch), its high watermark, and the signals that wake fetches parked on it.
 //!
-//! High watermark: the offset below which records are committed and visible to consumers.
-//! With one node the leader is the whole ISR, so the high watermark moves to the log end offset
-//! as soon as an append returns, and acks 0, 1 and all all mean "appended by the leader" (on
-//! stable storage only when the flush policy says so). Replication will move it to the minimum
-//! log end offset of the ISR instead; everything reading below it stays as it is.
+//! High watermark: the offset below which records are committed (on every member of the ISR)
+//! and visible to consumers. As leader, the partition's [`LeaderState`] (strom-replication)
+//! computes it from what the followers' fetches report; as follower, it is what the leader last
+//! said, capped at the local log end. Consumers read from the leader only, below it.
+//! The replication side (serving followers, applying what the leader sends, truncating a
+//! divergent tail) is in the `replica` submodule.
+
+mod replica;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use strom_coordinator::{OffsetsLog, OffsetsLogError};
 use strom_format::{Batches, LeaderEpoch, Offset};
 use strom_log::{AppendInfo, Log, LogConfig};
 use strom_proto::v1::ErrorCode;
+use strom_replication::{Assignment, LeaderConfig, LeaderState, NodeId};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, BrokerError};
+
+pub(crate) use replica::{FollowerAnswer, FollowerFetch};
 
 /// `ListOffsets` timestamp asking for the log start offset.
 pub const EARLIEST_TIMESTAMP: i64 = -2;
@@ -27,6 +35,14 @@ pub const LATEST_TIMESTAMP: i64 = -1;
 
 /// Most segments one partition read continues into.
 const MAX_SEGMENTS_PER_READ: usize = 64;
+/// How long a commit to `__consumer_offsets` waits for the ISR before it fails.
+const OFFSETS_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Milliseconds on a process-wide monotonic clock: the time input of the replication logic.
+pub(crate) fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// The offset after the last whole batch of `records`; `None` when there is no batch.
 fn next_offset_after(records: &Bytes) -> Option<Offset> {
@@ -38,21 +54,48 @@ pub(crate) fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> Pat
     data_dir.join(format!("{topic}-{partition}"))
 }
 
-/// A replica's part in its partition.
+/// "No leader", as in the metadata.
+const NO_LEADER: NodeId = -1;
+
+/// A replica's part in its partition, as the metadata image last said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Role {
-    leader: bool,
+    /// Whether this replica leads.
+    leading: bool,
+    /// The leader's node id ([`NO_LEADER`] while offline).
+    leader: NodeId,
     epoch: LeaderEpoch,
 }
 
+/// The partition's place in the metadata, as [`Partition::apply_assignment`] takes it.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionAssignment {
+    pub(crate) me: NodeId,
+    pub(crate) leader: NodeId,
+    pub(crate) assignment: Assignment,
+    pub(crate) config: LeaderConfig,
+}
+
 pub(crate) struct Partition {
+    topic: String,
+    index: i32,
     name: String,
     dir: PathBuf,
     log: Log,
-    /// Whether this replica leads, and in which epoch; set from the metadata image.
+    /// Leader or follower, and in which epoch; set from the metadata image.
     role: parking_lot::RwLock<Role>,
+    /// The leader's replication state while this replica leads. Leaf lock: never held across
+    /// I/O.
+    leader: parking_lot::Mutex<Option<LeaderState>>,
+    /// Serialises what the follower side writes (replicated appends, truncation) with role
+    /// changes, so a response from a leader of an older epoch is never applied after the
+    /// replica moved on. Held across that I/O on purpose; only the fetcher and the replica
+    /// manager take it.
+    replica_lock: parking_lot::Mutex<()>,
     /// Carries the high watermark; every advance wakes the fetches subscribed to it.
     high_watermark: watch::Sender<Offset>,
+    /// Carries the log end offset; wakes follower fetches parked on the leader.
+    log_end: watch::Sender<Offset>,
     deleted: AtomicBool,
     /// The first corruption a read met, kept for `describe` until the broker restarts (whose
     /// recovery truncates a corrupt tail, or finds the damage again). Leaf lock.
@@ -70,27 +113,37 @@ impl fmt::Debug for Partition {
 }
 
 impl Partition {
-    /// Opens (creating if needed) the log of `topic`-`id` and serves it as leader in `epoch`.
-    /// Blocking: recovers the log.
+    /// Opens (creating if needed) the log of `topic`-`id`. It serves nothing until the
+    /// metadata gives it a role ([`Partition::apply_assignment`]). Blocking: recovers the log.
     pub(crate) fn open(
         data_dir: &Path,
         topic: &str,
         id: i32,
         config: LogConfig,
-        epoch: LeaderEpoch,
     ) -> Result<Partition, BrokerError> {
         let name = format!("{topic}-{id}");
         let dir = partition_dir(data_dir, topic, id);
         let log = Log::open(&dir, config)
             .map_err(|source| BrokerError::Log { partition: name.clone(), source })?;
-        // Everything that survived recovery was appended by this node, the whole ISR.
-        let (high_watermark, _) = watch::channel(log.log_end_offset());
+        // Nothing is known to be on the other replicas yet: the high watermark starts at the
+        // log start and the leader's ISR logic moves it (at once when it is the only member).
+        let (high_watermark, _) = watch::channel(log.log_start_offset());
+        let (log_end, _) = watch::channel(log.log_end_offset());
         Ok(Partition {
+            topic: topic.to_string(),
+            index: id,
             name,
             dir,
             log,
-            role: parking_lot::RwLock::new(Role { leader: true, epoch }),
+            role: parking_lot::RwLock::new(Role {
+                leading: false,
+                leader: NO_LEADER,
+                epoch: LeaderEpoch::UNKNOWN,
+            }),
+            leader: parking_lot::Mutex::new(None),
+            replica_lock: parking_lot::Mutex::new(()),
             high_watermark,
+            log_end,
             deleted: AtomicBool::new(false),
             corruption: parking_lot::Mutex::new(None),
         })
@@ -101,33 +154,116 @@ impl Partition {
         &self.name
     }
 
+    /// The topic name.
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition number.
+    pub(crate) fn index(&self) -> i32 {
+        self.index
+    }
+
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Whether this replica is the partition's leader.
     pub(crate) fn is_leader(&self) -> bool {
-        self.role.read().leader
+        self.role.read().leading
     }
 
-    /// Makes this replica leader (or not) in `epoch`, as the metadata says. Fetches parked on
-    /// the partition wake, so a deposed leader's readers learn of it at once.
-    pub(crate) fn set_role(&self, leader: bool, epoch: LeaderEpoch) {
-        let next = Role { leader, epoch };
-        let changed = {
+    /// The leader this replica follows (or itself), and the epoch.
+    pub(crate) fn leader_and_epoch(&self) -> (NodeId, LeaderEpoch) {
+        let role = *self.role.read();
+        (role.leader, role.epoch)
+    }
+
+    /// Takes the partition's place in a committed metadata image: leader (starting or keeping
+    /// its replication state), follower, or offline. An image older than the role (a smaller
+    /// leader epoch) changes nothing. Parked fetches and acks=all waiters wake on a role change
+    /// so they learn of it at once.
+    pub(crate) fn apply_assignment(&self, a: &PartitionAssignment) {
+        let _replica = self.replica_lock.lock();
+        let epoch = a.assignment.leader_epoch;
+        let next = Role { leading: a.leader == a.me, leader: a.leader, epoch };
+        let (changed, high_watermark) = {
             let mut role = self.role.write();
-            // Epochs only grow: an older image arriving late must not take leadership back.
-            if epoch < role.epoch || *role == next {
+            if epoch < role.epoch {
+                return;
+            }
+            let mut leader = self.leader.lock();
+            let high_watermark = if next.leading {
+                let now = now_ms();
+                match leader.as_mut() {
+                    Some(state) if state.leader_epoch() == epoch => {
+                        state.set_config(a.config);
+                        state.update_assignment(&a.assignment, now)
+                    }
+                    _ => {
+                        let state = LeaderState::new(
+                            a.me,
+                            &a.assignment,
+                            self.log.log_end_offset(),
+                            self.high_watermark(),
+                            now,
+                            a.config,
+                        );
+                        let hw = state.high_watermark();
+                        *leader = Some(state);
+                        Some(hw)
+                    }
+                }
+            } else {
+                *leader = None;
+                None
+            };
+            let changed = *role != next;
+            *role = next;
+            (changed, high_watermark)
+        };
+        if let Some(hw) = high_watermark {
+            self.publish_high_watermark(hw);
+        }
+        if changed {
+            tracing::info!(partition = %self.name, leading = next.leading, leader = next.leader,
+                epoch = epoch.get(), "replica role changed");
+            self.high_watermark.send_modify(|_| {});
+            self.log_end.send_modify(|_| {});
+        }
+    }
+
+    /// The committed ISR as this leader knows it; `None` when not leading.
+    pub(crate) fn leader_isr(&self) -> Option<Vec<NodeId>> {
+        self.leader.lock().as_ref().map(|s| s.isr().to_vec())
+    }
+
+    fn publish_high_watermark(&self, hw: Offset) {
+        self.high_watermark.send_if_modified(|current| {
+            if *current == hw {
                 false
             } else {
-                *role = next;
+                *current = hw;
                 true
             }
-        };
-        if changed {
-            tracing::info!(partition = %self.name, leader, epoch = epoch.get(), "replica role changed");
-            self.high_watermark.send_modify(|_| {});
-        }
+        });
+    }
+
+    fn publish_log_end(&self) {
+        let end = self.log.log_end_offset();
+        self.log_end.send_if_modified(|current| {
+            if *current == end {
+                false
+            } else {
+                *current = end;
+                true
+            }
+        });
+    }
+
+    /// A receiver that sees every later log-end change (and role change).
+    pub(crate) fn subscribe_log_end(&self) -> watch::Receiver<Offset> {
+        self.log_end.subscribe()
     }
 
     /// FENCED_LEADER_EPOCH when the client's epoch is older than this replica's,
@@ -151,7 +287,7 @@ impl Partition {
     /// NOT_LEADER_OR_FOLLOWER unless this replica leads.
     pub(crate) fn check_leader(&self) -> Result<LeaderEpoch, ApiError> {
         let role = *self.role.read();
-        if role.leader {
+        if role.leading {
             Ok(role.epoch)
         } else {
             Err(ApiError::new(
@@ -206,8 +342,9 @@ impl Partition {
         Ok(())
     }
 
-    /// Appends batches (validated by the log, offsets assigned, stamped with the leader epoch)
-    /// and advances the high watermark past them. Blocking.
+    /// Appends batches as leader (validated by the log, offsets assigned, stamped with the
+    /// leader epoch) and lets the replication state move the high watermark (at once when this
+    /// replica is the whole ISR). Blocking.
     pub(crate) fn append(&self, records: Bytes) -> Result<AppendInfo, ApiError> {
         self.check_live()?;
         if records.is_empty() {
@@ -221,18 +358,78 @@ impl Partition {
                 return Err(self.log_error("append", &e));
             }
         };
-        // Appends to one log are serialised by the log, so when this one returns every
-        // earlier one is complete and the high watermark may pass them all.
-        let end = info.last_offset.next();
-        self.high_watermark.send_if_modified(|hw| {
-            if end > *hw {
-                *hw = end;
-                true
-            } else {
-                false
-            }
-        });
+        self.publish_log_end();
+        self.leader_log_moved();
         Ok(info)
+    }
+
+    /// The leader's log end moved (an append, or a cut after a failed write): the high
+    /// watermark may follow.
+    fn leader_log_moved(&self) {
+        let end = self.log.log_end_offset();
+        let moved = self.leader.lock().as_mut().and_then(|s| s.on_append(end));
+        if let Some(hw) = moved {
+            self.publish_high_watermark(hw);
+        }
+    }
+
+    /// acks=all may be tried: the committed ISR holds at least `min.insync.replicas`.
+    pub(crate) fn check_min_isr(&self, code: ErrorCode) -> Result<(), ApiError> {
+        let guard = self.leader.lock();
+        let Some(state) = guard.as_ref() else {
+            drop(guard);
+            return self.check_leader().map(|_| ());
+        };
+        state.check_min_isr().map_err(|e| ApiError::new(code, format!("{}: {e}", self.name)))
+    }
+
+    /// Waits until the high watermark passes `end` (every ISR member has the records below
+    /// it) while this replica still leads in `epoch`, or until `deadline`.
+    ///
+    /// Errors say the outcome is unknown: REQUEST_TIMED_OUT, or NOT_LEADER_OR_FOLLOWER when
+    /// leadership moved meanwhile (the new leader may or may not have the records), or
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR shrank below `min.insync.replicas`.
+    pub(crate) async fn wait_committed(
+        &self,
+        end: Offset,
+        epoch: LeaderEpoch,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
+        let mut hw = self.subscribe();
+        loop {
+            self.check_live()?;
+            let role = *self.role.read();
+            if !role.leading || role.epoch != epoch {
+                return Err(ApiError::new(
+                    ErrorCode::NotLeaderOrFollower,
+                    format!(
+                        "{}: leadership moved while waiting for the in-sync replicas; the \
+                         records may or may not have been kept",
+                        self.name
+                    ),
+                ));
+            }
+            if *hw.borrow_and_update() >= end {
+                return self.check_min_isr(ErrorCode::NotEnoughReplicasAfterAppend);
+            }
+            match tokio::time::timeout_at(deadline, hw.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(ApiError::new(ErrorCode::NotLeaderOrFollower, "partition closed"));
+                }
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::RequestTimedOut,
+                        format!(
+                            "{}: the in-sync replicas did not confirm the records in time \
+                             (high watermark {}, needed {end}); they may or may not be kept",
+                            self.name,
+                            self.high_watermark()
+                        ),
+                    ));
+                }
+            }
+        }
     }
 
     /// After a failed write or flush the log cuts itself back to its last good end, which may
@@ -240,6 +437,8 @@ impl Partition {
     /// watermark follows it down, so no consumer is told of records that are gone.
     pub(crate) fn clamp_high_watermark(&self) {
         let end = self.log.log_end_offset();
+        self.publish_log_end();
+        self.leader_log_moved();
         self.high_watermark.send_if_modified(|hw| {
             if end < *hw {
                 tracing::warn!(partition = %self.name, from = %*hw, to = %end,
@@ -372,17 +571,32 @@ impl Partition {
     }
 }
 
-/// A partition of `__consumer_offsets` as the coordinator's offset store sees it. Appends go
-/// through [`Partition::append`], so they advance the high watermark and wake fetchers of the
-/// topic like any produce; reads stop at the high watermark, which is also what the store is
-/// told the end is, so a replay never waits for records it cannot read.
+/// A partition of `__consumer_offsets` as the coordinator's offset store sees it. A commit is
+/// acknowledged only once the ISR has it (acks=all, bounded by [`OFFSETS_COMMIT_TIMEOUT`]).
+/// Replay reads up to the log end, not the high watermark: a new leader's log holds every
+/// acknowledged commit, while its high watermark may still lag (it learns it from the
+/// previous leader one fetch late).
 impl OffsetsLog for Partition {
     fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
-        Partition::append(self, batch).map(|info| info.first_offset).map_err(OffsetsLogError::new)
+        self.check_min_isr(ErrorCode::NotEnoughReplicas).map_err(OffsetsLogError::new)?;
+        let epoch = self.check_leader().map_err(OffsetsLogError::new)?;
+        let info = Partition::append(self, batch).map_err(OffsetsLogError::new)?;
+        let deadline = tokio::time::Instant::now() + OFFSETS_COMMIT_TIMEOUT;
+        let end = info.last_offset.next();
+        // Called on a blocking thread (the coordinator's spawn_blocking).
+        let waited = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(self.wait_committed(end, epoch, deadline)),
+            Err(_) => Ok(()),
+        };
+        waited.map(|()| info.first_offset).map_err(OffsetsLogError::new)
     }
 
     fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
-        Partition::read(self, from, max_bytes).map_err(OffsetsLogError::new)
+        self.check_live().map_err(OffsetsLogError::new)?;
+        self.log
+            .read(from, max_bytes)
+            .map(|r| r.records)
+            .map_err(|e| OffsetsLogError::new(self.read_error(from, &e)))
     }
 
     fn log_start_offset(&self) -> Offset {
@@ -390,7 +604,7 @@ impl OffsetsLog for Partition {
     }
 
     fn log_end_offset(&self) -> Offset {
-        self.high_watermark()
+        self.log.log_end_offset()
     }
 
     fn flush(&self) -> Result<(), OffsetsLogError> {
@@ -406,20 +620,48 @@ impl OffsetsLog for Partition {
 mod tests {
     use super::*;
 
+    fn assignment(me: NodeId, leader: NodeId, epoch: i32, isr: &[NodeId]) -> PartitionAssignment {
+        PartitionAssignment {
+            me,
+            leader,
+            assignment: Assignment {
+                leader_epoch: LeaderEpoch::new(epoch),
+                partition_epoch: epoch,
+                replicas: vec![1, 2, 3],
+                isr: isr.to_vec(),
+            },
+            config: LeaderConfig { replica_lag_time_max_ms: 10_000, min_insync_replicas: 2 },
+        }
+    }
+
     #[test]
     fn a_stale_epoch_is_fenced_and_a_newer_one_unknown() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = Partition::open(dir.path(), "t", 0, LogConfig::default(), LeaderEpoch::new(0))
-            .expect("open");
-        p.set_role(true, LeaderEpoch::new(3));
+        let p = Partition::open(dir.path(), "t", 0, LogConfig::default()).expect("open");
+        p.apply_assignment(&assignment(1, 1, 3, &[1, 2, 3]));
         assert!(p.check_epoch(None).is_ok());
         assert!(p.check_epoch(Some(3)).is_ok());
         assert_eq!(p.check_epoch(Some(2)).unwrap_err().code, ErrorCode::FencedLeaderEpoch);
         assert_eq!(p.check_epoch(Some(4)).unwrap_err().code, ErrorCode::UnknownLeaderEpoch);
         // An older image arriving late never takes the epoch back.
-        p.set_role(false, LeaderEpoch::new(2));
+        p.apply_assignment(&assignment(1, 2, 2, &[1, 2, 3]));
         assert!(p.is_leader());
-        p.set_role(false, LeaderEpoch::new(4));
+        p.apply_assignment(&assignment(1, 2, 4, &[1, 2, 3]));
         assert_eq!(p.check_leader().unwrap_err().code, ErrorCode::NotLeaderOrFollower);
+    }
+
+    #[test]
+    fn min_insync_is_checked_against_the_committed_isr() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Partition::open(dir.path(), "t", 0, LogConfig::default()).expect("open");
+        p.apply_assignment(&assignment(1, 1, 0, &[1, 2]));
+        assert!(p.check_min_isr(ErrorCode::NotEnoughReplicas).is_ok());
+        let mut shrunk = assignment(1, 1, 0, &[1]);
+        shrunk.assignment.partition_epoch = 1;
+        p.apply_assignment(&shrunk);
+        assert_eq!(
+            p.check_min_isr(ErrorCode::NotEnoughReplicas).unwrap_err().code,
+            ErrorCode::NotEnoughReplicas
+        );
     }
 }

@@ -37,7 +37,8 @@ impl Peers {
         Peers { cluster_id, channels: Mutex::new(HashMap::new()) }
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, ApiError> {
+    /// The (lazily connected) channel to the node at `address`.
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel, ApiError> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
@@ -124,6 +125,49 @@ impl Peers {
         };
         let response =
             client.broker_heartbeat(Self::forwarded(request)).await.map_err(unreachable)?;
+        let response = response.into_inner();
+        match ErrorCode::try_from(response.error_code) {
+            Ok(ErrorCode::None) => Ok(()),
+            Ok(code) => Err(ApiError::new(code, response.error_message)),
+            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
+        }
+    }
+}
+
+impl Peers {
+    /// Sends a partition leader's ISR change to the active controller. `Ok(true)` when a
+    /// change was committed.
+    pub(crate) async fn alter_partition(
+        &self,
+        controller: &ControllerView,
+        request: pb::AlterPartitionRequest,
+    ) -> Result<bool, ApiError> {
+        let mut client =
+            pb::replication_client::ReplicationClient::new(self.controller_channel(controller)?);
+        let response =
+            client.alter_partition(Self::forwarded(request)).await.map_err(unreachable)?;
+        let response = response.into_inner();
+        match ErrorCode::try_from(response.error_code) {
+            Ok(ErrorCode::None) => Ok(true),
+            Ok(code) => Err(ApiError::new(code, response.error_message)),
+            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
+        }
+    }
+
+    /// Asks the active controller to move leadership off `node_id` before it stops.
+    pub(crate) async fn controlled_shutdown(
+        &self,
+        controller: &ControllerView,
+        node_id: i32,
+    ) -> Result<(), ApiError> {
+        let mut client =
+            pb::replication_client::ReplicationClient::new(self.controller_channel(controller)?);
+        let request = pb::ControlledShutdownRequest {
+            cluster_id: self.cluster_id.clone(),
+            broker_id: node_id,
+        };
+        let response =
+            client.controlled_shutdown(Self::forwarded(request)).await.map_err(unreachable)?;
         let response = response.into_inner();
         match ErrorCode::try_from(response.error_code) {
             Ok(ErrorCode::None) => Ok(()),

@@ -1,7 +1,8 @@
 //! The replica manager: makes this node's partitions match the committed metadata image.
 //!
 //! Every node runs it, the controller included. For each image it opens the logs of partitions
-//! this node holds a replica of, sets each one's role (leader or not) and leader epoch, and
+//! this node holds a replica of, gives each its role (leader with its ISR, or follower of which
+//! leader) and leader epoch, and
 //! deletes the logs of topics the image no longer has (or has re-created under a new id). It is
 //! the only writer of the [`Registry`], so request handlers see a topic only once its local logs
 //! are open, and `reconciled` tells waiters which image that was.
@@ -11,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strom_format::LeaderEpoch;
+use strom_replication::{Assignment, LeaderConfig};
 use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::error::BrokerError;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionAssignment};
 use crate::quorum::Image;
 use crate::topic::{Registry, Topic};
 
@@ -90,9 +92,23 @@ pub(crate) fn reconcile(config: &BrokerConfig, registry: &Registry, image: &Imag
             }
             changed = true;
         }
+        let leader_config = LeaderConfig {
+            replica_lag_time_max_ms: config.replica_lag_time_max_ms,
+            min_insync_replicas: config_now.min_insync_replicas(),
+        };
         for p in &meta.partitions {
             if let Some(Some(part)) = partitions.get(p.partition as usize) {
-                part.set_role(p.leader == node, LeaderEpoch::new(p.leader_epoch));
+                part.apply_assignment(&PartitionAssignment {
+                    me: node,
+                    leader: p.leader,
+                    assignment: Assignment {
+                        leader_epoch: LeaderEpoch::new(p.leader_epoch),
+                        partition_epoch: p.partition_epoch,
+                        replicas: p.replicas.clone(),
+                        isr: p.isr.clone(),
+                    },
+                    config: leader_config,
+                });
             }
         }
         if changed {
@@ -124,7 +140,7 @@ fn open_partitions(
                         .iter()
                         .map(|&id| {
                             let log = config.log_config();
-                            (id, Partition::open(data_dir, topic, id, log, LeaderEpoch::new(0)))
+                            (id, Partition::open(data_dir, topic, id, log))
                         })
                         .collect::<Vec<_>>()
                 })

@@ -10,6 +10,7 @@ use strom_proto::v1::admin_server::AdminServer;
 use strom_proto::v1::broker_server::BrokerServer as BrokerGrpcServer;
 use strom_proto::v1::group_server::GroupServer;
 use strom_proto::v1::quorum_server::QuorumServer;
+use strom_proto::v1::replication_server::ReplicationServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,6 +25,7 @@ use crate::service::admin::AdminService;
 use crate::service::broker::BrokerService;
 use crate::service::group::GroupService;
 use crate::service::quorum::QuorumService;
+use crate::service::replication::ReplicationService;
 
 /// HTTP/2 streams (concurrent requests) one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -165,7 +167,8 @@ async fn run(
         async move {
             // A dropped handle stops the server too.
             let _ = stopped.await;
-            tracing::info!("shutting down: draining requests");
+            tracing::info!("shutting down: moving leadership away, then draining requests");
+            broker.controlled_shutdown().await;
             // Parked fetches answer now instead of holding the drain for their max wait.
             broker.begin_shutdown();
             let _ = draining.send(());
@@ -182,6 +185,9 @@ async fn run(
     let quorum_service = QuorumServer::new(QuorumService::new(broker.clone()))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_request_bytes);
+    let replication_service = ReplicationServer::new(ReplicationService::new(broker.clone()))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.replica_fetch_max_bytes.saturating_mul(2).max(64 << 20));
     let limits = Limits {
         max_connections: config.max_connections,
         max_idle: Duration::from_millis(config.connections_max_idle_ms),
@@ -196,6 +202,7 @@ async fn run(
         .add_service(admin_service)
         .add_service(group_service)
         .add_service(quorum_service)
+        .add_service(replication_service)
         .serve_with_incoming_shutdown(incoming, signal);
     let drain_deadline = async {
         if drain_started.await.is_ok() {

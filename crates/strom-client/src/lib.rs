@@ -38,6 +38,9 @@ use proto::v1::{BrokerInfo, ErrorCode};
 /// Default bootstrap address: a single local broker's gRPC listener.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9095";
 
+/// How long one broker gets to answer a Metadata request before the next one is asked.
+const METADATA_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Upper bound on the number of bootstrap addresses tried, so a pathological string cannot make
 /// `connect` dial forever.
 const MAX_BOOTSTRAP_ADDRS: usize = 64;
@@ -798,7 +801,10 @@ impl Client {
             let mut admin = AdminClient::new(channel)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
-            let req = self.request(proto::v1::MetadataRequest { topics: topics.clone() });
+            let mut req = self.request(proto::v1::MetadataRequest { topics: topics.clone() });
+            // Metadata is answered from memory: a node silent this long is frozen or gone, and
+            // the next one is asked rather than waiting out the full request timeout.
+            req.set_timeout(self.inner.config.request_timeout.min(METADATA_ATTEMPT_TIMEOUT));
             match admin.metadata(req).await {
                 Ok(resp) => {
                     let resp = resp.into_inner();

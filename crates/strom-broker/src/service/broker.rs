@@ -9,7 +9,6 @@ use strom_proto::v1::ErrorCode;
 use tonic::{Request, Response, Status};
 
 use crate::broker::Broker;
-use crate::error::ApiError;
 use crate::service::error_fields;
 use crate::types::{FetchParams, FetchPartitionParams};
 
@@ -25,6 +24,14 @@ impl BrokerService {
     }
 }
 
+/// A produce request's `timeout_ms`; 0 (unset) means Kafka's default `request.timeout.ms`.
+fn produce_timeout(timeout_ms: u32) -> Duration {
+    match timeout_ms {
+        0 => Duration::from_secs(30),
+        ms => Duration::from_millis(u64::from(ms)),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::broker_server::Broker for BrokerService {
     async fn produce(
@@ -32,8 +39,8 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let request = request.into_inner();
-        let acks = request.acks;
-        let bad_acks = !matches!(acks, -1..=1);
+        let acks = i16::try_from(request.acks).unwrap_or(i16::MAX);
+        let timeout = produce_timeout(request.timeout_ms);
         let broker = &self.broker;
         // Partitions are independent logs: append to all of them concurrently.
         let topics = join_all(request.topics.into_iter().map(|topic| async move {
@@ -41,14 +48,8 @@ impl pb::broker_server::Broker for BrokerService {
             let partitions = join_all(topic.partitions.into_iter().map(|data| {
                 let name = &name;
                 async move {
-                    let result = if bad_acks {
-                        Err(ApiError::new(
-                            ErrorCode::InvalidRequiredAcks,
-                            format!("acks must be -1, 0 or 1, got {acks}"),
-                        ))
-                    } else {
-                        broker.produce(name, data.partition, data.records).await
-                    };
+                    let result =
+                        broker.produce(name, data.partition, data.records, acks, timeout).await;
                     let (error_code, error_message) = error_fields(&result);
                     let outcome = result.ok();
                     pb::PartitionProduceResponse {

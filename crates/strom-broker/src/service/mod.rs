@@ -8,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod broker;
 pub(crate) mod group;
 pub(crate) mod quorum;
+pub(crate) mod replication;
 
 use strom_proto::v1::ErrorCode;
 

@@ -26,6 +26,8 @@ pub(super) async fn handle(
     };
     let broker = ctx.broker();
     let refusal = &refusal;
+    let timeout =
+        std::time::Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).max(1));
     let responses = join_all(req.topic_data.into_iter().map(|topic| async move {
         let name = topic.name;
         let partitions = join_all(topic.partition_data.into_iter().map(|data| {
@@ -38,7 +40,7 @@ pub(super) async fn handle(
                         "produce request without records".to_string(),
                     )),
                     (None, Some(records)) => broker
-                        .produce(name, data.index, records)
+                        .produce(name, data.index, records, acks, timeout)
                         .await
                         .map_err(|e: ApiError| (code(&e), e.message)),
                 };

@@ -1,0 +1,99 @@
+//! The `strom.v1.Replication` service: followers' fetches (served by this node's leaders),
+//! and ISR changes and controlled shutdowns for the active controller (answered
+//! NOT_CONTROLLER elsewhere, or forwarded when the caller is not a peer). Peers of another
+//! cluster are refused.
+
+use std::sync::Arc;
+
+use strom_proto::v1 as pb;
+use strom_proto::v1::ErrorCode;
+use tonic::{Request, Response, Status};
+
+use crate::broker::Broker;
+use crate::controller::AlterPartition;
+use crate::peers::FORWARDED_HEADER;
+use crate::service::error_fields;
+
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicationService {
+    broker: Arc<Broker>,
+}
+
+impl ReplicationService {
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
+        ReplicationService { broker }
+    }
+
+    fn foreign(&self, cluster_id: &str) -> Option<(i32, String)> {
+        (cluster_id != self.broker.cluster_id()).then(|| {
+            tracing::warn!(peer_cluster = cluster_id, "refused a peer of another cluster");
+            (
+                ErrorCode::InconsistentClusterId as i32,
+                format!(
+                    "this node belongs to cluster {}, the peer to {cluster_id}",
+                    self.broker.cluster_id()
+                ),
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::replication_server::Replication for ReplicationService {
+    async fn replica_fetch(
+        &self,
+        request: Request<pb::ReplicaFetchRequest>,
+    ) -> Result<Response<pb::ReplicaFetchResponse>, Status> {
+        let request = request.into_inner();
+        if let Some((error_code, error_message)) = self.foreign(&request.cluster_id) {
+            return Ok(Response::new(pb::ReplicaFetchResponse {
+                error_code,
+                error_message,
+                partitions: Vec::new(),
+            }));
+        }
+        Ok(Response::new(crate::replication::serve_replica_fetch(&self.broker, request).await))
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<pb::AlterPartitionRequest>,
+    ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let request = request.into_inner();
+        if let Some((error_code, error_message)) = self.foreign(&request.cluster_id) {
+            return Ok(Response::new(pb::AlterPartitionResponse { error_code, error_message }));
+        }
+        let change = AlterPartition {
+            from: request.broker_id,
+            topic: request.topic,
+            partition: request.partition,
+            leader_epoch: request.leader_epoch,
+            partition_epoch: request.partition_epoch,
+            isr: request.new_isr,
+        };
+        let result = self.broker.alter_partition_local(change, !forwarded).await;
+        let (error_code, error_message) = error_fields(&result);
+        Ok(Response::new(pb::AlterPartitionResponse { error_code, error_message }))
+    }
+
+    async fn controlled_shutdown(
+        &self,
+        request: Request<pb::ControlledShutdownRequest>,
+    ) -> Result<Response<pb::ControlledShutdownResponse>, Status> {
+        let request = request.into_inner();
+        if let Some((error_code, error_message)) = self.foreign(&request.cluster_id) {
+            return Ok(Response::new(pb::ControlledShutdownResponse { error_code, error_message }));
+        }
+        let node_id = request.broker_id;
+        let result = self
+            .broker
+            .controller_call(|reply| crate::controller::Command::ControlledShutdown {
+                node_id,
+                reply,
+            })
+            .await;
+        let (error_code, error_message) = error_fields(&result);
+        Ok(Response::new(pb::ControlledShutdownResponse { error_code, error_message }))
+    }
+}
