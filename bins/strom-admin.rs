@@ -129,6 +129,17 @@ enum Topics {
         /// Topic name.
         name: String,
     },
+    /// Sets or removes a topic's config overrides, e.g. `min.insync.replicas=2`.
+    AlterConfig {
+        /// Topic name.
+        name: String,
+        /// Overrides to set, with Kafka's names.
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// Overrides to remove (back to the broker default; repeatable).
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+    },
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -202,6 +213,9 @@ async fn describe_cluster(client: &Client, output: Output) -> anyhow::Result<()>
                     "address": n.address,
                     "state": state(n.fenced),
                     "voter": n.voter,
+                    "leader_partitions": n.leader_partitions,
+                    "under_replicated_partitions": n.under_replicated_partitions,
+                    "offline_partitions": n.offline_partitions,
                 })
             })
             .collect();
@@ -226,10 +240,16 @@ async fn describe_cluster(client: &Client, output: Output) -> anyhow::Result<()>
                 n.address.clone(),
                 state(n.fenced).to_owned(),
                 if n.voter { "voter" } else { "broker" }.to_owned(),
+                n.leader_partitions.to_string(),
+                n.under_replicated_partitions.to_string(),
+                n.offline_partitions.to_string(),
             ]
         })
         .collect();
-    print_table(&["NODE", "ADDRESS", "STATE", "ROLE"], &rows);
+    print_table(
+        &["NODE", "ADDRESS", "STATE", "ROLE", "LEADER", "UNDER-REPLICATED", "OFFLINE"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -558,6 +578,26 @@ async fn topics(client: &Client, cmd: Topics, output: Output) -> anyhow::Result<
         Topics::Delete { name } => {
             client.delete_topic(&name).await.map_err(|e| explain(e, &name))?;
             out!("Deleted topic {name}.");
+        }
+        Topics::AlterConfig { name, set, delete } => {
+            if set.is_empty() && delete.is_empty() {
+                bail!("nothing to change: give KEY=VALUE pairs and/or --delete KEY");
+            }
+            let request = strom_client::proto::v1::AlterConfigsRequest {
+                topic: name.clone(),
+                set: set.into_iter().collect(),
+                delete,
+                validate_only: false,
+            };
+            let response = client
+                .admin()
+                .alter_configs(client.request(request))
+                .await
+                .map_err(|s| explain(ClientError::from(s), &name))?
+                .into_inner();
+            check_code(response.error_code, &response.error_message)
+                .map_err(|e| explain(e, &name))?;
+            out!("Altered the config of topic {name}.");
         }
     }
     Ok(())

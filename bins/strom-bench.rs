@@ -55,6 +55,19 @@ struct Common {
     /// Partitions of the topic --create-topic creates.
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Replicas per partition of the topic --create-topic creates [default: the broker's].
+    #[arg(long, default_value_t = 0)]
+    replication_factor: i32,
+    /// Topic config overrides --create-topic sets (repeatable), e.g. min.insync.replicas=2.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    configs: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -127,7 +140,7 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to {}", common.bootstrap))?;
     if common.create_topic {
-        create_topic(producer.client(), &common.topic, common.partitions).await?;
+        create_topic(producer.client(), common).await?;
     }
     // One shared payload: the benchmark measures Strom, not the allocator.
     let payload = Bytes::from(payload(args.record_size));
@@ -198,7 +211,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to {}", common.bootstrap))?;
     if common.create_topic {
-        create_topic(consumer.client(), &common.topic, common.partitions).await?;
+        create_topic(consumer.client(), common).await?;
     }
     let partitions = consumer
         .partitions_for(&common.topic)
@@ -250,8 +263,10 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 /// Creates the topic unless it exists, then waits until every partition has a leader.
-async fn create_topic(client: &Client, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    match client.create_topic(topic, partitions, 0, HashMap::new()).await {
+async fn create_topic(client: &Client, common: &Common) -> anyhow::Result<()> {
+    let topic = &common.topic;
+    let configs: HashMap<String, String> = common.configs.iter().cloned().collect();
+    match client.create_topic(topic, common.partitions, common.replication_factor, configs).await {
         Ok(()) => {}
         Err(ClientError::Broker { code: ErrorCode::TopicAlreadyExists, .. }) => {
             eprintln!("topic {topic:?} already exists; using it as it is");

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, admin_json, all_active, cluster_view, leaders, wait_for};
-use common::{free_port, run, run_ok};
+use common::{BrokerProcess, free_port, run, run_ok};
 
 /// The parts of a topic's metadata that must survive a restart unchanged.
 fn placement(addr: &str, topic: &str) -> Option<serde_json::Value> {

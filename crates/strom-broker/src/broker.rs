@@ -36,7 +36,7 @@ use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
 use crate::replication::{ISR_QUEUE_LEN, IsrProposal};
 use crate::topic::{Registry, Topic, validate_topic_name};
 use crate::types::{
-    BrokerEndpoint, ClusterView, ListedOffset, NewTopic, NodeDescription, PartitionDescription,
+    BrokerEndpoint, ClusterView, ConfigAlteration, ListedOffset, NewTopic, NodeDescription, PartitionDescription,
     ProduceOutcome, TopicDescription, TopicListing,
 };
 
@@ -85,6 +85,8 @@ pub struct Broker {
     cluster_id: String,
     incarnation: u64,
     advertised: RwLock<(String, i32)>,
+    /// `host:port` Kafka clients dial on this node, once its Kafka listener is bound.
+    kafka_advertised: RwLock<Option<String>>,
     /// Applied index of the last image the replica manager finished.
     reconciled: watch::Receiver<u64>,
     /// Flips to `true` once: parked fetches answer and background work stops.
@@ -159,6 +161,7 @@ impl Broker {
             cluster_id: cluster_id.clone(),
             incarnation: rand::random(),
             advertised: RwLock::new(advertised),
+            kafka_advertised: RwLock::new(None),
             reconciled,
             shutdown,
             tasks: Mutex::new(Vec::new()),
@@ -321,9 +324,48 @@ impl Broker {
         BrokerRegistration {
             node_id: self.config.node_id,
             address: format!("{host}:{port}"),
-            kafka_address: None,
+            kafka_address: self.kafka_advertised.read().clone(),
             incarnation: self.incarnation,
         }
+    }
+
+    /// Sets the `host:port` this node's Kafka listener advertises; the next heartbeat
+    /// registers it, so every node's Kafka Metadata lists it.
+    pub fn set_kafka_address(&self, address: String) {
+        *self.kafka_advertised.write() = Some(address);
+    }
+
+    /// The live brokers with a Kafka listener, as Kafka clients should dial them (this node
+    /// included as soon as its listener is bound, even before its registration commits).
+    pub fn kafka_brokers(&self) -> Vec<BrokerEndpoint> {
+        let image = self.image();
+        let mut out: Vec<BrokerEndpoint> = image
+            .state
+            .live_brokers()
+            .into_iter()
+            .filter(|n| *n != self.config.node_id)
+            .filter_map(|n| self.kafka_endpoint_in(&image, n))
+            .collect();
+        if let Some(me) = self.kafka_advertised.read().as_deref().and_then(split_host_port) {
+            out.push(BrokerEndpoint { node_id: self.config.node_id, host: me.0, port: me.1 });
+        }
+        out.sort_by_key(|b| b.node_id);
+        out
+    }
+
+    /// Node `node`'s Kafka listener, if it is registered with one.
+    pub fn kafka_endpoint(&self, node: NodeId) -> Option<BrokerEndpoint> {
+        if node == self.config.node_id {
+            let (host, port) = split_host_port(self.kafka_advertised.read().as_deref()?)?;
+            return Some(BrokerEndpoint { node_id: node, host, port });
+        }
+        self.kafka_endpoint_in(&self.image(), node)
+    }
+
+    fn kafka_endpoint_in(&self, image: &Image, node: NodeId) -> Option<BrokerEndpoint> {
+        let b = image.state.broker(node)?;
+        let (host, port) = split_host_port(b.registration.kafka_address.as_deref()?)?;
+        Some(BrokerEndpoint { node_id: node, host, port })
     }
 
     /// A receiver that turns `true` when shutdown begins.
@@ -557,6 +599,53 @@ impl Broker {
         Ok(())
     }
 
+    /// Sets and removes a topic's config overrides (validated as a whole: all or nothing).
+    /// Answers once this node applied the change. `UNKNOWN_TOPIC_OR_PARTITION`,
+    /// `INVALID_CONFIG`, `NOT_CONTROLLER` when no controller can be reached.
+    pub async fn alter_topic_config(
+        &self,
+        change: ConfigAlteration,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        self.alter_topic_config_with(change, validate_only, true).await
+    }
+
+    /// [`Broker::alter_topic_config`]; `forward: false` for a request a peer forwarded here.
+    pub(crate) async fn alter_topic_config_with(
+        &self,
+        change: ConfigAlteration,
+        validate_only: bool,
+        forward: bool,
+    ) -> Result<(), ApiError> {
+        let current = match self.image().state.topic(&change.topic) {
+            Some(t) => t.configs.clone(),
+            None => return Err(ApiError::unknown_topic(&change.topic)),
+        };
+        let expected = crate::controller::config_records(&self.config, &change, &current)?;
+        if validate_only || expected.is_empty() {
+            return Ok(());
+        }
+        let local = {
+            let change = change.clone();
+            self.controller_call(|reply| Command::AlterConfig { change, reply }).await
+        };
+        match local {
+            Err(e) if forward && e.code == ErrorCode::NotController => {
+                self.peers.alter_configs(&self.controller(), change.clone()).await?;
+            }
+            other => other?,
+        }
+        let wanted = change.clone();
+        self.wait_applied(move |image| {
+            image.state.topic(&wanted.topic).is_some_and(|t| {
+                wanted.set.iter().all(|(k, v)| t.configs.get(k) == Some(v))
+                    && wanted.delete.iter().all(|k| wanted.set.contains_key(k) || !t.configs.contains_key(k))
+            })
+        })
+        .await;
+        Ok(())
+    }
+
     /// Waits (bounded) until the image satisfies `done` and this node has reconciled it.
     async fn wait_applied(&self, done: impl Fn(&Image) -> bool) {
         let deadline = tokio::time::Instant::now() + APPLY_PATIENCE;
@@ -642,13 +731,31 @@ impl Broker {
             .state
             .brokers()
             .values()
-            .map(|b| NodeDescription {
-                node_id: b.registration.node_id,
-                address: b.registration.address.clone(),
-                fenced: b.fenced,
-                voter: self.config.voters.is_empty()
-                    && b.registration.node_id == self.config.node_id
-                    || self.config.voters.contains_key(&b.registration.node_id),
+            .map(|b| {
+                let id = b.registration.node_id;
+                let led = image.state.partitions().filter(|(_, p)| p.leader == id);
+                let (mut leader_partitions, mut under_replicated_partitions) = (0, 0);
+                for (_, p) in led {
+                    leader_partitions += 1;
+                    if p.isr.len() < p.replicas.len() {
+                        under_replicated_partitions += 1;
+                    }
+                }
+                let offline_partitions = image
+                    .state
+                    .partitions()
+                    .filter(|(_, p)| p.leader == NO_LEADER && p.replicas.contains(&id))
+                    .count();
+                NodeDescription {
+                    node_id: id,
+                    address: b.registration.address.clone(),
+                    fenced: b.fenced,
+                    voter: self.config.voters.is_empty() && id == self.config.node_id
+                        || self.config.voters.contains_key(&id),
+                    leader_partitions,
+                    under_replicated_partitions,
+                    offline_partitions,
+                }
             })
             .collect()
     }

@@ -59,6 +59,11 @@ pub(crate) enum Command {
         request: AlterPartition,
         reply: oneshot::Sender<Result<bool, ApiError>>,
     },
+    /// Sets and removes topic config overrides.
+    AlterConfig {
+        change: crate::types::ConfigAlteration,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
     /// A broker shutting down cleanly: fence it and move its leadership away now.
     ControlledShutdown {
         node_id: i32,
@@ -206,6 +211,10 @@ impl Active {
                 let result = self.alter_partition(request).await;
                 let _ = reply.send(result);
             }
+            Command::AlterConfig { change, reply } => {
+                let result = self.alter_config(change).await;
+                let _ = reply.send(result);
+            }
             Command::ControlledShutdown { node_id, reply } => {
                 let result = self.controlled_shutdown(node_id).await;
                 let _ = reply.send(result);
@@ -263,6 +272,19 @@ impl Active {
             partition_epoch = change.partition_epoch, "ISR change");
         self.propose(MetadataRecord::PartitionChange(change)).await?;
         Ok(true)
+    }
+
+    async fn alter_config(&mut self, change: crate::types::ConfigAlteration) -> Result<(), ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        let state = self.state();
+        let topic = state.topic(&change.topic).ok_or_else(|| ApiError::unknown_topic(&change.topic))?;
+        let records = config_records(&self.config, &change, &topic.configs)?;
+        for record in records {
+            self.propose(record).await?;
+        }
+        Ok(())
     }
 
     async fn controlled_shutdown(&mut self, node_id: i32) -> Result<(), ApiError> {
@@ -392,6 +414,43 @@ impl Active {
             }
         }
     }
+}
+
+/// The ConfigChange records of `change` on a topic whose overrides are `current`, after
+/// checking that the result is a valid topic config (all or nothing).
+pub(crate) fn config_records(
+    config: &BrokerConfig,
+    change: &crate::types::ConfigAlteration,
+    current: &BTreeMap<String, String>,
+) -> Result<Vec<MetadataRecord>, ApiError> {
+    let mut merged = current.clone();
+    for key in &change.delete {
+        merged.remove(key);
+    }
+    for (key, value) in &change.set {
+        merged.insert(key.clone(), value.clone());
+    }
+    TopicConfig::resolve(config, &merged)?;
+    let mut records = Vec::new();
+    for key in &change.delete {
+        if current.contains_key(key) && !change.set.contains_key(key) {
+            records.push(MetadataRecord::ConfigChange {
+                topic: change.topic.clone(),
+                key: key.clone(),
+                value: None,
+            });
+        }
+    }
+    for (key, value) in &change.set {
+        if current.get(key) != Some(value) {
+            records.push(MetadataRecord::ConfigChange {
+                topic: change.topic.clone(),
+                key: key.clone(),
+                value: Some(value.clone()),
+            });
+        }
+    }
+    Ok(records)
 }
 
 fn alter_partition_error(e: AlterPartitionError) -> ApiError {

@@ -233,11 +233,6 @@ impl Partition {
         }
     }
 
-    /// The committed ISR as this leader knows it; `None` when not leading.
-    pub(crate) fn leader_isr(&self) -> Option<Vec<NodeId>> {
-        self.leader.lock().as_ref().map(|s| s.isr().to_vec())
-    }
-
     fn publish_high_watermark(&self, hw: Offset) {
         self.high_watermark.send_if_modified(|current| {
             if *current == hw {

@@ -154,6 +154,28 @@ impl Peers {
         }
     }
 
+    /// Changes a topic's config through the active controller.
+    pub(crate) async fn alter_configs(
+        &self,
+        controller: &ControllerView,
+        change: crate::types::ConfigAlteration,
+    ) -> Result<(), ApiError> {
+        let mut client = pb::admin_client::AdminClient::new(self.controller_channel(controller)?);
+        let request = pb::AlterConfigsRequest {
+            topic: change.topic,
+            set: change.set.into_iter().collect(),
+            delete: change.delete,
+            validate_only: false,
+        };
+        let response = client.alter_configs(Self::forwarded(request)).await.map_err(unreachable)?;
+        let response = response.into_inner();
+        match ErrorCode::try_from(response.error_code) {
+            Ok(ErrorCode::None) => Ok(()),
+            Ok(code) => Err(ApiError::new(code, response.error_message)),
+            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
+        }
+    }
+
     /// Asks the active controller to move leadership off `node_id` before it stops.
     pub(crate) async fn controlled_shutdown(
         &self,

@@ -88,6 +88,23 @@ pub struct NodeDescription {
     pub fenced: bool,
     /// Member of the metadata quorum.
     pub voter: bool,
+    /// Partitions it leads.
+    pub leader_partitions: usize,
+    /// Partitions it leads whose ISR is smaller than their replica set.
+    pub under_replicated_partitions: usize,
+    /// Partitions with a replica on it and no leader anywhere.
+    pub offline_partitions: usize,
+}
+
+/// A change of one topic's config overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigAlteration {
+    /// Topic name.
+    pub topic: String,
+    /// Overrides to set (Kafka's names).
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Overrides to remove.
+    pub delete: Vec<String>,
 }
 
 /// The answer to a metadata request.

@@ -53,6 +53,7 @@ impl KafkaListener {
         })?;
         let advertised = config.advertised(local_addr)?;
         let max_frame = config.max_request_bytes;
+        broker.set_kafka_address(format!("{}:{}", advertised.0, advertised.1));
         let shared = Arc::new(Shared::new(broker, advertised));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared, max_frame, stopped));

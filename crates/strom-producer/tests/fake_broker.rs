@@ -46,6 +46,13 @@ impl Fake {
 
 #[tonic::async_trait]
 impl Admin for Fake {
+    async fn alter_configs(
+        &self,
+        _: Request<strom_client::proto::v1::AlterConfigsRequest>,
+    ) -> Result<Response<strom_client::proto::v1::AlterConfigsResponse>, Status> {
+        Err(Status::unimplemented("AlterConfigs is not part of this fake"))
+    }
+
     async fn describe_cluster(
         &self,
         _: Request<strom_client::proto::v1::DescribeClusterRequest>,

@@ -9,7 +9,7 @@ use crate::broker::{Broker, MAX_TOPICS_PER_REQUEST};
 use crate::error::ApiError;
 use crate::peers::FORWARDED_HEADER;
 use crate::service::error_fields;
-use crate::types::{NewTopic, TopicDescription};
+use crate::types::{ConfigAlteration, NewTopic, TopicDescription};
 
 /// Serves topic administration and metadata of one [`Broker`].
 #[derive(Debug, Clone)]
@@ -55,6 +55,23 @@ fn partition_descriptions(d: &TopicDescription) -> Vec<pb::PartitionDescription>
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn alter_configs(
+        &self,
+        request: Request<pb::AlterConfigsRequest>,
+    ) -> Result<Response<pb::AlterConfigsResponse>, Status> {
+        let forward = !request.metadata().contains_key(FORWARDED_HEADER);
+        let request = request.into_inner();
+        let change = ConfigAlteration {
+            topic: request.topic,
+            set: request.set.into_iter().collect(),
+            delete: request.delete,
+        };
+        let result =
+            self.broker.alter_topic_config_with(change, request.validate_only, forward).await;
+        let (error_code, error_message) = error_fields(&result);
+        Ok(Response::new(pb::AlterConfigsResponse { error_code, error_message }))
+    }
+
     async fn create_topics(
         &self,
         request: Request<pb::CreateTopicsRequest>,
@@ -204,6 +221,10 @@ impl pb::admin_server::Admin for AdminService {
                 address: n.address,
                 fenced: n.fenced,
                 voter: n.voter,
+                leader_partitions: i32::try_from(n.leader_partitions).unwrap_or(i32::MAX),
+                under_replicated_partitions: i32::try_from(n.under_replicated_partitions)
+                    .unwrap_or(i32::MAX),
+                offline_partitions: i32::try_from(n.offline_partitions).unwrap_or(i32::MAX),
             })
             .collect();
         Ok(Response::new(pb::DescribeClusterResponse {

@@ -356,6 +356,13 @@ struct Forward {
 
 #[tonic::async_trait]
 impl Admin for Forward {
+    async fn alter_configs(
+        &self,
+        _: Request<strom_client::proto::v1::AlterConfigsRequest>,
+    ) -> Result<Response<strom_client::proto::v1::AlterConfigsResponse>, Status> {
+        Err(Status::unimplemented("AlterConfigs is not part of this fake"))
+    }
+
     async fn describe_cluster(
         &self,
         _: Request<strom_client::proto::v1::DescribeClusterRequest>,

@@ -15,7 +15,7 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::*;
 use strom_broker::NewTopic;
 
-use super::codes::{INVALID_CONFIG, INVALID_PARTITIONS, INVALID_REQUEST, UNKNOWN_TOPIC_ID};
+use super::codes::{INVALID_PARTITIONS, INVALID_REQUEST, UNKNOWN_TOPIC_ID};
 use super::{Context, code, result_code, result_message, str_bytes};
 
 /// Kafka's ConfigResource types.
@@ -221,21 +221,57 @@ pub(super) fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-/// The broker core has no way to change a topic's settings after creation yet: every resource
-/// is answered INVALID_CONFIG with that reason, and nothing changes.
-pub(super) fn incremental_alter_configs(
+/// Topic configs change through the controller, all of one resource's entries at once (SET and
+/// DELETE; APPEND and SUBTRACT are for list-valued configs, which topics here do not have).
+/// Broker resources are read-only: INVALID_REQUEST.
+pub(super) async fn incremental_alter_configs(
+    ctx: &Context,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|r| {
-            AlterConfigsResourceResponse::default()
-                .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name)
-                .with_error_code(INVALID_CONFIG)
-                .with_error_message(Some(str_bytes("altering configs is not supported yet")))
-        })
-        .collect();
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        let base = AlterConfigsResourceResponse::default()
+            .with_resource_type(r.resource_type)
+            .with_resource_name(r.resource_name.clone());
+        if r.resource_type != RESOURCE_TOPIC {
+            responses.push(base.with_error_code(INVALID_REQUEST).with_error_message(Some(
+                str_bytes("only topic configs can be altered; broker settings are static"),
+            )));
+            continue;
+        }
+        let mut change = strom_broker::ConfigAlteration {
+            topic: r.resource_name.to_string(),
+            ..Default::default()
+        };
+        let mut refusal = None;
+        for c in &r.configs {
+            match (c.config_operation, &c.value) {
+                (0, Some(v)) => {
+                    change.set.insert(c.name.to_string(), v.to_string());
+                }
+                (1, _) => change.delete.push(c.name.to_string()),
+                (op, _) => {
+                    refusal = Some(format!(
+                        "config operation {op} on {} is not supported (SET with a value, or DELETE)",
+                        c.name.as_str()
+                    ));
+                }
+            }
+        }
+        let result = match refusal {
+            Some(message) => Err((INVALID_REQUEST, message)),
+            None => ctx
+                .broker()
+                .alter_topic_config(change, req.validate_only)
+                .await
+                .map_err(|e| (code(&e), e.message)),
+        };
+        responses.push(match result {
+            Ok(()) => base,
+            Err((code, message)) => {
+                base.with_error_code(code).with_error_message(Some(str_bytes(&message)))
+            }
+        });
+    }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }

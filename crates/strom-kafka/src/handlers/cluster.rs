@@ -13,7 +13,6 @@ pub(super) async fn describe_cluster(
     ctx: &Context,
     req: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let (host, port) = &ctx.shared.advertised;
     let ops = if req.include_cluster_authorized_operations {
         ALL_CLUSTER_OPERATIONS
     } else {
@@ -21,13 +20,18 @@ pub(super) async fn describe_cluster(
     };
     DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(ctx.broker().cluster_id()))
-        .with_controller_id(BrokerId(ctx.node_id()))
-        .with_brokers(vec![
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(ctx.node_id()))
-                .with_host(str_bytes(host))
-                .with_port(*port),
-        ])
+        .with_controller_id(BrokerId(ctx.broker().controller().id.unwrap_or(-1)))
+        .with_brokers(
+            super::kafka_brokers(ctx)
+                .into_iter()
+                .map(|b| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(b.node_id))
+                        .with_host(str_bytes(&b.host))
+                        .with_port(b.port)
+                })
+                .collect(),
+        )
         .with_cluster_authorized_operations(ops)
 }
 

@@ -32,6 +32,13 @@ fn coordinator(ctx: &Context) -> Option<GroupCoordinator> {
     ctx.broker().group_coordinator()
 }
 
+/// The coordinator of `group` when this node is it. `None` otherwise: the client is answered
+/// COORDINATOR_NOT_AVAILABLE and looks the coordinator up again (FindCoordinator names the
+/// node leading the group's `__consumer_offsets` partition).
+fn coordinator_of(ctx: &Context, group: &str) -> Option<GroupCoordinator> {
+    ctx.broker().coordinator_for(group).ok()
+}
+
 fn millis(ms: i32) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
@@ -41,7 +48,6 @@ pub(super) fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = &ctx.shared.advertised;
     let answer = |key: &str| -> Coordinator {
         let base = Coordinator::default().with_key(str_bytes(key));
         if req.key_type == KEY_TYPE_TRANSACTION {
@@ -51,14 +57,23 @@ pub(super) fn find_coordinator(
                 .with_node_id(BrokerId(-1))
                 .with_port(-1);
         }
-        if coordinator(ctx).is_none() {
-            return base
+        // The node leading the group's offsets partition, at its Kafka listener.
+        let found = ctx.broker().find_coordinator(key).and_then(|grpc| {
+            ctx.broker().kafka_endpoint(grpc.node_id).ok_or_else(|| {
+                strom_broker::ApiError::new(
+                    strom_proto::v1::ErrorCode::CoordinatorNotAvailable,
+                    format!("node {} has no Kafka listener", grpc.node_id),
+                )
+            })
+        });
+        match found {
+            Ok(b) => base.with_node_id(BrokerId(b.node_id)).with_host(str_bytes(&b.host)).with_port(b.port),
+            Err(e) => base
                 .with_error_code(COORDINATOR_NOT_AVAILABLE)
-                .with_error_message(Some(str_bytes("the broker is shutting down")))
+                .with_error_message(Some(str_bytes(&e.message)))
                 .with_node_id(BrokerId(-1))
-                .with_port(-1);
+                .with_port(-1),
         }
-        base.with_node_id(BrokerId(ctx.node_id())).with_host(str_bytes(host)).with_port(*port)
     };
     if version >= 4 {
         let coordinators = req.coordinator_keys.iter().map(|k| answer(k)).collect();
@@ -80,7 +95,7 @@ pub(super) async fn join_group(
     client_id: String,
 ) -> JoinGroupResponse {
     let protocol_type = req.protocol_type.to_string();
-    let Some(c) = coordinator(ctx) else {
+    let Some(c) = coordinator_of(ctx, &req.group_id) else {
         return JoinGroupResponse::default()
             .with_error_code(COORDINATOR_NOT_AVAILABLE)
             .with_generation_id(-1)
@@ -134,7 +149,7 @@ pub(super) async fn join_group(
 }
 
 pub(super) async fn sync_group(ctx: &Context, req: SyncGroupRequest) -> SyncGroupResponse {
-    let Some(c) = coordinator(ctx) else {
+    let Some(c) = coordinator_of(ctx, &req.group_id) else {
         return SyncGroupResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
     };
     let r = c
@@ -160,7 +175,7 @@ pub(super) async fn sync_group(ctx: &Context, req: SyncGroupRequest) -> SyncGrou
 }
 
 pub(super) fn heartbeat(ctx: &Context, req: HeartbeatRequest) -> HeartbeatResponse {
-    let Some(c) = coordinator(ctx) else {
+    let Some(c) = coordinator_of(ctx, &req.group_id) else {
         return HeartbeatResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
     };
     let r = c.heartbeat(&coord::HeartbeatRequest {
@@ -176,7 +191,7 @@ pub(super) fn leave_group(
     req: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
-    let Some(c) = coordinator(ctx) else {
+    let Some(c) = coordinator_of(ctx, &req.group_id) else {
         return LeaveGroupResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
     };
     let group_id = req.group_id.to_string();
@@ -208,7 +223,7 @@ pub(super) fn leave_group(
 pub(super) async fn offset_commit(ctx: &Context, req: OffsetCommitRequest) -> OffsetCommitResponse {
     // Every partition gets an answer in request order: `Some(code)` for those refused here,
     // `None` for those the coordinator answers, in the order it was given them.
-    let coordinator = coordinator(ctx);
+    let coordinator = coordinator_of(ctx, &req.group_id);
     let mut answers: Vec<(TopicName, i32, Option<i16>)> = Vec::new();
     let mut entries = Vec::new();
     for topic in req.topics {

@@ -64,13 +64,15 @@ pub(super) async fn handle(ctx: &Context, req: MetadataRequest, version: i16) ->
     topics.extend(
         (0..by_id_only).map(|_| MetadataResponseTopic::default().with_error_code(UNKNOWN_TOPIC_ID)),
     );
-    let (host, port) = &ctx.shared.advertised;
-    let brokers = vec![
-        MetadataResponseBroker::default()
-            .with_node_id(BrokerId(ctx.node_id()))
-            .with_host(str_bytes(host))
-            .with_port(*port),
-    ];
+    let brokers = super::kafka_brokers(ctx)
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port)
+        })
+        .collect();
     let cluster_ops = if version <= 10 && req.include_cluster_authorized_operations {
         ALL_CLUSTER_OPERATIONS
     } else {

@@ -199,7 +199,9 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
         Request::DeleteTopics(r) => answer!(admin::delete_topics(ctx, *r, version).await),
         Request::CreatePartitions(r) => answer!(admin::create_partitions(ctx, *r)),
         Request::DescribeConfigs(r) => answer!(admin::describe_configs(ctx, *r, version)),
-        Request::IncrementalAlterConfigs(r) => answer!(admin::incremental_alter_configs(*r)),
+        Request::IncrementalAlterConfigs(r) => {
+            answer!(admin::incremental_alter_configs(ctx, *r).await)
+        }
         Request::DescribeCluster(r) => answer!(cluster::describe_cluster(ctx, *r).await),
         Request::OffsetForLeaderEpoch(r) => answer!(cluster::offset_for_leader_epoch(ctx, *r)),
         Request::InitProducerId(r) => answer!(cluster::init_producer_id(ctx, *r)),
@@ -217,6 +219,21 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
 }
 
 /// Kafka's number for a broker error.
+/// Every live broker's Kafka listener (this node's own advertised address at least, even
+/// before its registration is committed).
+pub(crate) fn kafka_brokers(ctx: &Context) -> Vec<strom_broker::BrokerEndpoint> {
+    let mut brokers = ctx.broker().kafka_brokers();
+    if !brokers.iter().any(|b| b.node_id == ctx.node_id()) {
+        let (host, port) = &ctx.shared.advertised;
+        brokers.push(strom_broker::BrokerEndpoint {
+            node_id: ctx.node_id(),
+            host: host.clone(),
+            port: *port,
+        });
+    }
+    brokers
+}
+
 pub(crate) fn code(e: &ApiError) -> i16 {
     e.code as i16
 }
@@ -253,7 +270,6 @@ pub(crate) mod codes {
     pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
     pub(crate) const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
     pub(crate) const INVALID_PARTITIONS: i16 = ResponseError::InvalidPartitions.code();
-    pub(crate) const INVALID_CONFIG: i16 = ResponseError::InvalidConfig.code();
     pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 =
         ResponseError::TransactionalIdAuthorizationFailed.code();
     pub(crate) const GROUP_ID_NOT_FOUND: i16 = ResponseError::GroupIdNotFound.code();
