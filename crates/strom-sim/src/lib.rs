@@ -29,6 +29,7 @@
 
 pub mod check;
 pub mod net;
+pub mod replication;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
