@@ -135,25 +135,19 @@ impl ControllerSim {
                     change.partition_epoch,
                     change.isr.clone(),
                 );
-                let committed = match result {
-                    Ok(Some(c)) => {
-                        self.commit(vec![MetadataRecord::PartitionChange(c)], ctx);
-                        true
+                let result = match result {
+                    Ok(change) => {
+                        if let Some(c) = change {
+                            self.commit(vec![MetadataRecord::PartitionChange(c)], ctx);
+                        }
+                        Ok(assignment(self.state.partition(TOPIC, 0).expect("the topic exists")))
                     }
-                    Ok(None) => true,
                     Err(e) => {
                         ctx.events.push(Event::Trace(format!("refuse isr change from n{from}: {e}")));
-                        false
+                        Err(e)
                     }
                 };
-                let committed = committed
-                    .then(|| self.state.partition(TOPIC, 0).map(assignment))
-                    .flatten();
-                ctx.out.push((
-                    CONTROLLER,
-                    from,
-                    Msg::AlterPartitionResponse { asked: change, committed },
-                ));
+                ctx.out.push((CONTROLLER, from, Msg::AlterPartitionResponse { asked: change, result }));
             }
             _ => {}
         }

@@ -442,7 +442,25 @@ impl World {
                     ));
                 }
             }
-            7..13 => {
+            7..9 => {
+                // Power loss of two nodes or of everyone at once (a rack, a data center).
+                let all = self.rng.random_bool(0.5);
+                let mut hit = Vec::new();
+                for _ in 0..if all { NODES.len() } else { 2 } {
+                    if let Some(i) = self.pick(|n| n.up) {
+                        let lost = self.nodes[i].crash(true, &mut self.rng);
+                        let down_ms = self.rng.random_range(100..3000);
+                        self.restart_at.insert(self.nodes[i].id, now + down_ms);
+                        self.crashes += 1;
+                        self.power_losses += 1;
+                        hit.push(format!("n{} ({lost} lost, down {down_ms}ms)", self.nodes[i].id));
+                    }
+                }
+                if !hit.is_empty() {
+                    self.log(format!("power loss of {}", hit.join(", ")));
+                }
+            }
+            9..13 => {
                 let prefer_leader = self.rng.random_bool(0.5);
                 let target = if prefer_leader {
                     self.nodes.iter().position(|n| n.id == leader && n.active(now))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rand::Rng;
 use rand::rngs::StdRng;
 use strom_format::{LeaderEpoch, Offset};
-use strom_quorum::{MetadataState, NO_LEADER, NodeId, PartitionRecord};
+use strom_quorum::{AlterPartitionError, MetadataState, NO_LEADER, NodeId, PartitionRecord};
 use strom_replication::{
     Assignment, EpochEndOffset, IsrChange, LeaderConfig, LeaderState, diverging_epoch,
     truncation_point,
@@ -34,8 +34,9 @@ pub const PRODUCER: Endpoint = 100;
 const MAX_FETCH_RECORDS: usize = 50;
 /// A fetch without an answer for this long is sent again.
 const FETCH_TIMEOUT_MS: u64 = 500;
-/// An ISR change without an answer for this long is given up (the next tick may propose again).
-const ALTER_TIMEOUT_MS: u64 = 1_000;
+/// An ISR change without an answer for this long is sent again (Kafka retries AlterPartition
+/// until it hears back; giving up would drop a maybe-committed member from the maximal ISR).
+const ALTER_RETRY_MS: u64 = 500;
 
 /// An address on the simulated network: a node id, [`CONTROLLER`] or [`PRODUCER`].
 pub type Endpoint = i32;
@@ -58,8 +59,8 @@ pub enum Msg {
     Image { version: usize, image: Arc<MetadataState> },
     /// Leader → controller (AlterPartition).
     AlterPartition { change: IsrChange },
-    /// Controller → leader: the change it answers and, if accepted, the partition as committed.
-    AlterPartitionResponse { asked: IsrChange, committed: Option<Assignment> },
+    /// Controller → leader: the change it answers and the partition as committed, or why not.
+    AlterPartitionResponse { asked: IsrChange, result: Result<Assignment, AlterPartitionError> },
     /// Follower → leader.
     Fetch {
         seq: u64,
@@ -346,9 +347,11 @@ impl Node {
         }
         let id = self.id;
         if let Role::Leader(l) = &mut self.role {
-            if l.alter_sent_ms.is_some_and(|t| now.saturating_sub(t) > ALTER_TIMEOUT_MS) {
-                l.state.isr_change_failed();
-                l.alter_sent_ms = None;
+            if l.alter_sent_ms.is_some_and(|t| now.saturating_sub(t) > ALTER_RETRY_MS)
+                && let Some(change) = l.state.pending().cloned()
+            {
+                l.alter_sent_ms = Some(now);
+                ctx.send(id, CONTROLLER, Msg::AlterPartition { change });
             }
             if now >= self.next_tick {
                 self.next_tick = now + 100;
@@ -393,8 +396,8 @@ impl Node {
     pub fn on_message(&mut self, from: Endpoint, msg: Msg, ctx: &mut Ctx<'_>) {
         match msg {
             Msg::Image { version, image } => self.on_image(version, image, ctx),
-            Msg::AlterPartitionResponse { asked, committed } => {
-                self.on_alter_response(asked, committed, ctx)
+            Msg::AlterPartitionResponse { asked, result } => {
+                self.on_alter_response(asked, result, ctx)
             }
             Msg::Fetch { seq, leader_epoch, fetch_offset, last_fetched_epoch } => {
                 let result =
@@ -523,29 +526,31 @@ impl Node {
     fn on_alter_response(
         &mut self,
         asked: IsrChange,
-        committed: Option<Assignment>,
+        result: Result<Assignment, AlterPartitionError>,
         ctx: &mut Ctx<'_>,
     ) {
         let now = ctx.now;
         let Role::Leader(l) = &mut self.role else { return };
-        if asked.leader_epoch.get() != l.epoch {
-            return;
+        if asked.leader_epoch.get() != l.epoch || l.state.pending() != Some(&asked) {
+            return; // an answer to an earlier request, or a repeated one
         }
-        match committed {
-            Some(a) if a.leader_epoch.get() == l.epoch => {
-                l.alter_sent_ms = None;
+        l.alter_sent_ms = None;
+        match result {
+            Ok(a) if a.partition_epoch > asked.partition_epoch => {
                 if let Some(hw) = l.state.update_assignment(&a, now) {
                     self.set_leader_hw(hw, ctx);
                 }
             }
-            Some(_) => {}
-            None => {
-                // Only the answer to the change still pending clears it.
-                if l.state.pending() == Some(&asked) {
-                    l.state.isr_change_failed();
-                    l.alter_sent_ms = None;
-                }
-            }
+            // Accepted without a change: nothing is pending any more.
+            Ok(_) => l.state.isr_change_failed(),
+            // A definite refusal of this very ISR: the committed one stands.
+            Err(AlterPartitionError::IneligibleReplica { .. }) => l.state.isr_change_failed(),
+            // Stale partition or leader epoch: the change may have been committed by an
+            // earlier copy of this request, or another one came first. Only the next image
+            // tells, so the change stays pending (its members keep holding the high
+            // watermark) until `update_assignment` or a new leadership resolves it, as
+            // Kafka's `Partition.handleAlterPartitionError` does for INVALID_UPDATE_VERSION.
+            Err(_) => {}
         }
     }
 
