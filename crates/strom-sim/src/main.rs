@@ -128,7 +128,7 @@ fn run_replication(
     };
     let summary = |seed: u64, r: &replication::ReplReport| {
         format!(
-            "seed {seed}: ok, {} acked, {} committed, leader epoch {}, {} crashes ({} power losses), {} freezes, {} partitions, {}ms virtual, liveness {}ms",
+            "seed {seed}: ok, {} acked, {} committed, leader epoch {}, {} crashes ({} power losses), {} freezes, {} partitions, {} controlled shutdowns, {}ms virtual, liveness {}ms",
             r.acked,
             r.committed,
             r.leader_epoch,
@@ -136,6 +136,7 @@ fn run_replication(
             r.power_losses,
             r.freezes,
             r.partitions,
+            r.controlled_shutdowns,
             r.virtual_ms,
             r.liveness_ms
         )

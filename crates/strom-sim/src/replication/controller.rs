@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand::Rng;
-use strom_quorum::controller::{alter_partition, elect_leaders, place_partitions};
+use strom_quorum::controller::{
+    alter_partition, controlled_shutdown, elect_leaders, place_partitions,
+};
 use strom_quorum::{
     BrokerRegistration, Controller, ControllerConfig, MetadataRecord, MetadataState, NodeId,
     TopicRecord,
@@ -103,6 +105,12 @@ impl ControllerSim {
             self.version += 1;
             self.image = Arc::new(self.state.clone());
         }
+    }
+
+    /// A broker asks to shut down (Kafka's controlled shutdown): fenced now, leadership moved.
+    pub fn controlled_shutdown(&mut self, node: NodeId, ctx: &mut Ctx<'_>) {
+        let records = controlled_shutdown(&self.state, node);
+        self.commit(records, ctx);
     }
 
     /// Session expiry and image broadcast.

@@ -16,7 +16,7 @@
 //! log survives), power losses (the unflushed suffix is lost, any prefix of it kept), each
 //! followed by a restart 0.1-3 s later, freezes of 0.3-4 s (the node resumes with its stale state: the deposed-leader
 //! case), partitions (a node isolated, a link cut, a node cut from the controller only),
-//! heals, and a lossy network (5% drops, 3% duplicates, 10% of messages delayed 50-300 ms,
+//! heals, controlled shutdowns (the controller's `controlled_shutdown`, then a clean stop), and a lossy network (5% drops, 3% duplicates, 10% of messages delayed 50-300 ms,
 //! so reordered). Then liveness: every fault healed, every node up; within 60 s virtual a
 //! leader must exist, a produce must be acknowledged, the ISR must be all three replicas and
 //! every replica's log and high watermark must equal the leader's.
@@ -104,6 +104,8 @@ pub struct ReplReport {
     pub freezes: usize,
     /// Partitions.
     pub partitions: usize,
+    /// Controlled shutdowns.
+    pub controlled_shutdowns: usize,
     /// The trace.
     pub trace: Vec<String>,
 }
@@ -193,6 +195,9 @@ struct World {
     trace: Vec<String>,
     /// Crashed nodes and when they come back.
     restart_at: BTreeMap<NodeId, u64>,
+    /// Nodes in controlled shutdown and when they stop.
+    stop_at: BTreeMap<NodeId, u64>,
+    controlled_shutdowns: usize,
     crashes: usize,
     power_losses: usize,
     freezes: usize,
@@ -214,6 +219,8 @@ impl World {
             inv: Invariants::default(),
             trace: Vec::new(),
             restart_at: BTreeMap::new(),
+            stop_at: BTreeMap::new(),
+            controlled_shutdowns: 0,
             crashes: 0,
             power_losses: 0,
             freezes: 0,
@@ -362,6 +369,25 @@ impl World {
         self.now += QUANTUM_MS;
         let due: Vec<NodeId> =
             self.restart_at.iter().filter(|(_, t)| **t <= self.now).map(|(n, _)| *n).collect();
+        let stopping: Vec<NodeId> =
+            self.stop_at.iter().filter(|(_, t)| **t <= self.now).map(|(n, _)| *n).collect();
+        for id in stopping {
+            self.stop_at.remove(&id);
+            let Some(i) = self.nodes.iter().position(|n| n.id == id && n.up) else { continue };
+            // A frozen node stops when it resumes.
+            if self.nodes[i].frozen_until > self.now {
+                self.stop_at.insert(id, self.nodes[i].frozen_until);
+                continue;
+            }
+            let mut ctx =
+                Ctx { now: self.now, rng: &mut self.rng, out: Vec::new(), events: Vec::new() };
+            self.nodes[i].stop(&mut ctx);
+            let down_ms = ctx.rng.random_range(100..2000);
+            let (out, events) = (ctx.out, ctx.events);
+            self.settle(out, events);
+            self.restart_at.insert(id, self.now + down_ms);
+            self.log(format!("n{id} stopped (controlled shutdown), down {down_ms}ms"));
+        }
         for id in due {
             self.restart_at.remove(&id);
             if let Some(node) = self.nodes.iter_mut().find(|n| n.id == id && !n.up) {
@@ -433,6 +459,7 @@ impl World {
                     let lost = self.nodes[i].crash(power_loss, &mut self.rng);
                     let down_ms = self.rng.random_range(100..3000);
                     self.restart_at.insert(self.nodes[i].id, now + down_ms);
+                    self.stop_at.remove(&self.nodes[i].id);
                     self.crashes += 1;
                     self.power_losses += usize::from(power_loss);
                     let id = self.nodes[i].id;
@@ -451,6 +478,7 @@ impl World {
                         let lost = self.nodes[i].crash(true, &mut self.rng);
                         let down_ms = self.rng.random_range(100..3000);
                         self.restart_at.insert(self.nodes[i].id, now + down_ms);
+                        self.stop_at.remove(&self.nodes[i].id);
                         self.crashes += 1;
                         self.power_losses += 1;
                         hit.push(format!("n{} ({lost} lost, down {down_ms}ms)", self.nodes[i].id));
@@ -506,6 +534,23 @@ impl World {
                     self.log("heal".into());
                 }
             }
+            44..47 => {
+                // Controlled shutdown (a rolling restart's step): the controller moves
+                // leadership away at once, the node stops cleanly a little later.
+                if let Some(i) = self.pick(|n| n.active(now) && !n.shutting_down) {
+                    let id = self.nodes[i].id;
+                    self.nodes[i].shutting_down = true;
+                    let stop_ms = self.rng.random_range(100..600);
+                    self.stop_at.insert(id, now + stop_ms);
+                    self.controlled_shutdowns += 1;
+                    self.log(format!("controlled shutdown of n{id}, stops in {stop_ms}ms"));
+                    let mut ctx =
+                        Ctx { now, rng: &mut self.rng, out: Vec::new(), events: Vec::new() };
+                    self.controller.controlled_shutdown(id, &mut ctx);
+                    let (out, events) = (ctx.out, ctx.events);
+                    self.settle(out, events);
+                }
+            }
             40..44 => {
                 self.net.lossy = !self.net.lossy;
                 let lossy = self.net.lossy;
@@ -534,6 +579,7 @@ impl World {
             power_losses: self.power_losses,
             freezes: self.freezes,
             partitions: self.partitions,
+            controlled_shutdowns: self.controlled_shutdowns,
             trace: self.trace,
         })
     }
@@ -545,12 +591,20 @@ impl World {
         self.net.lossy = false;
         let now = self.now;
         self.restart_at.clear();
+        self.stop_at.clear();
+        let mut ctx = Ctx { now, rng: &mut self.rng, out: Vec::new(), events: Vec::new() };
         for node in &mut self.nodes {
             node.frozen_until = 0;
+            if node.up && node.shutting_down {
+                // Finish the controlled shutdown, so the node comes back as a new incarnation.
+                node.stop(&mut ctx);
+            }
             if !node.up {
                 node.restart(now);
             }
         }
+        let (out, events) = (ctx.out, ctx.events);
+        self.settle(out, events);
         let start = self.now;
         let acked_before = self.producer.acked;
         self.producer.enabled = true;

@@ -221,6 +221,9 @@ pub struct Node {
     pub up: bool,
     /// Frozen (SIGSTOP) until this time: processes nothing meanwhile.
     pub frozen_until: u64,
+    /// Asked for a controlled shutdown: sends no more heartbeats (a heartbeat would unfence
+    /// it again) and stops soon.
+    pub shutting_down: bool,
     /// The partition's log.
     pub log: Log,
     /// The high watermark this replica knows (leader: its own).
@@ -247,6 +250,7 @@ impl Node {
             incarnation: 1,
             up: true,
             frozen_until: 0,
+            shutting_down: false,
             log: Log::default(),
             hw: Offset::ZERO,
             hw_checkpoint: Offset::ZERO,
@@ -297,6 +301,14 @@ impl Node {
         )
     }
 
+    /// A clean stop at the end of a controlled shutdown: everything flushed, then down.
+    pub fn stop(&mut self, ctx: &mut Ctx<'_>) {
+        self.flush(ctx);
+        self.step_down(ctx);
+        self.up = false;
+        self.role = Role::Idle;
+    }
+
     /// Crash: a process crash keeps the whole log (the page cache survives); a power loss
     /// keeps the flushed prefix and `keep` more records of the rest. Pending acks are lost
     /// with the process (the producer times out).
@@ -321,6 +333,7 @@ impl Node {
     pub fn restart(&mut self, now: u64) {
         self.up = true;
         self.frozen_until = 0;
+        self.shutting_down = false;
         self.incarnation += 1;
         self.registered = false;
         self.role = Role::Idle;
@@ -334,7 +347,7 @@ impl Node {
     /// Timers: heartbeat, flush, leader tick, follower fetch.
     pub fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now;
-        if now >= self.next_heartbeat {
+        if now >= self.next_heartbeat && !self.shutting_down {
             self.next_heartbeat = now + ctx.rng.random_range(80..120);
             let msg = Msg::Heartbeat { incarnation: self.incarnation };
             ctx.send(self.id, CONTROLLER, msg);
