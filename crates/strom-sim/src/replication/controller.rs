@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 use strom_quorum::controller::{
-    alter_partition, controlled_shutdown, elect_leaders, place_partitions,
+    RegistrationError, alter_partition, controlled_shutdown, place_partitions,
 };
 use strom_quorum::{
     BrokerRegistration, Controller, ControllerConfig, MetadataRecord, MetadataState, NodeId,
@@ -162,27 +162,12 @@ impl ControllerSim {
     }
 
     fn on_heartbeat(&mut self, node: NodeId, incarnation: u64, ctx: &mut Ctx<'_>) {
-        let known = self.state.broker(node).map(|b| (b.registration.incarnation, b.fenced));
-        match known {
-            Some((i, _)) if i == incarnation => {
-                let records = self.controller.on_heartbeat(&self.state, node, ctx.now);
-                self.commit(records, ctx);
-            }
-            Some((_, false)) => {
-                // A new incarnation while the old one is unfenced: refused (Kafka's
-                // DuplicateBrokerRegistration) and not counted as a heartbeat, so the old
-                // session expires and the controller moves leadership off it first.
-            }
-            _ => {
-                let mut records =
-                    vec![MetadataRecord::RegisterBroker(registration(node, incarnation))];
-                let mut next = self.state.clone();
-                let _ = next.apply(&records[0]);
-                records.extend(elect_leaders(&next).into_iter().map(MetadataRecord::PartitionChange));
-                self.commit(records, ctx);
-                let more = self.controller.on_heartbeat(&self.state, node, ctx.now);
-                self.commit(more, ctx);
-            }
+        // Every heartbeat carries the registration, as strom-broker's does; a new incarnation
+        // is refused until the old one is fenced.
+        match self.controller.on_register(&self.state, registration(node, incarnation), ctx.now) {
+            Ok(records) => self.commit(records, ctx),
+            Err(RegistrationError::DuplicateRegistration { .. }) => {}
+            Err(e) => ctx.events.push(Event::Trace(format!("registration of n{node}: {e}"))),
         }
     }
 }
