@@ -96,7 +96,10 @@ impl Invariants {
         for node in nodes.iter_mut().filter(|n| n.up) {
             let end = node.log.end();
             if node.hw > end {
-                self.violate(format!("n{}: high watermark {} past log end {end}", node.id, node.hw));
+                self.violate(format!(
+                    "n{}: high watermark {} past log end {end}",
+                    node.id, node.hw
+                ));
                 continue;
             }
             let hw = usize::try_from(node.hw.get()).unwrap_or(0);

@@ -151,11 +151,16 @@ impl ControllerSim {
                         Ok(assignment(self.state.partition(TOPIC, 0).expect("the topic exists")))
                     }
                     Err(e) => {
-                        ctx.events.push(Event::Trace(format!("refuse isr change from n{from}: {e}")));
+                        ctx.events
+                            .push(Event::Trace(format!("refuse isr change from n{from}: {e}")));
                         Err(e)
                     }
                 };
-                ctx.out.push((CONTROLLER, from, Msg::AlterPartitionResponse { asked: change, result }));
+                ctx.out.push((
+                    CONTROLLER,
+                    from,
+                    Msg::AlterPartitionResponse { asked: change, result },
+                ));
             }
             _ => {}
         }

@@ -215,7 +215,12 @@ impl World {
             nodes: NODES.iter().map(|&n| Node::new(n, version - 1, image.clone())).collect(),
             controller,
             net: Net::default(),
-            producer: Producer { leader: NO_LEADER, refresh: true, enabled: true, ..Default::default() },
+            producer: Producer {
+                leader: NO_LEADER,
+                refresh: true,
+                enabled: true,
+                ..Default::default()
+            },
             inv: Invariants::default(),
             trace: Vec::new(),
             restart_at: BTreeMap::new(),
@@ -397,7 +402,8 @@ impl World {
             }
         }
         self.deliver();
-        let mut ctx = Ctx { now: self.now, rng: &mut self.rng, out: Vec::new(), events: Vec::new() };
+        let mut ctx =
+            Ctx { now: self.now, rng: &mut self.rng, out: Vec::new(), events: Vec::new() };
         self.controller.on_timer(&mut ctx);
         for node in self.nodes.iter_mut().filter(|n| n.active(self.now)) {
             node.on_timer(&mut ctx);
@@ -519,7 +525,10 @@ impl World {
                         self.net.cut.insert((b, a));
                     }
                     self.partitions += 1;
-                    self.log(format!("partition: cut n{a} -> n{b}{}", if both { " both ways" } else { "" }));
+                    self.log(format!(
+                        "partition: cut n{a} -> n{b}{}",
+                        if both { " both ways" } else { "" }
+                    ));
                 }
             }
             22..25 => {
@@ -528,11 +537,9 @@ impl World {
                 self.partitions += 1;
                 self.log(format!("partition: cut n{n} from the controller"));
             }
-            25..40 => {
-                if !self.net.cut.is_empty() {
-                    self.net.cut.clear();
-                    self.log("heal".into());
-                }
+            25..40 if !self.net.cut.is_empty() => {
+                self.net.cut.clear();
+                self.log("heal".into());
             }
             44..47 => {
                 // Controlled shutdown (a rolling restart's step): the controller moves
@@ -568,7 +575,8 @@ impl World {
             self.run_for(ms)?;
         }
         let liveness_ms = self.liveness()?;
-        let leader_epoch = self.controller.state().partition(TOPIC, 0).map_or(-1, |p| p.leader_epoch);
+        let leader_epoch =
+            self.controller.state().partition(TOPIC, 0).map_or(-1, |p| p.leader_epoch);
         Ok(ReplReport {
             virtual_ms: self.now,
             liveness_ms,
@@ -635,8 +643,6 @@ impl World {
             return false;
         }
         let end: Offset = leader.log.end();
-        self.nodes.iter().all(|n| {
-            n.up && n.log.records() == leader.log.records() && n.hw == end
-        })
+        self.nodes.iter().all(|n| n.up && n.log.records() == leader.log.records() && n.hw == end)
     }
 }

@@ -355,7 +355,8 @@ impl Node {
         if now >= self.next_flush {
             // Leaders flush on a slow schedule (acks wait for it); followers soon after appending.
             let leading = matches!(self.role, Role::Leader(_));
-            self.next_flush = now + if leading { ctx.rng.random_range(20..250) } else { ctx.rng.random_range(5..40) };
+            self.next_flush = now
+                + if leading { ctx.rng.random_range(20..250) } else { ctx.rng.random_range(5..40) };
             self.flush(ctx);
         }
         let id = self.id;
@@ -460,8 +461,10 @@ impl Node {
             self.step_down(ctx);
             // The whole log is durable before leading: acks only ever count flushed records.
             self.flush(ctx);
-            let config =
-                LeaderConfig { replica_lag_time_max_ms: REPLICA_LAG_MS, min_insync_replicas: MIN_INSYNC };
+            let config = LeaderConfig {
+                replica_lag_time_max_ms: REPLICA_LAG_MS,
+                min_insync_replicas: MIN_INSYNC,
+            };
             let state =
                 LeaderState::new(self.id, &assignment(&p), self.log.end(), self.hw, now, config);
             ctx.trace(format!(
@@ -601,7 +604,13 @@ impl Node {
         FetchResult::Records { start: fetch_offset, records, high_watermark: self.hw }
     }
 
-    fn on_fetch_response(&mut self, from: Endpoint, seq: u64, result: FetchResult, ctx: &mut Ctx<'_>) {
+    fn on_fetch_response(
+        &mut self,
+        from: Endpoint,
+        seq: u64,
+        result: FetchResult,
+        ctx: &mut Ctx<'_>,
+    ) {
         let Role::Follower { leader, .. } = self.role else { return };
         if from != leader || seq != self.fetch_seq || self.fetch_sent_ms.is_none() {
             return; // late, repeated or from a leader given up on
