@@ -6,7 +6,9 @@
 //!    leader of the image's epoch); no two different records are acknowledged at one offset.
 //! 2. Replicas agree up to the high watermark: every node's log below its own high watermark
 //!    is the one committed sequence (the first record seen below any high watermark at an
-//!    offset is the committed one), and a high watermark never passes its log end.
+//!    offset is the committed one), and a high watermark never passes its log end; every
+//!    member of the ISR the current leader knows holds the leader's log below the leader's
+//!    high watermark.
 //! 3. A consumer never sees a record that later disappears: whatever was exposed (below some
 //!    high watermark) stays at its offset in every later leader's log, and no follower
 //!    truncates below its own high watermark.
@@ -158,6 +160,25 @@ impl Invariants {
             }
         }
         committed_from = self.committed.len();
+        // (A high watermark past the log end is reported by `check`.)
+        let hw = usize::try_from(leader.hw.get()).unwrap_or(0).min(log.len());
+        for &m in leader.leader_isr().unwrap_or(&[]) {
+            let Some(member) = nodes.iter().find(|n| n.id == m && n.id != leader.id && n.up) else {
+                continue;
+            };
+            let theirs = member.log.records();
+            // Below its own high watermark the member was checked against the committed
+            // records already; the rest up to the leader's is compared here.
+            let from = usize::try_from(member.hw.get()).unwrap_or(0).min(hw);
+            if theirs.len() < hw || theirs[from..hw] != log[from..hw] {
+                broken.push(format!(
+                    "ISR member n{m} (end {}) does not hold leader n{}'s log below its high \
+                     watermark {hw}",
+                    member.log.end(),
+                    leader.id
+                ));
+            }
+        }
         self.cursor = Some((leader.id, p.leader_epoch, acked_from, committed_from));
         for b in broken {
             self.violate(b);

@@ -282,6 +282,14 @@ impl Node {
         }
     }
 
+    /// The committed ISR as this node's leadership knows it, if it acts as leader.
+    pub fn leader_isr(&self) -> Option<&[NodeId]> {
+        match &self.role {
+            Role::Leader(l) => Some(l.state.isr()),
+            _ => None,
+        }
+    }
+
     /// A one-line description for the trace.
     pub fn describe(&self) -> String {
         let role = match &self.role {
