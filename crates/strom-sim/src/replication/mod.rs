@@ -61,7 +61,7 @@ const LIVENESS_LIMIT_MS: u64 = 60_000;
 /// A produce request without an answer is given up (outcome unknown) after this.
 const PRODUCE_TIMEOUT_MS: u64 = 1_500;
 /// Produce requests in flight at most.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 16;
 /// The node ids.
 const NODES: [NodeId; 3] = [1, 2, 3];
 
