@@ -34,6 +34,14 @@
 //! the old one is fenced (Kafka's rule); until its registration is in an image it neither
 //! leads nor follows, so it never appends in an epoch it led before the crash.
 //!
+//! ## Does it catch anything?
+//! Mutations, each run over the first seeds: a leader whose high watermark is its own flushed
+//! end (acks=1 behaviour) fails 177 of 200; a leader that answers only divergences that would
+//! lengthen the follower's log (never making it truncate) fails 175 of 200; registering a
+//! restarted broker at once (strom-broker's heartbeat before `Controller::on_register`) fails
+//! 486 of 500 on "a node leads an epoch it led before", and 63 of 1000 on replicas
+//! disagreeing below the high watermark with that invariant switched off.
+//!
 //! Determinism: one `StdRng` from the seed draws everything (schedule, delays, drops, timer
 //! jitter); all collections iterate in a fixed order; no wall clock is read. Test
 //! `same_seed_same_trace` runs a seed twice and compares the traces.
