@@ -300,19 +300,43 @@ pub fn controlled_shutdown(state: &MetadataState, node_id: NodeId) -> Vec<Metada
     records
 }
 
-/// The active controller's soft state: when each broker was last heard from.
+/// The active controller's soft state: when each broker was last heard from, and which
+/// brokers (by incarnation) asked for a controlled shutdown.
 #[derive(Debug, Clone)]
 pub struct Controller {
     config: ControllerConfig,
     last_seen: BTreeMap<NodeId, u64>,
     /// Brokers registered before this controller took over count as seen at this time.
     since_ms: u64,
+    /// Incarnations in controlled shutdown: their heartbeats (late ones included) no longer
+    /// unfence them; only a new incarnation's registration does.
+    shutting_down: BTreeMap<NodeId, u64>,
 }
 
 impl Controller {
     /// A controller that took over at `now_ms`.
     pub fn new(config: ControllerConfig, now_ms: u64) -> Self {
-        Controller { config, last_seen: BTreeMap::new(), since_ms: now_ms }
+        Controller {
+            config,
+            last_seen: BTreeMap::new(),
+            since_ms: now_ms,
+            shutting_down: BTreeMap::new(),
+        }
+    }
+
+    /// [`controlled_shutdown`], remembering the incarnation that asked, so that a heartbeat it
+    /// sent before (delivered late) or after cannot unfence it again. Kafka keeps the broker
+    /// fenced the same way (heartbeats carry `wantShutDown`). This is soft state: a controller
+    /// that takes over later does not know it.
+    pub fn on_controlled_shutdown(
+        &mut self,
+        state: &MetadataState,
+        node_id: NodeId,
+    ) -> Vec<MetadataRecord> {
+        if let Some(b) = state.broker(node_id) {
+            self.shutting_down.insert(node_id, b.registration.incarnation);
+        }
+        controlled_shutdown(state, node_id)
     }
 
     /// The settings.
@@ -328,6 +352,10 @@ impl Controller {
         node_id: NodeId,
         now_ms: u64,
     ) -> Vec<MetadataRecord> {
+        let incarnation = state.broker(node_id).map(|b| b.registration.incarnation);
+        if incarnation.is_some() && self.shutting_down.get(&node_id) == incarnation.as_ref() {
+            return Vec::new();
+        }
         self.last_seen.insert(node_id, now_ms);
         match state.broker(node_id) {
             Some(b) if b.fenced => {
@@ -390,6 +418,7 @@ impl Controller {
             _ => {}
         }
         self.last_seen.insert(node_id, now_ms);
+        self.shutting_down.remove(&node_id);
         let mut records = vec![MetadataRecord::RegisterBroker(registration)];
         records.extend(follow_up_elections(state, &records));
         Ok(records)
@@ -680,5 +709,35 @@ mod tests {
             assert!(!p.isr.contains(&1));
         }
         assert!(controlled_shutdown(&state, 1).is_empty());
+    }
+
+    /// Found by the replication simulation: a heartbeat the broker sent just before asking to
+    /// shut down, delivered late, unfenced it while it was stopping; the leader's copy of an
+    /// ISR expansion naming it then committed after the leader had seen it refused and moved
+    /// its high watermark on (`SEED=2003953`, an ISR member without the leader's committed
+    /// records).
+    #[test]
+    fn a_broker_in_controlled_shutdown_stays_fenced_until_it_registers_again() {
+        let mut state = state_with_brokers(&[1, 2, 3]);
+        create(&mut state, "t", 1, 3);
+        let mut controller = Controller::new(ControllerConfig { session_timeout_ms: 1000 }, 0);
+        let records = controller.on_controlled_shutdown(&state, 3);
+        assert_eq!(records[0], MetadataRecord::FenceBroker { node_id: 3 });
+        apply_all(&mut state, &records);
+        // A late heartbeat of the same incarnation does not unfence it.
+        assert!(controller.on_heartbeat(&state, 3, 100).is_empty());
+        assert!(!state.is_live(3));
+        // Its restart (a new incarnation) registers and is live again.
+        let registration = BrokerRegistration {
+            node_id: 3,
+            address: "127.0.0.1:9003".into(),
+            kafka_address: None,
+            incarnation: 2,
+        };
+        let records = controller.on_register(&state, registration, 200).expect("registers");
+        apply_all(&mut state, &records);
+        assert!(state.is_live(3));
+        assert!(controller.on_heartbeat(&state, 3, 300).is_empty());
+        assert!(state.is_live(3));
     }
 }
