@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand::Rng;
-use strom_quorum::controller::{
-    RegistrationError, alter_partition, controlled_shutdown, place_partitions,
-};
+use strom_quorum::controller::{RegistrationError, alter_partition, place_partitions};
 use strom_quorum::{
     BrokerRegistration, Controller, ControllerConfig, MetadataRecord, MetadataState, NodeId,
     TopicRecord,
@@ -109,7 +107,7 @@ impl ControllerSim {
 
     /// A broker asks to shut down (Kafka's controlled shutdown): fenced now, leadership moved.
     pub fn controlled_shutdown(&mut self, node: NodeId, ctx: &mut Ctx<'_>) {
-        let records = controlled_shutdown(&self.state, node);
+        let records = self.controller.on_controlled_shutdown(&self.state, node);
         self.commit(records, ctx);
     }
 
