@@ -1,7 +1,8 @@
 //! Developer tasks: `cargo xtask test` (what CI and the README run), `cargo xtask ci`
 //! (fmt + clippy + test, as .ci/run), `cargo xtask bench` (criterion benches and the
 //! strom-bench end-to-end runs recorded in BENCHMARKS.md), `cargo xtask sim` (the quorum
-//! simulation over many seeds, or one replayed: `SEED=n cargo xtask sim --replay`).
+//! simulation over many seeds, or one replayed: `SEED=n cargo xtask sim --replay`; with
+//! `--replication`, the partition replication simulation).
 
 use std::process::Command;
 
@@ -38,7 +39,8 @@ fn main() -> Result<()> {
                  cluster  a local cluster: --nodes N (default 3) [--base-port P (default 9101)];\n         \
                  data and logs under ./strom-cluster/, Ctrl-C stops every node\n  \
                  sim    quorum simulation: --seeds N [--base B] [--voters 3|5] [--steps S];\n         \
-                 SEED=n cargo xtask sim --replay [--voters V] replays one seed verbosely"
+                 SEED=n cargo xtask sim --replay [--voters V] replays one seed verbosely;\n         \
+                 --replication: the partition replication simulation (same options but --voters)"
             );
             if task == "help" { Ok(()) } else { bail!("unknown task {task}") }
         }

@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 
 use crate::metadata::{
-    MetadataRecord, MetadataState, NO_LEADER, NodeId, PartitionChange, PartitionRecord,
+    BrokerRegistration, MetadataRecord, MetadataState, NO_LEADER, NodeId, PartitionChange,
+    PartitionRecord,
 };
 
 /// Topic config that allows electing a leader outside the ISR (data loss for availability).
@@ -270,6 +271,22 @@ pub fn alter_partition(
     }))
 }
 
+/// Why a broker's registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrationError {
+    /// Another incarnation of this node id is registered and not fenced (Kafka's
+    /// DUPLICATE_BROKER_REGISTRATION): retry; it succeeds once the old session has expired
+    /// and the controller has fenced it.
+    #[error("node {node_id} is registered by incarnation {registered}, which is not fenced yet")]
+    DuplicateRegistration {
+        /// The node id.
+        node_id: NodeId,
+        /// The incarnation registered now.
+        registered: u64,
+    },
+}
+
 /// A broker shutting down cleanly (Kafka's controlled shutdown): fence it now rather than
 /// after its session times out, which moves leadership of its partitions to other ISR
 /// members and takes it out of every ISR it is not the last member of. Empty when it is
@@ -283,19 +300,43 @@ pub fn controlled_shutdown(state: &MetadataState, node_id: NodeId) -> Vec<Metada
     records
 }
 
-/// The active controller's soft state: when each broker was last heard from.
+/// The active controller's soft state: when each broker was last heard from, and which
+/// brokers (by incarnation) asked for a controlled shutdown.
 #[derive(Debug, Clone)]
 pub struct Controller {
     config: ControllerConfig,
     last_seen: BTreeMap<NodeId, u64>,
     /// Brokers registered before this controller took over count as seen at this time.
     since_ms: u64,
+    /// Incarnations in controlled shutdown: their heartbeats (late ones included) no longer
+    /// unfence them; only a new incarnation's registration does.
+    shutting_down: BTreeMap<NodeId, u64>,
 }
 
 impl Controller {
     /// A controller that took over at `now_ms`.
     pub fn new(config: ControllerConfig, now_ms: u64) -> Self {
-        Controller { config, last_seen: BTreeMap::new(), since_ms: now_ms }
+        Controller {
+            config,
+            last_seen: BTreeMap::new(),
+            since_ms: now_ms,
+            shutting_down: BTreeMap::new(),
+        }
+    }
+
+    /// [`controlled_shutdown`], remembering the incarnation that asked, so that a heartbeat it
+    /// sent before (delivered late) or after cannot unfence it again. Kafka keeps the broker
+    /// fenced the same way (heartbeats carry `wantShutDown`). This is soft state: a controller
+    /// that takes over later does not know it.
+    pub fn on_controlled_shutdown(
+        &mut self,
+        state: &MetadataState,
+        node_id: NodeId,
+    ) -> Vec<MetadataRecord> {
+        if let Some(b) = state.broker(node_id) {
+            self.shutting_down.insert(node_id, b.registration.incarnation);
+        }
+        controlled_shutdown(state, node_id)
     }
 
     /// The settings.
@@ -311,6 +352,10 @@ impl Controller {
         node_id: NodeId,
         now_ms: u64,
     ) -> Vec<MetadataRecord> {
+        let incarnation = state.broker(node_id).map(|b| b.registration.incarnation);
+        if incarnation.is_some() && self.shutting_down.get(&node_id) == incarnation.as_ref() {
+            return Vec::new();
+        }
         self.last_seen.insert(node_id, now_ms);
         match state.broker(node_id) {
             Some(b) if b.fenced => {
@@ -342,6 +387,41 @@ impl Controller {
         }
         records.extend(follow_up_elections(state, &records));
         records
+    }
+
+    /// A broker announces itself: its first registration, a heartbeat of the registered
+    /// incarnation (answered as [`Controller::on_heartbeat`]), or a new incarnation (a
+    /// restart). A new incarnation is refused while the old one is unfenced: the old process
+    /// may lead partitions, and a restart may have lost its unflushed records, so resuming
+    /// those leader epochs would write different records at offsets followers already hold
+    /// in the same epoch, which epoch-based divergence cannot detect. Once the old session has
+    /// expired and [`Controller::tick`] fenced it (moving its leaderships to new leader
+    /// epochs), the registration commits, unfenced, with the elections that follow.
+    pub fn on_register(
+        &mut self,
+        state: &MetadataState,
+        registration: BrokerRegistration,
+        now_ms: u64,
+    ) -> Result<Vec<MetadataRecord>, RegistrationError> {
+        let node_id = registration.node_id;
+        match state.broker(node_id) {
+            Some(b) if b.registration == registration => {
+                return Ok(self.on_heartbeat(state, node_id, now_ms));
+            }
+            Some(b) if b.registration.incarnation != registration.incarnation && !b.fenced => {
+                // Not a heartbeat: the old session must run out.
+                return Err(RegistrationError::DuplicateRegistration {
+                    node_id,
+                    registered: b.registration.incarnation,
+                });
+            }
+            _ => {}
+        }
+        self.last_seen.insert(node_id, now_ms);
+        self.shutting_down.remove(&node_id);
+        let mut records = vec![MetadataRecord::RegisterBroker(registration)];
+        records.extend(follow_up_elections(state, &records));
+        Ok(records)
     }
 
     /// Whether `node_id`'s session is current (heard from within the session timeout).
@@ -422,6 +502,73 @@ mod tests {
             place_partitions(&state, 0, 1, 0),
             Err(PlacementError::InvalidReplicationFactor(0))
         );
+    }
+
+    /// Found by the replication simulation: registering a restarted broker at once let it
+    /// resume leading its old leader epoch after losing unflushed records, and write other
+    /// records at offsets its followers held in that epoch (replicas disagreed below the high
+    /// watermark, `SEED=56` with the old behaviour).
+    #[test]
+    fn a_restarted_broker_registers_only_after_its_old_incarnation_is_fenced() {
+        let mut state = state_with_brokers(&[1, 2, 3]);
+        create(&mut state, "t", 1, 3);
+        let mut controller = Controller::new(ControllerConfig { session_timeout_ms: 1000 }, 0);
+        let before = state.partition("t", 0).expect("p0").clone();
+        assert_eq!(before.leader, 1);
+        let restarted = BrokerRegistration {
+            node_id: 1,
+            address: "127.0.0.1:9001".into(),
+            kafka_address: None,
+            incarnation: 2,
+        };
+        // Within the old session: refused, and not counted as a heartbeat.
+        assert_eq!(
+            controller.on_register(&state, restarted.clone(), 300),
+            Err(RegistrationError::DuplicateRegistration { node_id: 1, registered: 1 })
+        );
+        for n in [2, 3] {
+            controller.on_heartbeat(&state, n, 900);
+        }
+        let fenced = controller.tick(&state, 1100);
+        assert_eq!(fenced[0], MetadataRecord::FenceBroker { node_id: 1 });
+        apply_all(&mut state, &fenced);
+        let moved = state.partition("t", 0).expect("p0").clone();
+        assert_ne!(moved.leader, 1);
+        assert!(moved.leader_epoch > before.leader_epoch);
+        // Fenced: the new incarnation registers, unfenced, and leads nothing it led before.
+        let records = controller.on_register(&state, restarted.clone(), 1200).expect("registers");
+        assert_eq!(records[0], MetadataRecord::RegisterBroker(restarted.clone()));
+        apply_all(&mut state, &records);
+        assert!(state.is_live(1));
+        assert_eq!(state.partition("t", 0).expect("p0").leader, moved.leader);
+        // From now on the same registration is a heartbeat.
+        assert!(controller.on_register(&state, restarted, 1300).expect("heartbeat").is_empty());
+        assert!(controller.is_alive(1, 2000));
+    }
+
+    #[test]
+    fn a_returning_last_isr_member_leads_in_a_new_epoch() {
+        let mut state = state_with_brokers(&[1, 2]);
+        create(&mut state, "solo", 1, 1);
+        let p = state.partition("solo", 0).expect("p0").clone();
+        let mut controller = Controller::new(ControllerConfig { session_timeout_ms: 1000 }, 0);
+        let other = if p.leader == 1 { 2 } else { 1 };
+        controller.on_heartbeat(&state, other, 1500);
+        let fenced = controller.tick(&state, 1500);
+        apply_all(&mut state, &fenced);
+        let gone = state.partition("solo", 0).expect("p0").clone();
+        assert_eq!(gone.leader, NO_LEADER);
+        let registration = BrokerRegistration {
+            node_id: p.leader,
+            address: "127.0.0.1:9009".into(),
+            kafka_address: None,
+            incarnation: 7,
+        };
+        let records = controller.on_register(&state, registration, 1600).expect("registers");
+        apply_all(&mut state, &records);
+        let back = state.partition("solo", 0).expect("p0");
+        assert_eq!(back.leader, p.leader);
+        assert!(back.leader_epoch > gone.leader_epoch);
     }
 
     #[test]
@@ -562,5 +709,35 @@ mod tests {
             assert!(!p.isr.contains(&1));
         }
         assert!(controlled_shutdown(&state, 1).is_empty());
+    }
+
+    /// Found by the replication simulation: a heartbeat the broker sent just before asking to
+    /// shut down, delivered late, unfenced it while it was stopping; the leader's copy of an
+    /// ISR expansion naming it then committed after the leader had seen it refused and moved
+    /// its high watermark on (`SEED=2003953`, an ISR member without the leader's committed
+    /// records).
+    #[test]
+    fn a_broker_in_controlled_shutdown_stays_fenced_until_it_registers_again() {
+        let mut state = state_with_brokers(&[1, 2, 3]);
+        create(&mut state, "t", 1, 3);
+        let mut controller = Controller::new(ControllerConfig { session_timeout_ms: 1000 }, 0);
+        let records = controller.on_controlled_shutdown(&state, 3);
+        assert_eq!(records[0], MetadataRecord::FenceBroker { node_id: 3 });
+        apply_all(&mut state, &records);
+        // A late heartbeat of the same incarnation does not unfence it.
+        assert!(controller.on_heartbeat(&state, 3, 100).is_empty());
+        assert!(!state.is_live(3));
+        // Its restart (a new incarnation) registers and is live again.
+        let registration = BrokerRegistration {
+            node_id: 3,
+            address: "127.0.0.1:9003".into(),
+            kafka_address: None,
+            incarnation: 2,
+        };
+        let records = controller.on_register(&state, registration, 200).expect("registers");
+        apply_all(&mut state, &records);
+        assert!(state.is_live(3));
+        assert!(controller.on_heartbeat(&state, 3, 300).is_empty());
+        assert!(state.is_live(3));
     }
 }

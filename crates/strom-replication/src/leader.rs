@@ -251,8 +251,14 @@ impl LeaderState {
         self.recompute()
     }
 
-    /// The controller refused or lost the pending change: the next tick or fetch may propose
-    /// again on the image as it then is.
+    /// The controller definitely refused the pending change (an ineligible replica): the next
+    /// tick or fetch may propose again on the image as it then is.
+    ///
+    /// Not for a lost answer or a stale-epoch refusal: an earlier copy of the request may have
+    /// committed, and clearing an expansion here would let the high watermark pass a member
+    /// the committed ISR holds. Resend the same change instead and leave it pending until
+    /// [`LeaderState::update_assignment`] (the next image) or a new leadership resolves it, as
+    /// Kafka's `Partition.handleAlterPartitionError` does for INVALID_UPDATE_VERSION.
     pub fn isr_change_failed(&mut self) {
         self.pending = None;
     }

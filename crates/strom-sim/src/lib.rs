@@ -1,4 +1,5 @@
-//! The deterministic simulation of the metadata quorum (dev-only).
+//! The deterministic simulation of the metadata quorum (dev-only); [`replication`] holds the
+//! simulation of partition replication (no runtime, a plain virtual clock).
 //!
 //! The real [`Quorum`] nodes (openraft, log store, state machine) run inside one tokio
 //! current-thread runtime with paused time: timers advance only virtually, so a run of minutes
@@ -29,6 +30,7 @@
 
 pub mod check;
 pub mod net;
+pub mod replication;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

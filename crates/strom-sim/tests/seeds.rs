@@ -64,3 +64,39 @@ fn same_seed_same_trace() {
         assert_eq!(a.virtual_time, b.virtual_time);
     }
 }
+
+/// The replication simulation's CI seeds: crashes, power losses (one node, two, everyone),
+/// freezes, partitions and a lossy network, then liveness; no acknowledged record lost.
+#[test]
+fn replication_survives_crashes_power_loss_freezes_and_partitions() {
+    use strom_sim::replication::{self, ReplConfig};
+    let mut failures = Vec::new();
+    let mut acked = 0;
+    for seed in 0..40 {
+        match replication::run(&ReplConfig::new(seed)) {
+            Ok(r) => acked += r.acked,
+            Err(f) => {
+                eprintln!("{f}");
+                for line in f.trace.iter().rev().take(40).rev() {
+                    eprintln!("  {line}");
+                }
+                failures.push(replication::replay_command(seed));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failing seeds:\n{}", failures.join("\n"));
+    assert!(acked > 40 * 20, "too little was acknowledged to mean anything: {acked}");
+}
+
+/// One seed, one trace: every fault, commit, leadership, truncation and virtual time.
+#[test]
+fn replication_same_seed_same_trace() {
+    use strom_sim::replication::{self, ReplConfig};
+    for seed in [7, 8] {
+        let a = replication::run(&ReplConfig::new(seed)).expect("first run");
+        let b = replication::run(&ReplConfig::new(seed)).expect("second run");
+        assert_eq!(a.trace, b.trace, "seed {seed}: the trace differs between two runs");
+        assert_eq!(a.virtual_ms, b.virtual_ms);
+        assert!(a.trace.len() > 50);
+    }
+}
