@@ -395,3 +395,72 @@ async fn bad_record_stops_the_sink_with_nothing_committed_past_it() {
         .get(0);
     assert_eq!(next, 3, "the stored offset stops at the bad record");
 }
+
+/// BENCHMARKS.md's numbers: the sink's rows/s next to `psql \copy` of the same rows into a
+/// table of the same shape on the same server. Run with
+/// `STROM_BENCH_RECORDS=1000000 cargo test --release -p strom-connect --test postgres_sink -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand"]
+async fn bench_sink_against_psql_copy() {
+    let n: usize =
+        std::env::var("STROM_BENCH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(RECORDS);
+    let pg = Postgres::start();
+    let broker = Broker::start().await;
+    broker.create_topic("orders", 3).await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
+        broker.produce(chunk.iter().map(|&i| record("orders", i)).collect()).await;
+    }
+    let client = pg.client().await;
+
+    let started = Instant::now();
+    let mut sink =
+        SinkProcess::start(&sink_args(&broker.addr(), &pg, "orders", "pg-bench", "orders"));
+    // From the first stored batch on: the group join is not the sink's throughput.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if rows > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", sink.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first_batch = Instant::now();
+    let first: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+    wait_for_count(&pg, "SELECT count(*) FROM orders", n as i64, || sink.log()).await;
+    let steady = first_batch.elapsed().as_secs_f64();
+    let total = started.elapsed().as_secs_f64();
+    assert!(sink.terminate().await.success());
+
+    // The same rows as a text COPY file, loaded with psql's \copy into an empty twin table.
+    let file =
+        std::env::temp_dir().join(format!("strom-connect-bench-{}.copy", std::process::id()));
+    let psql = |command: &str| {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &pg.dsn(), "-c", command])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql {command}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    psql(&format!("\\copy orders TO '{}'", file.display()));
+    psql("CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)");
+    let copy_started = Instant::now();
+    psql(&format!("\\copy orders_copy FROM '{}'", file.display()));
+    let copy = copy_started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&file);
+    println!(
+        "strom-connect: {n} rows in {total:.2} s from start ({:.0} rows/s), {:.0} rows/s after the first batch",
+        n as f64 / total,
+        (n as f64 - first as f64) / steady
+    );
+    println!(
+        "psql \\copy:    {n} rows ({:.0} MB text) in {copy:.2} s ({:.0} rows/s)",
+        bytes as f64 / 1e6,
+        n as f64 / copy
+    );
+}
