@@ -427,8 +427,9 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// After a batch statement failed on its data: replays the operations one by one (each
-    /// under a savepoint, all rolled back) to find the first that fails, and names it.
+    /// After a batch statement failed on its data: replays the operations one by one, in order
+    /// and each under a savepoint (the whole replay is rolled back), to find the first that
+    /// fails, and names it.
     async fn locate_bad_op(&mut self, ops: &[Op], batch_message: String) -> ConnectError {
         let target = &self.target;
         let result = async {
@@ -447,8 +448,8 @@ impl PostgresSink {
                     Err(other) => return Err(other.into_error()),
                 }
             }
-            // Every row alone is fine: the batch failed as a whole (two rows of the batch
-            // colliding on a unique key, say).
+            // Replayed one by one, in order, every operation succeeds: only the batch as a
+            // whole failed, which no single record can be blamed for.
             Ok(ConnectError::Sink(batch_message))
         };
         // The transaction is rolled back when dropped: nothing of the search is kept.

@@ -325,8 +325,11 @@ impl<S: Sink> Runner<S> {
             };
             match self.consumer.seek(tp, to) {
                 Ok(()) => {}
-                // Revoked again in the meantime: the next poll's events say so.
-                Err(ConsumerError::NotAssigned(_)) => continue,
+                // No longer ours (a rebalance this instance has not acted on yet).
+                Err(ConsumerError::NotAssigned(_)) => {
+                    self.owned.remove(tp);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
             debug!(sink = self.config.name(), %tp, stored = %at, "seeked to the stored offset");

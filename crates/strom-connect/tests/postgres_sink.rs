@@ -268,8 +268,32 @@ async fn upserts_replace_rows_and_tombstones_delete_them() {
             ProducerRecord::new("docs").key("b"),
         ])
         .await;
-    let mut args = sink_args(&broker.addr(), &pg, "docs", "pg-docs", "docs");
-    args.extend(["--format", "json", "--mode", "upsert", "--key-columns", "sku"].map(String::from));
+    // This one from a --config file, as several sinks would be described.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sinks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [[postgres]]
+            name = "docs"
+            bootstrap = "{}"
+            topics = ["docs"]
+            group = "pg-docs"
+            dsn = "{}"
+            table = "docs"
+            format = "json"
+            mode = "upsert"
+            key_columns = ["sku"]
+            session_timeout_ms = 6000
+            batch = {{ flush_interval_ms = 100 }}
+            "#,
+            broker.addr(),
+            pg.dsn()
+        ),
+    )
+    .unwrap();
+    let args = vec!["--config".to_string(), config.display().to_string()];
     let mut docs = SinkProcess::start(&args);
     wait_for_count(
         &pg,
