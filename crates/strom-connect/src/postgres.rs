@@ -817,6 +817,76 @@ mod tests {
         assert_eq!(qualified("s.t"), "\"s\".\"t\"");
     }
 
+    fn target(mode: Mode, shape: Shape) -> Target {
+        Target {
+            table: "users".into(),
+            format: Format::Json,
+            mode,
+            key_columns: vec!["id".into()],
+            shape: Some(shape),
+        }
+    }
+
+    fn record(key: Option<&'static str>, value: Option<&'static str>) -> ConsumerRecord {
+        ConsumerRecord {
+            topic: "users".into(),
+            partition: PartitionId::new(0),
+            offset: Offset::new(7),
+            timestamp: 0,
+            key: key.map(|k| bytes::Bytes::from_static(k.as_bytes())),
+            value: value.map(|v| bytes::Bytes::from_static(v.as_bytes())),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn invalid_json_names_its_record() {
+        let t = target(Mode::Upsert, Shape::Columns(vec!["id".into(), "name".into()]));
+        let records = [record(Some("1"), Some(r#"{"id": 1}"#)), record(Some("2"), Some("{oops"))];
+        match t.json_ops(&records) {
+            Err(ConnectError::BadRecord { index: 1, reason }) => {
+                assert!(reason.contains("invalid JSON"), "{reason}")
+            }
+            other => panic!("{:?}", other.map(|ops| ops.len())),
+        }
+    }
+
+    #[test]
+    fn key_fields_missing_from_the_value_come_from_the_record_key() {
+        let t = target(Mode::Upsert, Shape::Columns(vec!["id".into(), "name".into()]));
+        let ops = t.json_ops(&[record(Some("5"), Some(r#"{"name": "e"}"#))]).expect("ops");
+        let Op::Put { row, key, .. } = &ops[0] else { panic!("not a put") };
+        assert_eq!(row.get("id"), Some(&Value::from(5)));
+        assert_eq!(key, r#"{"id":5}"#);
+    }
+
+    #[test]
+    fn tombstone_deletes_by_key_and_needs_one() {
+        let t = target(Mode::Upsert, Shape::Columns(vec!["id".into()]));
+        let ops = t.json_ops(&[record(Some(r#"{"id": 3}"#), None)]).expect("ops");
+        assert!(
+            matches!(&ops[0], Op::Delete { row, .. } if row.get("id") == Some(&Value::from(3)))
+        );
+        assert!(matches!(
+            t.json_ops(&[record(None, None)]),
+            Err(ConnectError::BadRecord { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn upsert_sets_only_the_fields_a_record_has() {
+        let t =
+            target(Mode::Upsert, Shape::Columns(vec!["id".into(), "name".into(), "age".into()]));
+        let ops = t.json_ops(&[record(Some("1"), Some(r#"{"id": 1, "name": "a"}"#))]).expect("ops");
+        assert_eq!(t.op_columns(&ops[0]), vec!["id".to_string(), "name".to_string()]);
+        let sql = t.statement(false, &t.op_columns(&ops[0]));
+        assert!(
+            sql.contains(r#"ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name""#),
+            "{sql}"
+        );
+        assert!(!sql.contains("age"), "{sql}");
+    }
+
     #[test]
     fn negative_timestamps_are_before_the_epoch() {
         assert!(timestamp(-1000) < UNIX_EPOCH);
