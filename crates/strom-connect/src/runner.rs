@@ -18,6 +18,7 @@ use strom_consumer::{
 };
 use strom_format::Offset;
 use strom_producer::{Acks, Producer, ProducerConfig, ProducerRecord};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -55,13 +56,31 @@ impl Backoff {
         Backoff { next: FIRST_BACKOFF, attempt: 0 }
     }
 
-    /// Waits the current delay and doubles it; returns the attempt number.
-    async fn wait(&mut self) -> u32 {
-        tokio::time::sleep(self.next).await;
+    /// Waits the current delay and doubles it; returns the attempt number, or `None` when the
+    /// sink is told to stop (retrying would keep it from ever stopping while a peer is down).
+    async fn wait(&mut self, stop: &mut watch::Receiver<bool>) -> Option<u32> {
+        tokio::select! {
+            () = tokio::time::sleep(self.next) => {}
+            () = stopped(stop) => return None,
+        }
         self.next = (self.next * 2).min(MAX_BACKOFF);
         self.attempt += 1;
-        self.attempt
+        Some(self.attempt)
     }
+}
+
+/// Completes once the sink is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens once `run` is over.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The error of a sink stopped while it was retrying: nothing pending was committed, so the
+/// next run reads it again.
+fn stopped_while_retrying(e: &ConnectError) -> ConnectError {
+    ConnectError::Unavailable(format!(
+        "stopped while retrying ({e}); nothing uncommitted is lost: the next run reads it again"
+    ))
 }
 
 /// Rebalance events, collected inside `poll` (the callbacks cannot reach the consumer or do
@@ -153,15 +172,27 @@ pub async fn run<S: Sink>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConnectError> {
     config.validate()?;
-    let mut runner = Runner::start(config, sink).await?;
-    let result = runner.run(shutdown).await;
-    if let Err(e) = runner.consumer.close().await {
-        debug!(error = %e, "leaving the group failed");
+    let (stop_tx, stop) = watch::channel(false);
+    let work = async move {
+        let mut runner = Runner::start(config, sink, stop).await?;
+        let result = runner.run().await;
+        if let Err(e) = runner.consumer.close().await {
+            debug!(error = %e, "leaving the group failed");
+        }
+        if let Some(dlq) = &runner.dlq {
+            dlq.close().await;
+        }
+        result
+    };
+    tokio::pin!(work, shutdown);
+    tokio::select! {
+        result = &mut work => result,
+        () = &mut shutdown => {
+            // The loop flushes what it has and returns; retries give up.
+            let _ = stop_tx.send(true);
+            work.await
+        }
     }
-    if let Some(dlq) = &runner.dlq {
-        dlq.close().await;
-    }
-    result
 }
 
 struct Runner<S> {
@@ -172,16 +203,24 @@ struct Runner<S> {
     events: Arc<Mutex<Events>>,
     owned: HashMap<TopicPartition, Owned>,
     batch: Batch,
+    /// Becomes true when the sink is told to stop.
+    stop: watch::Receiver<bool>,
 }
 
 impl<S: Sink> Runner<S> {
-    async fn start(config: SinkConfig, mut sink: S) -> Result<Runner<S>, ConnectError> {
+    async fn start(
+        config: SinkConfig,
+        mut sink: S,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<Runner<S>, ConnectError> {
         let mut backoff = Backoff::new();
         loop {
             match sink.prepare().await {
                 Ok(()) => break,
                 Err(e) if e.is_retriable() => {
-                    let attempt = backoff.wait().await;
+                    let Some(attempt) = backoff.wait(&mut stop).await else {
+                        return Err(stopped_while_retrying(&e));
+                    };
                     warn!(sink = config.name(), attempt, error = %e, "sink unavailable, retrying");
                 }
                 Err(e) => return Err(e),
@@ -217,11 +256,11 @@ impl<S: Sink> Runner<S> {
             events,
             owned: HashMap::new(),
             batch: Batch::default(),
+            stop,
         })
     }
 
-    async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ConnectError> {
-        tokio::pin!(shutdown);
+    async fn run(&mut self) -> Result<(), ConnectError> {
         let mut poll_backoff = Backoff::new();
         loop {
             let timeout = match self.batch.since {
@@ -230,7 +269,7 @@ impl<S: Sink> Runner<S> {
                     .saturating_duration_since(Instant::now()),
             };
             let polled = tokio::select! {
-                () = &mut shutdown => {
+                () = stopped(&mut self.stop) => {
                     info!(sink = self.config.name(), "shutting down");
                     return self.flush().await;
                 }
@@ -242,7 +281,9 @@ impl<S: Sink> Runner<S> {
                     records
                 }
                 Err(e) if consumer_retriable(&e) => {
-                    let attempt = poll_backoff.wait().await;
+                    let Some(attempt) = poll_backoff.wait(&mut self.stop).await else {
+                        return self.flush().await;
+                    };
                     warn!(sink = self.config.name(), attempt, error = %e, "poll failed, retrying");
                     continue;
                 }
@@ -310,7 +351,9 @@ impl<S: Sink> Runner<S> {
             match self.sink.stored_offsets(&self.config.group, partitions).await {
                 Ok(stored) => break stored,
                 Err(e) if e.is_retriable() => {
-                    let attempt = backoff.wait().await;
+                    let Some(attempt) = backoff.wait(&mut self.stop).await else {
+                        return Err(stopped_while_retrying(&e));
+                    };
                     warn!(sink = self.config.name(), attempt, error = %e, "reading stored offsets failed, retrying");
                 }
                 Err(e) => return Err(e),
@@ -366,7 +409,9 @@ impl<S: Sink> Runner<S> {
                     self.commit_for_monitoring(&updates).await;
                 }
                 Err(e) if e.is_retriable() => {
-                    let attempt = backoff.wait().await;
+                    let Some(attempt) = backoff.wait(&mut self.stop).await else {
+                        return Err(stopped_while_retrying(&e));
+                    };
                     warn!(sink = self.config.name(), attempt, error = %e, "write failed, retrying");
                 }
                 Err(ConnectError::Fenced(why)) => {

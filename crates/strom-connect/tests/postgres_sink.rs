@@ -204,7 +204,18 @@ async fn sink_recovers_from_a_postgres_restart() {
         down.elapsed().as_secs_f64() - took.as_secs_f64()
     );
     assert_rows_equal_records(&pg, "orders", &stored).await;
-    assert!(sink.terminate().await.success());
+
+    // Told to stop while PostgreSQL is down, it stops (with an error) instead of retrying on.
+    pg.stop("fast");
+    let retries = sink.lines.lock().unwrap().iter().filter(|l| l.contains("retrying")).count();
+    broker.produce((0..10).map(|i| record("orders", 2 * HALF + i)).collect()).await;
+    let deadline = Instant::now() + PATIENCE;
+    while sink.lines.lock().unwrap().iter().filter(|l| l.contains("retrying")).count() == retries {
+        assert!(Instant::now() < deadline, "no retry logged:\n{}", sink.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = sink.terminate().await;
+    assert!(!status.success() && sink.saw("stopped while retrying"), "{status}\n{}", sink.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
