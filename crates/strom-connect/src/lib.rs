@@ -24,6 +24,7 @@
 
 mod config;
 mod error;
+mod json_rows;
 mod postgres;
 mod runner;
 mod sink;
