@@ -36,8 +36,8 @@ use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
 use crate::replication::{ISR_QUEUE_LEN, IsrProposal};
 use crate::topic::{Registry, Topic, validate_topic_name};
 use crate::types::{
-    BrokerEndpoint, ClusterView, ConfigAlteration, ListedOffset, NewTopic, NodeDescription, PartitionDescription,
-    ProduceOutcome, TopicDescription, TopicListing,
+    BrokerEndpoint, ClusterView, ConfigAlteration, ListedOffset, NewTopic, NodeDescription,
+    PartitionDescription, ProduceOutcome, TopicDescription, TopicListing,
 };
 
 /// Most topics one admin request may name.
@@ -182,6 +182,7 @@ impl Broker {
                 broker.registry.clone(),
                 quorum.image(),
                 reconciled_tx,
+                broker.incarnation,
                 on_change,
                 broker.shutdown.subscribe(),
             ))
@@ -639,7 +640,10 @@ impl Broker {
         self.wait_applied(move |image| {
             image.state.topic(&wanted.topic).is_some_and(|t| {
                 wanted.set.iter().all(|(k, v)| t.configs.get(k) == Some(v))
-                    && wanted.delete.iter().all(|k| wanted.set.contains_key(k) || !t.configs.contains_key(k))
+                    && wanted
+                        .delete
+                        .iter()
+                        .all(|k| wanted.set.contains_key(k) || !t.configs.contains_key(k))
             })
         })
         .await;

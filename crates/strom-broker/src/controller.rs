@@ -237,18 +237,34 @@ impl Active {
         }
         let node_id = registration.node_id;
         self.ensure_learner(node_id, &registration.address);
-        let known = self.state().broker(node_id).map(|b| b.registration.clone());
-        if known.as_ref() != Some(&registration) {
-            tracing::info!(node_id, address = %registration.address, "broker registered");
-            self.propose(MetadataRecord::RegisterBroker(registration)).await?;
+        let mut state = self.state();
+        let previous = state.broker(node_id).map(|b| (b.registration.incarnation, b.fenced));
+        if node_id == self.config.node_id
+            && previous.is_some_and(|(i, fenced)| i != registration.incarnation && !fenced)
+        {
+            // This process is the new incarnation of the controller's own node: the old one is
+            // certainly gone (the data directory is locked), so it is fenced now rather than
+            // after its session, moving its leaderships to new epochs before this one leads.
+            let fence = controlled_shutdown(&state, node_id);
+            self.propose_all(fence).await;
+            state = self.state();
         }
         let now = self.now_ms();
-        let state = self.state();
         let records = match self.logic() {
-            Some(logic) => logic.on_heartbeat(&state, node_id, now),
+            Some(logic) => logic.on_register(&state, registration.clone(), now).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::DuplicateBrokerRegistration,
+                    format!("{e}; retrying until the old incarnation's session expires"),
+                )
+            })?,
             None => return Err(not_controller()),
         };
-        self.propose_all(records).await;
+        if records.iter().any(|r| matches!(r, MetadataRecord::RegisterBroker(_))) {
+            tracing::info!(node_id, address = %registration.address, "broker registered");
+        }
+        for record in records {
+            self.propose(record).await?;
+        }
         Ok(())
     }
 
@@ -274,12 +290,16 @@ impl Active {
         Ok(true)
     }
 
-    async fn alter_config(&mut self, change: crate::types::ConfigAlteration) -> Result<(), ApiError> {
+    async fn alter_config(
+        &mut self,
+        change: crate::types::ConfigAlteration,
+    ) -> Result<(), ApiError> {
         if self.logic().is_none() {
             return Err(not_controller());
         }
         let state = self.state();
-        let topic = state.topic(&change.topic).ok_or_else(|| ApiError::unknown_topic(&change.topic))?;
+        let topic =
+            state.topic(&change.topic).ok_or_else(|| ApiError::unknown_topic(&change.topic))?;
         let records = config_records(&self.config, &change, &topic.configs)?;
         for record in records {
             self.propose(record).await?;
@@ -291,7 +311,11 @@ impl Active {
         if self.logic().is_none() {
             return Err(not_controller());
         }
-        let records = controlled_shutdown(&self.state(), node_id);
+        let state = self.state();
+        let records = match self.logic() {
+            Some(logic) => logic.on_controlled_shutdown(&state, node_id),
+            None => return Err(not_controller()),
+        };
         if !records.is_empty() {
             tracing::info!(node_id, changes = records.len() - 1, "controlled shutdown");
         }

@@ -34,8 +34,21 @@ pub(crate) struct Reconciled {
 }
 
 /// Brings the registry in line with `image`. Blocking (opens and deletes logs).
-pub(crate) fn reconcile(config: &BrokerConfig, registry: &Registry, image: &Image) -> Reconciled {
+///
+/// Roles wait for this process's own registration (`incarnation`) to be in the image: until
+/// then the image may still name this node leader in an epoch its previous incarnation led,
+/// whose unflushed tail a crash may have lost while followers kept it. The controller accepts
+/// the new incarnation only after fencing the old one, which moves those leaderships to new
+/// epochs.
+pub(crate) fn reconcile(
+    config: &BrokerConfig,
+    registry: &Registry,
+    image: &Image,
+    incarnation: u64,
+) -> Reconciled {
     let node = config.node_id;
+    let registered =
+        image.state.broker(node).is_some_and(|b| b.registration.incarnation == incarnation);
     let mut outcome = Reconciled::default();
     // Names first: holding the registry's `Arc<Topic>`s here would keep the deleted topics
     // alive, and their deletion waits for every holder to let go.
@@ -96,7 +109,7 @@ pub(crate) fn reconcile(config: &BrokerConfig, registry: &Registry, image: &Imag
             replica_lag_time_max_ms: config.replica_lag_time_max_ms,
             min_insync_replicas: config_now.min_insync_replicas(),
         };
-        for p in &meta.partitions {
+        for p in meta.partitions.iter().filter(|_| registered) {
             if let Some(Some(part)) = partitions.get(p.partition as usize) {
                 part.apply_assignment(&PartitionAssignment {
                     me: node,
@@ -219,6 +232,7 @@ pub(crate) async fn follow(
     registry: Arc<Registry>,
     mut images: watch::Receiver<Arc<Image>>,
     done: watch::Sender<u64>,
+    incarnation: u64,
     on_change: impl Fn(Reconciled) + Send + Sync + 'static,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -229,7 +243,7 @@ pub(crate) async fn follow(
             (config.clone(), registry.clone(), on_change.clone());
         let applied = image.applied;
         let ran = tokio::task::spawn_blocking(move || {
-            let outcome = reconcile(&config2, &registry2, &image);
+            let outcome = reconcile(&config2, &registry2, &image, incarnation);
             on_change2(outcome);
         })
         .await;

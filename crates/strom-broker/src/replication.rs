@@ -8,8 +8,9 @@
 //! burst of them (a broker died: every partition it followed shrinks) is sent one at a time
 //! and a full queue only delays a change (the next tick proposes it again).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::select_all;
 use strom_format::{LeaderEpoch, Offset};
@@ -28,6 +29,8 @@ pub(crate) const ISR_QUEUE_LEN: usize = 4096;
 const ISR_TICK: Duration = Duration::from_millis(250);
 /// Most partitions one follower fetch may name.
 const MAX_FETCH_PARTITIONS: usize = 10_000;
+/// A pending ISR change with no answer is sent again after this long.
+const ISR_RESEND_AFTER: Duration = Duration::from_secs(2);
 /// Longest an ISR change waits for the controller's answer before it is proposed again.
 const ALTER_PARTITION_PATIENCE: Duration = Duration::from_secs(3);
 /// Longest a leader holds a follower fetch, whatever the follower asks.
@@ -207,6 +210,8 @@ pub(crate) async fn isr_loop(broker: Weak<Broker>, mut proposals: mpsc::Receiver
     };
     let mut tick = tokio::time::interval(ISR_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When each partition's pending change was last sent, to resend those left unanswered.
+    let mut sent: HashMap<String, Instant> = HashMap::new();
     loop {
         let next = tokio::select! {
             p = proposals.recv() => match p { Some(p) => Some(p), None => return },
@@ -215,13 +220,27 @@ pub(crate) async fn isr_loop(broker: Weak<Broker>, mut proposals: mpsc::Receiver
         };
         let Some(broker) = broker.upgrade() else { return };
         match next {
-            Some((partition, change)) => send_isr_change(&broker, &partition, change).await,
+            Some((partition, change)) => {
+                sent.insert(partition.name().to_string(), Instant::now());
+                send_isr_change(&broker, &partition, change).await;
+            }
             None => {
+                let mut still_pending = HashMap::new();
                 for p in broker.registry().partitions() {
                     if let Some(change) = p.leader_tick() {
                         broker.propose_isr_change((p, change));
+                    } else if let Some(change) = p.pending_isr_change() {
+                        // No answer came (lost, or the controller moved): the same change
+                        // again, never a different one, so a late copy cannot contradict it.
+                        let last = sent.get(p.name()).copied();
+                        if last.is_none_or(|t| t.elapsed() >= ISR_RESEND_AFTER) {
+                            broker.propose_isr_change((p.clone(), change));
+                        }
+                        still_pending
+                            .insert(p.name().to_string(), last.unwrap_or_else(Instant::now));
                     }
                 }
+                sent.retain(|name, _| still_pending.contains_key(name));
             }
         }
     }
@@ -249,9 +268,29 @@ async fn send_isr_change(broker: &Broker, partition: &Partition, change: IsrChan
         // node applies it. Unchanged: nothing will come, so clear it now.
         Ok(true) => {}
         Ok(false) => partition.isr_change_failed(),
-        Err(e) => {
+        // A definite refusal: the change will never commit, so the leader may compute anew.
+        Err(e) if is_refusal(e.code) => {
             tracing::info!(partition = partition.name(), error = %e, "ISR change refused");
             partition.isr_change_failed();
         }
+        // No answer, or no controller: the change may still commit. It stays pending (the
+        // high watermark keeps counting an added member) and is sent again.
+        Err(e) => {
+            tracing::debug!(partition = partition.name(), error = %e, "ISR change unanswered; will resend");
+        }
     }
+}
+
+/// Whether the controller's answer means the change can never commit as sent. A stale
+/// partition epoch is not one: another change (maybe this one, answered late) committed, and
+/// the pending change stays until the image that carries it clears it.
+fn is_refusal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::FencedLeaderEpoch
+            | ErrorCode::IneligibleReplica
+            | ErrorCode::NotLeaderOrFollower
+            | ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::InvalidRequest
+    )
 }

@@ -111,7 +111,12 @@ impl Partition {
         self.leader.lock().as_mut().and_then(|s| s.tick(now_ms()))
     }
 
-    /// The controller refused (or never got) this partition's pending ISR change.
+    /// The ISR change waiting for the controller, if any.
+    pub(crate) fn pending_isr_change(&self) -> Option<IsrChange> {
+        self.leader.lock().as_ref().and_then(|s| s.pending().cloned())
+    }
+
+    /// The controller definitely refused this partition's pending ISR change.
     pub(crate) fn isr_change_failed(&self) {
         if let Some(state) = self.leader.lock().as_mut() {
             state.isr_change_failed();

@@ -67,7 +67,10 @@ pub(super) fn find_coordinator(
             })
         });
         match found {
-            Ok(b) => base.with_node_id(BrokerId(b.node_id)).with_host(str_bytes(&b.host)).with_port(b.port),
+            Ok(b) => base
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port),
             Err(e) => base
                 .with_error_code(COORDINATOR_NOT_AVAILABLE)
                 .with_error_message(Some(str_bytes(&e.message)))
