@@ -7,6 +7,8 @@
 //! Prints what it measured: failover time per kill (from the kill to the next acknowledged
 //! record), records acknowledged, records lost (must be 0).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -97,6 +97,8 @@ pub(crate) async fn serve_replica_fetch(
 }
 
 type Answered = Vec<(Result<FollowerAnswer, ApiError>, (String, i32))>;
+/// One partition to serve: the partition (or why not), what the follower asked, its name.
+type Job = (Result<Arc<Partition>, ApiError>, FollowerFetch, (String, i32));
 
 async fn serve_round(
     broker: &Broker,
@@ -105,7 +107,7 @@ async fn serve_round(
     partitions: &[Result<Arc<Partition>, ApiError>],
 ) -> Answered {
     let mut budget = request.max_bytes.max(1) as usize;
-    let jobs: Vec<(Result<Arc<Partition>, ApiError>, FollowerFetch, (String, i32))> = request
+    let jobs: Vec<Job> = request
         .partitions
         .iter()
         .zip(partitions)
