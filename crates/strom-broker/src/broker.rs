@@ -214,18 +214,39 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Waits until the group coordinator serves (so every topic of the image is open too).
+    /// Waits until this process is registered, every partition it holds has a leader, the image
+    /// that says so is reconciled (every topic open, every replica in its role) and the group
+    /// coordinator serves. Single-node start only: there every partition is this node's.
     async fn wait_until_serving(&self, patience: Duration) -> Result<(), BrokerError> {
         let deadline = tokio::time::Instant::now() + patience;
         let mut reconciled = self.reconciled.clone();
+        let mut images = self.quorum.image();
         loop {
-            if self.coordinator.read().is_some() {
+            let registered_at = {
+                let image = images.borrow_and_update();
+                let me = self.config.node_id;
+                // Registered, and the elections that follow registration are in: no partition
+                // of this node's is waiting for a leader.
+                let elected = image
+                    .state
+                    .partitions()
+                    .all(|(_, p)| !p.replicas.contains(&me) || p.leader != NO_LEADER);
+                image
+                    .state
+                    .broker(me)
+                    .filter(|b| b.registration.incarnation == self.incarnation && !b.fenced)
+                    .filter(|_| elected)
+                    .map(|_| image.applied)
+            };
+            let ready = registered_at.is_some_and(|at| *reconciled.borrow_and_update() >= at);
+            if ready && self.coordinator.read().is_some() {
                 return Ok(());
             }
             tokio::select! {
                 changed = reconciled.changed() => if changed.is_err() {
                     return Err(BrokerError::Internal("the replica manager stopped".into()));
                 },
+                _ = images.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(BrokerError::Internal(format!(
                         "the broker did not become ready within {patience:?}"

@@ -1,43 +1,29 @@
-//! The Strom broker: topics, partitions and their logs served over gRPC (`strom.v1.Broker`,
-//! `strom.v1.Admin` and `strom.v1.Group`). One process is controller and broker at once; replication and the Raft
-//! metadata quorum come later and slot in behind [`MetadataStore`] and the partition's high
-//! watermark.
+//! The Strom broker: topics, partitions and their replicated logs served over gRPC
+//! (`strom.v1.Broker`, `strom.v1.Admin`, `strom.v1.Group`, and node-to-node `strom.v1.Quorum`
+//! and `strom.v1.Replication`), one node of a cluster whose metadata lives in a Raft quorum.
 //!
-//! - [`Broker`]: the core, no network: create/delete/describe topics, produce, long-poll fetch,
-//!   list offsets, background flush and retention, clean shutdown.
+//! - [`Broker`]: the core, no network: create/delete/describe topics and alter their configs,
+//!   produce (acks 0/1/all), long-poll fetch, list offsets, background flush and retention,
+//!   controlled shutdown.
 //! - [`BrokerServer`] / [`serve`]: the tonic server around it.
-//! - Consumer groups: the broker is the coordinator of every group. At start it creates
-//!   `__consumer_offsets` (`offsets_topic_num_partitions`, unlimited retention) if missing,
-//!   replays it into a [`strom_coordinator::OffsetStore`] and serves the coordinator over
-//!   `strom.v1.Group`. Commits are appended through the topic's partitions (high watermark,
-//!   fetch wake-ups) and fsynced; clients may fetch the topic but not produce to or delete it.
-//!   Deleting a topic deletes its committed offsets.
 //! - [`BrokerConfig`]: settings (TOML), per-topic overrides with Kafka's names.
 //!
 //! # Decisions
 //!
-//! - **High watermark and acks.** One node is the whole ISR, so a partition's high watermark
-//!   moves to its log end offset as soon as an append returns; acks 0, 1 and all are the same
-//!   ("in the leader's log"), and an acknowledged record is on stable storage only when the
-//!   topic's flush policy (`flush.messages` / `flush.ms`) says so. After a restart the high
-//!   watermark starts at the recovered log end offset. Fetches never return records at or
-//!   above it, so replication only has to change where it moves.
-//! - **Metadata** lives in `<data_dir>/strom-metadata.toml` behind [`MetadataStore`], replaced
-//!   atomically (temp file, fsync, rename, fsync dir). One controller thread applies topic
-//!   changes one at a time: persist first, then open/delete logs and publish them to request
-//!   handlers. A Raft quorum will replace the store and the thread, not the handlers.
+//! - **Metadata** is a Raft log (`strom-quorum`) behind [`QuorumLog`]; the active controller
+//!   (`controller.rs`) proposes records, every node applies the committed image
+//!   (`replicas.rs`): it opens the logs of its replicas and gives each its role.
+//! - **Replication** is Kafka's ISR model with leader epochs: followers fetch from leaders
+//!   (`fetcher.rs`), the leader's high watermark and ISR changes come from
+//!   `strom-replication` (`partition.rs`, `partition/replica.rs`, `replication.rs`), acks=all
+//!   waits for the ISR. Consumers read from leaders, below the high watermark.
+//! - **Consumer groups**: the coordinator of a group is the leader of its `__consumer_offsets`
+//!   partition; commits are appended with acks=all and fsynced.
 //! - **Partitions** are directories `<data_dir>/<topic>-<partition>` as in Kafka, each a
-//!   `strom_log::Log`. The data directory is locked (`flock` on `.lock`) against a second
-//!   broker. Deleting a topic persists the deletion, wakes fetches parked on it, waits
-//!   (bounded) for in-flight requests to let go, and deletes the logs.
-//! - **Fetch** long-polls on per-partition `watch` channels carrying the high watermark: it
-//!   answers at `min_bytes`, on any partition error, at `max_wait_ms` (capped by
-//!   `fetch_max_wait_ms`), or when shutdown begins. The first batch of the first partition
-//!   with data is returned even beyond `max_bytes`/`partition_max_bytes`; later partitions
-//!   stay within the limits. A read continues across segment boundaries up to the limit.
-//! - **Shutdown** stops accepting, answers parked fetches, drains requests (up to
-//!   `shutdown_timeout_ms`), stops the controller, then closes every log (flush + the log's
-//!   clean-shutdown marker).
+//!   `strom_log::Log`. The data directory is locked (`flock` on `.lock`).
+//! - **Fetch** long-polls on per-partition `watch` channels carrying the high watermark.
+//! - **Shutdown** moves leadership away (controlled shutdown), stops accepting, answers parked
+//!   fetches, drains requests (up to `shutdown_timeout_ms`), then closes every log.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), strom_broker::BrokerError> {
