@@ -1,7 +1,7 @@
 //! Replication across real `strom-broker` processes: 3 brokers, a topic with replication factor
 //! 3 and `min.insync.replicas=2`, a producer (the SDK, acks=all) running at full speed while
 //! the partition's leader is killed with SIGKILL and restarted 20 times, then a follower
-//! killed, then the leader frozen past its session and thawed. Afterwards every acknowledged
+//! killed, then the leader frozen for 20 s (replaced meanwhile) and thawed. Afterwards every acknowledged
 //! record must be readable at the offset it was acknowledged with, in order, offsets dense.
 //!
 //! Prints what it measured: failover time per kill (from the kill to the next acknowledged
@@ -94,6 +94,25 @@ async fn read_all(bootstrap: String, end: i64) -> Vec<(i64, String)> {
     out
 }
 
+/// Creates `topic` with `partitions` partitions, 3 replicas each, `min.insync.replicas=2`.
+fn create_rf3_topic(addr: &str, topic: &str, partitions: u32) {
+    let partitions = partitions.to_string();
+    let args = [
+        "--bootstrap",
+        addr,
+        "topics",
+        "create",
+        topic,
+        "--partitions",
+        &partitions,
+        "--replication-factor",
+        "3",
+        "--config",
+        "min.insync.replicas=2",
+    ];
+    run_ok("strom-admin", &args, None);
+}
+
 /// Leader, ISR and high watermark of partition 0, as `addr` describes it.
 fn partition0(addr: &str) -> Option<(i64, Vec<i64>, i64)> {
     let v = admin_json(addr, &["topics", "describe", TOPIC])?;
@@ -121,23 +140,7 @@ fn acknowledged_records_survive_leader_kills_follower_kill_and_a_frozen_leader()
     let mut cluster = Cluster::start_with(3, &["--replica-lag-time-max-ms", "2000"]);
     let ids = [1, 2, 3];
     wait_for("3 nodes active", || all_active(&cluster.node(1).addr, &ids));
-    run_ok(
-        "strom-admin",
-        &[
-            "--bootstrap",
-            &cluster.node(1).addr,
-            "topics",
-            "create",
-            TOPIC,
-            "--partitions",
-            "1",
-            "--replication-factor",
-            "3",
-            "--config",
-            "min.insync.replicas=2",
-        ],
-        None,
-    );
+    create_rf3_topic(&cluster.node(1).addr, TOPIC, 1);
     wait_for("partition 0 with a full ISR", || {
         let (leader, isr, _) = partition0(&cluster.node(2).addr)?;
         (leader > 0 && isr.len() == 3).then_some(())
@@ -217,7 +220,8 @@ fn acknowledged_records_survive_leader_kills_follower_kill_and_a_frozen_leader()
         "leader {leader} frozen: node {replacement} leads {:.2}s later",
         frozen.elapsed().as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Frozen for 20 s in all, as a long GC pause or a stalled disk would.
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(frozen.elapsed()));
     cluster.node(leader).thaw();
     let (_, rejoined) = wait_for("the thawed node back in the ISR", || {
         let (_, isr, _) = partition0(&observer(&cluster, &[leader]))?;
@@ -356,23 +360,7 @@ fn a_group_and_a_producer_ride_through_a_coordinator_kill_and_a_rolling_restart(
     let mut cluster = Cluster::start_with(3, &["--replica-lag-time-max-ms", "2000"]);
     let ids = [1, 2, 3];
     wait_for("3 nodes active", || all_active(&cluster.node(1).addr, &ids));
-    run_ok(
-        "strom-admin",
-        &[
-            "--bootstrap",
-            &cluster.node(1).addr,
-            "topics",
-            "create",
-            "events",
-            "--partitions",
-            "3",
-            "--replication-factor",
-            "3",
-            "--config",
-            "min.insync.replicas=2",
-        ],
-        None,
-    );
+    create_rf3_topic(&cluster.node(1).addr, "events", 3);
     let bootstrap = cluster.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
     wait_for("__consumer_offsets replicated 3 ways", || {
         let v = admin_json(&cluster.node(1).addr, &["topics", "describe", "__consumer_offsets"])?;

@@ -126,11 +126,7 @@ impl Peers {
         let response =
             client.broker_heartbeat(Self::forwarded(request)).await.map_err(unreachable)?;
         let response = response.into_inner();
-        match ErrorCode::try_from(response.error_code) {
-            Ok(ErrorCode::None) => Ok(()),
-            Ok(code) => Err(ApiError::new(code, response.error_message)),
-            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
-        }
+        answered(response.error_code, response.error_message)
     }
 }
 
@@ -147,11 +143,7 @@ impl Peers {
         let response =
             client.alter_partition(Self::forwarded(request)).await.map_err(unreachable)?;
         let response = response.into_inner();
-        match ErrorCode::try_from(response.error_code) {
-            Ok(ErrorCode::None) => Ok(true),
-            Ok(code) => Err(ApiError::new(code, response.error_message)),
-            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
-        }
+        answered(response.error_code, response.error_message).map(|()| true)
     }
 
     /// Changes a topic's config through the active controller.
@@ -169,11 +161,7 @@ impl Peers {
         };
         let response = client.alter_configs(Self::forwarded(request)).await.map_err(unreachable)?;
         let response = response.into_inner();
-        match ErrorCode::try_from(response.error_code) {
-            Ok(ErrorCode::None) => Ok(()),
-            Ok(code) => Err(ApiError::new(code, response.error_message)),
-            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
-        }
+        answered(response.error_code, response.error_message)
     }
 
     /// Asks the active controller to move leadership off `node_id` before it stops.
@@ -191,11 +179,17 @@ impl Peers {
         let response =
             client.controlled_shutdown(Self::forwarded(request)).await.map_err(unreachable)?;
         let response = response.into_inner();
-        match ErrorCode::try_from(response.error_code) {
-            Ok(ErrorCode::None) => Ok(()),
-            Ok(code) => Err(ApiError::new(code, response.error_message)),
-            Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, response.error_message)),
-        }
+        answered(response.error_code, response.error_message)
+    }
+}
+
+/// A peer's answer as a result: `NONE` is `Ok`, any other code (unknown ones as
+/// UNKNOWN_SERVER_ERROR) an error with the peer's message.
+fn answered(code: i32, message: String) -> Result<(), ApiError> {
+    match ErrorCode::try_from(code) {
+        Ok(ErrorCode::None) => Ok(()),
+        Ok(code) => Err(ApiError::new(code, message)),
+        Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, message)),
     }
 }
 

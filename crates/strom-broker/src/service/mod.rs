@@ -14,6 +14,23 @@ use strom_proto::v1::ErrorCode;
 
 use crate::error::ApiError;
 
+/// INCONSISTENT_CLUSTER_ID (code and message, logged) for a peer request of another cluster.
+pub(crate) fn foreign_peer(
+    broker: &crate::broker::Broker,
+    cluster_id: &str,
+) -> Option<(i32, String)> {
+    (cluster_id != broker.cluster_id()).then(|| {
+        tracing::warn!(peer_cluster = cluster_id, "refused a peer of another cluster");
+        (
+            ErrorCode::InconsistentClusterId as i32,
+            format!(
+                "this node belongs to cluster {}, the peer to {cluster_id}",
+                broker.cluster_id()
+            ),
+        )
+    })
+}
+
 /// The `(error_code, error_message)` pair of a response entry.
 pub(crate) fn error_fields<T>(result: &Result<T, ApiError>) -> (i32, String) {
     match result {

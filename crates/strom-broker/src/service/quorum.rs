@@ -23,16 +23,7 @@ impl QuorumService {
     }
 
     fn foreign(&self, cluster_id: &str) -> Option<(i32, String)> {
-        (cluster_id != self.broker.cluster_id()).then(|| {
-            tracing::warn!(peer_cluster = cluster_id, "refused a peer of another cluster");
-            (
-                ErrorCode::InconsistentClusterId as i32,
-                format!(
-                    "this node belongs to cluster {}, the peer to {cluster_id}",
-                    self.broker.cluster_id()
-                ),
-            )
-        })
+        crate::service::foreign_peer(&self.broker, cluster_id)
     }
 }
 

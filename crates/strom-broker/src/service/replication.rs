@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use strom_proto::v1 as pb;
-use strom_proto::v1::ErrorCode;
 use tonic::{Request, Response, Status};
 
 use crate::broker::Broker;
@@ -25,16 +24,7 @@ impl ReplicationService {
     }
 
     fn foreign(&self, cluster_id: &str) -> Option<(i32, String)> {
-        (cluster_id != self.broker.cluster_id()).then(|| {
-            tracing::warn!(peer_cluster = cluster_id, "refused a peer of another cluster");
-            (
-                ErrorCode::InconsistentClusterId as i32,
-                format!(
-                    "this node belongs to cluster {}, the peer to {cluster_id}",
-                    self.broker.cluster_id()
-                ),
-            )
-        })
+        crate::service::foreign_peer(&self.broker, cluster_id)
     }
 }
 
