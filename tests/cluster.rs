@@ -90,7 +90,11 @@ fn three_nodes_one_cluster_through_freeze_controller_kill_and_full_restart() {
     println!("thawed node {frozen} leads again after {:.2}s", rejoined_after.as_secs_f64());
 
     // kill -9 of the active controller: a new one is elected and serves topic creation.
-    let (_, controller) = cluster_view(&cluster.node(1).addr).expect("cluster view");
+    // Node 1 may have been the frozen one and not know the controller yet: wait until it does.
+    let (controller, _) = wait_for("a known controller", || {
+        let (_, c) = cluster_view(&cluster.node(1).addr)?;
+        (c > 0).then_some(c)
+    });
     let survivor = ids.iter().copied().find(|id| *id != controller).expect("survivor");
     cluster.node_mut(controller).kill();
     let killed_at = Instant::now();
