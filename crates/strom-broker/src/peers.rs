@@ -22,6 +22,9 @@ use crate::types::NewTopic;
 pub(crate) const FORWARDED_HEADER: &str = "strom-forwarded";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 flow-control windows of peer channels (receive side: follower fetch responses).
+const PEER_STREAM_WINDOW: u32 = 16 << 20;
+const PEER_CONNECTION_WINDOW: u32 = 32 << 20;
 /// Peer channels kept; more peers than this means something is wrong, and the cache restarts.
 const MAX_PEERS: usize = 1024;
 
@@ -49,7 +52,11 @@ impl Peers {
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Follower fetches carry megabytes: h2's default 64 KiB windows would stall every
+            // response on window updates.
+            .initial_stream_window_size(PEER_STREAM_WINDOW)
+            .initial_connection_window_size(PEER_CONNECTION_WINDOW);
         let channel = endpoint.connect_lazy();
         if channels.len() >= MAX_PEERS {
             channels.clear();
