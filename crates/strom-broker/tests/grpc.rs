@@ -710,3 +710,50 @@ async fn a_pre_quorum_data_dir_is_migrated_into_the_metadata_log() {
     assert_eq!(h.describe("old").await.partitions.len(), 2);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_configs_are_altered_as_a_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(dir.path())).await;
+    h.create("settings", 1, &[("retention.ms", "60000")]).await;
+    let alter = |set: &[(&str, &str)], delete: &[&str]| pb::AlterConfigsRequest {
+        topic: "settings".into(),
+        set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        delete: delete.iter().map(|k| k.to_string()).collect(),
+        validate_only: false,
+    };
+
+    let ok = h
+        .admin
+        .alter_configs(alter(&[("min.insync.replicas", "1"), ("segment.ms", "3600000")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.error_code(), ErrorCode::None, "{}", ok.error_message);
+    let d = h.describe("settings").await;
+    assert_eq!(d.configs["segment.ms"], "3600000");
+    assert_eq!(d.configs["min.insync.replicas"], "1");
+
+    // One bad value refuses the whole change: the good one is not applied either.
+    let bad = h
+        .admin
+        .alter_configs(alter(&[("retention.ms", "1"), ("segment.bytes", "0")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bad.error_code(), ErrorCode::InvalidConfig);
+    assert_eq!(h.describe("settings").await.configs["retention.ms"], "60000");
+
+    // Removing an override falls back to the broker default.
+    let removed = h.admin.alter_configs(alter(&[], &["retention.ms"])).await.unwrap().into_inner();
+    assert_eq!(removed.error_code(), ErrorCode::None, "{}", removed.error_message);
+    assert_eq!(h.describe("settings").await.configs["retention.ms"], "604800000");
+
+    let unknown = h
+        .admin
+        .alter_configs(pb::AlterConfigsRequest { topic: "nope".into(), ..alter(&[], &[]) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unknown.error_code(), ErrorCode::UnknownTopicOrPartition);
+}
