@@ -332,3 +332,66 @@ sys.exit(0 if len(got) == 3 else 1)
         text(&out)
     );
 }
+
+/// A 3-node cluster seen through Kafka's protocol: every node's Metadata lists all three
+/// brokers (their Kafka listeners) and the controller; records produced through one node to an
+/// RF-3 topic are read through another; a kcat group consumes and commits through the group's
+/// coordinator, wherever it is.
+#[test]
+fn kcat_against_a_three_node_cluster() {
+    use common::cluster::{Cluster, all_active, wait_for};
+    let kcat = kcat();
+    let mut cluster = Cluster::start(3);
+    wait_for("3 nodes active", || all_active(&cluster.node(1).addr, &[1, 2, 3]));
+    let kafka: Vec<String> = (1..=3).map(|id| cluster.node_mut(id).kafka_addr()).collect();
+    // Registrations carry the Kafka address once each listener is bound.
+    let (listing, _) = wait_for("every node's Kafka listener in Metadata", || {
+        let out = Command::new(kcat).args(["-b", &kafka[0], "-L"]).output().ok()?;
+        let listing = text(&out);
+        kafka.iter().all(|k| listing.contains(k.as_str())).then_some(listing)
+    });
+    assert!(listing.contains(" 3 brokers:"), "{listing}");
+    assert!(listing.contains("(controller)"), "{listing}");
+    common::run_ok(
+        "strom-admin",
+        &[
+            "--bootstrap",
+            &cluster.node(1).addr,
+            "topics",
+            "create",
+            "kt",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    let input: String = (0..300).map(|i| format!("k{i}:v{i}\n")).collect();
+    let out = run_with_stdin(
+        Command::new(kcat).args(["-b", &kafka[1], "-P", "-t", "kt", "-K:"]),
+        input.as_bytes(),
+    );
+    assert!(out.status.success(), "kcat produce: {}", text(&out));
+    let out = Command::new(kcat)
+        .args(["-b", &kafka[2], "-C", "-t", "kt", "-o", "beginning", "-e", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).lines().filter(|l| l.starts_with('v')).count(), 300, "{}", text(&out));
+    let out = Command::new(kcat)
+        .args(["-b", &kafka[0], "-C", "-G", "kgroup", "-o", "beginning", "-e", "-q", "kt"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).lines().filter(|l| l.starts_with('v')).count(), 300, "{}", text(&out));
+    let described = common::run_ok(
+        "strom-admin",
+        &["--bootstrap", &cluster.node(3).addr, "--output", "json", "groups", "describe", "kgroup"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let committed: i64 = v[0]["offsets"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|p| p["committed"].as_i64()).sum())
+        .unwrap_or(-1);
+    assert_eq!(committed, 300, "the group committed every record: {described}");
+}

@@ -29,6 +29,9 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct BrokerProcess {
     child: Option<Child>,
     pub addr: String,
+    /// The Kafka listener's address, as the broker printed it (read by `kafka_addr`).
+    kafka: Option<mpsc::Receiver<String>>,
+    kafka_addr: Option<String>,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
 }
@@ -99,6 +102,7 @@ impl BrokerProcess {
             .spawn()
             .expect("spawn strom-broker");
         let (tx, rx) = mpsc::channel();
+        let (ktx, krx) = mpsc::channel();
         // The listening line may come on stdout or stderr; both are drained for the process's
         // whole life so it never blocks on a full pipe.
         for stream in [
@@ -106,10 +110,15 @@ impl BrokerProcess {
             Box::new(child.stderr.take().unwrap()),
         ] {
             let tx = tx.clone();
+            let ktx = ktx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if std::env::var_os("STROM_TEST_VERBOSE").is_some() {
                         eprintln!("[broker] {line}");
+                    }
+                    if let Some(rest) = line.split("kafka protocol on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = ktx.send(addr);
                     }
                     if let Some(rest) = line.split("listening on ").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
@@ -125,7 +134,24 @@ impl BrokerProcess {
                 panic!("strom-broker did not report its address in {START_TIMEOUT:?}");
             }
         };
-        BrokerProcess { child: Some(child), addr, data_dir: data_dir.to_path_buf(), extra_args }
+        BrokerProcess {
+            child: Some(child),
+            addr,
+            kafka: Some(krx),
+            kafka_addr: None,
+            data_dir: data_dir.to_path_buf(),
+            extra_args,
+        }
+    }
+
+    /// The address of its Kafka listener (waits for the broker to have printed it).
+    pub fn kafka_addr(&mut self) -> String {
+        if let Some(rx) = self.kafka.take() {
+            let addr =
+                rx.recv_timeout(START_TIMEOUT).expect("the broker printed its Kafka address");
+            self.kafka_addr = Some(addr);
+        }
+        self.kafka_addr.clone().expect("Kafka address known")
     }
 
     pub fn pid(&self) -> i32 {
