@@ -29,7 +29,8 @@ const IN_FLIGHT: usize = 256;
 /// What the producer was told.
 #[derive(Default)]
 struct Acked {
-    /// offset -> value of every acknowledged record.
+    /// `partition << 40 | offset` -> value of every acknowledged record (the offset alone for
+    /// partition 0).
     records: Mutex<BTreeMap<i64, String>>,
     /// Every failed delivery (acks=all with retries: none expected).
     errors: Mutex<Vec<String>>,
@@ -37,34 +38,38 @@ struct Acked {
     last: Mutex<Option<Instant>>,
 }
 
-/// Sends `v0, v1, ...` to partition 0 until `stop`, awaiting deliveries in order with up to
-/// [`IN_FLIGHT`] outstanding.
-async fn produce(bootstrap: String, stop: Arc<AtomicBool>, acked: Arc<Acked>) {
-    let mut config = ProducerConfig::new(bootstrap);
-    config.acks = Acks::All;
-    config.linger = Duration::from_millis(1);
-    config.delivery_timeout = Duration::from_secs(120);
-    config.request_timeout = Duration::from_secs(5);
+/// Sends `record(0)`, `record(1)`, ... until `stop`, awaiting deliveries in order with up to
+/// [`IN_FLIGHT`] outstanding. `pace`: a short pause every 64 sends, a steady load rather than a
+/// flood (where the point is errors, not throughput).
+async fn produce(
+    config: ProducerConfig,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Acked>,
+    pace: bool,
+    record: impl Fn(u64) -> (String, ProducerRecord),
+) {
     let producer = Producer::new(config).await.expect("producer");
     let mut pending = std::collections::VecDeque::new();
     let mut i = 0u64;
     while !stop.load(Ordering::Acquire) || !pending.is_empty() {
         if !stop.load(Ordering::Acquire) && pending.len() < IN_FLIGHT {
-            let value = format!("v{i}");
-            let record =
-                ProducerRecord::new(TOPIC).partition(PartitionId::new(0)).value(value.clone());
+            let (value, record) = record(i);
             match producer.send(record).await {
                 Ok(delivery) => pending.push_back((value, delivery)),
                 Err(e) => acked.errors.lock().unwrap().push(format!("send {value}: {e}")),
             }
             i += 1;
+            if pace && i % 64 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             continue;
         }
         let Some((value, delivery)) = pending.pop_front() else { continue };
         match delivery.await {
             Ok(meta) => {
                 let offset = meta.offset.expect("acks=all reports offsets").get();
-                let previous = acked.records.lock().unwrap().insert(offset, value.clone());
+                let key = i64::from(meta.partition.get()) << 40 | offset;
+                let previous = acked.records.lock().unwrap().insert(key, value.clone());
                 assert!(previous.is_none(), "offset {offset} acknowledged twice");
                 *acked.last.lock().unwrap() = Some(Instant::now());
             }
@@ -72,6 +77,14 @@ async fn produce(bootstrap: String, stop: Arc<AtomicBool>, acked: Arc<Acked>) {
         }
     }
     producer.close().await;
+}
+
+/// An acks=all producer with a 5 s request timeout (a frozen leader is given up on quickly).
+fn producer_config(bootstrap: &str) -> ProducerConfig {
+    let mut config = ProducerConfig::new(bootstrap);
+    config.acks = Acks::All;
+    config.request_timeout = Duration::from_secs(5);
+    config
 }
 
 /// Every record of partition 0 from the beginning up to `end`, as (offset, value).
@@ -121,6 +134,14 @@ fn partition0(addr: &str) -> Option<(i64, Vec<i64>, i64)> {
     Some((p["leader"].as_i64()?, isr, p["high_watermark"].as_i64().unwrap_or(-1)))
 }
 
+/// Leader and ISR of partition 0 once it has a leader and all three replicas in sync, as node 1
+/// (or, while it is down, node 2) describes it.
+fn full_isr(cluster: &Cluster) -> Option<(i64, Vec<i64>)> {
+    let (leader, isr, _) =
+        partition0(&cluster.node(1).addr).or_else(|| partition0(&cluster.node(2).addr))?;
+    (leader > 0 && isr.len() == 3).then_some((leader, isr))
+}
+
 /// A node other than `not` that answers admin requests.
 fn observer(cluster: &Cluster, not: &[i64]) -> String {
     let id = (1..=3).find(|n| !not.contains(n)).expect("an observer");
@@ -154,18 +175,18 @@ fn acknowledged_records_survive_leader_kills_follower_kill_and_a_frozen_leader()
         .enable_all()
         .build()
         .expect("runtime");
-    let producer = runtime.spawn(produce(bootstrap.clone(), stop.clone(), acked.clone()));
+    let mut config = producer_config(&bootstrap);
+    config.linger = Duration::from_millis(1);
+    let producer = runtime.spawn(produce(config, stop.clone(), acked.clone(), false, |i| {
+        let value = format!("v{i}");
+        (value.clone(), ProducerRecord::new(TOPIC).partition(PartitionId::new(0)).value(value))
+    }));
     wait_acked_after(&acked, Instant::now(), "first acknowledgement");
 
     // The leader dies 20 times; each time a follower from the ISR takes over.
     let mut failovers = Vec::new();
     for round in 1..=KILLS {
-        let (leader, _, _) = wait_for("a leader with a full ISR", || {
-            let (leader, isr, hw) =
-                partition0(&cluster.node(1).addr).or_else(|| partition0(&cluster.node(2).addr))?;
-            (leader > 0 && isr.len() == 3).then_some((leader, isr, hw))
-        })
-        .0;
+        let (leader, _) = wait_for("a leader with a full ISR", || full_isr(&cluster)).0;
         cluster.node_mut(leader).kill();
         let killed = Instant::now();
         let failover = wait_acked_after(&acked, killed, "an acknowledgement after the kill");
@@ -183,11 +204,7 @@ fn acknowledged_records_survive_leader_kills_follower_kill_and_a_frozen_leader()
     }
 
     // A follower dies: the ISR shrinks to 2 (>= min.insync.replicas) and acks go on.
-    let (leader, isr, _) = wait_for("a full ISR again", || {
-        let (l, isr, hw) = partition0(&cluster.node(1).addr)?;
-        (l > 0 && isr.len() == 3).then_some((l, isr, hw))
-    })
-    .0;
+    let (leader, isr) = wait_for("a full ISR again", || full_isr(&cluster)).0;
     let follower = *isr.iter().find(|n| **n != leader).expect("a follower");
     cluster.node_mut(follower).kill();
     let killed = Instant::now();
@@ -204,11 +221,7 @@ fn acknowledged_records_survive_leader_kills_follower_kill_and_a_frozen_leader()
 
     // The leader freezes past its session: replaced; thawed, it truncates what only it has and
     // follows.
-    let (leader, _, _) = wait_for("a full ISR before the freeze", || {
-        let (l, isr, hw) = partition0(&cluster.node(1).addr)?;
-        (l > 0 && isr.len() == 3).then_some((l, isr, hw))
-    })
-    .0;
+    let (leader, _) = wait_for("a full ISR before the freeze", || full_isr(&cluster)).0;
     cluster.node(leader).freeze();
     let frozen = Instant::now();
     let (replacement, _) = wait_for("a new leader while the old one is frozen", || {
@@ -314,47 +327,6 @@ async fn consume(
     let _ = consumer.close().await;
 }
 
-/// Keyed records to `events` until `stop`; every delivery must succeed.
-async fn produce_events(bootstrap: String, stop: Arc<AtomicBool>, acked: Arc<Acked>) {
-    let mut config = ProducerConfig::new(bootstrap);
-    config.acks = Acks::All;
-    config.request_timeout = Duration::from_secs(5);
-    let producer = Producer::new(config).await.expect("producer");
-    let mut pending = std::collections::VecDeque::new();
-    let mut i = 0u64;
-    while !stop.load(Ordering::Acquire) || !pending.is_empty() {
-        if !stop.load(Ordering::Acquire) && pending.len() < IN_FLIGHT {
-            let value = format!("e{i}");
-            let record =
-                ProducerRecord::new("events").key(format!("k{}", i % 97)).value(value.clone());
-            match producer.send(record).await {
-                Ok(delivery) => pending.push_back((value, delivery)),
-                Err(e) => acked.errors.lock().unwrap().push(format!("send {value}: {e}")),
-            }
-            i += 1;
-            if i % 64 == 0 {
-                // A steady load, not a flood: the point here is errors, not throughput.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            continue;
-        }
-        let Some((value, delivery)) = pending.pop_front() else { continue };
-        match delivery.await {
-            Ok(meta) => {
-                let offset = meta.offset.expect("offset").get();
-                acked
-                    .records
-                    .lock()
-                    .unwrap()
-                    .insert(i64::from(meta.partition.get()) << 40 | offset, value);
-                *acked.last.lock().unwrap() = Some(Instant::now());
-            }
-            Err(e) => acked.errors.lock().unwrap().push(format!("{value}: {e}")),
-        }
-    }
-    producer.close().await;
-}
-
 #[test]
 fn a_group_and_a_producer_ride_through_a_coordinator_kill_and_a_rolling_restart() {
     let mut cluster = Cluster::start_with(3, &["--replica-lag-time-max-ms", "2000"]);
@@ -376,8 +348,17 @@ fn a_group_and_a_producer_ride_through_a_coordinator_kill_and_a_rolling_restart(
     let stop_consumer = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Acked::default());
     let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
-    let producer =
-        runtime.spawn(produce_events(bootstrap.clone(), stop_producer.clone(), acked.clone()));
+    let producer = runtime.spawn(produce(
+        producer_config(&bootstrap),
+        stop_producer.clone(),
+        acked.clone(),
+        true,
+        |i| {
+            let value = format!("e{i}");
+            let record = ProducerRecord::new("events").key(format!("k{}", i % 97));
+            (value.clone(), record.value(value))
+        },
+    ));
     let consumer = runtime.spawn(consume(bootstrap.clone(), stop_consumer.clone(), seen.clone()));
     wait_for("the group consuming", || (!seen.lock().unwrap().is_empty()).then_some(()));
 

@@ -361,32 +361,28 @@ impl Broker {
     /// included as soon as its listener is bound, even before its registration commits).
     pub fn kafka_brokers(&self) -> Vec<BrokerEndpoint> {
         let image = self.image();
-        let mut out: Vec<BrokerEndpoint> = image
-            .state
-            .live_brokers()
-            .into_iter()
-            .filter(|n| *n != self.config.node_id)
-            .filter_map(|n| self.kafka_endpoint_in(&image, n))
-            .collect();
-        if let Some(me) = self.kafka_advertised.read().as_deref().and_then(split_host_port) {
-            out.push(BrokerEndpoint { node_id: self.config.node_id, host: me.0, port: me.1 });
+        let me = self.config.node_id;
+        let mut nodes = image.state.live_brokers();
+        if !nodes.contains(&me) {
+            nodes.push(me);
+            nodes.sort_unstable();
         }
-        out.sort_by_key(|b| b.node_id);
-        out
+        nodes.into_iter().filter_map(|n| self.kafka_endpoint_in(&image, n)).collect()
     }
 
     /// Node `node`'s Kafka listener, if it is registered with one.
     pub fn kafka_endpoint(&self, node: NodeId) -> Option<BrokerEndpoint> {
-        if node == self.config.node_id {
-            let (host, port) = split_host_port(self.kafka_advertised.read().as_deref()?)?;
-            return Some(BrokerEndpoint { node_id: node, host, port });
-        }
         self.kafka_endpoint_in(&self.image(), node)
     }
 
+    /// This node's address is known before its registration carrying it commits.
     fn kafka_endpoint_in(&self, image: &Image, node: NodeId) -> Option<BrokerEndpoint> {
-        let b = image.state.broker(node)?;
-        let (host, port) = split_host_port(b.registration.kafka_address.as_deref()?)?;
+        let address = if node == self.config.node_id {
+            self.kafka_advertised.read().clone()?
+        } else {
+            image.state.broker(node)?.registration.kafka_address.clone()?
+        };
+        let (host, port) = split_host_port(&address)?;
         Some(BrokerEndpoint { node_id: node, host, port })
     }
 
@@ -431,15 +427,7 @@ impl Broker {
         &self,
         request: strom_proto::v1::AlterPartitionRequest,
     ) -> Result<bool, ApiError> {
-        let change = AlterPartition {
-            from: request.broker_id,
-            topic: request.topic.clone(),
-            partition: request.partition,
-            leader_epoch: request.leader_epoch,
-            partition_epoch: request.partition_epoch,
-            isr: request.new_isr.clone(),
-        };
-        match self.alter_partition_local(change, false).await {
+        match self.alter_partition_local(&request).await {
             Err(e) if e.code == ErrorCode::NotController => {
                 self.peers.alter_partition(&self.controller(), request).await
             }
@@ -450,10 +438,10 @@ impl Broker {
     /// An ISR change on this node's controller (NOT_CONTROLLER when it is not the active one).
     pub(crate) async fn alter_partition_local(
         &self,
-        change: AlterPartition,
-        _forward: bool,
+        request: &strom_proto::v1::AlterPartitionRequest,
     ) -> Result<bool, ApiError> {
-        self.controller_call(|reply| Command::AlterPartition { request: change, reply }).await
+        let request = AlterPartition::from(request);
+        self.controller_call(|reply| Command::AlterPartition { request, reply }).await
     }
 
     /// Controlled shutdown (Kafka's): stops heartbeating and asks the active controller to
@@ -871,11 +859,10 @@ impl Broker {
         let appender = p.clone();
         let (outcome, end, epoch) = run_blocking(move || {
             let p = appender;
-            let epoch = p.check_leader()?;
             if acks == -1 {
                 p.check_min_isr(ErrorCode::NotEnoughReplicas)?;
             }
-            let info = p.append(records)?;
+            let (info, epoch) = p.append(records)?;
             let outcome = ProduceOutcome {
                 base_offset: info.first_offset.get(),
                 log_start_offset: p.log_start_offset().get(),

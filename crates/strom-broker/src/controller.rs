@@ -82,6 +82,19 @@ pub(crate) struct AlterPartition {
     pub(crate) isr: Vec<i32>,
 }
 
+impl From<&strom_proto::v1::AlterPartitionRequest> for AlterPartition {
+    fn from(r: &strom_proto::v1::AlterPartitionRequest) -> Self {
+        AlterPartition {
+            from: r.broker_id,
+            topic: r.topic.clone(),
+            partition: r.partition,
+            leader_epoch: r.leader_epoch,
+            partition_epoch: r.partition_epoch,
+            isr: r.new_isr.clone(),
+        }
+    }
+}
+
 /// The error a node that is not the controller answers with; callers forward to the leader.
 pub(crate) fn not_controller() -> ApiError {
     ApiError::new(ErrorCode::NotController, "this node is not the active controller")

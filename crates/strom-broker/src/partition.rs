@@ -339,8 +339,9 @@ impl Partition {
 
     /// Appends batches as leader (validated by the log, offsets assigned, stamped with the
     /// leader epoch) and lets the replication state move the high watermark (at once when this
-    /// replica is the whole ISR). Blocking.
-    pub(crate) fn append(&self, records: Bytes) -> Result<AppendInfo, ApiError> {
+    /// replica is the whole ISR). Returns the epoch the batches were stamped with, the one an
+    /// acks=all wait must still lead in. Blocking.
+    pub(crate) fn append(&self, records: Bytes) -> Result<(AppendInfo, LeaderEpoch), ApiError> {
         self.check_live()?;
         if records.is_empty() {
             return Err(ApiError::new(ErrorCode::CorruptMessage, "no record batches in request"));
@@ -355,7 +356,7 @@ impl Partition {
         };
         self.publish_log_end();
         self.leader_log_moved();
-        Ok(info)
+        Ok((info, epoch))
     }
 
     /// The leader's log end moved (an append, or a cut after a failed write): the high
@@ -574,8 +575,7 @@ impl Partition {
 impl OffsetsLog for Partition {
     fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
         self.check_min_isr(ErrorCode::NotEnoughReplicas).map_err(OffsetsLogError::new)?;
-        let epoch = self.check_leader().map_err(OffsetsLogError::new)?;
-        let info = Partition::append(self, batch).map_err(OffsetsLogError::new)?;
+        let (info, epoch) = Partition::append(self, batch).map_err(OffsetsLogError::new)?;
         let deadline = tokio::time::Instant::now() + OFFSETS_COMMIT_TIMEOUT;
         let end = info.last_offset.next();
         // Called on a blocking thread (the coordinator's spawn_blocking).

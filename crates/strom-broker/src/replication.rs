@@ -8,7 +8,7 @@
 //! burst of them (a broker died: every partition it followed shrinks) is sent one at a time
 //! and a full queue only delays a change (the next tick proposes it again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -227,22 +227,22 @@ pub(crate) async fn isr_loop(broker: Weak<Broker>, mut proposals: mpsc::Receiver
                 send_isr_change(&broker, &partition, change).await;
             }
             None => {
-                let mut still_pending = HashMap::new();
+                let mut still_pending = HashSet::new();
                 for p in broker.registry().partitions() {
                     if let Some(change) = p.leader_tick() {
                         broker.propose_isr_change((p, change));
                     } else if let Some(change) = p.pending_isr_change() {
                         // No answer came (lost, or the controller moved): the same change
                         // again, never a different one, so a late copy cannot contradict it.
-                        let last = sent.get(p.name()).copied();
-                        if last.is_none_or(|t| t.elapsed() >= ISR_RESEND_AFTER) {
-                            broker.propose_isr_change((p.clone(), change));
+                        let due =
+                            sent.get(p.name()).is_none_or(|t| t.elapsed() >= ISR_RESEND_AFTER);
+                        still_pending.insert(p.name().to_string());
+                        if due {
+                            broker.propose_isr_change((p, change));
                         }
-                        still_pending
-                            .insert(p.name().to_string(), last.unwrap_or_else(Instant::now));
                     }
                 }
-                sent.retain(|name, _| still_pending.contains_key(name));
+                sent.retain(|name, _| still_pending.contains(name));
             }
         }
     }

@@ -54,7 +54,9 @@ impl KafkaListener {
         let advertised = config.advertised(local_addr)?;
         let max_frame = config.max_request_bytes;
         broker.set_kafka_address(format!("{}:{}", advertised.0, advertised.1));
-        let shared = Arc::new(Shared::new(broker, advertised));
+        // Metadata, DescribeCluster and FindCoordinator read it back from the broker, with
+        // every other node's.
+        let shared = Arc::new(Shared::new(broker));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared, max_frame, stopped));
         tracing::info!(addr = %local_addr, "Kafka protocol listener bound");

@@ -9,8 +9,6 @@ use strom_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::broker::Broker;
-use crate::controller::AlterPartition;
-use crate::peers::FORWARDED_HEADER;
 use crate::service::error_fields;
 
 #[derive(Debug, Clone)]
@@ -49,20 +47,13 @@ impl pb::replication_server::Replication for ReplicationService {
         &self,
         request: Request<pb::AlterPartitionRequest>,
     ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
-        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
         let request = request.into_inner();
         if let Some((error_code, error_message)) = self.foreign(&request.cluster_id) {
             return Ok(Response::new(pb::AlterPartitionResponse { error_code, error_message }));
         }
-        let change = AlterPartition {
-            from: request.broker_id,
-            topic: request.topic,
-            partition: request.partition,
-            leader_epoch: request.leader_epoch,
-            partition_epoch: request.partition_epoch,
-            isr: request.new_isr,
-        };
-        let result = self.broker.alter_partition_local(change, !forwarded).await;
+        // Only leaders send these, to the node they believe is the controller: a node that is
+        // not answers NOT_CONTROLLER and the leader tries again on its next round.
+        let result = self.broker.alter_partition_local(&request).await;
         let (error_code, error_message) = error_fields(&result);
         Ok(Response::new(pb::AlterPartitionResponse { error_code, error_message }))
     }

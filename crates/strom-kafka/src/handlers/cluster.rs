@@ -22,7 +22,8 @@ pub(super) async fn describe_cluster(
         .with_cluster_id(str_bytes(ctx.broker().cluster_id()))
         .with_controller_id(BrokerId(ctx.broker().controller().id.unwrap_or(-1)))
         .with_brokers(
-            super::kafka_brokers(ctx)
+            ctx.broker()
+                .kafka_brokers()
                 .into_iter()
                 .map(|b| {
                     DescribeClusterBroker::default()

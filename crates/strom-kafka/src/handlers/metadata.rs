@@ -64,7 +64,9 @@ pub(super) async fn handle(ctx: &Context, req: MetadataRequest, version: i16) ->
     topics.extend(
         (0..by_id_only).map(|_| MetadataResponseTopic::default().with_error_code(UNKNOWN_TOPIC_ID)),
     );
-    let brokers = super::kafka_brokers(ctx)
+    let brokers = ctx
+        .broker()
+        .kafka_brokers()
         .into_iter()
         .map(|b| {
             MetadataResponseBroker::default()

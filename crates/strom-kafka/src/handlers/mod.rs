@@ -40,21 +40,19 @@ const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
-    /// `(host, port)` of this node's Kafka listener, as Metadata and FindCoordinator give it.
-    pub(crate) advertised: (String, i32),
     /// The next producer id InitProducerId hands out.
     next_producer_id: AtomicI64,
 }
 
 impl Shared {
-    pub(crate) fn new(broker: Arc<Broker>, advertised: (String, i32)) -> Self {
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
         // Ids must not repeat across restarts (a producer could otherwise share another's id
         // after a restart); the start time in milliseconds times 1024 leaves room for 1024 ids
         // per millisecond of uptime before ids could overlap with a later run's.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-        Shared { broker, advertised, next_producer_id: AtomicI64::new(now_ms.saturating_mul(1024)) }
+        Shared { broker, next_producer_id: AtomicI64::new(now_ms.saturating_mul(1024)) }
     }
 
     pub(crate) fn allocate_producer_id(&self) -> i64 {
@@ -219,21 +217,6 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
 }
 
 /// Kafka's number for a broker error.
-/// Every live broker's Kafka listener (this node's own advertised address at least, even
-/// before its registration is committed).
-pub(crate) fn kafka_brokers(ctx: &Context) -> Vec<strom_broker::BrokerEndpoint> {
-    let mut brokers = ctx.broker().kafka_brokers();
-    if !brokers.iter().any(|b| b.node_id == ctx.node_id()) {
-        let (host, port) = &ctx.shared.advertised;
-        brokers.push(strom_broker::BrokerEndpoint {
-            node_id: ctx.node_id(),
-            host: host.clone(),
-            port: *port,
-        });
-    }
-    brokers
-}
-
 pub(crate) fn code(e: &ApiError) -> i16 {
     e.code as i16
 }
