@@ -290,6 +290,36 @@ pub fn set_partition_leader_epoch(buf: &mut [u8], epoch: LeaderEpoch) {
     buf[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&epoch.get().to_be_bytes());
 }
 
+/// Sets the batch's timestamp type and `maxTimestamp` and recomputes the CRC (both fields lie
+/// inside it), as Kafka's `setMaxTimestamp` does: a broker stamps `LogAppendTime` batches with
+/// its clock (readers then take that as every record's timestamp) and corrects a producer's
+/// wrong `maxTimestamp`, which time retention and the time index trust.
+///
+/// Panics if `buf` is shorter than a batch header.
+///
+/// ```
+/// use strom_format::{set_max_timestamp, BatchBuilder, Compression, RecordBatch, TimestampType};
+/// let mut b = BatchBuilder::new(Compression::None);
+/// b.append(5, None, Some(b"v".as_slice()), &[]);
+/// let mut buf = b.build().unwrap().to_vec();
+/// set_max_timestamp(&mut buf, TimestampType::LogAppendTime, 1_000);
+/// let batch = RecordBatch::new(buf.into()).unwrap();
+/// batch.validate_crc().unwrap();
+/// assert_eq!(batch.attributes().timestamp_type(), TimestampType::LogAppendTime);
+/// assert_eq!(batch.records().unwrap().next().unwrap().unwrap().timestamp, 1_000);
+/// ```
+pub fn set_max_timestamp(buf: &mut [u8], timestamp_type: TimestampType, max_timestamp: i64) {
+    assert!(buf.len() >= BATCH_HEADER_LEN, "set_max_timestamp on a short buffer");
+    let mut attributes = read_i16(buf, ATTRIBUTES_AT) & !Attributes::TIMESTAMP_TYPE;
+    if timestamp_type == TimestampType::LogAppendTime {
+        attributes |= Attributes::TIMESTAMP_TYPE;
+    }
+    buf[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    buf[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Iterates the batches of a buffer that holds several back to back (a log read, a fetch
 /// response, a produce request).
 ///

@@ -182,83 +182,117 @@ pub(crate) fn decompress(
     input: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, FormatError> {
-    match codec {
-        Compression::None => {
-            if input.len() > limit {
-                return Err(FormatError::TooLarge { size: input.len(), limit });
-            }
-            Ok(input.to_vec())
-        }
-        Compression::Gzip => read_bounded(codec, flate2::read::MultiGzDecoder::new(input), limit),
-        Compression::Snappy => snappy_decompress(input, limit),
-        Compression::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(input), limit),
-        Compression::Zstd => {
-            let mut dec = zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|e| codec_error(codec, e))?;
-            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| codec_error(codec, e))?;
-            read_bounded(codec, dec, limit)
-        }
-    }
-}
-
-/// Reads a decoder to its end, at most `limit` bytes.
-fn read_bounded(codec: Compression, r: impl Read, limit: usize) -> Result<Vec<u8>, FormatError> {
     let mut out = Vec::new();
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    r.take(cap).read_to_end(&mut out).map_err(|e: io::Error| codec_error(codec, e))?;
+    decompressor(codec, input)?
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e: io::Error| codec_error(codec, e))?;
     if out.len() > limit {
         return Err(FormatError::TooLarge { size: out.len(), limit });
     }
     Ok(out)
 }
 
-/// Decodes snappy-java's framing (what Kafka's Java client writes) or, without its magic, one raw
-/// snappy block (what librdkafka writes), as snappy-java's own input stream does.
-fn snappy_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, FormatError> {
-    let codec = Compression::Snappy;
-    let too_large = |size: usize| FormatError::TooLarge { size, limit };
-    let mut dec = snap::raw::Decoder::new();
-    let Some(mut rest) = input
-        .get(..XERIAL_MAGIC_LEN)
-        .filter(|m| *m == &XERIAL_HEADER[..XERIAL_MAGIC_LEN])
-        .map(|_| input.get(XERIAL_HEADER.len()..))
-    else {
-        let len = snappy_len(input)?;
-        if len > limit {
-            return Err(too_large(len));
+/// A streaming decoder of `input`: what it buffers is bounded by the codec's block or window
+/// size, never by the total output, so callers can validate a batch that expands far beyond
+/// what they would hold in memory. Errors surface as `io::Error`s carrying the codec's message.
+pub(crate) fn decompressor<'a>(
+    codec: Compression,
+    input: &'a [u8],
+) -> Result<Box<dyn Read + 'a>, FormatError> {
+    Ok(match codec {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Snappy => Box::new(SnappyReader::new(input)),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
+        Compression::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|e| codec_error(codec, e))?;
+            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| codec_error(codec, e))?;
+            Box::new(dec)
         }
-        let mut out = vec![0; len];
-        let n = dec.decompress(input, &mut out).map_err(|e| codec_error(codec, e))?;
-        out.truncate(n);
-        return Ok(out);
-    };
-    let mut out = Vec::new();
-    loop {
-        let Some(r) = rest else {
-            return Err(codec_error(codec, "truncated snappy-java stream header"));
+    })
+}
+
+/// Reads snappy-java's framing (what Kafka's Java client writes) block by block or, without its
+/// magic, one raw snappy block (what librdkafka writes), as snappy-java's own input stream does.
+/// Holds one decoded block at a time: at most [`SNAPPY_MAX_RATIO`] times its input.
+struct SnappyReader<'a> {
+    input: SnappyInput<'a>,
+    block: Vec<u8>,
+    pos: usize,
+    dec: snap::raw::Decoder,
+}
+
+/// What of a snappy stream is left to decode.
+enum SnappyInput<'a> {
+    /// snappy-java blocks after the stream header.
+    Framed(&'a [u8]),
+    /// One raw block.
+    Raw(&'a [u8]),
+    /// snappy-java's magic without the rest of its header.
+    TruncatedHeader,
+    Done,
+}
+
+impl<'a> SnappyReader<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        let input = if input.get(..XERIAL_MAGIC_LEN) == Some(&XERIAL_HEADER[..XERIAL_MAGIC_LEN]) {
+            input
+                .get(XERIAL_HEADER.len()..)
+                .map_or(SnappyInput::TruncatedHeader, SnappyInput::Framed)
+        } else {
+            SnappyInput::Raw(input)
         };
-        if r.is_empty() {
-            return Ok(out);
-        }
-        let Some((len, tail)) = r.split_first_chunk::<4>() else {
-            return Err(codec_error(codec, "truncated snappy-java block length"));
-        };
-        let len = u32::from_be_bytes(*len) as usize;
-        let Some(block) = tail.get(..len) else {
-            return Err(codec_error(codec, "truncated snappy-java block"));
+        SnappyReader { input, block: Vec::new(), pos: 0, dec: snap::raw::Decoder::new() }
+    }
+
+    /// Decodes the next block into `self.block`; `Ok(false)` at the end of the stream.
+    fn next_block(&mut self) -> Result<bool, FormatError> {
+        let codec = Compression::Snappy;
+        let block = match std::mem::replace(&mut self.input, SnappyInput::Done) {
+            SnappyInput::Done | SnappyInput::Framed([]) => return Ok(false),
+            SnappyInput::TruncatedHeader => {
+                return Err(codec_error(codec, "truncated snappy-java stream header"));
+            }
+            SnappyInput::Raw(block) => block,
+            SnappyInput::Framed(rest) => {
+                let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                    return Err(codec_error(codec, "truncated snappy-java block length"));
+                };
+                let len = u32::from_be_bytes(*len) as usize;
+                let (Some(block), Some(after)) = (tail.get(..len), tail.get(len..)) else {
+                    return Err(codec_error(codec, "truncated snappy-java block"));
+                };
+                self.input = SnappyInput::Framed(after);
+                block
+            }
         };
         let n = snappy_len(block)?;
-        let start = out.len();
-        let end = start
-            .checked_add(n)
-            .filter(|&end| end <= limit)
-            .ok_or_else(|| too_large(start.saturating_add(n)))?;
-        out.resize(end, 0);
-        let written = dec
-            .decompress(block, out.get_mut(start..).unwrap_or_default())
-            .map_err(|e| codec_error(codec, e))?;
-        out.truncate(start + written);
-        rest = tail.get(len..);
+        self.block.resize(n, 0);
+        let written =
+            self.dec.decompress(block, &mut self.block).map_err(|e| codec_error(codec, e))?;
+        self.block.truncate(written);
+        self.pos = 0;
+        Ok(true)
+    }
+}
+
+impl Read for SnappyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.block.len() {
+            match self.next_block() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+        }
+        let available = self.block.get(self.pos..).unwrap_or_default();
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

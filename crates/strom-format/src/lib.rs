@@ -24,15 +24,17 @@ mod compression;
 mod error;
 mod record;
 mod types;
+mod validate;
 pub mod varint;
 
 pub use batch::{
     Attributes, BATCH_HEADER_LEN, Batches, CRC_START, LOG_OVERHEAD, MAGIC_V2, NO_PRODUCER_EPOCH,
     NO_PRODUCER_ID, NO_SEQUENCE, RecordBatch, TimestampType, peek_batch_size, set_base_offset,
-    set_partition_leader_epoch,
+    set_max_timestamp, set_partition_leader_epoch,
 };
 pub use builder::BatchBuilder;
 pub use compression::{Compression, UnknownCompressionName};
 pub use error::FormatError;
 pub use record::{Header, Record, Records};
 pub use types::{LeaderEpoch, Offset, PartitionId};
+pub use validate::RecordsSummary;

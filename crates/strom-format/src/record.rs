@@ -1,5 +1,5 @@
-//! The records inside a batch: decoding them (zero-copy slices of one buffer) and the deep
-//! validation the broker runs before it appends a producer's batch.
+//! The records inside a batch: decoding them (zero-copy slices of one buffer), with the one
+//! record parser that validation (`validate.rs`) shares.
 //!
 //! Record layout (Kafka's `DefaultRecord`), varints zig-zag encoded:
 //!
@@ -16,11 +16,13 @@
 //! headers: [headerKeyLength: varint, headerKey: utf-8, headerValueLength: varint, value: bytes]
 //! ```
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use crate::compression;
 use crate::varint::{get_varint, get_varlong};
-use crate::{Compression, FormatError, Offset, RecordBatch};
+use crate::{Compression, FormatError, Offset, RecordBatch, TimestampType};
 
 /// Smallest possible encoded record: a one-byte length, the attributes, and one byte each for
 /// timestamp delta, offset delta, key length, value length and header count.
@@ -107,40 +109,11 @@ impl RecordBatch {
             remaining: count,
             base_offset: self.base_offset().get(),
             base_timestamp: self.base_timestamp(),
+            log_append_time: (self.attributes().timestamp_type() == TimestampType::LogAppendTime)
+                .then(|| self.max_timestamp()),
             last_offset_delta: self.last_offset_delta(),
             done: false,
         })
-    }
-
-    /// The full check the broker runs on a producer's batch before appending it: the CRC, every
-    /// record decodes, the count matches `recordsCount`, offset deltas strictly increase from 0
-    /// or more and the last one equals `lastOffsetDelta`. A batch without records is
-    /// [`FormatError::Empty`].
-    ///
-    /// ```
-    /// use strom_format::{BatchBuilder, Compression, RecordBatch};
-    /// let mut b = BatchBuilder::new(Compression::Zstd);
-    /// b.append(0, None, Some(b"v".as_slice()), &[]);
-    /// RecordBatch::new(b.build().unwrap()).unwrap().validate_records().unwrap();
-    /// ```
-    pub fn validate_records(&self) -> Result<(), FormatError> {
-        self.validate_crc()?;
-        if self.records_count() == 0 {
-            return Err(FormatError::Empty);
-        }
-        let mut records = self.records()?;
-        let mut prev: Option<i32> = None;
-        while let Some((delta, record)) = records.next_raw() {
-            record?;
-            if prev.is_some_and(|p| delta <= p) {
-                return Err(FormatError::Corrupt("offset deltas not strictly increasing"));
-            }
-            prev = Some(delta);
-        }
-        if prev != Some(self.last_offset_delta()) {
-            return Err(FormatError::Corrupt("last offsetDelta differs from lastOffsetDelta"));
-        }
-        Ok(())
     }
 }
 
@@ -155,6 +128,8 @@ pub struct Records {
     remaining: usize,
     base_offset: i64,
     base_timestamp: i64,
+    /// Every record's timestamp when the broker stamped the batch (`LogAppendTime`).
+    log_append_time: Option<i64>,
     last_offset_delta: i32,
     done: bool,
 }
@@ -198,59 +173,85 @@ impl Records {
         // Decoding reads from `body`, so a field that runs past the record's length is an error
         // instead of a silent read of the next record.
         let body = data.get(..end).unwrap_or_default();
-        let truncated = || FormatError::Truncated { needed: end + 1, available: end };
-        let _attributes = *body.get(pos).ok_or_else(truncated)?;
-        pos += 1;
-        let timestamp_delta = get_varlong(body, &mut pos)?;
-        let offset_delta = get_varint(body, &mut pos)?;
-        if offset_delta < 0 {
-            return Err(FormatError::Corrupt("negative offsetDelta"));
-        }
-        if offset_delta > self.last_offset_delta {
-            return Err(FormatError::Corrupt("offsetDelta beyond lastOffsetDelta"));
-        }
-        let key = read_bytes(data, body, &mut pos)?;
-        let value = read_bytes(data, body, &mut pos)?;
-        let header_count = get_varint(body, &mut pos)?;
-        let header_count = usize::try_from(header_count)
-            .map_err(|_| FormatError::Corrupt("negative header count"))?;
-        // Every header takes at least two bytes, which bounds the allocation by the input.
-        if header_count > (end - pos) / 2 {
-            return Err(FormatError::Corrupt("header count exceeds the record length"));
-        }
-        let mut headers = Vec::with_capacity(header_count);
-        for _ in 0..header_count {
-            let key_len = get_varint(body, &mut pos)?;
-            let key_len = usize::try_from(key_len)
-                .map_err(|_| FormatError::Corrupt("negative header key length"))?;
-            let key = body.get(pos..pos.saturating_add(key_len)).ok_or(FormatError::Truncated {
-                needed: pos.saturating_add(key_len),
-                available: end,
-            })?;
-            let key = std::str::from_utf8(key)
-                .map_err(|_| FormatError::Corrupt("header key is not UTF-8"))?
-                .to_owned();
-            pos += key_len;
-            let value = read_bytes(data, body, &mut pos)?;
-            headers.push(Header { key, value });
-        }
-        if pos != end {
-            return Err(FormatError::Corrupt("record length does not match its fields"));
-        }
+        let mut headers = Vec::new();
+        let raw = parse_record(body, pos, self.last_offset_delta, |key, value| {
+            headers.push(Header { key: key.to_owned(), value: value.map(|r| data.slice(r)) });
+        })?;
         self.pos = end;
         let record = Record {
-            offset: Offset::new(self.base_offset.wrapping_add(i64::from(offset_delta))),
-            timestamp: self.base_timestamp.wrapping_add(timestamp_delta),
-            key,
-            value,
+            offset: Offset::new(self.base_offset.wrapping_add(i64::from(raw.offset_delta))),
+            timestamp: self
+                .log_append_time
+                .unwrap_or_else(|| self.base_timestamp.wrapping_add(raw.timestamp_delta)),
+            key: raw.key.map(|r| data.slice(r)),
+            value: raw.value.map(|r| data.slice(r)),
             headers,
         };
-        Ok((offset_delta, record))
+        Ok((raw.offset_delta, record))
     }
 }
 
-/// Reads a varint-length-prefixed byte string (-1 for null) from `body`, as a slice of `data`.
-fn read_bytes(data: &Bytes, body: &[u8], pos: &mut usize) -> Result<Option<Bytes>, FormatError> {
+/// One record's fields as positions in the buffer it was parsed from.
+#[derive(Debug)]
+pub(crate) struct RawRecord {
+    pub(crate) offset_delta: i32,
+    pub(crate) timestamp_delta: i64,
+    pub(crate) key: Option<Range<usize>>,
+    pub(crate) value: Option<Range<usize>>,
+}
+
+/// Parses the record whose fields run from `body[pos]` (just after its length prefix) to the
+/// end of `body`, calling `header` with each header's key (checked UTF-8) and value position.
+/// The one record parser: [`Records`] decodes with it and validation streams through it.
+pub(crate) fn parse_record(
+    body: &[u8],
+    mut pos: usize,
+    last_offset_delta: i32,
+    mut header: impl FnMut(&str, Option<Range<usize>>),
+) -> Result<RawRecord, FormatError> {
+    let end = body.len();
+    let truncated = || FormatError::Truncated { needed: end + 1, available: end };
+    let _attributes = *body.get(pos).ok_or_else(truncated)?;
+    pos += 1;
+    let timestamp_delta = get_varlong(body, &mut pos)?;
+    let offset_delta = get_varint(body, &mut pos)?;
+    if offset_delta < 0 {
+        return Err(FormatError::Corrupt("negative offsetDelta"));
+    }
+    if offset_delta > last_offset_delta {
+        return Err(FormatError::Corrupt("offsetDelta beyond lastOffsetDelta"));
+    }
+    let key = read_bytes(body, &mut pos)?;
+    let value = read_bytes(body, &mut pos)?;
+    let header_count = get_varint(body, &mut pos)?;
+    let header_count =
+        usize::try_from(header_count).map_err(|_| FormatError::Corrupt("negative header count"))?;
+    // Every header takes at least two bytes, which bounds the work by the input.
+    if header_count > (end - pos) / 2 {
+        return Err(FormatError::Corrupt("header count exceeds the record length"));
+    }
+    for _ in 0..header_count {
+        let key_len = get_varint(body, &mut pos)?;
+        let key_len = usize::try_from(key_len)
+            .map_err(|_| FormatError::Corrupt("negative header key length"))?;
+        let key = body.get(pos..pos.saturating_add(key_len)).ok_or(FormatError::Truncated {
+            needed: pos.saturating_add(key_len),
+            available: end,
+        })?;
+        let key = std::str::from_utf8(key)
+            .map_err(|_| FormatError::Corrupt("header key is not UTF-8"))?;
+        pos += key_len;
+        let value = read_bytes(body, &mut pos)?;
+        header(key, value);
+    }
+    if pos != end {
+        return Err(FormatError::Corrupt("record length does not match its fields"));
+    }
+    Ok(RawRecord { offset_delta, timestamp_delta, key, value })
+}
+
+/// Reads a varint-length-prefixed byte string (-1 for null) from `body`, as its position.
+fn read_bytes(body: &[u8], pos: &mut usize) -> Result<Option<Range<usize>>, FormatError> {
     let len = get_varint(body, pos)?;
     if len == -1 {
         return Ok(None);
@@ -263,7 +264,7 @@ fn read_bytes(data: &Bytes, body: &[u8], pos: &mut usize) -> Result<Option<Bytes
             available: body.len(),
         })?;
     *pos = end;
-    Ok(Some(data.slice(start..end)))
+    Ok(Some(start..end))
 }
 
 impl Iterator for Records {

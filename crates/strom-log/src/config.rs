@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use strom_format::BATCH_HEADER_LEN;
+use strom_format::{BATCH_HEADER_LEN, TimestampType};
 
 use crate::LogError;
 
@@ -45,11 +45,23 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     /// When appended data is fsynced.
     pub flush: FlushPolicy,
+    /// Who sets record timestamps (Kafka's `message.timestamp.type`): the producer
+    /// (`CreateTime`, checked against the two bounds below) or the log, which stamps every
+    /// batch with its clock on append (`LogAppendTime`).
+    pub timestamp_type: TimestampType,
+    /// Refuse a batch with a `CreateTime` further than this in the past
+    /// (`message.timestamp.before.max.ms`). `None`: no bound, Kafka's default.
+    pub timestamp_before_max: Option<Duration>,
+    /// Refuse a batch with a `CreateTime` further than this in the future
+    /// (`message.timestamp.after.max.ms`; one hour by default since KIP-937), so that one
+    /// record stamped years ahead cannot keep its segment from time retention forever.
+    pub timestamp_after_max: Option<Duration>,
 }
 
 impl Default for LogConfig {
     /// Kafka's defaults: 1 GiB segments rolled at the latest after 7 days, 7 days of retention,
-    /// an index entry every 4 KiB, batches up to 1 048 588 bytes, fsync left to the caller.
+    /// an index entry every 4 KiB, batches up to 1 048 588 bytes, fsync left to the caller,
+    /// producer timestamps accepted up to one hour ahead and any time back.
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
@@ -59,6 +71,9 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_batch_bytes: 1_048_588,
             flush: FlushPolicy::Manual,
+            timestamp_type: TimestampType::CreateTime,
+            timestamp_before_max: None,
+            timestamp_after_max: Some(Duration::from_secs(3600)),
         }
     }
 }

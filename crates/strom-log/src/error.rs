@@ -43,6 +43,19 @@ pub enum LogError {
         /// The configured limit.
         limit: usize,
     },
+    /// A record's `CreateTime` lies further in the past or future than the log allows
+    /// ([`LogConfig::timestamp_before_max`](crate::LogConfig) and `timestamp_after_max`).
+    #[error(
+        "record timestamp {timestamp} is out of the accepted range {min}..={max} around the broker's clock"
+    )]
+    InvalidTimestamp {
+        /// The offending timestamp (ms since the epoch).
+        timestamp: i64,
+        /// The oldest timestamp accepted at the time of the append.
+        min: i64,
+        /// The newest timestamp accepted at the time of the append.
+        max: i64,
+    },
     /// An append carried no batch at all.
     #[error("append of an empty buffer: at least one record batch is required")]
     EmptyAppend,

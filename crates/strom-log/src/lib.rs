@@ -98,6 +98,7 @@ mod recovery;
 mod retention;
 mod segment;
 mod time_index;
+mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig};

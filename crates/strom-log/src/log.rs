@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use strom_format::{Batches, FormatError, LeaderEpoch, Offset, RecordBatch, peek_batch_size};
+use strom_format::{LeaderEpoch, Offset, RecordBatch};
 
 use crate::error::IoContext;
 use crate::leader_epoch_cache::LeaderEpochCache;
@@ -17,6 +17,7 @@ use crate::offset_index::OffsetEntry;
 use crate::recovery::{self, sync_dir};
 use crate::segment::{LogSegment, SegError};
 use crate::time_index::TimeEntry;
+use crate::validate::{Origin, validate};
 use crate::{Clock, FlushPolicy, LogConfig, LogError, SystemClock, retention};
 
 /// Index entries per segment before the log rolls, bounding the memory an index takes
@@ -113,7 +114,8 @@ pub struct ReadResult {
 #[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
-    config: LogConfig,
+    /// Swapped whole by [`Log::set_config`]; each operation reads one snapshot of it.
+    config: RwLock<Arc<LogConfig>>,
     clock: Arc<dyn Clock>,
     /// Oldest first, never empty; the last is the active segment. Copy-on-write: readers clone
     /// the outer `Arc` under a read lock held for nanoseconds.
@@ -203,15 +205,6 @@ struct Writer {
     bytes_since_index: u64,
 }
 
-/// Who is appending.
-#[derive(Debug, Clone, Copy)]
-enum Origin {
-    /// The leader: assign offsets, optionally stamp an epoch, validate every record.
-    Leader(Option<LeaderEpoch>),
-    /// A follower copying the leader: keep offsets, which must continue the log.
-    Replica,
-}
-
 /// A batch ready to write: its bytes and the base offset it gets.
 #[derive(Debug)]
 struct Prepared {
@@ -278,7 +271,7 @@ impl Log {
             "log opened");
         Ok(Log {
             dir,
-            config,
+            config: RwLock::new(Arc::new(config)),
             clock,
             segments: RwLock::new(Arc::new(recovered.segments)),
             writer: Mutex::new(Writer { bytes_since_index: recovered.bytes_since_index }),
@@ -307,16 +300,38 @@ impl Log {
         &self.dir
     }
 
-    /// The configuration the log was opened with.
+    /// The configuration in force: the one the log was opened with, or the last one given to
+    /// [`Log::set_config`].
     ///
     /// ```
     /// use strom_log::{Log, LogConfig};
     /// let dir = tempfile::tempdir().unwrap();
     /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    /// assert_eq!(log.config(), &LogConfig::default());
+    /// assert_eq!(*log.config(), LogConfig::default());
     /// ```
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    pub fn config(&self) -> Arc<LogConfig> {
+        self.config.read().clone()
+    }
+
+    /// Replaces the configuration of an open log, as Kafka applies an altered topic config
+    /// without a restart. Appends, rolls, flushes and retention passes that start afterwards
+    /// use it; one already running finishes with the old one. An invalid configuration is
+    /// refused and the old one stays.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// let shorter = LogConfig { retention_ms: Some(Duration::from_secs(60)), ..LogConfig::default() };
+    /// log.set_config(shorter.clone()).unwrap();
+    /// assert_eq!(*log.config(), shorter);
+    /// assert!(log.set_config(LogConfig { segment_bytes: 0, ..shorter }).is_err());
+    /// ```
+    pub fn set_config(&self, config: LogConfig) -> Result<(), LogError> {
+        config.validate()?;
+        *self.config.write() = Arc::new(config);
+        Ok(())
     }
 
     // ------------------------------------------------------------------------------ appends
@@ -411,7 +426,7 @@ impl Log {
     /// failed too, so the log takes writes again as soon as the disk does (no reopen).
     fn append_from(&self, batches: Bytes, origin: Origin) -> Result<AppendInfo, LogError> {
         self.repair_if_damaged()?;
-        let parsed = self.validate(batches, origin)?;
+        let parsed = validate(batches, origin, &self.config(), self.clock.now_ms())?;
         let (info, rollbacks_seen) = {
             let mut writer = self.writer.lock();
             self.check_poison()?;
@@ -440,60 +455,6 @@ impl Log {
             });
         }
         Ok(info)
-    }
-
-    /// Every check that needs no lock: all batches are parsed and checked before any is
-    /// written, so an append is all or nothing.
-    fn validate(&self, batches: Bytes, origin: Origin) -> Result<Vec<RecordBatch>, LogError> {
-        if batches.is_empty() {
-            return Err(LogError::EmptyAppend);
-        }
-        let mut walk = Batches::new(batches.clone());
-        let mut parsed: Vec<RecordBatch> = Vec::new();
-        for batch in walk.by_ref() {
-            let batch = batch?;
-            if batch.size() > self.config.max_batch_bytes {
-                return Err(LogError::BatchTooLarge {
-                    size: batch.size(),
-                    limit: self.config.max_batch_bytes,
-                });
-            }
-            match origin {
-                Origin::Leader(_) => batch.validate_records()?,
-                Origin::Replica => batch.validate_crc()?,
-            }
-            if batch.last_offset_delta().checked_add(1) != Some(batch.records_count()) {
-                return Err(FormatError::Corrupt("recordsCount is not lastOffsetDelta + 1").into());
-            }
-            if let Origin::Replica = origin {
-                // Checked before any offset arithmetic on the batch's own (untrusted) offsets.
-                let base = batch.base_offset().get();
-                let records = i64::from(batch.last_offset_delta()) + 1;
-                if base < 0 || base.checked_add(records).is_none() {
-                    return Err(FormatError::Corrupt("base offset out of range").into());
-                }
-            }
-            if let (Origin::Replica, Some(prev)) = (origin, parsed.last()) {
-                if batch.base_offset() != prev.next_offset() {
-                    return Err(LogError::NonMonotonicOffset {
-                        expected: prev.next_offset(),
-                        got: batch.base_offset(),
-                    });
-                }
-            }
-            parsed.push(batch);
-        }
-        if walk.remaining() > 0 {
-            let rest = batches.get(walk.position()..).unwrap_or_default();
-            let needed = peek_batch_size(rest).ok().flatten().unwrap_or(rest.len() + 1);
-            // A partial batch at the end (a bad header would have failed above).
-            if needed > self.config.max_batch_bytes {
-                let limit = self.config.max_batch_bytes;
-                return Err(LogError::BatchTooLarge { size: needed, limit });
-            }
-            return Err(FormatError::Truncated { needed, available: rest.len() }.into());
-        }
-        Ok(parsed)
     }
 
     /// Offsets for each batch: assigned (leader) or checked against the log end (follower).
@@ -543,7 +504,8 @@ impl Log {
         if !active.is_empty() && self.too_old(&active, now) {
             active = self.roll(writer, self.log_end_offset())?;
         }
-        let interval = u64::from(self.config.index_interval_bytes);
+        let config = self.config();
+        let interval = u64::from(config.index_interval_bytes);
         let mut i = 0;
         while i < prepared.len() {
             debug_assert!(
@@ -562,7 +524,7 @@ impl Log {
                 let rel = p.base.get() - active.base().get();
                 let last_rel = rel + i64::from(p.batch.last_offset_delta());
                 let fits = pos == 0
-                    || (pos + size <= self.config.segment_bytes
+                    || (pos + size <= config.segment_bytes
                         && last_rel <= MAX_RELATIVE_OFFSET
                         && active.offset_index_len() + entries.len() < MAX_INDEX_ENTRIES);
                 if !fits {
@@ -608,7 +570,7 @@ impl Log {
     }
 
     fn too_old(&self, segment: &LogSegment, now: i64) -> bool {
-        let (Some(limit), Some(basis)) = (self.config.segment_ms, segment.roll_basis_ms()) else {
+        let (Some(limit), Some(basis)) = (self.config().segment_ms, segment.roll_basis_ms()) else {
             return false;
         };
         let limit = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
@@ -978,7 +940,7 @@ impl Log {
 
     fn flush_due(&self) -> bool {
         let unflushed = self.log_end_offset().get() - self.flushed_offset().get();
-        match self.config.flush {
+        match self.config().flush {
             FlushPolicy::EveryAppend => unflushed > 0,
             FlushPolicy::EveryMessages(n) => unflushed > 0 && unflushed as u64 >= n,
             FlushPolicy::Interval(every) => {
@@ -1072,7 +1034,7 @@ impl Log {
         let _writer = self.writer.lock();
         self.check_poison()?;
         let segments = self.snapshot();
-        let count = retention::deletable_prefix(&segments, &self.config, self.clock.now_ms());
+        let count = retention::deletable_prefix(&segments, &self.config(), self.clock.now_ms());
         let (Some(new_first), Some(deleted)) = (segments.get(count), segments.get(..count)) else {
             return Ok(0);
         };
