@@ -18,7 +18,7 @@ use strom_coordinator::{
     CONSUMER_OFFSETS_TOPIC, CoordinatorConfig, GroupCoordinator, OffsetStore, OffsetsLog,
     OffsetsLogError,
 };
-use strom_format::Offset;
+use strom_format::{Offset, TimestampType};
 use strom_proto::v1::ErrorCode;
 use strom_quorum::{BrokerRegistration, NO_LEADER, NodeId};
 use tokio::sync::{mpsc, watch};
@@ -863,10 +863,13 @@ impl Broker {
                 p.check_min_isr(ErrorCode::NotEnoughReplicas)?;
             }
             let (info, epoch) = p.append(records)?;
+            // Under LogAppendTime every batch of the append carries the log's clock as its
+            // max timestamp, which Kafka reports back so clients learn the stored time.
+            let stamped = p.log().config().timestamp_type == TimestampType::LogAppendTime;
             let outcome = ProduceOutcome {
                 base_offset: info.first_offset.get(),
                 log_start_offset: p.log_start_offset().get(),
-                log_append_time_ms: -1,
+                log_append_time_ms: if stamped { info.max_timestamp } else { -1 },
             };
             Ok((outcome, info.last_offset.next(), epoch))
         })

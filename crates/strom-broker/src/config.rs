@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strom_format::BATCH_HEADER_LEN;
+use strom_format::{BATCH_HEADER_LEN, TimestampType};
 use strom_log::{FlushPolicy, LogConfig};
 
 use crate::error::{ApiError, BrokerError};
@@ -66,6 +66,15 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// Largest record batch a topic accepts unless it overrides `max.message.bytes`.
     pub message_max_bytes: usize,
+    /// Who sets record timestamps unless a topic overrides `message.timestamp.type`:
+    /// `CreateTime` (the producer) or `LogAppendTime` (the broker, on append).
+    pub log_message_timestamp_type: String,
+    /// Refuse batches with a `CreateTime` older than this (`message.timestamp.before.max.ms`);
+    /// Kafka's default, `i64::MAX`, accepts any.
+    pub log_message_timestamp_before_max_ms: i64,
+    /// Refuse batches with a `CreateTime` further ahead than this
+    /// (`message.timestamp.after.max.ms`; one hour, KIP-937's default).
+    pub log_message_timestamp_after_max_ms: i64,
     /// Largest gRPC request the broker decodes.
     pub max_request_bytes: usize,
     /// Cap on a fetch's `max_wait_ms`, so no request parks forever.
@@ -136,6 +145,9 @@ impl Default for BrokerConfig {
             log_flush_scheduler_interval_ms: 1000,
             log_retention_check_interval_ms: 5 * 60 * 1000,
             message_max_bytes: 1_048_588,
+            log_message_timestamp_type: "CreateTime".to_string(),
+            log_message_timestamp_before_max_ms: i64::MAX,
+            log_message_timestamp_after_max_ms: 3_600_000,
             max_request_bytes: 100 << 20,
             fetch_max_wait_ms: 30_000,
             fetch_max_bytes: 50 << 20,
@@ -318,6 +330,9 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "flush.messages",
     "flush.ms",
     "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.type",
     "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
@@ -338,6 +353,9 @@ pub struct TopicConfig {
     max_message_bytes: usize,
     index_interval_bytes: u32,
     min_insync_replicas: usize,
+    timestamp_type: TimestampType,
+    timestamp_before_max_ms: i64,
+    timestamp_after_max_ms: i64,
 }
 
 impl TopicConfig {
@@ -358,6 +376,9 @@ impl TopicConfig {
             max_message_bytes: broker.message_max_bytes,
             index_interval_bytes: broker.log_index_interval_bytes,
             min_insync_replicas: usize::try_from(broker.min_insync_replicas).unwrap_or(1),
+            timestamp_type: parse_timestamp_type(&broker.log_message_timestamp_type)?,
+            timestamp_before_max_ms: broker.log_message_timestamp_before_max_ms,
+            timestamp_after_max_ms: broker.log_message_timestamp_after_max_ms,
         };
         for (key, value) in overrides {
             let int = || -> Result<i64, ApiError> {
@@ -380,6 +401,9 @@ impl TopicConfig {
                 "min.insync.replicas" => {
                     config.min_insync_replicas = usize::try_from(int()?).unwrap_or(0);
                 }
+                "message.timestamp.type" => config.timestamp_type = parse_timestamp_type(value)?,
+                "message.timestamp.before.max.ms" => config.timestamp_before_max_ms = int()?,
+                "message.timestamp.after.max.ms" => config.timestamp_after_max_ms = int()?,
                 "cleanup.policy" if value.trim() == "delete" => {}
                 "cleanup.policy" => {
                     return Err(ApiError::invalid_config(format!(
@@ -424,6 +448,14 @@ impl TopicConfig {
         if self.min_insync_replicas < 1 {
             return bad("min.insync.replicas must be >= 1".into());
         }
+        for (key, ms) in [
+            ("message.timestamp.before.max.ms", self.timestamp_before_max_ms),
+            ("message.timestamp.after.max.ms", self.timestamp_after_max_ms),
+        ] {
+            if ms < 0 {
+                return bad(format!("{key} must be >= 0, got {ms}"));
+            }
+        }
         if !(BATCH_HEADER_LEN..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
             return bad(format!(
                 "max.message.bytes must be in {BATCH_HEADER_LEN}..={MAX_MESSAGE_BYTES}"
@@ -454,6 +486,9 @@ impl TopicConfig {
             ("flush.messages", self.flush_messages.to_string()),
             ("flush.ms", self.flush_ms.to_string()),
             ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("message.timestamp.after.max.ms", self.timestamp_after_max_ms.to_string()),
+            ("message.timestamp.before.max.ms", self.timestamp_before_max_ms.to_string()),
+            ("message.timestamp.type", timestamp_type_name(self.timestamp_type).to_string()),
             ("min.insync.replicas", self.min_insync_replicas.to_string()),
             ("retention.bytes", self.retention_bytes.to_string()),
             ("retention.ms", self.retention_ms.to_string()),
@@ -483,7 +518,30 @@ impl TopicConfig {
             index_interval_bytes: self.index_interval_bytes,
             max_batch_bytes: self.max_message_bytes,
             flush,
+            timestamp_type: self.timestamp_type,
+            timestamp_before_max: ms(self.timestamp_before_max_ms)
+                .filter(|_| self.timestamp_before_max_ms != i64::MAX),
+            timestamp_after_max: ms(self.timestamp_after_max_ms)
+                .filter(|_| self.timestamp_after_max_ms != i64::MAX),
         }
+    }
+}
+
+/// Kafka's `message.timestamp.type` values, case as Kafka writes them.
+fn parse_timestamp_type(value: &str) -> Result<TimestampType, ApiError> {
+    match value.trim() {
+        "CreateTime" => Ok(TimestampType::CreateTime),
+        "LogAppendTime" => Ok(TimestampType::LogAppendTime),
+        other => Err(ApiError::invalid_config(format!(
+            "message.timestamp.type={other:?} is not CreateTime or LogAppendTime"
+        ))),
+    }
+}
+
+fn timestamp_type_name(t: TimestampType) -> &'static str {
+    match t {
+        TimestampType::CreateTime => "CreateTime",
+        TimestampType::LogAppendTime => "LogAppendTime",
     }
 }
 

@@ -95,6 +95,15 @@ pub(crate) fn reconcile(
         let mut changed = existing
             .as_ref()
             .is_none_or(|t| t.partitions.len() != partitions.len() || t.config != config_now);
+        if existing.as_ref().is_some_and(|t| t.config != config_now) {
+            // An altered topic config takes effect on the open logs, as in Kafka: no restart.
+            let log_config = config_now.log_config();
+            for part in partitions.iter().flatten() {
+                if let Err(e) = part.log().set_config(log_config.clone()) {
+                    tracing::error!(topic = %name, error = %e, "new topic config refused by the log");
+                }
+            }
+        }
         if !to_open.is_empty() {
             for (id, opened) in open_partitions(&config.data_dir, name, &to_open, &config_now) {
                 match opened {
