@@ -19,6 +19,8 @@ use strom_coordinator::{
     OffsetsLogError,
 };
 use strom_format::{Offset, TimestampType};
+
+use crate::limits::AppendBudget;
 use strom_proto::v1::ErrorCode;
 use strom_quorum::{BrokerRegistration, NO_LEADER, NodeId};
 use tokio::sync::{mpsc, watch};
@@ -99,6 +101,8 @@ pub struct Broker {
     lock: Mutex<Option<DataDirLock>>,
     /// Taken out at shutdown so its hold on the offsets partitions ends before logs close.
     coordinator: Arc<RwLock<Option<CoordinatorSlot>>>,
+    /// Bytes of appends queued for or running on the blocking pool, broker-wide.
+    append_budget: AppendBudget,
 }
 
 impl Broker {
@@ -169,6 +173,7 @@ impl Broker {
             heartbeats_stopped: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
             coordinator: coordinator.clone(),
+            append_budget: AppendBudget::new(config.queued_max_request_bytes),
         });
         let follow = {
             let (config, registry, coordinator) =
@@ -857,6 +862,7 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + timeout;
         let p = self.registry.partition(topic, partition)?;
         let appender = p.clone();
+        let _in_flight = self.append_budget.reserve(records.len()).await;
         let (outcome, end, epoch) = run_blocking(move || {
             let p = appender;
             if acks == -1 {

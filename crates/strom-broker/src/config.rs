@@ -77,6 +77,9 @@ pub struct BrokerConfig {
     pub log_message_timestamp_after_max_ms: i64,
     /// Largest gRPC request the broker decodes.
     pub max_request_bytes: usize,
+    /// Bytes of produced batches that may wait for or be in an append at once, broker-wide
+    /// (Kafka's `queued.max.request.bytes`); more produce requests wait their turn.
+    pub queued_max_request_bytes: usize,
     /// Cap on a fetch's `max_wait_ms`, so no request parks forever.
     pub fetch_max_wait_ms: u64,
     /// Cap on a fetch response's size (and its default when the request says 0).
@@ -149,6 +152,7 @@ impl Default for BrokerConfig {
             log_message_timestamp_before_max_ms: i64::MAX,
             log_message_timestamp_after_max_ms: 3_600_000,
             max_request_bytes: 100 << 20,
+            queued_max_request_bytes: 512 << 20,
             fetch_max_wait_ms: 30_000,
             fetch_max_bytes: 50 << 20,
             auto_create_topics: false,

@@ -44,6 +44,7 @@ mod error;
 mod fetch;
 mod fetcher;
 mod kafka_support;
+mod limits;
 mod metadata;
 mod partition;
 mod peers;
@@ -61,6 +62,7 @@ pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig, p
 pub use error::{ApiError, BrokerError};
 pub use fetch::MAX_FETCH_PARTITIONS;
 pub use kafka_support::DEFAULT_KAFKA_LISTEN;
+pub use limits::{MAX_REQUEST_PARTITIONS, check_partition_entries};
 pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };

@@ -53,7 +53,12 @@ async fn create_time_outside_the_bounds_is_invalid_timestamp() {
 
     for (topic, ts) in [("bounded", now_ms() - 10 * 60_000), ("bounded", now_ms() + 2 * HOUR)] {
         let r = h.produce(topic, 0, batch_at(ts, &["late or early"])).await;
-        assert_eq!(r.error_code(), ErrorCode::InvalidTimestamp, "{topic} {ts}: {}", r.error_message);
+        assert_eq!(
+            r.error_code(),
+            ErrorCode::InvalidTimestamp,
+            "{topic} {ts}: {}",
+            r.error_message
+        );
     }
     // KIP-937's default bounds the future only.
     let r = h.produce("default", 0, batch_at(now_ms() + 2 * HOUR, &["future"])).await;

@@ -9,6 +9,7 @@ use strom_proto::v1::ErrorCode;
 use tonic::{Request, Response, Status};
 
 use crate::broker::Broker;
+use crate::limits::check_partition_entries;
 use crate::service::error_fields;
 use crate::types::{FetchParams, FetchPartitionParams};
 
@@ -42,14 +43,26 @@ impl pb::broker_server::Broker for BrokerService {
         let acks = i16::try_from(request.acks).unwrap_or(i16::MAX);
         let timeout = produce_timeout(request.timeout_ms);
         let broker = &self.broker;
+        let refusal = &check_partition_entries(
+            "produce",
+            request
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), p.partition))),
+        )
+        .err();
         // Partitions are independent logs: append to all of them concurrently.
         let topics = join_all(request.topics.into_iter().map(|topic| async move {
             let name = topic.name;
             let partitions = join_all(topic.partitions.into_iter().map(|data| {
                 let name = &name;
                 async move {
-                    let result =
-                        broker.produce(name, data.partition, data.records, acks, timeout).await;
+                    let result = match refusal {
+                        Some(e) => Err(e.clone()),
+                        None => {
+                            broker.produce(name, data.partition, data.records, acks, timeout).await
+                        }
+                    };
                     let (error_code, error_message) = error_fields(&result);
                     let outcome = result.ok();
                     pb::PartitionProduceResponse {
@@ -140,12 +153,23 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let request = request.into_inner();
         let broker = &self.broker;
+        let refusal = &check_partition_entries(
+            "list offsets",
+            request
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), p.partition))),
+        )
+        .err();
         let topics = join_all(request.topics.into_iter().map(|topic| async move {
             let name = topic.name;
             let partitions = join_all(topic.partitions.into_iter().map(|p| {
                 let name = &name;
                 async move {
-                    let result = broker.list_offsets(name, p.partition, p.timestamp).await;
+                    let result = match refusal {
+                        Some(e) => Err(e.clone()),
+                        None => broker.list_offsets(name, p.partition, p.timestamp).await,
+                    };
                     let (error_code, error_message) = error_fields(&result);
                     let listed = result.ok();
                     pb::ListOffsetsPartitionResponse {

@@ -84,12 +84,22 @@ pub(super) async fn handle(ctx: &Context, req: FetchRequest, _version: i16) -> F
 
 pub(super) async fn list_offsets(ctx: &Context, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let broker = ctx.broker();
+    let refusal = &strom_broker::check_partition_entries(
+        "list offsets",
+        req.topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), p.partition_index))),
+    )
+    .err();
     let topics = join_all(req.topics.into_iter().map(|topic| async move {
         let name = topic.name;
         let partitions = join_all(topic.partitions.into_iter().map(|p| {
             let name = &name;
             async move {
-                let result = broker.list_offsets(name, p.partition_index, p.timestamp).await;
+                let result = match refusal {
+                    Some(e) => Err(e.clone()),
+                    None => broker.list_offsets(name, p.partition_index, p.timestamp).await,
+                };
                 let base = ListOffsetsPartitionResponse::default()
                     .with_partition_index(p.partition_index)
                     .with_leader_epoch(-1);

@@ -22,7 +22,13 @@ pub(super) async fn handle(
     } else if req.transactional_id.is_some() {
         Some((TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported".into()))
     } else {
-        None
+        let entries = req
+            .topic_data
+            .iter()
+            .flat_map(|t| t.partition_data.iter().map(|p| (t.name.as_str(), p.index)));
+        strom_broker::check_partition_entries("produce", entries)
+            .err()
+            .map(|e| (code(&e), e.message))
     };
     let broker = ctx.broker();
     let refusal = &refusal;
