@@ -803,10 +803,12 @@ impl Log {
         if offset <= self.log_start_offset() {
             return self.truncate_fully(writer, offset);
         }
-        let removed = segments.get(keep..).unwrap_or_default();
+        // `holder` exists, so 1 <= keep <= len: the list never ends up empty.
+        let (kept, removed) =
+            segments.split_at_checked(keep).expect("invariant: truncation keeps 1..=len segments");
         {
             let mut list = self.segments.write();
-            *list = Arc::new(segments.get(..keep).unwrap_or_default().to_vec());
+            *list = Arc::new(kept.to_vec());
         }
         // Readers that load the end from here on do not look past `offset`.
         self.end.fetch_min(offset.get(), Ordering::AcqRel);
@@ -1043,7 +1045,10 @@ impl Log {
         }
         {
             let mut list = self.segments.write();
-            *list = Arc::new(segments.get(count..).unwrap_or_default().to_vec());
+            // `new_first` exists, so count < len: retention never removes the active segment.
+            let kept =
+                segments.get(count..).expect("invariant: retention keeps the active segment");
+            *list = Arc::new(kept.to_vec());
         }
         let previous = self.start.swap(new_first.base().get(), Ordering::AcqRel);
         debug_assert!(previous < new_first.base().get(), "the log start offset only grows");
