@@ -35,11 +35,21 @@ struct GroupCell {
     wake: Notify,
 }
 
+/// Stripes of the per-group commit order: a group's commits hash to one stripe. Bounded
+/// memory for any number of group ids; unrelated groups share a stripe only by chance.
+const COMMIT_STRIPES: usize = 256;
+
 #[derive(Debug)]
 struct Inner {
     config: Arc<CoordinatorConfig>,
     groups: Mutex<HashMap<String, Arc<GroupCell>>>,
     offsets: Arc<OffsetStore>,
+    /// Makes a commit's validation and its write one step per group: a commit validated for
+    /// generation N that is slow to write (and maybe timed out for its client) finishes
+    /// before the next commit of the group is even validated, so it can never land after a
+    /// newer generation's commit and move the offset back. Held until the write ends, even
+    /// when the caller has gone away.
+    commit_order: Vec<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Drop for Inner {
@@ -102,8 +112,17 @@ impl GroupCoordinator {
                 config: Arc::new(config),
                 groups: Mutex::new(HashMap::new()),
                 offsets,
+                commit_order: (0..COMMIT_STRIPES).map(|_| Arc::default()).collect(),
             }),
         }
+    }
+
+    /// The lock that orders `group_id`'s commits.
+    fn commit_stripe(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(group_id);
+        let stripes = &self.inner.commit_order;
+        Arc::clone(&stripes[(hash % stripes.len() as u64) as usize])
     }
 
     /// The configuration in force.
@@ -299,6 +318,7 @@ impl GroupCoordinator {
         if req.offsets.len() > self.inner.config.max_offsets_per_commit {
             return fail_all(ErrorCode::InvalidRequest, "too many partitions in one commit");
         }
+        let in_order = self.commit_stripe(&req.group_id).lock_owned().await;
         match self.group(&req.group_id) {
             Some(cell) => {
                 let checked = cell.group.lock().validate_commit(
@@ -354,8 +374,12 @@ impl GroupCoordinator {
         }
         let store = Arc::clone(&self.inner.offsets);
         let group_id = req.group_id.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || store.commit(&group_id, &writes, now_ms())).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = store.commit(&group_id, &writes, now_ms());
+            drop(in_order);
+            result
+        })
+        .await;
         let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),

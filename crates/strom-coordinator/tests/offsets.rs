@@ -318,3 +318,75 @@ async fn delete_group_removes_its_offsets_and_refuses_groups_with_members() {
     assert!(!c.list_groups().iter().any(|g| g.group_id == "g"));
     assert_eq!(c.delete_group("g").await.error_code, ErrorCode::GroupIdNotFound);
 }
+
+/// A log whose first append waits for a gate, like a commit stuck behind a slow replica.
+#[derive(Default)]
+struct GatedLog {
+    inner: MemoryOffsetsLog,
+    entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl OffsetsLog for GatedLog {
+    fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
+        let entered = self.entered.lock().unwrap().take();
+        if let Some(entered) = entered {
+            entered.send(()).unwrap();
+            let gate = self.gate.lock().unwrap().take().unwrap();
+            gate.recv().unwrap();
+        }
+        self.inner.append(batch)
+    }
+    fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
+        self.inner.read(from, max_bytes)
+    }
+    fn log_start_offset(&self) -> Offset {
+        self.inner.log_start_offset()
+    }
+    fn log_end_offset(&self) -> Offset {
+        self.inner.log_end_offset()
+    }
+    fn flush(&self) -> Result<(), OffsetsLogError> {
+        self.inner.flush()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_commit_whose_caller_gave_up_still_lands_before_the_next_one() {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+    let log = Arc::new(GatedLog {
+        entered: std::sync::Mutex::new(Some(entered_tx)),
+        gate: std::sync::Mutex::new(Some(gate_rx)),
+        ..GatedLog::default()
+    });
+    let store = Arc::new(OffsetStore::load(vec![Arc::clone(&log) as Arc<dyn OffsetsLog>]).unwrap());
+    let c = GroupCoordinator::new(CoordinatorConfig::default(), store);
+
+    // The first commit gets stuck in the log; its caller times out and drops the call.
+    let stuck = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.commit_offsets(simple_commit("g", vec![entry("t", 0, 5, "old")])).await
+        })
+    };
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap()).await.unwrap();
+    stuck.abort();
+    // The next commit must wait for the stuck write, not overtake it.
+    let newer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.commit_offsets(simple_commit("g", vec![entry("t", 0, 9, "new")])).await
+        })
+    };
+    // Without ordering it would be written and answered in microseconds.
+    let mut newer = newer;
+    let overtook = tokio::time::timeout(Duration::from_millis(300), &mut newer).await;
+    assert!(overtook.is_err(), "a commit overtook the one still being written");
+    gate_tx.send(()).unwrap();
+    let r = newer.await.unwrap();
+    assert_eq!(r[0].error_code, ErrorCode::None);
+    let fetched = c.fetch_offsets("g", None);
+    assert_eq!(fetched.partitions[0].committed_offset, Some(Offset::new(9)));
+    assert_eq!(fetched.partitions[0].metadata, "new");
+}
