@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use strom_coordinator::{
-    CONSUMER_OFFSETS_TOPIC, CoordinatorConfig, GroupCoordinator, OffsetStore, OffsetsLog,
-    OffsetsLogError,
+    CONSUMER_OFFSETS_TOPIC, GroupCoordinator, OffsetStore, OffsetsLog, OffsetsLogError,
 };
 use strom_format::{Offset, TimestampType};
 
@@ -1259,7 +1258,7 @@ fn rebuild_coordinator(
                 groups = store.groups().len(),
                 "group coordinator loaded"
             );
-            let coordinator = GroupCoordinator::new(CoordinatorConfig::default(), Arc::new(store));
+            let coordinator = GroupCoordinator::new(config.coordinator_config(), Arc::new(store));
             delete_offsets(&coordinator, &outcome.removed);
             *slot.write() = Some(CoordinatorSlot { led, coordinator });
         }

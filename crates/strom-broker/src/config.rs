@@ -97,6 +97,18 @@ pub struct BrokerConfig {
     pub offsets_topic_replication_factor: i32,
     /// Replicas of a topic created without a replication factor (`default.replication.factor`).
     pub default_replication_factor: i32,
+    /// Smallest session timeout a group member may ask for (`group.min.session.timeout.ms`).
+    pub group_min_session_timeout_ms: u64,
+    /// Largest session timeout a group member may ask for (`group.max.session.timeout.ms`).
+    pub group_max_session_timeout_ms: u64,
+    /// How long the first rebalance of an empty group waits for more members
+    /// (`group.initial.rebalance.delay.ms`; Kafka's 3 s suits fleets of consumers starting
+    /// together; 0 answers a lone joiner at once).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Most members one group may have (`group.max.size`).
+    pub group_max_size: usize,
+    /// Longest metadata string of a committed offset (`offset.metadata.max.bytes`).
+    pub offset_metadata_max_bytes: usize,
     /// The metadata quorum: node id -> `host:port` of each voter. Empty: this node alone.
     #[serde(default, deserialize_with = "deserialize_voters", serialize_with = "serialize_voters")]
     pub voters: BTreeMap<i32, String>,
@@ -159,6 +171,11 @@ impl Default for BrokerConfig {
             shutdown_timeout_ms: 10_000,
             offsets_topic_num_partitions: 50,
             offsets_topic_replication_factor: 3,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 30 * 60 * 1000,
+            group_initial_rebalance_delay_ms: 0,
+            group_max_size: 1000,
+            offset_metadata_max_bytes: 4096,
             default_replication_factor: 1,
             voters: BTreeMap::new(),
             broker_session_timeout_ms: 1_500,
@@ -246,6 +263,15 @@ impl BrokerConfig {
         }
         if self.replica_fetch_max_bytes < 1024 {
             return bad("replica_fetch_max_bytes must be at least 1024".into());
+        }
+        if self.group_min_session_timeout_ms == 0
+            || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms
+            || self.group_max_size == 0
+        {
+            return bad(format!(
+                "group_min_session_timeout_ms ({}) must be in 1..=group_max_session_timeout_ms ({}) and group_max_size > 0",
+                self.group_min_session_timeout_ms, self.group_max_session_timeout_ms
+            ));
         }
         if self.offsets_topic_replication_factor < 1 || self.default_replication_factor < 1 {
             return bad("replication factors must be >= 1".into());
@@ -549,6 +575,21 @@ fn timestamp_type_name(t: TimestampType) -> &'static str {
     }
 }
 
+impl BrokerConfig {
+    /// The group coordinator's settings: Kafka's `group.*` settings from this config, the
+    /// coordinator's own limits otherwise.
+    pub fn coordinator_config(&self) -> strom_coordinator::CoordinatorConfig {
+        strom_coordinator::CoordinatorConfig {
+            min_session_timeout: Duration::from_millis(self.group_min_session_timeout_ms),
+            max_session_timeout: Duration::from_millis(self.group_max_session_timeout_ms),
+            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
+            max_group_size: self.group_max_size,
+            offset_metadata_max_bytes: self.offset_metadata_max_bytes,
+            ..strom_coordinator::CoordinatorConfig::default()
+        }
+    }
+}
+
 /// Parses `--voters 1@host:port,2@host:port` into node id -> address. Duplicate ids and
 /// malformed entries are errors.
 pub fn parse_voters(text: &str) -> Result<BTreeMap<i32, String>, BrokerError> {
@@ -685,6 +726,24 @@ mod tests {
             let err = TopicConfig::resolve(&broker, &overrides(&[bad])).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidConfig, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn group_settings_reach_the_coordinator_and_are_checked() {
+        let config = BrokerConfig::from_toml_str(
+            "group_initial_rebalance_delay_ms = 3000\ngroup_min_session_timeout_ms = 1000\n",
+        )
+        .unwrap();
+        let c = config.coordinator_config();
+        assert_eq!(c.initial_rebalance_delay, Duration::from_secs(3));
+        assert_eq!(c.min_session_timeout, Duration::from_secs(1));
+        assert_eq!(c.max_session_timeout, Duration::from_secs(1800));
+        let inverted = BrokerConfig {
+            group_min_session_timeout_ms: 60_000,
+            group_max_session_timeout_ms: 6_000,
+            ..BrokerConfig::default()
+        };
+        assert!(inverted.validate().is_err());
     }
 
     #[test]
