@@ -30,7 +30,28 @@ fn join_request(group: &str, member_id: &str) -> pb::JoinGroupRequest {
             metadata: bytes::Bytes::from_static(b"subscription"),
         }],
         client_id: "test-client".into(),
+        supports_member_id_required: false,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip_394_first_join_names_the_member_id_for_clients_that_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(config(dir.path())).await;
+    let mut g = group_client(&h).await;
+    let first =
+        pb::JoinGroupRequest { supports_member_id_required: true, ..join_request("kip394", "") };
+    let r = g.join_group(first.clone()).await.unwrap().into_inner();
+    assert_eq!(r.error_code(), ErrorCode::MemberIdRequired, "{}", r.error_message);
+    assert!(!r.member_id.is_empty());
+    // The group holds no member yet: a lost answer would leave no orphan behind.
+    let rejoin = pb::JoinGroupRequest { member_id: r.member_id.clone(), ..first };
+    let joined = tokio::time::timeout(HANG_GUARD, g.join_group(rejoin)).await.unwrap().unwrap();
+    let joined = joined.into_inner();
+    assert_eq!(joined.error_code(), ErrorCode::None, "{}", joined.error_message);
+    assert_eq!(joined.member_id, r.member_id);
+    assert_eq!(joined.members.len(), 1);
+    h.stop().await;
 }
 
 /// Joins `group` as its only member and completes the sync; returns (member id, generation).

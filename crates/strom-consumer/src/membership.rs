@@ -218,6 +218,7 @@ async fn join(
             protocol_type: "consumer".to_owned(),
             protocols: protocols.clone(),
             client_id: settings.client_id.clone(),
+            supports_member_id_required: true,
         };
         let joined = match rpc.join(request, settings.rebalance_timeout).await {
             Ok(r) => r,

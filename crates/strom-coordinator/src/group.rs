@@ -429,10 +429,16 @@ impl Group {
     }
 
     /// Kafka's `onCompleteJoin`: drop members that did not rejoin, start the next generation
-    /// and answer every parked JoinGroup.
+    /// and answer every parked JoinGroup. A member whose JoinGroup caller has gone is dropped
+    /// too: carried into the generation, it would hold partitions nobody reads until its
+    /// session expired, and then force another rebalance.
     fn complete_join(&mut self, now: Instant) {
-        let laggards: Vec<String> =
-            self.members.values().filter(|m| !m.is_awaiting_join()).map(|m| m.id.clone()).collect();
+        let laggards: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| !m.is_awaiting_join() || m.join_caller_gone())
+            .map(|m| m.id.clone())
+            .collect();
         for id in laggards {
             info!(group = %self.id, member = %id, "removing member that did not rejoin in time");
             self.remove_member(&id);
@@ -860,6 +866,22 @@ mod tests {
         // A member with nothing in common is refused.
         let r = done(g.join(&join_req("", &["sticky"]), || "m3".into(), now));
         assert_eq!(r.error_code, ErrorCode::InconsistentGroupProtocol);
+    }
+
+    #[test]
+    fn a_member_whose_join_caller_left_is_not_carried_into_the_generation() {
+        let mut g = group();
+        let now = Instant::now();
+        let _ = done(g.join(&join_req("", &["range"]), || "m1".into(), now));
+        // m2 joins and gives up (its connection closed) before the join phase completes.
+        let rx2 = pending(g.join(&join_req("", &["range"]), || "m2".into(), now));
+        drop(rx2);
+        let r1 = pending(g.join(&join_req("m1", &["range"]), || unreachable!(), now))
+            .blocking_recv_for_test();
+        assert_eq!(r1.error_code, ErrorCode::None);
+        assert_eq!(r1.generation_id, 2);
+        let ids: Vec<_> = r1.members.iter().map(|m| m.member_id.as_str()).collect();
+        assert_eq!(ids, ["m1"], "the gone member got partitions: {ids:?}");
     }
 
     #[test]

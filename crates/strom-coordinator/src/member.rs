@@ -65,6 +65,12 @@ impl Member {
         self.awaiting_join.is_some()
     }
 
+    /// Parked in JoinGroup, but the caller stopped waiting (disconnected, timed out): the
+    /// answer would reach no one, so the member must not be carried into the generation.
+    pub(crate) fn join_caller_gone(&self) -> bool {
+        self.awaiting_join.as_ref().is_some_and(oneshot::Sender::is_closed)
+    }
+
     /// A member blocked in JoinGroup or SyncGroup is alive as long as its caller still waits;
     /// the join and sync deadlines bound that wait instead of the session timeout.
     pub(crate) fn is_kept_alive(&self) -> bool {

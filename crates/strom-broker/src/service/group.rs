@@ -124,9 +124,9 @@ impl pb::group_server::Group for GroupService {
                     .collect(),
                 client_id: req.client_id,
                 client_host,
-                // A gRPC client gets its member id with the join that creates it; a lost
-                // response costs one member until its session times out.
-                require_known_member_id: false,
+                // KIP-394 for clients that say they rejoin with the id they are given (ours
+                // do); older ones get their id with the join that creates it.
+                require_known_member_id: req.supports_member_id_required,
             })
             .await;
         Ok(Response::new(pb::JoinGroupResponse {
