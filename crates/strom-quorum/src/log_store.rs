@@ -4,7 +4,7 @@
 //! - `vote`: the last saved vote as JSON, replaced atomically; `save_vote` returns only after it
 //!   is fsynced.
 //! - `log`: an append-only file of frames `[len: u32 LE][crc32c(payload): u32 LE][payload]`,
-//!   payload = JSON of a [`LogOp`]: an entry, a truncation or a purge. Appended entries are
+//!   payload = JSON of a `LogOp`: an entry, a truncation or a purge. Appended entries are
 //!   fsynced before openraft's `LogFlushed` callback runs; truncations and purges are fsynced
 //!   before their call returns. Every operation is one frame, so a crash anywhere leaves a
 //!   prefix of the operations, and replaying a prefix is a consistent log.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// A node id, as Kafka's `broker.id` / `node.id`.
 pub type NodeId = i32;
 
-/// "No leader" in [`PartitionState::leader`], as in Kafka's metadata.
+/// "No leader" in a partition's leader field, as in Kafka's metadata.
 pub const NO_LEADER: NodeId = -1;
 
 /// One entry of the metadata log.

@@ -11,7 +11,7 @@
 //! Elections: openraft 0.9 draws its election timeout once per process, so two nodes that drew
 //! close values split the vote again and again. Here openraft's own election timer is off
 //! (`enable_elect = false`) and its timeout range is pinned to one value (used only for the
-//! leader lease, so openraft's RNG draws nothing that matters); [`election_timer`] starts
+//! leader lease, so openraft's RNG draws nothing that matters); `election_timer` starts
 //! elections instead, with a timeout drawn afresh from `election_timeout_ms` for every wait
 //! (seeded by `rng_seed` when given). Its clock is reset by every append-entries or snapshot
 //! chunk accepted from a current leader and by every vote granted, as in the Raft paper.
