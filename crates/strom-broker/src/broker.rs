@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -102,6 +102,8 @@ pub struct Broker {
     coordinator: Arc<RwLock<Option<CoordinatorSlot>>>,
     /// Bytes of appends queued for or running on the blocking pool, broker-wide.
     append_budget: AppendBudget,
+    /// Fetches parked waiting for data ([`Broker::parked_fetches`]).
+    parked_fetches: AtomicUsize,
 }
 
 impl Broker {
@@ -173,6 +175,7 @@ impl Broker {
             lock: Mutex::new(Some(lock)),
             coordinator: coordinator.clone(),
             append_budget: AppendBudget::new(config.queued_max_request_bytes),
+            parked_fetches: AtomicUsize::new(0),
         });
         let follow = {
             let (config, registry, coordinator) =
@@ -899,6 +902,10 @@ impl Broker {
             Ok(ListedOffset { offset, timestamp })
         })
         .await
+    }
+
+    pub(crate) fn parked_fetches_counter(&self) -> &AtomicUsize {
+        &self.parked_fetches
     }
 
     pub(crate) fn registry(&self) -> &Registry {

@@ -3,6 +3,7 @@
 //! the partitions' high-watermark signals in between (no polling).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures::future::select_all;
@@ -59,12 +60,35 @@ impl Broker {
                 return answer;
             }
             let appended = select_all(signals.iter_mut().map(|s| Box::pin(s.changed())));
+            let _parked = Parked::count(self.parked_fetches_counter());
             tokio::select! {
                 _ = appended => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// Fetches parked right now, waiting for data (Kafka's fetch purgatory size). Tests wait
+    /// on it to know a long poll is in place before they act.
+    pub fn parked_fetches(&self) -> usize {
+        self.parked_fetches_counter().load(Ordering::Acquire)
+    }
+}
+
+/// Counts one parked fetch for as long as it lives (also when the fetch is dropped).
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn count(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Parked(counter)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

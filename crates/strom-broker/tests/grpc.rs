@@ -243,8 +243,7 @@ async fn long_poll_wakes_on_append() {
         let request = fetch_request(&[("t", 0, 0), ("t", 1, 0)], 600_000, 1, 0);
         client.fetch(request).await.unwrap().into_inner()
     });
-    // Give the fetch a moment to park; the assertions hold even if it has not yet.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::parked(&h, 1).await;
     assert!(!parked.is_finished(), "answered before any data existed");
     h.produce_ok("t", 1, batch(&["wake up"])).await;
 
@@ -545,7 +544,7 @@ async fn shutdown_answers_parked_fetches_and_closes_cleanly() {
         tokio::spawn(
             async move { client.fetch(fetch_request(&[("t", 0, 1)], 600_000, 1, 0)).await },
         );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::parked(&h, 1).await;
     // Shutdown must not wait out the fetch's ten-minute wait.
     h.stop().await;
     let answer = tokio::time::timeout(HANG_GUARD, parked).await.expect("fetch answered").unwrap();
@@ -650,7 +649,7 @@ async fn deleting_a_topic_answers_fetches_parked_on_it() {
     let parked = tokio::spawn(async move {
         client.fetch(fetch_request(&[("doomed", 0, 0)], 600_000, 1, 0)).await.unwrap().into_inner()
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::parked(&h, 1).await;
     assert_eq!(h.delete("doomed").await.error_code(), ErrorCode::None);
     let answer = tokio::time::timeout(HANG_GUARD, parked).await.expect("answered").unwrap();
     let p = &answer.topics[0].partitions[0];

@@ -157,10 +157,18 @@ async fn cooperative_rebalancing_moves_only_what_must_move() {
         s.iter().map(|s| s.records.len()).sum::<usize>() >= 32
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One more record per partition: once every one has arrived, anything read twice before
+    // it has arrived too, so the counts below are final.
+    for p in 0..4 {
+        cluster.produce(TOPIC, p, 8, 9).await;
+    }
+    wait_for(&[&a, &b], "the 4 closing records", |s| {
+        s.iter().flat_map(|s| &s.records).filter(|(_, offset, _)| *offset == 8).count() == 4
+    })
+    .await;
     let sb = b.seen();
     assert!(sb.records.iter().all(|(_, offset, _)| *offset >= 5), "{:?}", sb.records);
-    assert_eq!(sb.records.len(), 6, "{:?}", sb.records);
+    assert_eq!(sb.records.len(), 8, "{:?}", sb.records);
     a.stop().await.close().await.unwrap();
     b.stop().await.close().await.unwrap();
 }
@@ -237,9 +245,16 @@ async fn an_eager_rebalance_commits_before_revoking_so_nothing_is_read_twice() {
         s.iter().map(|s| s.records.len()).sum::<usize>() >= 28
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A closing record per partition makes the counts final (see above).
+    for p in 0..4 {
+        cluster.produce(TOPIC, p, 7, 8).await;
+    }
+    wait_for(&[&a, &b], "the 4 closing records", |s| {
+        s.iter().flat_map(|s| &s.records).filter(|(_, offset, _)| *offset == 7).count() == 4
+    })
+    .await;
     let (sa, sb) = (a.seen(), b.seen());
-    assert_eq!(sa.records.len() + sb.records.len(), 28, "{sa:?} {sb:?}");
+    assert_eq!(sa.records.len() + sb.records.len(), 32, "{sa:?} {sb:?}");
     assert!(sb.records.iter().all(|(_, offset, _)| *offset >= 5), "{:?}", sb.records);
     a.stop().await.close().await.unwrap();
     b.stop().await.close().await.unwrap();

@@ -227,3 +227,12 @@ pub fn records(buf: &Bytes) -> Vec<(i64, String)> {
 pub fn by_name(listing: &[pb::TopicListing]) -> HashMap<String, i32> {
     listing.iter().map(|t| (t.name.clone(), t.num_partitions)).collect()
 }
+
+/// Waits until `n` fetches are parked on the broker: a long poll is in place.
+pub async fn parked(h: &Harness, n: usize) {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while h.server.broker().parked_fetches() != n {
+        assert!(tokio::time::Instant::now() < deadline, "the fetch never parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
