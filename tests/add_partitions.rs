@@ -8,8 +8,11 @@ mod common;
 use common::cluster::{Cluster, admin_json, all_active, wait_for};
 use common::{BrokerProcess, run, run_ok};
 
-/// (partition, leader, replicas, high watermark) of every partition of `topic`.
-fn partitions(addr: &str, topic: &str) -> Option<Vec<(i64, i64, Vec<i64>, i64)>> {
+/// (partition, leader, replicas, high watermark) of one partition.
+type Described = (i64, i64, Vec<i64>, i64);
+
+/// Every partition of `topic`, as `addr` describes it.
+fn partitions(addr: &str, topic: &str) -> Option<Vec<Described>> {
     let v = admin_json(addr, &["topics", "describe", topic])?;
     v[0]["partitions"]
         .as_array()?
