@@ -129,6 +129,20 @@ enum Topics {
         /// Topic name.
         name: String,
     },
+    /// Adds partitions to a topic (the count only grows). Keyed records map to partitions by
+    /// the partition count, so keys already written may land elsewhere afterwards.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new total number of partitions.
+        #[arg(long)]
+        partitions: i32,
+        /// Replicas of each added partition, as Kafka's tools take them: partitions separated
+        /// by commas, the node ids of one partition by colons (e.g. `1:2,2:3`). Default: placed
+        /// by the controller.
+        #[arg(long, value_name = "IDS", value_parser = parse_replica_assignment)]
+        replica_assignment: Option<ReplicaAssignment>,
+    },
     /// Sets or removes a topic's config overrides, e.g. `min.insync.replicas=2`.
     AlterConfig {
         /// Topic name.
@@ -140,6 +154,23 @@ enum Topics {
         #[arg(long = "delete", value_name = "KEY")]
         delete: Vec<String>,
     },
+}
+
+/// Replica node ids of each added partition (`--replica-assignment 1:2,2:3`). A newtype: clap
+/// would take a bare `Option<Vec<..>>` for a repeatable flag.
+#[derive(Debug, Clone)]
+struct ReplicaAssignment(Vec<Vec<i32>>);
+
+fn parse_replica_assignment(s: &str) -> Result<ReplicaAssignment, String> {
+    s.split(',')
+        .map(|partition| {
+            partition
+                .split(':')
+                .map(|id| id.trim().parse::<i32>().map_err(|_| format!("{id:?} is not a node id")))
+                .collect()
+        })
+        .collect::<Result<_, _>>()
+        .map(ReplicaAssignment)
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -578,6 +609,37 @@ async fn topics(client: &Client, cmd: Topics, output: Output) -> anyhow::Result<
         Topics::Delete { name } => {
             client.delete_topic(&name).await.map_err(|e| explain(e, &name))?;
             out!("Deleted topic {name}.");
+        }
+        Topics::AddPartitions { name, partitions, replica_assignment } => {
+            if partitions <= 0 {
+                bail!("--partitions must be at least 1");
+            }
+            use strom_client::proto::v1 as pb;
+            let assignments = replica_assignment
+                .map(|a| a.0)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|replicas| pb::ReplicaList { replicas })
+                .collect();
+            let request = pb::CreatePartitionsRequest {
+                topics: vec![pb::PartitionsIncrease {
+                    name: name.clone(),
+                    count: partitions,
+                    assignments,
+                }],
+                validate_only: false,
+            };
+            let response = client
+                .admin()
+                .create_partitions(client.request(request))
+                .await
+                .map_err(|s| explain(ClientError::from(s), &name))?
+                .into_inner();
+            let Some(result) = response.topics.into_iter().next() else {
+                bail!("the broker did not answer for topic {name:?}");
+            };
+            check_code(result.error_code, &result.error_message).map_err(|e| explain(e, &name))?;
+            out!("Topic {name} now has {partitions} partition(s).");
         }
         Topics::AlterConfig { name, set, delete } => {
             if set.is_empty() && delete.is_empty() {

@@ -88,6 +88,10 @@ struct Args {
     /// host:port Kafka clients are told to connect to [default: the Kafka listener's address].
     #[arg(long, value_name = "HOST:PORT")]
     kafka_advertised_address: Option<String>,
+    /// Incremental fetch sessions (KIP-227) the Kafka listener keeps; 0 disables them
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_incremental_fetch_session_cache_slots: Option<usize>,
     /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -152,6 +156,10 @@ impl Args {
             c.max_connections = usize::try_from(n).context("--max-connections is too large")?;
         }
         set(&mut c.kafka_listen, self.kafka_listen);
+        set(
+            &mut c.max_incremental_fetch_session_cache_slots,
+            self.max_incremental_fetch_session_cache_slots,
+        );
         if self.kafka_advertised_address.is_some() {
             c.kafka_advertised_address = self.kafka_advertised_address;
         }
@@ -232,6 +240,8 @@ fn kafka_config(c: &BrokerConfig) -> anyhow::Result<Option<KafkaConfig>> {
         listen,
         advertised_address: c.kafka_advertised_address.clone(),
         max_request_bytes: c.max_request_bytes,
+        fetch_session_cache_slots: c.max_incremental_fetch_session_cache_slots,
+        ..KafkaConfig::new(listen)
     }))
 }
 

@@ -172,8 +172,11 @@ fn text(out: &Output) -> String {
 }
 
 fn python_scenario(scenario: &str) {
+    python_scenario_on(&Node::start(), scenario);
+}
+
+fn python_scenario_on(node: &Node, scenario: &str) {
     let python = venv_python();
-    let node = Node::start();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("crates/strom-kafka/tests/clients/python_clients.py");
     let out = Command::new(python)
@@ -198,6 +201,22 @@ fn confluent_kafka_group_of_two_splits_six_partitions_three_three() {
 #[test]
 fn kafka_python_admin_murmur2_produce_and_group_consume() {
     python_scenario("kafka-python");
+}
+
+#[test]
+fn confluent_kafka_adds_partitions_and_a_group_member_takes_them_up() {
+    python_scenario("confluent-create-partitions");
+}
+
+#[test]
+fn kafka_python_adds_partitions_and_fetches_them_in_a_fetch_session() {
+    let node = Node::start();
+    python_scenario_on(&node, "kafka-python-create-partitions");
+    // kafka-python fetches with KIP-227 sessions (librdkafka does not): its sessions stay in
+    // the cache after it closes, until evicted.
+    let sessions = node.kafka.as_ref().unwrap().fetch_sessions();
+    println!("fetch sessions held after kafka-python: {sessions}");
+    assert!(sessions >= 1, "kafka-python used no fetch session");
 }
 
 #[test]

@@ -37,8 +37,8 @@ use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
 use crate::replication::{ISR_QUEUE_LEN, IsrProposal};
 use crate::topic::{Registry, Topic, validate_topic_name};
 use crate::types::{
-    BrokerEndpoint, ClusterView, ConfigAlteration, ListedOffset, NewTopic, NodeDescription,
-    PartitionDescription, ProduceOutcome, TopicDescription, TopicListing,
+    BrokerEndpoint, ClusterView, ConfigAlteration, ListedOffset, NewPartitions, NewTopic,
+    NodeDescription, PartitionDescription, ProduceOutcome, TopicDescription, TopicListing,
 };
 
 /// Most topics one admin request may name.
@@ -613,6 +613,54 @@ impl Broker {
                 tracing::error!(topic = name, error = %e, "deleting offsets failed");
             }
         }
+        Ok(())
+    }
+
+    /// Grows a topic to `request.count` partitions (Kafka's CreatePartitions), or with
+    /// `validate_only` checks that it could. Answers once this node has applied the change (its
+    /// replicas of the new partitions are open), so producers and consumers that refresh their
+    /// metadata through it see the new partitions at once.
+    ///
+    /// Errors as Kafka's: `UNKNOWN_TOPIC_OR_PARTITION`, `INVALID_PARTITIONS` (the count does not
+    /// grow, exceeds 10000, or the topic is `__consumer_offsets`), `INVALID_REPLICA_ASSIGNMENT`,
+    /// `INVALID_REPLICATION_FACTOR` (fewer live brokers than the topic's replicas),
+    /// `NOT_CONTROLLER` when no controller can be reached.
+    pub async fn create_partitions(
+        &self,
+        request: NewPartitions,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        self.create_partitions_with(request, validate_only, true).await
+    }
+
+    /// [`Broker::create_partitions`]; `forward: false` for a request a peer forwarded here.
+    pub(crate) async fn create_partitions_with(
+        &self,
+        request: NewPartitions,
+        validate_only: bool,
+        forward: bool,
+    ) -> Result<(), ApiError> {
+        // Checked here first so that validate_only and plain mistakes need no controller; the
+        // controller checks again on its own image, which may be newer.
+        crate::controller::new_partitions_record(&self.image().state, &request)?;
+        if validate_only {
+            return Ok(());
+        }
+        let local = {
+            let request = request.clone();
+            self.controller_call(|reply| Command::CreatePartitions { request, reply }).await
+        };
+        match local {
+            Err(e) if forward && e.code == ErrorCode::NotController => {
+                self.peers.create_partitions(&self.controller(), request.clone()).await?;
+            }
+            other => other?,
+        }
+        let count = usize::try_from(request.count).unwrap_or(usize::MAX);
+        self.wait_applied(|image| {
+            image.state.topic(&request.topic).is_some_and(|t| t.partitions.len() >= count)
+        })
+        .await;
         Ok(())
     }
 

@@ -138,6 +138,9 @@ pub struct BrokerConfig {
     pub kafka_listen: String,
     /// `host:port` Kafka clients are told to dial; defaults to the Kafka listener's address.
     pub kafka_advertised_address: Option<String>,
+    /// Incremental fetch sessions (KIP-227) the Kafka listener keeps at once (Kafka's
+    /// `max.incremental.fetch.session.cache.slots`); 0 disables them.
+    pub max_incremental_fetch_session_cache_slots: usize,
 }
 
 impl Default for BrokerConfig {
@@ -188,6 +191,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             kafka_listen: crate::kafka_support::DEFAULT_KAFKA_LISTEN.to_string(),
             kafka_advertised_address: None,
+            max_incremental_fetch_session_cache_slots: 1000,
         }
     }
 }

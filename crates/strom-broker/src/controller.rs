@@ -17,7 +17,10 @@ use strom_quorum::controller::{
     AlterPartitionError, Controller, ControllerConfig, PlacementError, alter_partition,
     controlled_shutdown, place_partitions,
 };
-use strom_quorum::{BrokerRegistration, MetadataError, MetadataRecord, MetadataState, TopicRecord};
+use strom_quorum::{
+    BrokerRegistration, MetadataError, MetadataRecord, MetadataState, NewPartitionsError,
+    TopicRecord, new_partitions,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -58,6 +61,11 @@ pub(crate) enum Command {
     AlterPartition {
         request: AlterPartition,
         reply: oneshot::Sender<Result<bool, ApiError>>,
+    },
+    /// Adds partitions to a topic.
+    CreatePartitions {
+        request: crate::types::NewPartitions,
+        reply: oneshot::Sender<Result<(), ApiError>>,
     },
     /// Sets and removes topic config overrides.
     AlterConfig {
@@ -224,6 +232,10 @@ impl Active {
                 let result = self.alter_partition(request).await;
                 let _ = reply.send(result);
             }
+            Command::CreatePartitions { request, reply } => {
+                let result = self.create_partitions(request).await;
+                let _ = reply.send(result);
+            }
             Command::AlterConfig { change, reply } => {
                 let result = self.alter_config(change).await;
                 let _ = reply.send(result);
@@ -318,6 +330,21 @@ impl Active {
             self.propose(record).await?;
         }
         Ok(())
+    }
+
+    async fn create_partitions(
+        &mut self,
+        request: crate::types::NewPartitions,
+    ) -> Result<(), ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        let record = new_partitions_record(&self.state(), &request)?;
+        if let MetadataRecord::CreatePartitions { name, partitions } = &record {
+            tracing::info!(topic = %name, added = partitions.len(), count = request.count,
+                "adding partitions");
+        }
+        self.propose(record).await
     }
 
     async fn controlled_shutdown(&mut self, node_id: i32) -> Result<(), ApiError> {
@@ -488,6 +515,38 @@ pub(crate) fn config_records(
         }
     }
     Ok(records)
+}
+
+/// The CreatePartitions record for `request` on `state`, or the Kafka error that refuses it.
+/// The receiving broker runs it too, for `validate_only` and to answer without a round trip.
+pub(crate) fn new_partitions_record(
+    state: &MetadataState,
+    request: &crate::types::NewPartitions,
+) -> Result<MetadataRecord, ApiError> {
+    if request.topic == CONSUMER_OFFSETS_TOPIC {
+        // Groups map to offsets partitions by `hash % offsets_topic_num_partitions`: more
+        // partitions would move groups away from their committed offsets.
+        return Err(ApiError::new(
+            ErrorCode::InvalidPartitions,
+            format!("partitions cannot be added to the internal topic {CONSUMER_OFFSETS_TOPIC}"),
+        ));
+    }
+    new_partitions(
+        state,
+        &request.topic,
+        request.count,
+        request.assignment.as_deref(),
+        crate::config::MAX_PARTITIONS,
+    )
+    .map_err(|e| {
+        let code = match &e {
+            NewPartitionsError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
+            NewPartitionsError::InvalidCount(_) => ErrorCode::InvalidPartitions,
+            NewPartitionsError::InvalidAssignment(_) => ErrorCode::InvalidReplicaAssignment,
+            _ => ErrorCode::InvalidReplicationFactor,
+        };
+        ApiError::new(code, e.to_string())
+    })
 }
 
 fn alter_partition_error(e: AlterPartitionError) -> ApiError {

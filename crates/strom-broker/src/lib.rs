@@ -73,6 +73,6 @@ pub use server::{BrokerServer, serve};
 pub use topic::{MAX_TOPIC_NAME_LEN, is_internal_topic, validate_topic_name};
 pub use types::{
     BrokerEndpoint, ClusterView, ConfigAlteration, FetchParams, FetchPartitionParams,
-    FetchedPartition, ListedOffset, NewTopic, NodeDescription, PartitionDescription,
+    FetchedPartition, ListedOffset, NewPartitions, NewTopic, NodeDescription, PartitionDescription,
     ProduceOutcome, TopicDescription, TopicListing,
 };

@@ -171,6 +171,21 @@ impl Peers {
         answered(response.error_code, response.error_message)
     }
 
+    /// Adds partitions to a topic through the active controller.
+    pub(crate) async fn create_partitions(
+        &self,
+        controller: &ControllerView,
+        request: crate::types::NewPartitions,
+    ) -> Result<(), ApiError> {
+        let mut client = pb::admin_client::AdminClient::new(self.controller_channel(controller)?);
+        let name = request.topic.clone();
+        let request =
+            pb::CreatePartitionsRequest { topics: vec![increase(request)], validate_only: false };
+        let response =
+            client.create_partitions(Self::forwarded(request)).await.map_err(unreachable)?;
+        first_result(response.into_inner().topics, &name)
+    }
+
     /// Asks the active controller to move leadership off `node_id` before it stops.
     pub(crate) async fn controlled_shutdown(
         &self,
@@ -197,6 +212,20 @@ fn answered(code: i32, message: String) -> Result<(), ApiError> {
         Ok(ErrorCode::None) => Ok(()),
         Ok(code) => Err(ApiError::new(code, message)),
         Err(_) => Err(ApiError::new(ErrorCode::UnknownServerError, message)),
+    }
+}
+
+/// The protobuf form of a partition increase.
+pub(crate) fn increase(request: crate::types::NewPartitions) -> pb::PartitionsIncrease {
+    pb::PartitionsIncrease {
+        name: request.topic,
+        count: request.count,
+        assignments: request
+            .assignment
+            .unwrap_or_default()
+            .into_iter()
+            .map(|replicas| pb::ReplicaList { replicas })
+            .collect(),
     }
 }
 

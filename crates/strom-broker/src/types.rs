@@ -107,6 +107,17 @@ pub struct ConfigAlteration {
     pub delete: Vec<String>,
 }
 
+/// A request to grow a topic (Kafka's CreatePartitions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewPartitions {
+    /// Topic name.
+    pub topic: String,
+    /// The new total partition count; must exceed the current one.
+    pub count: i32,
+    /// One replica list per added partition, or `None` to place them like a new topic's.
+    pub assignment: Option<Vec<Vec<i32>>>,
+}
+
 /// The answer to a metadata request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterView {

@@ -285,6 +285,13 @@ impl Admin for Fake {
         Err(Status::unimplemented("AlterConfigs is not part of this fake"))
     }
 
+    async fn create_partitions(
+        &self,
+        _: Request<strom_client::proto::v1::CreatePartitionsRequest>,
+    ) -> Result<Response<strom_client::proto::v1::CreatePartitionsResponse>, Status> {
+        Err(Status::unimplemented("CreatePartitions is not part of this fake"))
+    }
+
     async fn describe_cluster(
         &self,
         _: Request<strom_client::proto::v1::DescribeClusterRequest>,

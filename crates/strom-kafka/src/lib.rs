@@ -32,6 +32,7 @@
 
 mod codec;
 mod error;
+pub mod fetch_session;
 mod handlers;
 mod listener;
 mod versions;
@@ -56,6 +57,13 @@ pub struct KafkaConfig {
     pub advertised_address: Option<String>,
     /// Largest request frame accepted; a larger one closes the connection.
     pub max_request_bytes: usize,
+    /// Incremental fetch sessions (KIP-227) kept at once, Kafka's
+    /// `max.incremental.fetch.session.cache.slots`; 0 disables sessions.
+    pub fetch_session_cache_slots: usize,
+    /// How long a fetch session keeps its slot against newcomers when unused, and how old it
+    /// must be before a larger newcomer may take it (Kafka's
+    /// `min.incremental.fetch.session.eviction.ms`, 2 minutes).
+    pub fetch_session_eviction_ms: u64,
 }
 
 impl KafkaConfig {
@@ -65,6 +73,8 @@ impl KafkaConfig {
             listen,
             advertised_address: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            fetch_session_cache_slots: fetch_session::DEFAULT_SESSION_SLOTS,
+            fetch_session_eviction_ms: fetch_session::SESSION_EVICTION_MS,
         }
     }
 

@@ -18,6 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::KafkaConfig;
 use crate::codec::header_prefix;
 use crate::error::KafkaError;
+use crate::fetch_session::FetchSessionCache;
 use crate::handlers::{Context, Decoded, Shared};
 
 /// Requests read ahead of the one being answered, per connection. Beyond this the reader stops
@@ -36,6 +37,7 @@ pub struct KafkaListener {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl KafkaListener {
@@ -56,16 +58,26 @@ impl KafkaListener {
         broker.set_kafka_address(format!("{}:{}", advertised.0, advertised.1));
         // Metadata, DescribeCluster and FindCoordinator read it back from the broker, with
         // every other node's.
-        let shared = Arc::new(Shared::new(broker));
+        let sessions = FetchSessionCache::new(
+            config.fetch_session_cache_slots,
+            config.fetch_session_eviction_ms,
+            rand_seed(),
+        );
+        let shared = Arc::new(Shared::new(broker, sessions));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared, max_frame, stopped));
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), max_frame, stopped));
         tracing::info!(addr = %local_addr, "Kafka protocol listener bound");
-        Ok(KafkaListener { local_addr, stop, task: Some(task) })
+        Ok(KafkaListener { local_addr, stop, task: Some(task), shared })
     }
 
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Incremental fetch sessions (KIP-227) held now.
+    pub fn fetch_sessions(&self) -> usize {
+        self.shared.fetch_sessions.lock().len()
     }
 
     /// Stops accepting and closes every connection (requests being answered are abandoned;
@@ -82,6 +94,19 @@ impl Drop for KafkaListener {
     fn drop(&mut self) {
         self.stop.send_replace(true);
     }
+}
+
+/// A seed for session ids that differs between runs and listeners (ids need not be secret,
+/// only hard to collide with another client's by accident).
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 async fn accept_loop(

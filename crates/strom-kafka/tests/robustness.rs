@@ -159,6 +159,55 @@ fn default_frame(api: ApiKey, version: i16, cid: i32) -> Option<Vec<u8>> {
     }
 }
 
+/// Requests with content where the defaults are empty (arrays of topics, assignments,
+/// forgotten partitions), so truncation also cuts inside nested structures.
+fn rich_frames(cid: i32) -> Vec<(ApiKey, i16, Vec<u8>)> {
+    use kafka_protocol::messages::create_partitions_request::{
+        CreatePartitionsAssignment, CreatePartitionsTopic,
+    };
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+    let name = TopicName(StrBytes::from_static_str("rich"));
+    let create = CreatePartitionsRequest::default().with_topics(vec![
+        CreatePartitionsTopic::default().with_name(name.clone()).with_count(3).with_assignments(
+            Some(vec![
+                CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1)]),
+                CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1)]),
+            ]),
+        ),
+    ]);
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_session_id(12345)
+        .with_session_epoch(3)
+        .with_topics(vec![FetchTopic::default().with_topic(name.clone()).with_partitions(vec![
+            FetchPartition::default().with_partition(0).with_partition_max_bytes(1024),
+        ])])
+        .with_forgotten_topics_data(vec![
+            ForgottenTopic::default().with_topic(name).with_partitions(vec![1, 2]),
+        ]);
+    let mut out = Vec::new();
+    for version in 0..=3 {
+        out.push((
+            ApiKey::CreatePartitions,
+            version,
+            frame(ApiKey::CreatePartitions, version, cid, &create),
+        ));
+    }
+    for version in 7..=12 {
+        out.push((ApiKey::Fetch, version, frame(ApiKey::Fetch, version, cid, &fetch)));
+    }
+    out.into_iter().map(|(a, v, f)| (a, v, f.expect("encodes"))).collect()
+}
+
+#[test]
+fn every_supported_api_is_probed() {
+    for &(api, min, max) in SUPPORTED_APIS {
+        for version in min..=max {
+            assert!(default_frame(api, version, 1).is_some(), "{api:?} v{version} is never probed");
+        }
+    }
+}
+
 /// The broker still answers a well-formed request on a fresh connection.
 fn assert_serving(node: &Node) {
     let mut s = node.connect();
@@ -178,29 +227,29 @@ fn truncated_frames_of_every_api_get_an_answer_or_a_closed_connection() {
     let node = Node::start(1 << 20);
     let mut probes = 0;
     let (mut answered, mut closed) = (0, 0);
-    for &(api, min, max) in SUPPORTED_APIS {
-        for version in min..=max {
-            let Some(full) = default_frame(api, version, 7) else { continue };
-            let body_len = full.len() - 4;
-            // Every cut of the body after the fixed 8-byte header prefix, and the whole frame.
-            let cuts: Vec<usize> = (8..=body_len).step_by(((body_len - 8) / 12).max(1)).collect();
-            for cut in cuts {
-                let mut truncated = (cut as i32).to_be_bytes().to_vec();
-                truncated.extend_from_slice(&full[4..4 + cut]);
-                let mut s = node.connect();
-                s.write_all(&truncated).unwrap();
-                // End of input: the broker answers what it read (Produce with acks=0 answers
-                // nothing) and then closes, so no probe waits on a timeout.
-                s.shutdown(std::net::Shutdown::Write).unwrap();
-                match read_response(&mut s) {
-                    Some(r) => {
-                        assert_eq!(correlation(&r), 7, "{api:?} v{version} cut at {cut}");
-                        answered += 1;
-                    }
-                    None => closed += 1,
+    let defaults = SUPPORTED_APIS.iter().flat_map(|&(api, min, max)| {
+        (min..=max).filter_map(move |v| default_frame(api, v, 7).map(|f| (api, v, f)))
+    });
+    for (api, version, full) in defaults.chain(rich_frames(7)) {
+        let body_len = full.len() - 4;
+        // Every cut of the body after the fixed 8-byte header prefix, and the whole frame.
+        let cuts: Vec<usize> = (8..=body_len).step_by(((body_len - 8) / 12).max(1)).collect();
+        for cut in cuts {
+            let mut truncated = (cut as i32).to_be_bytes().to_vec();
+            truncated.extend_from_slice(&full[4..4 + cut]);
+            let mut s = node.connect();
+            s.write_all(&truncated).unwrap();
+            // End of input: the broker answers what it read (Produce with acks=0 answers
+            // nothing) and then closes, so no probe waits on a timeout.
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            match read_response(&mut s) {
+                Some(r) => {
+                    assert_eq!(correlation(&r), 7, "{api:?} v{version} cut at {cut}");
+                    answered += 1;
                 }
-                probes += 1;
+                None => closed += 1,
             }
+            probes += 1;
         }
     }
     assert_serving(&node);

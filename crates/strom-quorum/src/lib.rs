@@ -24,6 +24,7 @@ pub mod error;
 pub mod log_store;
 pub mod metadata;
 pub mod network;
+pub mod new_partitions;
 pub mod node;
 pub mod state_machine;
 pub mod types;
@@ -36,6 +37,7 @@ pub use metadata::{
     NodeId, PartitionChange, PartitionRecord, TopicRecord, TopicState,
 };
 pub use network::{RpcKind, Transport, TransportError};
+pub use new_partitions::{NewPartitionsError, new_partitions};
 pub use node::{LeaderInfo, Proposed, Quorum, QuorumConfig};
 pub use state_machine::{AppliedEvent, ApplyObserver, MetadataImage};
 pub use types::{ApplyResponse, TypeConfig};

@@ -9,7 +9,7 @@ use crate::broker::{Broker, MAX_TOPICS_PER_REQUEST};
 use crate::error::ApiError;
 use crate::peers::FORWARDED_HEADER;
 use crate::service::error_fields;
-use crate::types::{ConfigAlteration, NewTopic, TopicDescription};
+use crate::types::{ConfigAlteration, NewPartitions, NewTopic, TopicDescription};
 
 /// Serves topic administration and metadata of one [`Broker`].
 #[derive(Debug, Clone)]
@@ -93,6 +93,27 @@ impl pb::admin_server::Admin for AdminService {
             topics.push(topic_result(topic.name, &result));
         }
         Ok(Response::new(pb::CreateTopicsResponse { topics }))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<pb::CreatePartitionsRequest>,
+    ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
+        let forward = !request.metadata().contains_key(FORWARDED_HEADER);
+        let request = request.into_inner();
+        check_count(request.topics.len())?;
+        let mut topics = Vec::with_capacity(request.topics.len());
+        for topic in request.topics {
+            let name = topic.name.clone();
+            // No lists: placed by the controller (Kafka's null `assignments`).
+            let assignment = (!topic.assignments.is_empty())
+                .then(|| topic.assignments.into_iter().map(|l| l.replicas).collect());
+            let new = NewPartitions { topic: topic.name, count: topic.count, assignment };
+            let result =
+                self.broker.create_partitions_with(new, request.validate_only, forward).await;
+            topics.push(topic_result(name, &result));
+        }
+        Ok(Response::new(pb::CreatePartitionsResponse { topics }))
     }
 
     async fn delete_topics(

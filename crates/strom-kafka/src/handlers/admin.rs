@@ -13,9 +13,9 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::*;
-use strom_broker::NewTopic;
+use strom_broker::{NewPartitions, NewTopic};
 
-use super::codes::{INVALID_PARTITIONS, INVALID_REQUEST, UNKNOWN_TOPIC_ID};
+use super::codes::{INVALID_REQUEST, UNKNOWN_TOPIC_ID};
 use super::{Context, code, result_code, result_message, str_bytes};
 
 /// Kafka's ConfigResource types.
@@ -117,36 +117,37 @@ pub(super) async fn delete_topics(
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-/// The broker core cannot add partitions to a topic yet: a count equal to the current one is
-/// INVALID_PARTITIONS (as in Kafka), a larger one INVALID_REQUEST with the reason.
-pub(super) fn create_partitions(
+/// Each topic through the controller, one at a time as Kafka's controller does. A topic named
+/// twice in one request is refused for every occurrence (INVALID_REQUEST), as in Kafka.
+pub(super) async fn create_partitions(
     ctx: &Context,
     req: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
-    let results = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            let (error_code, message) = match ctx.broker().describe_topic(&t.name) {
-                Err(e) => (code(&e), e.message),
-                Ok(d) => {
-                    let current = i32::try_from(d.partitions.len()).unwrap_or(i32::MAX);
-                    if t.count <= current {
-                        (
-                            INVALID_PARTITIONS,
-                            format!("topic has {current} partitions; asked for {}", t.count),
-                        )
-                    } else {
-                        (INVALID_REQUEST, "adding partitions is not supported yet".to_string())
-                    }
-                }
-            };
-            CreatePartitionsTopicResult::default()
-                .with_name(t.name)
-                .with_error_code(error_code)
-                .with_error_message(Some(str_bytes(&message)))
-        })
-        .collect();
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let repeated = req.topics.iter().filter(|other| other.name == t.name).count() > 1;
+        let result = if repeated {
+            Err((INVALID_REQUEST, format!("topic {:?} appears more than once", t.name.as_str())))
+        } else {
+            // Null (what clients send) or empty: placed by the controller.
+            let assignment =
+                t.assignments.as_ref().filter(|lists| !lists.is_empty()).map(|lists| {
+                    lists.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect()
+                });
+            let request = NewPartitions { topic: t.name.to_string(), count: t.count, assignment };
+            ctx.broker()
+                .create_partitions(request, req.validate_only)
+                .await
+                .map_err(|e| (code(&e), e.message))
+        };
+        let answer = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        results.push(match result {
+            Ok(()) => answer,
+            Err((code, message)) => {
+                answer.with_error_code(code).with_error_message(Some(str_bytes(&message)))
+            }
+        });
+    }
     CreatePartitionsResponse::default().with_results(results)
 }
 

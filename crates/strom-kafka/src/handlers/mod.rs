@@ -21,6 +21,7 @@ use strom_broker::{ApiError, Broker};
 
 use crate::codec::{HeaderPrefix, decode, decode_header, encode_response, encode_with_header};
 use crate::error::KafkaError;
+use crate::fetch_session::FetchSessionCache;
 use crate::versions::is_supported;
 
 /// Bitmask of every topic operation (Kafka's AclOperation codes 3..=11 without 9, IDEMPOTENT_WRITE
@@ -42,17 +43,32 @@ pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
     /// The next producer id InitProducerId hands out.
     next_producer_id: AtomicI64,
+    /// KIP-227 fetch sessions of every connection (a client may move a session between
+    /// connections). Locked for bookkeeping only, never across a fetch.
+    pub(crate) fetch_sessions: parking_lot::Mutex<FetchSessionCache>,
+    /// The session cache's clock.
+    started: std::time::Instant,
 }
 
 impl Shared {
-    pub(crate) fn new(broker: Arc<Broker>) -> Self {
+    pub(crate) fn new(broker: Arc<Broker>, sessions: FetchSessionCache) -> Self {
         // Ids must not repeat across restarts (a producer could otherwise share another's id
         // after a restart); the start time in milliseconds times 1024 leaves room for 1024 ids
         // per millisecond of uptime before ids could overlap with a later run's.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-        Shared { broker, next_producer_id: AtomicI64::new(now_ms.saturating_mul(1024)) }
+        Shared {
+            broker,
+            next_producer_id: AtomicI64::new(now_ms.saturating_mul(1024)),
+            fetch_sessions: parking_lot::Mutex::new(sessions),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the listener started: the fetch session cache's time.
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn allocate_producer_id(&self) -> i64 {
@@ -195,7 +211,7 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
         Request::Metadata(r) => answer!(metadata::handle(ctx, *r, version).await),
         Request::CreateTopics(r) => answer!(admin::create_topics(ctx, *r, version).await),
         Request::DeleteTopics(r) => answer!(admin::delete_topics(ctx, *r, version).await),
-        Request::CreatePartitions(r) => answer!(admin::create_partitions(ctx, *r)),
+        Request::CreatePartitions(r) => answer!(admin::create_partitions(ctx, *r).await),
         Request::DescribeConfigs(r) => answer!(admin::describe_configs(ctx, *r, version)),
         Request::IncrementalAlterConfigs(r) => {
             answer!(admin::incremental_alter_configs(ctx, *r).await)
@@ -246,13 +262,11 @@ pub(crate) mod codes {
     pub(crate) const UNSUPPORTED_VERSION: i16 = ResponseError::UnsupportedVersion.code();
     pub(crate) const INVALID_REQUIRED_ACKS: i16 = ResponseError::InvalidRequiredAcks.code();
     pub(crate) const CORRUPT_MESSAGE: i16 = ResponseError::CorruptMessage.code();
-    pub(crate) const FETCH_SESSION_ID_NOT_FOUND: i16 = ResponseError::FetchSessionIdNotFound.code();
     pub(crate) const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
     pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 =
         ResponseError::UnknownTopicOrPartition.code();
     pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
     pub(crate) const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
-    pub(crate) const INVALID_PARTITIONS: i16 = ResponseError::InvalidPartitions.code();
     pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 =
         ResponseError::TransactionalIdAuthorizationFailed.code();
     pub(crate) const GROUP_ID_NOT_FOUND: i16 = ResponseError::GroupIdNotFound.code();

@@ -227,11 +227,95 @@ def aiokafka_roundtrip():
     check(got == 10, f"aiokafka produced and consumed 10 records (got {got})")
 
 
+def confluent_create_partitions():
+    """AdminClient.create_partitions grows a topic; a subscribed group member picks the new
+    partitions up after its metadata refresh (librdkafka rejoins when a subscribed topic's
+    partition count changes) and reads what a producer writes to them."""
+    from confluent_kafka import Consumer, KafkaException, Producer
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic = unique("cp")
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(timeout=10)
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": unique("g"), "auto.offset.reset": "earliest",
+                  "topic.metadata.refresh.interval.ms": 500})
+    c.subscribe([topic])
+    end = time.time() + DEADLINE
+    while time.time() < end and len(c.assignment()) != 2:
+        c.poll(0.2)
+    check(len(c.assignment()) == 2, "the member owns both partitions")
+
+    admin.create_partitions([NewPartitions(topic, 4)])[topic].result(timeout=10)
+    check(len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 4, "topic grew to 4 partitions")
+    for count, what in [(4, "same count"), (3, "fewer partitions")]:
+        try:
+            admin.create_partitions([NewPartitions(topic, count)])[topic].result(timeout=10)
+            check(False, f"{what} refused")
+        except KafkaException as e:
+            check(e.args[0].name() == "INVALID_PARTITIONS", f"{what} refused with INVALID_PARTITIONS ({e.args[0].name()})")
+    try:
+        admin.create_partitions([NewPartitions("no-such-topic", 3)])["no-such-topic"].result(timeout=10)
+        check(False, "unknown topic refused")
+    except KafkaException as e:
+        check(e.args[0].name() == "UNKNOWN_TOPIC_OR_PART", f"unknown topic refused ({e.args[0].name()})")
+    admin.create_partitions([NewPartitions(topic, 8)], validate_only=True)[topic].result(timeout=10)
+    check(len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 4, "validate_only changed nothing")
+
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "topic.metadata.refresh.interval.ms": 500})
+    delivered = []
+    p.produce(topic, value=b"on-new-partition", partition=3, on_delivery=lambda err, msg: delivered.append(err))
+    check(p.flush(10) == 0 and delivered == [None], "produced to new partition 3")
+    got = None
+    end = time.time() + DEADLINE
+    while time.time() < end and got is None:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            got = (m.partition(), m.value())
+    check(len(c.assignment()) == 4, f"the member rebalanced onto 4 partitions ({len(c.assignment())})")
+    check(got == (3, b"on-new-partition"), f"the member read the new partition's record ({got})")
+    c.close()
+    admin.delete_topics([topic])[topic].result(timeout=10)
+
+
+def kafka_python_create_partitions():
+    """kafka-python's admin adds partitions; its producer and group consumer (which fetch with
+    KIP-227 sessions) see them after a metadata refresh."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    from kafka.admin import NewPartitions, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    topic = unique("kpp")
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    consumer = KafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=unique("g"),
+                             auto_offset_reset="earliest", metadata_max_age_ms=500)
+    end = time.time() + DEADLINE
+    while time.time() < end and len(consumer.assignment()) != 1:
+        consumer.poll(timeout_ms=200)
+    check(len(consumer.assignment()) == 1, "the member owns the one partition")
+    admin.create_partitions({topic: NewPartitions(total_count=3)})
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, metadata_max_age_ms=500)
+    md = producer.send(topic, value=b"third", partition=2).get(timeout=10)
+    check(md.partition == 2, "kafka-python produced to new partition 2")
+    got = []
+    end = time.time() + DEADLINE
+    while time.time() < end and not got:
+        for records in consumer.poll(timeout_ms=200).values():
+            got.extend((r.partition, r.value) for r in records)
+    check(len(consumer.assignment()) == 3, f"the member rebalanced onto 3 partitions ({consumer.assignment()})")
+    check(got == [(2, b"third")], f"kafka-python read the new partition ({got})")
+    consumer.close()
+    producer.close()
+    admin.delete_topics([topic])
+    admin.close()
+
+
 SCENARIOS = {
     "confluent": confluent_admin_produce_consume,
     "group-split": confluent_group_split,
     "kafka-python": kafka_python,
     "aiokafka": aiokafka_roundtrip,
+    "confluent-create-partitions": confluent_create_partitions,
+    "kafka-python-create-partitions": kafka_python_create_partitions,
 }
 
 if __name__ == "__main__":
