@@ -99,6 +99,8 @@ pub struct Broker {
     lock: Mutex<Option<DataDirLock>>,
     /// Taken out at shutdown so its hold on the offsets partitions ends before logs close.
     coordinator: Arc<RwLock<Option<CoordinatorSlot>>>,
+    /// Request and connection counters (`metrics.rs`).
+    pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
 }
 
 impl Broker {
@@ -169,6 +171,7 @@ impl Broker {
             heartbeats_stopped: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
             coordinator: coordinator.clone(),
+            metrics: Arc::default(),
         });
         let follow = {
             let (config, registry, coordinator) =
@@ -330,6 +333,16 @@ impl Broker {
         self.quorum.image().borrow().clone()
     }
 
+    /// The metadata quorum behind this node.
+    pub(crate) fn quorum_log(&self) -> &Arc<dyn QuorumLog> {
+        &self.quorum
+    }
+
+    /// Applied index of the last image whose replicas this node has opened.
+    pub(crate) fn reconciled_index(&self) -> u64 {
+        *self.reconciled.borrow()
+    }
+
     /// The active controller as this node knows it.
     pub fn controller(&self) -> ControllerView {
         self.quorum.controller().borrow().clone()
@@ -413,6 +426,7 @@ impl Broker {
     /// Queues a leader's ISR change for the controller; a full queue drops it (the partition
     /// proposes again on a later tick or fetch).
     pub(crate) fn propose_isr_change(&self, proposal: IsrProposal) {
+        self.count_isr_proposal(&proposal);
         if let Err(e) = self.isr_changes.try_send(proposal) {
             let (partition, _) = match e {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
@@ -842,6 +856,21 @@ impl Broker {
         acks: i16,
         timeout: Duration,
     ) -> Result<ProduceOutcome, ApiError> {
+        let result = self.produce_unmetered(topic, partition, records, acks, timeout).await;
+        if let Err(e) = &result {
+            self.metrics.count_error(crate::metrics::RequestKind::Produce, e.code.as_str_name());
+        }
+        result
+    }
+
+    async fn produce_unmetered(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+        timeout: Duration,
+    ) -> Result<ProduceOutcome, ApiError> {
         if topic == CONSUMER_OFFSETS_TOPIC {
             return Err(ApiError::new(
                 ErrorCode::InvalidTopicException,
@@ -1046,9 +1075,12 @@ async fn run_maintenance(registry: &Registry, chore: Chore) -> usize {
 fn run_chore(p: &Partition, chore: Chore) -> usize {
     match chore {
         Chore::Flush => {
+            let (before, started) = (p.log().flushed_offset(), Instant::now());
             if let Err(e) = p.log().flush_if_due() {
                 p.clamp_high_watermark();
                 tracing::error!(partition = p.name(), error = %e, "scheduled flush failed");
+            } else if p.log().flushed_offset() != before {
+                p.counters().flushed(started.elapsed());
             }
             0
         }

@@ -114,6 +114,9 @@ pub struct BrokerConfig {
     pub kafka_listen: String,
     /// `host:port` Kafka clients are told to dial; defaults to the Kafka listener's address.
     pub kafka_advertised_address: Option<String>,
+    /// Address the HTTP listener (metrics, health, console) binds, or `none` to disable it;
+    /// port 0 picks a free port. See [`BrokerConfig::http_listen_addr`].
+    pub http_listen: String,
 }
 
 impl Default for BrokerConfig {
@@ -155,6 +158,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             kafka_listen: crate::kafka_support::DEFAULT_KAFKA_LISTEN.to_string(),
             kafka_advertised_address: None,
+            http_listen: crate::http_support::DEFAULT_HTTP_LISTEN.to_string(),
         }
     }
 }
@@ -244,6 +248,7 @@ impl BrokerConfig {
             parse_host_port(addr).map_err(BrokerError::Config)?;
         }
         self.validate_kafka()?;
+        self.http_listen_addr()?;
         if self.max_request_bytes < 1024 || self.max_request_bytes > MAX_REQUEST_BYTES {
             return bad(format!(
                 "max_request_bytes must be in 1024..={MAX_REQUEST_BYTES}, got {}",
