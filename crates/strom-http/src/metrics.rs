@@ -41,6 +41,11 @@ fn counters(
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Counter)?;
     for (labels, value) in rows {
+        if labels.is_empty() {
+            // An empty label set would print `name{}`: encode the bare sample instead.
+            ConstCounter::new(value).encode(family)?;
+            break;
+        }
         ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
@@ -56,6 +61,10 @@ fn gauges(
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for (labels, value) in rows {
+        if labels.is_empty() {
+            ConstGauge::new(value).encode(family)?;
+            break;
+        }
         ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
@@ -81,6 +90,10 @@ fn histograms(
     let mut family =
         encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
     for (labels, h) in rows {
+        if labels.is_empty() {
+            family.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+            break;
+        }
         family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
             h.sum_seconds,
             h.count,
@@ -380,13 +393,13 @@ impl Collector for BrokerCollector {
         // The process.
         let process = crate::process::read();
         if let Some(cpu) = process.cpu_seconds {
-            let mut family = e.encode_descriptor(
+            let family = e.encode_descriptor(
                 "process_cpu",
                 "User and system CPU time",
                 Some(&Unit::Seconds),
                 MetricType::Counter,
             )?;
-            ConstCounter::new(cpu).encode(family.encode_family(&Labels::new())?)?;
+            ConstCounter::new(cpu).encode(family)?;
         }
         if let Some(rss) = process.resident_bytes {
             gauges(
