@@ -283,16 +283,22 @@ async fn group(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Re
         .ok()
         .flatten();
     match found {
-        Some(g) => Json(json!({
-            "group_id": g.group_id,
-            "state": g.state,
-            "protocol_type": g.protocol_type,
-            "members": g.members,
-            "partitions": g.partitions,
-            "total_lag": g.total_lag,
-            "lag_history": state.history.lag(&id),
-        }))
-        .into_response(),
+        Some(g) => {
+            // The sampled history, ending with the lag just computed, so the chart is current.
+            let mut history = state.history.lag(&id);
+            history
+                .push(crate::history::LagSample { t: crate::history::now_ms(), lag: g.total_lag });
+            Json(json!({
+                "group_id": g.group_id,
+                "state": g.state,
+                "protocol_type": g.protocol_type,
+                "members": g.members,
+                "partitions": g.partitions,
+                "total_lag": g.total_lag,
+                "lag_history": history,
+            }))
+            .into_response()
+        }
         None => Failure(
             StatusCode::NOT_FOUND,
             format!("group {id:?} is unknown to this node's coordinator"),
