@@ -94,6 +94,13 @@ enum Groups {
     Describe {
         /// Group id.
         group: String,
+        /// Redraw the description (lag included) every `--interval` until Ctrl-C, like
+        /// `watch`. With `--output json`, one JSON document per refresh.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with `--watch` (at least 0.1).
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0, requires = "watch")]
+        interval: f64,
     },
 }
 
@@ -317,7 +324,12 @@ async fn groups(client: &Client, cmd: Groups, output: Output) -> anyhow::Result<
                 print_table(&["GROUP", "STATE", "PROTOCOL-TYPE"], &rows);
             }
         }
-        Groups::Describe { group } => describe_group(client, &group, output).await?,
+        Groups::Describe { group, watch: false, .. } => {
+            describe_group(client, &group, output).await?
+        }
+        Groups::Describe { group, watch: true, interval } => {
+            watch_group(client, &group, output, interval).await?
+        }
     }
     Ok(())
 }
@@ -336,6 +348,46 @@ async fn find_coordinator(client: &Client, group: &str) -> anyhow::Result<Broker
     response
         .coordinator
         .with_context(|| format!("the cluster named no coordinator for group {group:?}"))
+}
+
+/// `groups describe --watch`: the description again and again until Ctrl-C (exit 0). A failed
+/// refresh (a coordinator moving, a broker restarting) is shown and retried, not fatal.
+async fn watch_group(
+    client: &Client,
+    group: &str,
+    output: Output,
+    interval: f64,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !interval.is_finite() || interval < 0.1 {
+        bail!("--interval must be at least 0.1 seconds, got {interval}");
+    }
+    let interval = Duration::from_secs_f64(interval);
+    let redraw = output == Output::Text && std::io::stdout().is_terminal();
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        if redraw {
+            // Clear the screen and home the cursor: the view replaces itself.
+            out!("\x1b[H\x1b[2J");
+        }
+        if output == Output::Text {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            out!(
+                "Every {:.1}s: groups describe {group}    (unix time {now})",
+                interval.as_secs_f64()
+            );
+        }
+        if let Err(e) = describe_group(client, group, output).await {
+            out!("error: {e:#}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = &mut stop => return Ok(()),
+        }
+    }
 }
 
 async fn describe_group(client: &Client, group: &str, output: Output) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
-//! `strom-broker`: runs one Strom node, controller and broker at once, serving the gRPC API
-//! and the Kafka protocol.
+//! `strom-broker`: runs one Strom node, controller and broker at once, serving the gRPC API,
+//! the Kafka protocol and HTTP (metrics, health, web console).
 //! Settings come from defaults, then `--config FILE` (TOML), then flags; SIGTERM or Ctrl-C
 //! shuts down gracefully (requests drained, every log flushed and closed).
 
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use strom_broker::{BrokerConfig, BrokerServer};
+use strom_http::{HttpConfig, HttpServer};
 use strom_kafka::{KafkaConfig, KafkaListener};
 use tracing_subscriber::EnvFilter;
 
@@ -92,6 +93,10 @@ struct Args {
     /// [default: 1000].
     #[arg(long, value_name = "N")]
     max_incremental_fetch_session_cache_slots: Option<usize>,
+    /// Address of the HTTP listener (/metrics, /health, /ready, web console), or `none` to
+    /// disable it [default: 127.0.0.1:9096].
+    #[arg(long, value_name = "ADDR|none")]
+    http_listen: Option<String>,
     /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -163,6 +168,7 @@ impl Args {
         if self.kafka_advertised_address.is_some() {
             c.kafka_advertised_address = self.kafka_advertised_address;
         }
+        set(&mut c.http_listen, self.http_listen);
         c.validate()?;
         Ok(c)
     }
@@ -252,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(args.log_level.take().as_deref(), log_file.as_deref())?;
     let config = args.into_config()?;
     let kafka = kafka_config(&config)?;
+    let http_listen = config.http_listen_addr()?;
     let server = BrokerServer::start(config).await.context("starting the broker")?;
     let kafka = match kafka {
         Some(k) => Some(
@@ -261,15 +268,29 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let http = match http_listen {
+        Some(listen) => Some(
+            HttpServer::start(server.broker().clone(), HttpConfig::new(listen))
+                .await
+                .context("starting the HTTP listener")?,
+        ),
+        None => None,
+    };
     // Scripts and tests read these lines to learn the ports when started with port 0.
     if let Some(k) = &kafka {
         println!("strom-broker kafka protocol on {}", k.local_addr());
+    }
+    if let Some(h) = &http {
+        println!("strom-broker http on {}", h.local_addr());
     }
     println!("strom-broker listening on {}", server.local_addr());
     std::io::stdout().flush().context("writing to stdout")?;
     let served = server.run_until(termination()).await;
     if let Some(k) = kafka {
         k.shutdown().await;
+    }
+    if let Some(h) = http {
+        h.shutdown().await;
     }
     served.context("broker failed")?;
     tracing::info!("bye");

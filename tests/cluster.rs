@@ -184,7 +184,16 @@ fn malformed_voters_are_refused_at_start() {
         ("one@127.0.0.1:1", "node id"),
     ] {
         let out = std::process::Command::new(common::bin("strom-broker"))
-            .args(["--listen", "127.0.0.1:0", "--kafka-listen", "none", "--data-dir", data])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--kafka-listen",
+                "none",
+                "--http-listen",
+                "none",
+                "--data-dir",
+                data,
+            ])
             .args(["--voters", voters])
             .output()
             .expect("run strom-broker");

@@ -20,7 +20,7 @@ fn listen_accepts_host_names_and_idle_connections_are_reaped() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin("strom-broker"))
         .args(["--listen", "localhost:0", "--connections-max-idle-ms", "500"])
-        .args(["--kafka-listen", "none"])
+        .args(["--kafka-listen", "none", "--http-listen", "none"])
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--log-file")
@@ -85,7 +85,7 @@ fn unwritable_stderr_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
     let out = Command::new(bin("strom-broker"))
-        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "none"])
+        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "none", "--http-listen", "none"])
         .arg("--data-dir")
         .arg(dir.path())
         .stdin(Stdio::null())

@@ -32,6 +32,9 @@ pub struct BrokerProcess {
     /// The Kafka listener's address, as the broker printed it (read by `kafka_addr`).
     kafka: Option<mpsc::Receiver<String>>,
     kafka_addr: Option<String>,
+    /// The HTTP listener's address, as the broker printed it (read by `http_addr`).
+    http: Option<mpsc::Receiver<String>>,
+    http_addr: Option<String>,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
 }
@@ -92,6 +95,9 @@ impl BrokerProcess {
             .arg("--listen")
             .arg(listen)
             .args(["--kafka-listen", "127.0.0.1:0"])
+            // Port 0, so brokers of parallel tests never fight over the default 9096; a test
+            // may still pass its own `--http-listen` (the last one wins).
+            .args(["--http-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(&extra_args)
@@ -103,6 +109,7 @@ impl BrokerProcess {
             .expect("spawn strom-broker");
         let (tx, rx) = mpsc::channel();
         let (ktx, krx) = mpsc::channel();
+        let (htx, hrx) = mpsc::channel();
         // The listening line may come on stdout or stderr; both are drained for the process's
         // whole life so it never blocks on a full pipe.
         for stream in [
@@ -111,6 +118,7 @@ impl BrokerProcess {
         ] {
             let tx = tx.clone();
             let ktx = ktx.clone();
+            let htx = htx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if std::env::var_os("STROM_TEST_VERBOSE").is_some() {
@@ -119,6 +127,10 @@ impl BrokerProcess {
                     if let Some(rest) = line.split("kafka protocol on ").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                         let _ = ktx.send(addr);
+                    }
+                    if let Some(rest) = line.split("strom-broker http on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = htx.send(addr);
                     }
                     if let Some(rest) = line.split("listening on ").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
@@ -139,6 +151,8 @@ impl BrokerProcess {
             addr,
             kafka: Some(krx),
             kafka_addr: None,
+            http: Some(hrx),
+            http_addr: None,
             data_dir: data_dir.to_path_buf(),
             extra_args,
         }
@@ -152,6 +166,15 @@ impl BrokerProcess {
             self.kafka_addr = Some(addr);
         }
         self.kafka_addr.clone().expect("Kafka address known")
+    }
+
+    /// The address of its HTTP listener (waits for the broker to have printed it).
+    pub fn http_addr(&mut self) -> String {
+        if let Some(rx) = self.http.take() {
+            let addr = rx.recv_timeout(START_TIMEOUT).expect("the broker printed its HTTP address");
+            self.http_addr = Some(addr);
+        }
+        self.http_addr.clone().expect("HTTP address known")
     }
 
     pub fn pid(&self) -> i32 {

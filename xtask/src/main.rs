@@ -86,6 +86,7 @@ fn cluster(extra: &[String]) -> Result<()> {
             .args(["--node-id", &n.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", base_port + n - 1)])
             .args(["--kafka-listen", &format!("127.0.0.1:{}", base_port + 100 + n - 1)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", base_port + 200 + n - 1)])
             .arg("--data-dir")
             .arg(root.join(format!("node-{n}")))
             .args(["--voters", &voters])
@@ -94,9 +95,11 @@ fn cluster(extra: &[String]) -> Result<()> {
             .spawn()
             .with_context(|| format!("starting node {n}"))?;
         eprintln!(
-            "node {n}: gRPC 127.0.0.1:{}, Kafka 127.0.0.1:{}, log strom-cluster/node-{n}.log",
+            "node {n}: gRPC 127.0.0.1:{}, Kafka 127.0.0.1:{}, HTTP http://127.0.0.1:{}/, \
+             log strom-cluster/node-{n}.log",
             base_port + n - 1,
-            base_port + 100 + n - 1
+            base_port + 100 + n - 1,
+            base_port + 200 + n - 1
         );
         children.push(child);
     }

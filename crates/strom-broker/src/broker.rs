@@ -104,6 +104,8 @@ pub struct Broker {
     append_budget: AppendBudget,
     /// Fetches parked waiting for data ([`Broker::parked_fetches`]).
     parked_fetches: AtomicUsize,
+    /// Request and connection counters (`metrics.rs`).
+    pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
 }
 
 impl Broker {
@@ -176,6 +178,7 @@ impl Broker {
             coordinator: coordinator.clone(),
             append_budget: AppendBudget::new(config.queued_max_request_bytes),
             parked_fetches: AtomicUsize::new(0),
+            metrics: Arc::default(),
         });
         let follow = {
             let (config, registry, coordinator) =
@@ -337,6 +340,16 @@ impl Broker {
         self.quorum.image().borrow().clone()
     }
 
+    /// The metadata quorum behind this node.
+    pub(crate) fn quorum_log(&self) -> &Arc<dyn QuorumLog> {
+        &self.quorum
+    }
+
+    /// Applied index of the last image whose replicas this node has opened.
+    pub(crate) fn reconciled_index(&self) -> u64 {
+        *self.reconciled.borrow()
+    }
+
     /// The active controller as this node knows it.
     pub fn controller(&self) -> ControllerView {
         self.quorum.controller().borrow().clone()
@@ -420,6 +433,7 @@ impl Broker {
     /// Queues a leader's ISR change for the controller; a full queue drops it (the partition
     /// proposes again on a later tick or fetch).
     pub(crate) fn propose_isr_change(&self, proposal: IsrProposal) {
+        self.count_isr_proposal(&proposal);
         if let Err(e) = self.isr_changes.try_send(proposal) {
             let (partition, _) = match e {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
@@ -897,6 +911,21 @@ impl Broker {
         acks: i16,
         timeout: Duration,
     ) -> Result<ProduceOutcome, ApiError> {
+        let result = self.produce_unmetered(topic, partition, records, acks, timeout).await;
+        if let Err(e) = &result {
+            self.metrics.count_error(crate::metrics::RequestKind::Produce, e.code.as_str_name());
+        }
+        result
+    }
+
+    async fn produce_unmetered(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+        timeout: Duration,
+    ) -> Result<ProduceOutcome, ApiError> {
         if topic == CONSUMER_OFFSETS_TOPIC {
             return Err(ApiError::new(
                 ErrorCode::InvalidTopicException,
@@ -1109,9 +1138,12 @@ async fn run_maintenance(registry: &Registry, chore: Chore) -> usize {
 fn run_chore(p: &Partition, chore: Chore) -> usize {
     match chore {
         Chore::Flush => {
+            let (before, started) = (p.log().flushed_offset(), Instant::now());
             if let Err(e) = p.log().flush_if_due() {
                 p.clamp_high_watermark();
                 tracing::error!(partition = p.name(), error = %e, "scheduled flush failed");
+            } else if p.log().flushed_offset() != before {
+                p.counters().flushed(started.elapsed());
             }
             0
         }

@@ -141,6 +141,9 @@ pub struct BrokerConfig {
     /// Incremental fetch sessions (KIP-227) the Kafka listener keeps at once (Kafka's
     /// `max.incremental.fetch.session.cache.slots`); 0 disables them.
     pub max_incremental_fetch_session_cache_slots: usize,
+    /// Address the HTTP listener (metrics, health, console) binds, or `none` to disable it;
+    /// port 0 picks a free port. See [`BrokerConfig::http_listen_addr`].
+    pub http_listen: String,
 }
 
 impl Default for BrokerConfig {
@@ -192,6 +195,7 @@ impl Default for BrokerConfig {
             kafka_listen: crate::kafka_support::DEFAULT_KAFKA_LISTEN.to_string(),
             kafka_advertised_address: None,
             max_incremental_fetch_session_cache_slots: 1000,
+            http_listen: crate::http_support::DEFAULT_HTTP_LISTEN.to_string(),
         }
     }
 }
@@ -290,6 +294,7 @@ impl BrokerConfig {
             parse_host_port(addr).map_err(BrokerError::Config)?;
         }
         self.validate_kafka()?;
+        self.http_listen_addr()?;
         if self.max_request_bytes < 1024 || self.max_request_bytes > MAX_REQUEST_BYTES {
             return bad(format!(
                 "max_request_bytes must be in 1024..={MAX_REQUEST_BYTES}, got {}",

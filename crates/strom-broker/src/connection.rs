@@ -33,8 +33,8 @@ pub(crate) struct Limits {
 pub(crate) fn limit(
     incoming: impl Stream<Item = io::Result<TcpStream>> + Send + 'static,
     limits: Limits,
+    open: Arc<AtomicUsize>,
 ) -> impl Stream<Item = io::Result<LimitedStream>> + Send + 'static {
-    let open = Arc::new(AtomicUsize::new(0));
     incoming.filter_map(move |accepted| {
         let open = Arc::clone(&open);
         async move {
@@ -165,7 +165,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tokio_stream_from(listener);
-        (addr, Box::pin(limit(incoming, limits)))
+        (addr, Box::pin(limit(incoming, limits, Arc::default())))
     }
 
     fn tokio_stream_from(

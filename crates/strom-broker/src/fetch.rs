@@ -24,6 +24,14 @@ impl Broker {
     /// of `params.partitions`. Only records below a partition's high watermark are returned;
     /// whole batches, so the first may start before the fetch offset.
     pub async fn fetch(&self, params: FetchParams) -> Vec<FetchedPartition> {
+        let fetched = self.fetch_unmetered(params).await;
+        for e in fetched.iter().filter_map(|f| f.records.as_ref().err()) {
+            self.metrics.count_error(crate::metrics::RequestKind::Fetch, e.code.as_str_name());
+        }
+        fetched
+    }
+
+    async fn fetch_unmetered(&self, params: FetchParams) -> Vec<FetchedPartition> {
         if params.partitions.len() > MAX_FETCH_PARTITIONS {
             let error = ApiError::new(
                 ErrorCode::InvalidRequest,

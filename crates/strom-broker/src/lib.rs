@@ -43,9 +43,11 @@ mod controller;
 mod error;
 mod fetch;
 mod fetcher;
+mod http_support;
 mod kafka_support;
 mod limits;
 mod metadata;
+mod metrics;
 mod partition;
 mod peers;
 mod quorum;
@@ -61,10 +63,15 @@ pub use broker::{Broker, MAX_TOPICS_PER_REQUEST};
 pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig, parse_voters};
 pub use error::{ApiError, BrokerError};
 pub use fetch::MAX_FETCH_PARTITIONS;
+pub use http_support::DEFAULT_HTTP_LISTEN;
 pub use kafka_support::DEFAULT_KAFKA_LISTEN;
 pub use limits::{MAX_REQUEST_PARTITIONS, check_partition_entries};
 pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
+};
+pub use metrics::{
+    BrokerMetrics, ConnectionGuard, HistogramSnapshot, LATENCY_BUCKETS, Listener, PartitionStats,
+    QuorumStatus, RequestKind,
 };
 pub use partition::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 pub use quorum::{ControllerView, Image, QuorumLog};

@@ -100,6 +100,8 @@ pub(crate) struct Partition {
     /// The first corruption a read met, kept for `describe` until the broker restarts (whose
     /// recovery truncates a corrupt tail, or finds the damage again). Leaf lock.
     corruption: parking_lot::Mutex<Option<String>>,
+    /// Traffic counters for the metrics endpoint (atomics only).
+    counters: crate::metrics::PartitionCounters,
 }
 
 impl fmt::Debug for Partition {
@@ -146,6 +148,7 @@ impl Partition {
             log_end,
             deleted: AtomicBool::new(false),
             corruption: parking_lot::Mutex::new(None),
+            counters: Default::default(),
         })
     }
 
@@ -347,6 +350,7 @@ impl Partition {
             return Err(ApiError::new(ErrorCode::CorruptMessage, "no record batches in request"));
         }
         let epoch = self.check_leader()?;
+        let size = records.len();
         let info = match self.log.append_with_leader_epoch(records, epoch) {
             Ok(info) => info,
             Err(e) => {
@@ -356,6 +360,7 @@ impl Partition {
         };
         self.publish_log_end();
         self.leader_log_moved();
+        self.counters.appended(size, info.first_offset, info.last_offset);
         Ok((info, epoch))
     }
 
@@ -469,7 +474,14 @@ impl Partition {
             .read_below(from, max_bytes.max(1), hw)
             .map_err(|e| self.read_error(from, &e))?
             .records;
-        Ok(self.read_on(first, max_bytes, hw))
+        let records = self.read_on(first, max_bytes, hw);
+        self.counters.read(records.len(), from, next_offset_after(&records));
+        Ok(records)
+    }
+
+    /// Traffic counters of this replica.
+    pub(crate) fn counters(&self) -> &crate::metrics::PartitionCounters {
+        &self.counters
     }
 
     /// A log read stops at the end of a segment. A consumer catching up should not get one

@@ -57,6 +57,10 @@ pub trait QuorumLog: Send + Sync + std::fmt::Debug + 'static {
         kind: i32,
         payload: bytes::Bytes,
     ) -> BoxFuture<'static, Result<bytes::Bytes, ApiError>>;
+    /// Raft term and log indexes for metrics; zeros when the implementation has none.
+    fn raft_status(&self) -> crate::metrics::QuorumStatus {
+        crate::metrics::QuorumStatus::default()
+    }
     /// Stops replication; later proposals fail.
     fn shutdown(&self) -> BoxFuture<'static, ()>;
 }

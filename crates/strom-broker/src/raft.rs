@@ -241,6 +241,18 @@ impl QuorumLog for RaftQuorum {
         self.cluster_id.clone()
     }
 
+    fn raft_status(&self) -> crate::metrics::QuorumStatus {
+        let metrics = self.quorum.metrics();
+        let m = metrics.borrow();
+        crate::metrics::QuorumStatus {
+            controller: None,
+            is_controller: self.is_controller(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |id| id.index),
+        }
+    }
+
     fn add_learner(
         &self,
         node: NodeId,

@@ -192,8 +192,13 @@ async fn run(
         max_connections: config.max_connections,
         max_idle: Duration::from_millis(config.connections_max_idle_ms),
     };
-    let incoming = connection::limit(TcpIncoming::from(listener).with_nodelay(Some(true)), limits);
+    let incoming = connection::limit(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        limits,
+        broker.metrics().grpc_connection_counter(),
+    );
     let serving = Server::builder()
+        .layer(crate::metrics::MetricsLayer(broker.metrics().clone()))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use strom_broker::Broker;
+use kafka_protocol::messages::ApiKey;
+use strom_broker::{Broker, Listener, RequestKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -157,6 +158,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     max_frame: usize,
 ) {
+    let _counted = shared.broker.metrics().kafka_connection();
     let (read, write) = stream.into_split();
     let (queue, queued) = mpsc::channel(MAX_QUEUED_REQUESTS);
     let reader = read_frames(read, peer, max_frame, queue);
@@ -217,7 +219,10 @@ async fn answer_frames(
 ) {
     let mut write = BufWriter::new(write);
     while let Some((request, _permit)) = queued.recv().await {
-        let bytes = match crate::handlers::handle(&ctx, request).await {
+        let (kind, started) = (request_kind(request.api()), std::time::Instant::now());
+        let handled = crate::handlers::handle(&ctx, request).await;
+        ctx.shared.broker.metrics().observe_request(Listener::Kafka, kind, started.elapsed());
+        let bytes = match handled {
             Ok(Some(bytes)) => bytes,
             Ok(None) => continue,
             Err(e) => {
@@ -240,4 +245,34 @@ async fn answer_frames(
     }
     let _ = write.flush().await;
     let _ = write.into_inner().shutdown().await;
+}
+
+/// The metrics family of a Kafka API.
+fn request_kind(api: ApiKey) -> RequestKind {
+    match api {
+        ApiKey::Produce => RequestKind::Produce,
+        ApiKey::Fetch => RequestKind::Fetch,
+        ApiKey::ListOffsets => RequestKind::ListOffsets,
+        ApiKey::Metadata
+        | ApiKey::ApiVersions
+        | ApiKey::DescribeCluster
+        | ApiKey::DescribeConfigs
+        | ApiKey::OffsetForLeaderEpoch => RequestKind::Metadata,
+        ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::FindCoordinator
+        | ApiKey::JoinGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::SyncGroup
+        | ApiKey::DescribeGroups
+        | ApiKey::ListGroups
+        | ApiKey::DeleteGroups => RequestKind::Group,
+        ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::CreatePartitions
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::InitProducerId => RequestKind::Admin,
+        _ => RequestKind::Other,
+    }
 }

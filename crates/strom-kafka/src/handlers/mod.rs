@@ -153,6 +153,11 @@ requests! {
 }
 
 impl Decoded {
+    /// The request's API, for metrics.
+    pub(crate) fn api(&self) -> ApiKey {
+        self.api
+    }
+
     /// Decodes a whole frame. ApiVersions at an unknown version is not an error (the client
     /// learns our range from the v0 answer); any other unknown API or version, or a body that
     /// does not decode, is, and closes the connection as Kafka does.

@@ -1,0 +1,271 @@
+//! The HTTP listener of a real broker process: `/metrics` after a known workload (records in =
+//! records produced, bytes in = the log's size, lag = high watermark - committed offset, per
+//! partition), `/health` and `/ready`, the JSON API the console uses, and bad input (unknown
+//! paths 404, malformed or huge query strings 400, oversized bodies 413).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{BrokerProcess, run_ok};
+use strom_format::PartitionId;
+use strom_producer::{Producer, ProducerConfig, ProducerRecord};
+
+/// One HTTP/1.0 exchange (no chunking, the server closes): `(status, body)`.
+fn http(addr: &str, method: &str, target: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut request = format!("{method} {target} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or(""));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+fn get(addr: &str, target: &str) -> (u16, String) {
+    http(addr, "GET", target, None)
+}
+
+/// The samples of a Prometheus text page: `name{labels}` -> value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(all: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *all.get(key).unwrap_or_else(|| panic!("no sample {key}"))
+}
+
+fn wait_ready(http_addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(http_addr, "/ready");
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 503, "/ready: {body}");
+        assert!(Instant::now() < deadline, "not ready after 30 s: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const RECORDS: usize = 1000;
+const CONSUMED: usize = 300;
+
+#[test]
+fn metrics_match_a_known_workload_and_lag_is_end_minus_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let addr = broker.addr.clone();
+    let http_addr = broker.http_addr();
+    assert!(http_addr.starts_with("127.0.0.1:"), "bound to loopback: {http_addr}");
+    assert_eq!(get(&http_addr, "/health").0, 200);
+    wait_ready(&http_addr);
+
+    run_ok(
+        "strom-admin",
+        &["--bootstrap", &addr, "topics", "create", "metered", "--partitions", "2"],
+        None,
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let producer = Producer::new(ProducerConfig::new(&addr)).await.unwrap();
+        let mut acks = Vec::new();
+        for i in 0..RECORDS {
+            let record = ProducerRecord::new("metered")
+                .partition(PartitionId::new((i % 2) as i32))
+                .key(format!("k{i}"))
+                .value(format!("value {i}"));
+            acks.push(producer.send(record).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        producer.close().await;
+    });
+    let consumed = run_ok(
+        "strom-consumer",
+        &[
+            "--bootstrap",
+            &addr,
+            "--topic",
+            "metered",
+            "--group",
+            "meters",
+            "--from-beginning",
+            "--max-messages",
+            &CONSUMED.to_string(),
+            "--timeout-ms",
+            "30000",
+        ],
+        None,
+    );
+    assert_eq!(consumed.lines().count(), CONSUMED);
+
+    let started = Instant::now();
+    let (status, text) = get(&http_addr, "/metrics");
+    let scrape_ms = started.elapsed().as_millis();
+    assert_eq!(status, 200);
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    let all = samples(&text);
+
+    let records_in = sample(&all, "strom_topic_records_in_total{topic=\"metered\"}");
+    assert_eq!(records_in, RECORDS as f64, "records in = records produced");
+    let bytes_in = sample(&all, "strom_topic_in_bytes_total{topic=\"metered\"}");
+    let mut log_bytes = 0.0;
+    let mut lag_sum = 0.0;
+    for p in 0..2 {
+        let labels = format!("topic=\"metered\",partition=\"{p}\"");
+        log_bytes += sample(&all, &format!("strom_partition_log_size_bytes{{{labels}}}"));
+        let hw = sample(&all, &format!("strom_partition_high_watermark{{{labels}}}"));
+        assert_eq!(hw, (RECORDS / 2) as f64);
+        let group = format!("group=\"meters\",{labels}");
+        let committed = sample(&all, &format!("strom_group_committed_offset{{{group}}}"));
+        let lag = sample(&all, &format!("strom_group_lag{{{group}}}"));
+        assert_eq!(lag, hw - committed, "lag = end - committed on partition {p}");
+        lag_sum += lag;
+    }
+    assert_eq!(bytes_in, log_bytes, "bytes in = bytes in the logs");
+    assert_eq!(lag_sum, (RECORDS - CONSUMED) as f64);
+    assert_eq!(sample(&all, "strom_group_lag_sum{group=\"meters\"}"), lag_sum);
+    let records_out = sample(&all, "strom_topic_records_out_total{topic=\"metered\"}");
+    assert!(records_out >= CONSUMED as f64, "records out {records_out} < {CONSUMED} consumed");
+    let produces =
+        sample(&all, "strom_request_duration_seconds_count{listener=\"grpc\",api=\"produce\"}");
+    assert!(produces >= 1.0);
+    assert_eq!(sample(&all, "strom_active_controller"), 1.0);
+    assert_eq!(sample(&all, "strom_controller_id"), 1.0);
+    assert!(sample(&all, "strom_raft_term") >= 1.0);
+    assert!(sample(&all, "strom_raft_applied_index") >= 1.0);
+    assert_eq!(sample(&all, "strom_ready"), 1.0);
+    assert!(sample(&all, "process_resident_memory_bytes") > 0.0);
+    assert!(all.contains_key("process_cpu_seconds_total"));
+    println!(
+        "scraped {} samples in {scrape_ms} ms: records in {records_in}, bytes in {bytes_in}, \
+         records out {records_out}, lag {lag_sum}",
+        all.len()
+    );
+
+    // The console's JSON views of the same state.
+    let (status, topics) = get(&http_addr, "/api/topics");
+    assert_eq!(status, 200);
+    assert!(topics.contains("\"name\":\"metered\""), "{topics}");
+    let (status, group) = get(&http_addr, "/api/groups/meters");
+    assert_eq!(status, 200);
+    assert!(group.contains(&format!("\"total_lag\":{}", RECORDS - CONSUMED)), "{group}");
+    let (status, page) =
+        get(&http_addr, "/api/messages?topic=metered&partition=1&offset=0&limit=2");
+    assert_eq!(status, 200);
+    assert!(page.contains("\"data\":\"k1\"") && page.contains("\"data\":\"value 3\""), "{page}");
+    watch_redraws_the_group_until_interrupted(&addr, RECORDS - CONSUMED);
+
+    let (status, created) =
+        http(&http_addr, "POST", "/api/topics", Some(r#"{"name":"from-console","partitions":3}"#));
+    assert_eq!(status, 201, "{created}");
+    let (status, detail) = get(&http_addr, "/api/topics/from-console");
+    assert_eq!(status, 200);
+    assert_eq!(detail.matches("\"partition\":").count(), 3, "{detail}");
+    broker.stop();
+}
+
+/// `strom-admin groups describe --watch` prints the description again every interval (with
+/// the lag), and exits 0 on SIGINT.
+fn watch_redraws_the_group_until_interrupted(addr: &str, lag: usize) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(common::bin("strom-admin"))
+        .args(["--bootstrap", addr, "groups", "describe", "meters", "--watch", "--interval", "0.2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut refreshes, mut lags) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refreshes < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("--watch kept refreshing");
+        if line.starts_with("Every 0.2s: groups describe meters") {
+            refreshes += 1;
+        }
+        // Partition rows: TOPIC PARTITION COMMITTED LOG-END LAG OWNER.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first() == Some(&"metered") && fields.len() >= 5 {
+            lags += fields[4].parse::<usize>().unwrap();
+        }
+    }
+    // Two complete redraws (the third header started one more): each shows the whole lag.
+    assert!(lags >= 2 * lag, "lag rows summed to {lags} over 2+ redraws of lag {lag}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "--watch exits 0 on Ctrl-C, got {status}");
+}
+
+#[test]
+fn bad_http_input_gets_4xx_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let http_addr = broker.http_addr();
+    wait_ready(&http_addr);
+    // Above MAX_QUERY_BYTES (2 KiB), below what hyper itself refuses.
+    let huge = "x".repeat(10_000);
+    let cases: Vec<(String, &str, Option<String>, u16)> = vec![
+        ("/nope".into(), "GET", None, 404),
+        ("/api/nope".into(), "GET", None, 404),
+        ("/metrics/extra".into(), "GET", None, 404),
+        ("/api/topics/unknown-topic".into(), "GET", None, 404),
+        ("/api/groups/unknown-group".into(), "GET", None, 404),
+        ("/api/messages?topic=t&partition=x".into(), "GET", None, 400),
+        ("/api/messages?topic=t".into(), "GET", None, 400),
+        ("/api/messages?topic=t&partition=0&bogus=1".into(), "GET", None, 400),
+        ("/api/messages?topic=t&partition=0&limit=100000".into(), "GET", None, 400),
+        ("/api/messages?topic=t&partition=%ZZ".into(), "GET", None, 400),
+        (format!("/api/messages?topic={huge}&partition=0"), "GET", None, 400),
+        (format!("/metrics?{huge}"), "GET", None, 400),
+        ("/api/topics".into(), "POST", Some("{not json".into()), 400),
+        ("/api/topics".into(), "POST", Some(r#"{"name":"bad name!"}"#.into()), 400),
+        (
+            "/api/topics".into(),
+            "POST",
+            Some(format!(r#"{{"name":"{}"}}"#, "y".repeat(200_000))),
+            413,
+        ),
+        ("/metrics".into(), "DELETE", None, 405),
+    ];
+    for (target, method, body, expected) in &cases {
+        let (status, answer) = http(&http_addr, method, target, body.as_deref());
+        let shown: String = target.chars().take(60).collect();
+        assert_eq!(status, *expected, "{method} {shown}: {answer}");
+    }
+    assert_eq!(get(&http_addr, "/health").0, 200);
+    assert_eq!(get(&http_addr, "/metrics").0, 200);
+    println!("{} bad requests answered 4xx; broker still serving", cases.len());
+    broker.stop();
+}
