@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
                 let Ok(batch) = RecordBatch::new(build(black_box(&values), compression)) else {
                     return 0;
                 };
-                batch.validate_records().map_or(0, |()| batch.size())
+                batch.validate_records().map_or(0, |_| batch.size())
             })
         });
     }
