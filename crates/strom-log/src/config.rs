@@ -45,11 +45,15 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     /// When appended data is fsynced.
     pub flush: FlushPolicy,
+    /// Forget an idempotent producer whose latest batch is this old (Kafka's
+    /// `producer.id.expiration.ms`, default 1 day): its next batch is accepted at any sequence.
+    pub producer_id_expiration_ms: Duration,
 }
 
 impl Default for LogConfig {
     /// Kafka's defaults: 1 GiB segments rolled at the latest after 7 days, 7 days of retention,
-    /// an index entry every 4 KiB, batches up to 1 048 588 bytes, fsync left to the caller.
+    /// an index entry every 4 KiB, batches up to 1 048 588 bytes, fsync left to the caller,
+    /// producer ids forgotten after a day of silence.
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
@@ -59,6 +63,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_batch_bytes: 1_048_588,
             flush: FlushPolicy::Manual,
+            producer_id_expiration_ms: Duration::from_secs(24 * 3600),
         }
     }
 }
