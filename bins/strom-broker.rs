@@ -88,6 +88,10 @@ struct Args {
     /// host:port Kafka clients are told to connect to [default: the Kafka listener's address].
     #[arg(long, value_name = "HOST:PORT")]
     kafka_advertised_address: Option<String>,
+    /// Forget an idempotent producer's sequence state this long after its last batch
+    /// (Kafka's producer.id.expiration.ms) [default: 86400000].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    producer_id_expiration_ms: Option<u64>,
     /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -152,6 +156,7 @@ impl Args {
             c.max_connections = usize::try_from(n).context("--max-connections is too large")?;
         }
         set(&mut c.kafka_listen, self.kafka_listen);
+        set(&mut c.producer_id_expiration_ms, self.producer_id_expiration_ms);
         if self.kafka_advertised_address.is_some() {
             c.kafka_advertised_address = self.kafka_advertised_address;
         }

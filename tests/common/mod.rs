@@ -88,10 +88,13 @@ impl BrokerProcess {
                 });
             }
         }
+        if !extra_args.iter().any(|a| a == "--kafka-listen") {
+            // A fixed Kafka port only where a test needs it to survive a restart.
+            command.args(["--kafka-listen", "127.0.0.1:0"]);
+        }
         let mut child = command
             .arg("--listen")
             .arg(listen)
-            .args(["--kafka-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(&extra_args)

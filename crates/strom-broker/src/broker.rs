@@ -30,6 +30,7 @@ use crate::error::{ApiError, BrokerError};
 use crate::fetcher::Fetchers;
 use crate::partition::Partition;
 use crate::peers::Peers;
+use crate::producer_ids::ProducerIdAllocator;
 use crate::quorum::{ControllerView, Image, QuorumLog};
 use crate::raft::RaftQuorum;
 use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
@@ -99,6 +100,8 @@ pub struct Broker {
     lock: Mutex<Option<DataDirLock>>,
     /// Taken out at shutdown so its hold on the offsets partitions ends before logs close.
     coordinator: Arc<RwLock<Option<CoordinatorSlot>>>,
+    /// Idempotent producer ids, unique in the cluster and across restarts.
+    producer_ids: Arc<ProducerIdAllocator>,
 }
 
 impl Broker {
@@ -133,6 +136,12 @@ impl Broker {
         lock: DataDirLock,
     ) -> Result<Arc<Broker>, BrokerError> {
         let registry = Arc::new(Registry::default());
+        let producer_ids = {
+            let (dir, node) = (config.data_dir.clone(), config.node_id);
+            tokio::task::spawn_blocking(move || ProducerIdAllocator::open(&dir, node))
+                .await
+                .map_err(|e| BrokerError::Internal(format!("opening producer ids: {e}")))??
+        };
         let (shutdown, _) = watch::channel(false);
         let voters = config.voters.len().max(1);
         let controller =
@@ -169,6 +178,7 @@ impl Broker {
             heartbeats_stopped: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
             coordinator: coordinator.clone(),
+            producer_ids: Arc::new(producer_ids),
         });
         let follow = {
             let (config, registry, coordinator) =
@@ -875,6 +885,13 @@ impl Broker {
             p.wait_committed(end, epoch, deadline).await?;
         }
         Ok(outcome)
+    }
+
+    /// A fresh idempotent producer id with epoch 0, for InitProducerId of either front end:
+    /// unique in the cluster and across restarts (`producer_ids.rs`).
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), ApiError> {
+        let ids = self.producer_ids.clone();
+        run_blocking(move || ids.allocate().map(|id| (id, 0))).await
     }
 
     /// Resolves `timestamp` (-2 earliest, -1 latest = high watermark, else the first record

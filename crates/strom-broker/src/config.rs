@@ -114,6 +114,9 @@ pub struct BrokerConfig {
     pub kafka_listen: String,
     /// `host:port` Kafka clients are told to dial; defaults to the Kafka listener's address.
     pub kafka_advertised_address: Option<String>,
+    /// Forget an idempotent producer's sequence state this long after its last batch on a
+    /// partition (Kafka's `producer.id.expiration.ms`, 1 day).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -155,6 +158,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             kafka_listen: crate::kafka_support::DEFAULT_KAFKA_LISTEN.to_string(),
             kafka_advertised_address: None,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -338,6 +342,7 @@ pub struct TopicConfig {
     max_message_bytes: usize,
     index_interval_bytes: u32,
     min_insync_replicas: usize,
+    producer_id_expiration_ms: u64,
 }
 
 impl TopicConfig {
@@ -358,6 +363,7 @@ impl TopicConfig {
             max_message_bytes: broker.message_max_bytes,
             index_interval_bytes: broker.log_index_interval_bytes,
             min_insync_replicas: usize::try_from(broker.min_insync_replicas).unwrap_or(1),
+            producer_id_expiration_ms: broker.producer_id_expiration_ms,
         };
         for (key, value) in overrides {
             let int = || -> Result<i64, ApiError> {
@@ -483,6 +489,7 @@ impl TopicConfig {
             index_interval_bytes: self.index_interval_bytes,
             max_batch_bytes: self.max_message_bytes,
             flush,
+            producer_id_expiration_ms: Duration::from_millis(self.producer_id_expiration_ms),
         }
     }
 }

@@ -47,6 +47,7 @@ mod kafka_support;
 mod metadata;
 mod partition;
 mod peers;
+mod producer_ids;
 mod quorum;
 mod raft;
 mod replicas;

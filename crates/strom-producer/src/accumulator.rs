@@ -43,6 +43,9 @@ pub(crate) struct Batch {
     pub retry_at: Option<Instant>,
     /// Why the last attempt failed, for the delivery-timeout error.
     pub last_error: Option<String>,
+    /// The leader refused the batch's producer id or sequence: stamp it anew (new producer
+    /// id, next sequence) before it is sent again.
+    pub restamp: bool,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,7 @@ impl OpenBatch {
             attempts: 0,
             retry_at: None,
             last_error: None,
+            restamp: false,
         }
     }
 }

@@ -12,7 +12,6 @@ mod produce;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
@@ -40,23 +39,11 @@ const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
-    /// The next producer id InitProducerId hands out.
-    next_producer_id: AtomicI64,
 }
 
 impl Shared {
     pub(crate) fn new(broker: Arc<Broker>) -> Self {
-        // Ids must not repeat across restarts (a producer could otherwise share another's id
-        // after a restart); the start time in milliseconds times 1024 leaves room for 1024 ids
-        // per millisecond of uptime before ids could overlap with a later run's.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-        Shared { broker, next_producer_id: AtomicI64::new(now_ms.saturating_mul(1024)) }
-    }
-
-    pub(crate) fn allocate_producer_id(&self) -> i64 {
-        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+        Shared { broker }
     }
 }
 
@@ -202,7 +189,7 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
         }
         Request::DescribeCluster(r) => answer!(cluster::describe_cluster(ctx, *r).await),
         Request::OffsetForLeaderEpoch(r) => answer!(cluster::offset_for_leader_epoch(ctx, *r)),
-        Request::InitProducerId(r) => answer!(cluster::init_producer_id(ctx, *r)),
+        Request::InitProducerId(r) => answer!(cluster::init_producer_id(ctx, *r).await),
         Request::FindCoordinator(r) => answer!(groups::find_coordinator(ctx, *r, version)),
         Request::JoinGroup(r) => answer!(groups::join_group(ctx, *r, version, client_id).await),
         Request::SyncGroup(r) => answer!(groups::sync_group(ctx, *r).await),
