@@ -202,9 +202,11 @@ fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
                     });
                     b.restamp = false;
                 }
-                Payload::Open(builder) => match stamp
-                    .map_or(builder, |(id, epoch, seq)| builder.with_producer(id, epoch, seq))
-                    .build()
+                Payload::Open(builder) => match match stamp {
+                    Some((id, epoch, seq)) => builder.with_producer(id, epoch, seq),
+                    None => builder,
+                }
+                .build()
                 {
                     Ok(bytes) => b.payload = Payload::Built(bytes),
                     Err(e) => {
