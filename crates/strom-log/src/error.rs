@@ -120,7 +120,8 @@ pub enum LogError {
     OutOfOrderSequence {
         /// The producer id.
         producer_id: i64,
-        /// The sequence number the next batch must start with.
+        /// The sequence number the next batch must start with (-1: a retried batch came
+        /// with new ones in one append).
         expected: i32,
         /// The batch's first sequence number.
         got: i32,

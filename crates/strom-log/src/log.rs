@@ -469,9 +469,10 @@ impl Log {
     }
 
     /// The leader's sequence checks of idempotent batches, under the writer lock so no other
-    /// append of the same producer runs between check and write. `Some` = the append is a
-    /// retry of a stored batch (Kafka answers the first duplicate with its original offsets
-    /// and writes nothing). No lock and no allocation for batches without a producer id.
+    /// append of the same producer runs between check and write. `Some` = the append is one
+    /// batch, a retry of a stored one: answered with its original offsets, nothing written. A
+    /// duplicate within several batches is refused (out of order). No lock and no allocation
+    /// for batches without a producer id.
     fn check_producers(
         &self,
         prepared: &[Prepared],
@@ -488,6 +489,17 @@ impl Log {
             let state = guard.get_or_insert_with(|| self.producers.lock());
             let verdict = staged.as_ref().unwrap_or(&**state).check(&batch)?;
             match verdict {
+                Verdict::Duplicate(m) if prepared.len() > 1 => {
+                    // One answer (one base offset) cannot describe a retry stored at its old
+                    // offsets and new batches appended at the end: refuse rather than drop the
+                    // new ones. Kafka clients send one batch per partition; the SDK sends a
+                    // retried batch alone.
+                    return Err(LogError::OutOfOrderSequence {
+                        producer_id: batch.producer_id,
+                        expected: -1,
+                        got: m.first_seq,
+                    });
+                }
                 Verdict::Duplicate(m) => {
                     tracing::debug!(dir = %self.dir.display(), producer_id = batch.producer_id,
                         first_seq = m.first_seq, first_offset = %m.first_offset,

@@ -100,6 +100,12 @@ fn one_append_of_several_batches_of_one_producer_is_checked_in_order() {
     gap.extend_from_slice(&idem_batch(7, 0, 9, 2));
     assert!(matches!(log.append(gap.into()), Err(LogError::OutOfOrderSequence { .. })));
     assert_eq!(log.log_end_offset().get(), 6, "all or nothing");
+    // A stored batch retried together with a new one: one base offset cannot answer both, so
+    // it is refused, never half-applied.
+    let mut mixed = idem_batch(7, 0, 4, 2).to_vec();
+    mixed.extend_from_slice(&idem_batch(7, 0, 6, 2));
+    assert!(matches!(log.append(mixed.into()), Err(LogError::OutOfOrderSequence { .. })));
+    assert_eq!(log.log_end_offset().get(), 6);
 }
 
 #[test]

@@ -87,6 +87,7 @@ impl Producer {
                 linger: config.linger,
                 compression: config.compression,
                 max_request_size: config.max_request_size,
+                retry_alone: config.enable_idempotence && config.acks == Acks::All,
             },
             Arc::clone(&tracker),
         );
