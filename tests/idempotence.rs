@@ -53,7 +53,8 @@ fn idempotent_producer_retries_across_broker_kills_store_each_record_once() {
         let mut pending = VecDeque::new();
         let (mut acked, mut kills, mut failed) = (0usize, 0usize, Vec::new());
         for i in 0..RECORDS {
-            let record = ProducerRecord::new(TOPIC).key(format!("k{}", i % 101)).value(format!("v{i}"));
+            let record =
+                ProducerRecord::new(TOPIC).key(format!("k{}", i % 101)).value(format!("v{i}"));
             pending.push_back(producer.send(record).await.expect("send"));
             if pending.len() >= WINDOW {
                 match pending.pop_front().expect("pending").await {

@@ -346,7 +346,7 @@ fn confluent_kafka_idempotent_produce_across_a_broker_kill_stores_each_record_on
     let kafka_listen = format!("127.0.0.1:{kafka_port}");
     let mut broker = common::BrokerProcess::start(
         dir.path(),
-        &["--kafka-listen", &kafka_listen, "--segment-bytes", "262144"],
+        &["--kafka-listen", &kafka_listen, "--segment-bytes", "262144", "--flush-messages", "1"],
     );
     let kafka = broker.kafka_addr();
     let create = ["--bootstrap", &broker.addr, "topics", "create", "idem", "--partitions", "3"];

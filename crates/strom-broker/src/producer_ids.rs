@@ -46,7 +46,10 @@ impl ProducerIdAllocator {
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(source) => {
-                return Err(BrokerError::Io { context: format!("read {}", path.display()), source });
+                return Err(BrokerError::Io {
+                    context: format!("read {}", path.display()),
+                    source,
+                });
             }
         };
         Ok(ProducerIdAllocator {

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use strom_format::Offset;
 
+use crate::LogError;
 use crate::error::IoContext;
 use crate::producer_state::ProducerStateManager;
 use crate::recovery::sync_dir;
-use crate::LogError;
 
 const SUFFIX: &str = "snapshot";
 const TMP: &str = "producer.snapshot.tmp";

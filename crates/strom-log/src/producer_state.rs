@@ -361,7 +361,11 @@ pub fn check_entry(
     if entry.epoch == NO_PRODUCER_EPOCH || follows {
         Ok(Verdict::Append)
     } else {
-        Err(SequenceError::OutOfOrder { producer_id: batch.producer_id, expected, got: batch.first_seq })
+        Err(SequenceError::OutOfOrder {
+            producer_id: batch.producer_id,
+            expected,
+            got: batch.first_seq,
+        })
     }
 }
 
@@ -455,7 +459,10 @@ mod tests {
             Err(SequenceError::InvalidEpoch { current: 3, got: 2, .. })
         ));
         assert_eq!(state.check(&batch(1, 4, 0, 1, 5)), Ok(Verdict::Append));
-        assert!(matches!(state.check(&batch(1, 4, 7, 1, 5)), Err(SequenceError::OutOfOrder { .. })));
+        assert!(matches!(
+            state.check(&batch(1, 4, 7, 1, 5)),
+            Err(SequenceError::OutOfOrder { .. })
+        ));
         state.apply(&batch(1, 4, 0, 1, 5));
         assert_eq!(state.entry(1).map(|e| (e.epoch, e.batches.len())), Some((4, 1)));
     }

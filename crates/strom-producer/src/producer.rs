@@ -14,7 +14,9 @@ use crate::accumulator::{Accumulator, AccumulatorConfig, Append};
 use crate::delivery::Tracker;
 use crate::idempotence::Idempotence;
 use crate::sender::{self, Inner};
-use crate::{Acks, DeliveryFuture, ProducerConfig, ProducerError, ProducerRecord, partition_for_key};
+use crate::{
+    Acks, DeliveryFuture, ProducerConfig, ProducerError, ProducerRecord, partition_for_key,
+};
 
 /// Sends records to a Strom cluster, batching them per partition in the background.
 ///

@@ -177,11 +177,11 @@ impl Broker for Fake {
                 for batch in Batches::new(p.records) {
                     let batch = batch.map_err(|e| Status::invalid_argument(e.to_string()))?;
                     batch.validate_crc().map_err(|e| Status::invalid_argument(e.to_string()))?;
-                    self.stamps
-                        .lock()
-                        .entry((t.name.clone(), p.partition))
-                        .or_default()
-                        .push((batch.producer_id(), batch.base_sequence(), log.len()));
+                    self.stamps.lock().entry((t.name.clone(), p.partition)).or_default().push((
+                        batch.producer_id(),
+                        batch.base_sequence(),
+                        log.len(),
+                    ));
                     for r in batch.records().map_err(|e| Status::internal(e.to_string()))? {
                         log.push(r.map_err(|e| Status::internal(e.to_string()))?.value);
                     }
@@ -306,7 +306,8 @@ async fn idempotent_batches_are_numbered_per_partition_and_retries_keep_their_se
     let producer = Producer::new(cfg).await.unwrap();
     let mut pending = Vec::new();
     for i in 0..200 {
-        let record = ProducerRecord::new("t").partition(PartitionId::new(i % 2)).value(format!("{i:04}"));
+        let record =
+            ProducerRecord::new("t").partition(PartitionId::new(i % 2)).value(format!("{i:04}"));
         pending.push(producer.send(record).await.unwrap());
     }
     for f in pending {
