@@ -21,6 +21,8 @@ use tonic::{Request, Response, Status};
 
 /// The values appended to one partition, in offset order.
 type Log = Vec<Option<Bytes>>;
+/// `(producer id, base sequence, records stored before it)` of each stored batch.
+type Stamps = Vec<(i64, i32, usize)>;
 
 #[derive(Default)]
 struct Fake {
@@ -40,7 +42,7 @@ struct Fake {
     init_calls: AtomicUsize,
     /// Per partition: `(producer id, base sequence, records stored before it)` of every
     /// stored batch.
-    stamps: Mutex<HashMap<(String, i32), Vec<(i64, i32, usize)>>>,
+    stamps: Mutex<HashMap<(String, i32), Stamps>>,
 }
 
 impl Fake {
