@@ -83,6 +83,9 @@ struct ProduceArgs {
     /// Compression codec: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: String,
+    /// Idempotent producer (Kafka's enable.idempotence; acks=all only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    enable_idempotence: bool,
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     batch_size: usize,
@@ -131,6 +134,7 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         args.compression.parse().map_err(|e| anyhow::anyhow!("--compression: {e}"))?;
     let config = ProducerConfig {
         acks,
+        enable_idempotence: args.enable_idempotence,
         compression,
         batch_size: args.batch_size,
         linger: Duration::from_millis(args.linger_ms),

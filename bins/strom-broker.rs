@@ -97,6 +97,10 @@ struct Args {
     /// disable it [default: 127.0.0.1:9096].
     #[arg(long, value_name = "ADDR|none")]
     http_listen: Option<String>,
+    /// Forget an idempotent producer's sequence state this long after its last batch
+    /// (Kafka's producer.id.expiration.ms) [default: 86400000].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    producer_id_expiration_ms: Option<u64>,
     /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -165,6 +169,7 @@ impl Args {
             &mut c.max_incremental_fetch_session_cache_slots,
             self.max_incremental_fetch_session_cache_slots,
         );
+        set(&mut c.producer_id_expiration_ms, self.producer_id_expiration_ms);
         if self.kafka_advertised_address.is_some() {
             c.kafka_advertised_address = self.kafka_advertised_address;
         }

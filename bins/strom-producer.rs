@@ -54,6 +54,9 @@ struct Args {
     /// Batch compression: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: Compression,
+    /// Kafka's enable.idempotence: retries never store a record twice (acks=all only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    enable_idempotence: bool,
     /// How long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
@@ -130,6 +133,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     config.client.client_id = "strom-producer".to_owned();
     config.acks = args.acks;
     config.compression = args.compression;
+    config.enable_idempotence = args.enable_idempotence;
     config.linger = Duration::from_millis(args.linger_ms);
     config.batch_size = args.batch_size;
     config.max_request_size = args.max_request_size;

@@ -352,6 +352,53 @@ sys.exit(0 if len(got) == 3 else 1)
     );
 }
 
+/// confluent-kafka with `enable.idempotence=True` while the broker (a process here, on a fixed
+/// Kafka port) is SIGKILLed and restarted mid-stream: librdkafka resends the unanswered
+/// batches with their sequences, the restarted broker recognises the stored ones, and every
+/// record is in the topic exactly once.
+#[test]
+fn confluent_kafka_idempotent_produce_across_a_broker_kill_stores_each_record_once() {
+    use std::io::{BufRead, BufReader, Write};
+    let python = venv_python();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka_port = common::free_port();
+    let kafka_listen = format!("127.0.0.1:{kafka_port}");
+    let mut broker = common::BrokerProcess::start(
+        dir.path(),
+        &["--kafka-listen", &kafka_listen, "--segment-bytes", "262144", "--flush-messages", "1"],
+    );
+    let kafka = broker.kafka_addr();
+    let create = ["--bootstrap", &broker.addr, "topics", "create", "idem", "--partitions", "3"];
+    common::run_ok("strom-admin", &create, None);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/strom-kafka/tests/clients/python_clients.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .args([kafka.as_str(), "idempotent-restart", "idem"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut output = String::new();
+    for line in stdout.lines().map_while(Result::ok) {
+        println!("{line}");
+        output.push_str(&line);
+        output.push('\n');
+        if line == "kill-now" {
+            broker.kill();
+            broker.restart();
+            broker.kafka_addr();
+            writeln!(stdin, "restarted").expect("tell the client");
+        }
+    }
+    let out = child.wait_with_output().expect("wait for python");
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "idempotent scenario failed:\n{output}");
+}
+
 /// A 3-node cluster seen through Kafka's protocol: every node's Metadata lists all three
 /// brokers (their Kafka listeners) and the controller; records produced through one node to an
 /// RF-3 topic are read through another; a kcat group consumes and commits through the group's

@@ -91,10 +91,13 @@ impl BrokerProcess {
                 });
             }
         }
+        if !extra_args.iter().any(|a| a == "--kafka-listen") {
+            // A fixed Kafka port only where a test needs it to survive a restart.
+            command.args(["--kafka-listen", "127.0.0.1:0"]);
+        }
         let mut child = command
             .arg("--listen")
             .arg(listen)
-            .args(["--kafka-listen", "127.0.0.1:0"])
             // Port 0, so brokers of parallel tests never fight over the default 9096; a test
             // may still pass its own `--http-listen` (the last one wins).
             .args(["--http-listen", "127.0.0.1:0"])

@@ -31,6 +31,7 @@ use crate::error::{ApiError, BrokerError};
 use crate::fetcher::Fetchers;
 use crate::partition::Partition;
 use crate::peers::Peers;
+use crate::producer_ids::ProducerIdAllocator;
 use crate::quorum::{ControllerView, Image, QuorumLog};
 use crate::raft::RaftQuorum;
 use crate::replicas::{RECLAIM_PATIENCE, Reconciled, dismantle};
@@ -106,6 +107,8 @@ pub struct Broker {
     parked_fetches: AtomicUsize,
     /// Request and connection counters (`metrics.rs`).
     pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
+    /// Idempotent producer ids, unique in the cluster and across restarts.
+    producer_ids: Arc<ProducerIdAllocator>,
 }
 
 impl Broker {
@@ -140,6 +143,12 @@ impl Broker {
         lock: DataDirLock,
     ) -> Result<Arc<Broker>, BrokerError> {
         let registry = Arc::new(Registry::default());
+        let producer_ids = {
+            let (dir, node) = (config.data_dir.clone(), config.node_id);
+            tokio::task::spawn_blocking(move || ProducerIdAllocator::open(&dir, node))
+                .await
+                .map_err(|e| BrokerError::Internal(format!("opening producer ids: {e}")))??
+        };
         let (shutdown, _) = watch::channel(false);
         let voters = config.voters.len().max(1);
         let controller =
@@ -179,6 +188,7 @@ impl Broker {
             append_budget: AppendBudget::new(config.queued_max_request_bytes),
             parked_fetches: AtomicUsize::new(0),
             metrics: Arc::default(),
+            producer_ids: Arc::new(producer_ids),
         });
         let follow = {
             let (config, registry, coordinator) =
@@ -963,6 +973,13 @@ impl Broker {
             p.wait_committed(end, epoch, deadline).await?;
         }
         Ok(outcome)
+    }
+
+    /// A fresh idempotent producer id with epoch 0, for InitProducerId of either front end:
+    /// unique in the cluster and across restarts (`producer_ids.rs`).
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), ApiError> {
+        let ids = self.producer_ids.clone();
+        run_blocking(move || ids.allocate().map(|id| (id, 0))).await
     }
 
     /// Resolves `timestamp` (-2 earliest, -1 latest = high watermark, else the first record

@@ -144,6 +144,9 @@ pub struct BrokerConfig {
     /// Address the HTTP listener (metrics, health, console) binds, or `none` to disable it;
     /// port 0 picks a free port. See [`BrokerConfig::http_listen_addr`].
     pub http_listen: String,
+    /// Forget an idempotent producer's sequence state this long after its last batch on a
+    /// partition (Kafka's `producer.id.expiration.ms`, 1 day).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -196,6 +199,7 @@ impl Default for BrokerConfig {
             kafka_advertised_address: None,
             max_incremental_fetch_session_cache_slots: 1000,
             http_listen: crate::http_support::DEFAULT_HTTP_LISTEN.to_string(),
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -395,6 +399,7 @@ pub struct TopicConfig {
     timestamp_type: TimestampType,
     timestamp_before_max_ms: i64,
     timestamp_after_max_ms: i64,
+    producer_id_expiration_ms: u64,
 }
 
 impl TopicConfig {
@@ -418,6 +423,7 @@ impl TopicConfig {
             timestamp_type: parse_timestamp_type(&broker.log_message_timestamp_type)?,
             timestamp_before_max_ms: broker.log_message_timestamp_before_max_ms,
             timestamp_after_max_ms: broker.log_message_timestamp_after_max_ms,
+            producer_id_expiration_ms: broker.producer_id_expiration_ms,
         };
         for (key, value) in overrides {
             let int = || -> Result<i64, ApiError> {
@@ -562,6 +568,7 @@ impl TopicConfig {
                 .filter(|_| self.timestamp_before_max_ms != i64::MAX),
             timestamp_after_max: ms(self.timestamp_after_max_ms)
                 .filter(|_| self.timestamp_after_max_ms != i64::MAX),
+            producer_id_expiration_ms: Duration::from_millis(self.producer_id_expiration_ms),
         }
     }
 }

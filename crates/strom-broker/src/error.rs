@@ -101,6 +101,8 @@ impl ApiError {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             LogError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
+            LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
+            LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
             // The log already holds a newer leader's records: this replica was deposed.
             LogError::EpochRegression { .. } => ErrorCode::NotLeaderOrFollower,
             // Retriable from the client's point of view, as Kafka treats storage errors.

@@ -50,6 +50,7 @@ mod metadata;
 mod metrics;
 mod partition;
 mod peers;
+mod producer_ids;
 mod quorum;
 mod raft;
 mod replicas;

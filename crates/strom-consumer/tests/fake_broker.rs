@@ -186,6 +186,13 @@ impl Broker for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn init_producer_id(
+        &self,
+        _: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn fetch(
         &self,
         request: Request<FetchRequest>,

@@ -320,6 +320,31 @@ pub fn set_max_timestamp(buf: &mut [u8], timestamp_type: TimestampType, max_time
     buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Rewrites `producerId`, `producerEpoch` and `baseSequence` of the batch at the start of
+/// `buf` and recomputes its CRC (those fields lie inside it): an idempotent producer re-stamps a
+/// batch it must send under a new producer id.
+///
+/// ```
+/// use strom_format::{BatchBuilder, Compression, RecordBatch, set_producer};
+/// let mut b = BatchBuilder::new(Compression::None);
+/// b.append(0, None, Some(b"v".as_slice()), &[]);
+/// let mut buf = b.build().unwrap().to_vec();
+/// set_producer(&mut buf, 9, 1, 40);
+/// let batch = RecordBatch::new(buf.into()).unwrap();
+/// assert_eq!((batch.producer_id(), batch.producer_epoch(), batch.base_sequence()), (9, 1, 40));
+/// batch.validate_crc().unwrap();
+/// ```
+///
+/// Panics if `buf` is shorter than a batch header.
+pub fn set_producer(buf: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    assert!(buf.len() >= BATCH_HEADER_LEN, "set_producer on a buffer shorter than a header");
+    buf[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+    buf[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&producer_epoch.to_be_bytes());
+    buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Iterates the batches of a buffer that holds several back to back (a log read, a fetch
 /// response, a produce request).
 ///

@@ -30,7 +30,7 @@ pub mod varint;
 pub use batch::{
     Attributes, BATCH_HEADER_LEN, Batches, CRC_START, LOG_OVERHEAD, MAGIC_V2, NO_PRODUCER_EPOCH,
     NO_PRODUCER_ID, NO_SEQUENCE, RecordBatch, TimestampType, peek_batch_size, set_base_offset,
-    set_max_timestamp, set_partition_leader_epoch,
+    set_max_timestamp, set_partition_leader_epoch, set_producer,
 };
 pub use builder::BatchBuilder;
 pub use compression::{Compression, UnknownCompressionName};

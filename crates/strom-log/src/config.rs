@@ -56,12 +56,16 @@ pub struct LogConfig {
     /// (`message.timestamp.after.max.ms`; one hour by default since KIP-937), so that one
     /// record stamped years ahead cannot keep its segment from time retention forever.
     pub timestamp_after_max: Option<Duration>,
+    /// Forget an idempotent producer whose latest batch is this old (Kafka's
+    /// `producer.id.expiration.ms`, default 1 day): its next batch is accepted at any sequence.
+    pub producer_id_expiration_ms: Duration,
 }
 
 impl Default for LogConfig {
     /// Kafka's defaults: 1 GiB segments rolled at the latest after 7 days, 7 days of retention,
     /// an index entry every 4 KiB, batches up to 1 048 588 bytes, fsync left to the caller,
-    /// producer timestamps accepted up to one hour ahead and any time back.
+    /// producer timestamps accepted up to one hour ahead and any time back, and
+    /// producer ids forgotten after a day of silence.
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
@@ -74,6 +78,7 @@ impl Default for LogConfig {
             timestamp_type: TimestampType::CreateTime,
             timestamp_before_max: None,
             timestamp_after_max: Some(Duration::from_secs(3600)),
+            producer_id_expiration_ms: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -126,6 +126,44 @@ pub enum LogError {
         /// The newest epoch in the log.
         latest: LeaderEpoch,
     },
+    /// An idempotent producer's batch does not continue its sequence (a gap, or a retry of a
+    /// batch too old to be remembered): Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER. Nothing was
+    /// written.
+    #[error("producer {producer_id}: sequence {got} out of order, expected {expected}")]
+    OutOfOrderSequence {
+        /// The producer id.
+        producer_id: i64,
+        /// The sequence number the next batch must start with (-1: a retried batch came
+        /// with new ones in one append).
+        expected: i32,
+        /// The batch's first sequence number.
+        got: i32,
+    },
+    /// An idempotent producer's batch carries an epoch older than the producer's current one
+    /// (a fenced producer): Kafka's INVALID_PRODUCER_EPOCH. Nothing was written.
+    #[error("producer {producer_id}: epoch {got} is older than the current epoch {current}")]
+    InvalidProducerEpoch {
+        /// The producer id.
+        producer_id: i64,
+        /// The producer's current epoch.
+        current: i16,
+        /// The batch's epoch.
+        got: i16,
+    },
+}
+
+impl From<crate::producer_state::SequenceError> for LogError {
+    fn from(e: crate::producer_state::SequenceError) -> Self {
+        use crate::producer_state::SequenceError;
+        match e {
+            SequenceError::OutOfOrder { producer_id, expected, got } => {
+                LogError::OutOfOrderSequence { producer_id, expected, got }
+            }
+            SequenceError::InvalidEpoch { producer_id, current, got } => {
+                LogError::InvalidProducerEpoch { producer_id, current, got }
+            }
+        }
+    }
 }
 
 impl LogError {

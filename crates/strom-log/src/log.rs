@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use strom_format::{LeaderEpoch, Offset, RecordBatch};
+use strom_format::{Batches, LeaderEpoch, Offset, RecordBatch};
 
 use crate::error::IoContext;
 use crate::leader_epoch_cache::LeaderEpochCache;
 use crate::offset_index::OffsetEntry;
+use crate::producer_snapshot;
+use crate::producer_state::{ProducerBatch, ProducerStateManager, Verdict};
 use crate::recovery::{self, sync_dir};
 use crate::segment::{LogSegment, SegError};
 use crate::time_index::TimeEntry;
@@ -34,6 +36,13 @@ const MAX_READ_ATTEMPTS: usize = 8;
 /// Largest offset distance from a segment's base the 32-bit relative offsets can hold (Kafka
 /// rolls at `Int.MaxValue` too).
 const MAX_RELATIVE_OFFSET: i64 = i32::MAX as i64;
+
+/// How often appends look for expired producer ids (Kafka's
+/// `producer.id.expiration.check.interval.ms`), unless the expiration itself is shorter.
+const PRODUCER_EXPIRATION_CHECK_MS: i64 = 10 * 60 * 1000;
+
+/// Bytes per read while replaying batches into the producer state.
+const REPLAY_READ_BYTES: usize = 4 << 20;
 
 /// What an append stored.
 ///
@@ -62,6 +71,9 @@ pub struct AppendInfo {
     pub batches: usize,
     /// Bytes appended.
     pub bytes: usize,
+    /// The append was a retry of an idempotent producer's batch already in the log: nothing
+    /// was written, and the offsets, timestamp and `batches` (1) describe the original.
+    pub duplicate: bool,
 }
 
 /// Batches read from a log, and the log's bounds when they were read.
@@ -138,6 +150,10 @@ pub struct Log {
     rollbacks: Mutex<Rollbacks>,
     /// Which leader epoch began where; changed only under `writer`.
     pub(crate) epochs: LeaderEpochCache,
+    /// Idempotent producers' epochs and latest batches; changed only under `writer`. Leaf lock.
+    producers: Mutex<ProducerStateManager>,
+    /// When an append next looks for expired producers (the log's clock, ms).
+    next_expiry_check_ms: AtomicI64,
     /// Last, so it is released after the files are closed.
     _dir_lock: DirLock,
 }
@@ -269,7 +285,7 @@ impl Log {
         let now = clock.now_ms();
         tracing::debug!(dir = %dir.display(), %start, %end, segments = recovered.segments.len(),
             "log opened");
-        Ok(Log {
+        let log = Log {
             dir,
             config: RwLock::new(Arc::new(config)),
             clock,
@@ -284,8 +300,12 @@ impl Log {
             damage: Mutex::new(None),
             rollbacks: Mutex::new(Rollbacks::default()),
             epochs,
+            producers: Mutex::new(ProducerStateManager::default()),
+            next_expiry_check_ms: AtomicI64::new(now),
             _dir_lock: dir_lock,
-        })
+        };
+        log.reload_producers()?;
+        Ok(log)
     }
 
     /// The directory holding the log's files.
@@ -432,10 +452,16 @@ impl Log {
             self.check_poison()?;
             let before = self.log_end_offset();
             let prepared = self.assign_offsets(parsed, origin)?;
+            if let Some(original) = self.check_producers(&prepared, origin)? {
+                return Ok(original);
+            }
             self.epochs.record_append(epoch_starts(&prepared, origin))?;
             let now = self.clock.now_ms();
             match self.write_batches(&mut writer, &prepared, origin, now) {
-                Ok(info) => (info, self.rollbacks.lock().count),
+                Ok(info) => {
+                    self.record_producers(&prepared, now);
+                    (info, self.rollbacks.lock().count)
+                }
                 Err(e) => {
                     let e = self.damaged_by(e, before);
                     drop(writer);
@@ -455,6 +481,177 @@ impl Log {
             });
         }
         Ok(info)
+    }
+
+    /// The leader's sequence checks of idempotent batches, under the writer lock so no other
+    /// append of the same producer runs between check and write. `Some` = the append is one
+    /// batch, a retry of a stored one: answered with its original offsets, nothing written. A
+    /// duplicate within several batches is refused (out of order). No lock and no allocation
+    /// for batches without a producer id.
+    fn check_producers(
+        &self,
+        prepared: &[Prepared],
+        origin: Origin,
+    ) -> Result<Option<AppendInfo>, LogError> {
+        if let Origin::Replica = origin {
+            return Ok(None);
+        }
+        let mut guard = None;
+        // The state as this append's earlier batches leave it, when there are several.
+        let mut staged: Option<ProducerStateManager> = None;
+        for p in prepared {
+            let Some(batch) = ProducerBatch::of(&p.batch, p.base) else { continue };
+            let state = guard.get_or_insert_with(|| self.producers.lock());
+            let verdict = staged.as_ref().unwrap_or(&**state).check(&batch)?;
+            match verdict {
+                Verdict::Duplicate(m) if prepared.len() > 1 => {
+                    // One answer (one base offset) cannot describe a retry stored at its old
+                    // offsets and new batches appended at the end: refuse rather than drop the
+                    // new ones. Kafka clients send one batch per partition; the SDK sends a
+                    // retried batch alone.
+                    return Err(LogError::OutOfOrderSequence {
+                        producer_id: batch.producer_id,
+                        expected: -1,
+                        got: m.first_seq,
+                    });
+                }
+                Verdict::Duplicate(m) => {
+                    tracing::debug!(dir = %self.dir.display(), producer_id = batch.producer_id,
+                        first_seq = m.first_seq, first_offset = %m.first_offset,
+                        "duplicate batch of an idempotent producer: not written again");
+                    return Ok(Some(AppendInfo {
+                        first_offset: m.first_offset,
+                        last_offset: m.last_offset,
+                        max_timestamp: m.max_timestamp,
+                        batches: 1,
+                        bytes: 0,
+                        duplicate: true,
+                    }));
+                }
+                Verdict::Append if prepared.len() > 1 => {
+                    staged.get_or_insert_with(|| (**state).clone()).apply(&batch);
+                }
+                Verdict::Append => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records written idempotent batches in the producer state (every origin: followers
+    /// and recovery rebuild what the leader has) and forgets expired producers now and then.
+    fn record_producers(&self, prepared: &[Prepared], now: i64) {
+        let mut guard = None;
+        for p in prepared {
+            if let Some(batch) = ProducerBatch::of(&p.batch, p.base) {
+                guard.get_or_insert_with(|| self.producers.lock()).apply(&batch);
+            }
+        }
+        drop(guard);
+        if now >= self.next_expiry_check_ms.load(Ordering::Relaxed) {
+            let expiration = self.expiration_ms();
+            let next = now.saturating_add(expiration.min(PRODUCER_EXPIRATION_CHECK_MS));
+            self.next_expiry_check_ms.store(next, Ordering::Relaxed);
+            let removed = self.producers.lock().remove_expired(now, expiration);
+            if removed > 0 {
+                tracing::debug!(dir = %self.dir.display(), removed, "expired producer ids");
+            }
+        }
+    }
+
+    fn expiration_ms(&self) -> i64 {
+        i64::try_from(self.config().producer_id_expiration_ms.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Rebuilds the producer state for the current log end: deletes snapshots above it,
+    /// loads the latest readable one (deleting damaged ones) and replays the batches after
+    /// it. Without a snapshot it replays the last two segments only, as Kafka does for a log
+    /// written before snapshots existed: older producers are forgotten, not misread.
+    fn reload_producers(&self) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        producer_snapshot::remove_above(&self.dir, end)?;
+        let mut loaded = None;
+        for offset in producer_snapshot::list(&self.dir)?.into_iter().rev() {
+            match producer_snapshot::read(&self.dir, offset) {
+                Ok(state) => {
+                    loaded = Some((offset, state));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e,
+                        "deleting an unreadable producer-state snapshot");
+                    producer_snapshot::remove(&self.dir, offset)?;
+                }
+            }
+        }
+        let start = self.log_start_offset();
+        let (from, mut state) = match loaded {
+            Some((offset, state)) => (offset.max(start), state),
+            None => {
+                let segments = self.snapshot();
+                let from = segments.len().checked_sub(2).and_then(|i| segments.get(i));
+                (from.map_or(start, |s| s.base()).max(start), ProducerStateManager::default())
+            }
+        };
+        self.replay_producers(&mut state, from, end);
+        state.remove_expired(self.clock.now_ms(), self.expiration_ms());
+        *self.producers.lock() = state;
+        Ok(())
+    }
+
+    /// Applies the batches in `[from, end)` to `state`. A read failure (corruption found
+    /// later than recovery looked) stops the replay with a warning: the state then misses
+    /// the producers of the unreadable range, which are accepted at any sequence.
+    fn replay_producers(&self, state: &mut ProducerStateManager, from: Offset, end: Offset) {
+        let mut at = from;
+        while at < end {
+            let records = match self.read_below(at, REPLAY_READ_BYTES, end) {
+                Ok(read) if !read.records.is_empty() => read.records,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), offset = %at, error = %e,
+                        "producer state replay stopped at an unreadable batch");
+                    return;
+                }
+            };
+            for batch in Batches::new(records) {
+                let Ok(batch) = batch else { return };
+                if batch.base_offset() >= at {
+                    if let Some(b) = ProducerBatch::of(&batch, batch.base_offset()) {
+                        state.apply(&b);
+                    }
+                }
+                at = at.max(batch.next_offset());
+            }
+        }
+    }
+
+    /// Writes the snapshot at `offset` of the current state plus `pending` (batches of the
+    /// running append already written below `offset`). A failure only costs a longer replay
+    /// at the next open, so it is logged, not returned.
+    fn snapshot_producers(&self, offset: Offset, pending: &[Prepared]) {
+        let mut state = self.producers.lock().clone();
+        for p in pending {
+            if let Some(batch) = ProducerBatch::of(&p.batch, p.base) {
+                state.apply(&batch);
+            }
+        }
+        if let Err(e) = producer_snapshot::write(&self.dir, offset, &state) {
+            tracing::warn!(dir = %self.dir.display(), %offset, error = %e,
+                "could not write the producer-state snapshot");
+        }
+    }
+
+    /// A copy of the producer state: for each idempotent producer id seen in this log (and not
+    /// expired), its epoch and latest batches.
+    ///
+    /// ```
+    /// use strom_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// assert!(log.producer_state().is_empty());
+    /// ```
+    pub fn producer_state(&self) -> ProducerStateManager {
+        self.producers.lock().clone()
     }
 
     /// Offsets for each batch: assigned (leader) or checked against the log end (follower).
@@ -502,7 +699,7 @@ impl Log {
     ) -> Result<AppendInfo, LogError> {
         let mut active = self.active_segment();
         if !active.is_empty() && self.too_old(&active, now) {
-            active = self.roll(writer, self.log_end_offset())?;
+            active = self.roll(writer, self.log_end_offset(), &[])?;
         }
         let config = self.config();
         let interval = u64::from(config.index_interval_bytes);
@@ -545,7 +742,7 @@ impl Log {
             }
             if i == run_start {
                 let base = prepared.get(i).map_or(self.log_end_offset(), |p| p.base);
-                active = self.roll(writer, base)?;
+                active = self.roll(writer, base, prepared.get(..i).unwrap_or_default())?;
                 continue;
             }
             let run = prepared.get(run_start..i).unwrap_or_default();
@@ -566,6 +763,7 @@ impl Log {
             max_timestamp: prepared.iter().map(|p| p.batch.max_timestamp()).max().unwrap_or(-1),
             batches: prepared.len(),
             bytes: prepared.iter().map(|p| p.batch.size()).sum(),
+            duplicate: false,
         })
     }
 
@@ -578,8 +776,14 @@ impl Log {
     }
 
     /// Closes the active segment (fsyncing it: every non-active segment is always fully
-    /// flushed) and starts a new one at `base`, the log end offset.
-    fn roll(&self, writer: &mut Writer, base: Offset) -> Result<Arc<LogSegment>, LogError> {
+    /// flushed) and starts a new one at `base`, the log end offset, with a producer-state
+    /// snapshot at `base` (`pending`: batches of the running append written below it).
+    fn roll(
+        &self,
+        writer: &mut Writer,
+        base: Offset,
+        pending: &[Prepared],
+    ) -> Result<Arc<LogSegment>, LogError> {
         let old = self.active_segment();
         debug_assert!(!old.is_empty(), "never roll an empty segment");
         debug_assert_eq!(old.next_offset(), base, "a new segment starts at the log end offset");
@@ -598,6 +802,7 @@ impl Log {
         }
         writer.bytes_since_index = 0;
         tracing::debug!(dir = %self.dir.display(), %base, "rolled a new segment");
+        self.snapshot_producers(base, pending);
         if let Err(e) = self.write_checkpoint(self.flushed_offset(), false) {
             // Only makes the next crash recovery scan more; the data is safe.
             tracing::warn!(error = %e, "could not write the recovery point");
@@ -831,7 +1036,9 @@ impl Log {
             deleted_segments = removed.len(), "truncated log");
         // After the cut: a crash before this leaves entries at or above the end, which open
         // drops; never batches without their entry.
-        self.epochs.truncate_from_end(new_end)
+        self.epochs.truncate_from_end(new_end)?;
+        // Likewise snapshots above the cut: open deletes them.
+        self.reload_producers()
     }
 
     /// Deletes every record and restarts the log, empty, at `offset` (log start = end =
@@ -865,9 +1072,13 @@ impl Log {
     /// them (deleting the rest) or the new empty one: never no segment at all.
     fn truncate_fully(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
         let result = self.recreate_at(writer, offset);
+        self.producers.lock().clear();
         // Start and end are `offset` even if a file operation failed part-way: no record is
         // left for an entry to describe (were old ones left, reopen would rebuild the file).
-        result.and(self.epochs.clear())
+        // Every snapshot goes: one below `offset` describes the old history.
+        result
+            .and(self.epochs.clear())
+            .and(producer_snapshot::remove_above(&self.dir, Offset::new(-1)))
     }
 
     fn recreate_at(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
@@ -1057,6 +1268,11 @@ impl Log {
             segment.delete_files()?;
         }
         sync_dir(&self.dir)?;
+        if let Err(e) = producer_snapshot::remove_below(&self.dir, new_first.base()) {
+            // Stale snapshots only cost disk; the next retention pass tries again.
+            tracing::warn!(dir = %self.dir.display(), error = %e,
+                "could not delete producer-state snapshots after retention");
+        }
         if let Err(e) = self.epochs.truncate_from_start(new_first.base()) {
             // Answers already follow the new start; a stale file is fixed up by open.
             tracing::warn!(dir = %self.dir.display(), error = %e,
@@ -1143,6 +1359,9 @@ impl Log {
     /// ```
     pub fn close(self) -> Result<(), LogError> {
         self.flush_inner(true)?;
+        // The next open replays nothing: the snapshot covers the whole log (without it, the
+        // open replays from the last roll's: slower, not wrong).
+        self.snapshot_producers(self.log_end_offset(), &[]);
         recovery::write_clean_marker(&self.dir)?;
         tracing::debug!(dir = %self.dir.display(), end = %self.log_end_offset(), "log closed");
         Ok(())

@@ -43,6 +43,9 @@ pub(crate) struct Batch {
     pub retry_at: Option<Instant>,
     /// Why the last attempt failed, for the delivery-timeout error.
     pub last_error: Option<String>,
+    /// The leader refused the batch's producer id or sequence: stamp it anew (new producer
+    /// id, next sequence) before it is sent again.
+    pub restamp: bool,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,7 @@ impl OpenBatch {
             attempts: 0,
             retry_at: None,
             last_error: None,
+            restamp: false,
         }
     }
 }
@@ -114,6 +118,9 @@ pub(crate) struct AccumulatorConfig {
     pub linger: Duration,
     pub compression: Compression,
     pub max_request_size: usize,
+    /// Idempotence: a retried batch is sent alone, so the leader can answer it with its
+    /// original offsets without a new batch riding along (see `Log::append`'s duplicates).
+    pub retry_alone: bool,
 }
 
 /// One record to append; borrowed from the caller's `ProducerRecord`.
@@ -259,12 +266,21 @@ impl Accumulator {
                     if !taken.is_empty() && bytes.saturating_add(size) > cfg.max_request_size {
                         break;
                     }
+                    if cfg.retry_alone && !taken.is_empty() && front.attempts > 0 {
+                        break;
+                    }
                     bytes = bytes.saturating_add(size);
                     if let Some(b) = queue.ready.pop_front() {
+                        let retry = b.attempts > 0;
                         taken.push(b);
+                        if cfg.retry_alone && retry {
+                            break;
+                        }
                     }
                 }
+                let retrying = cfg.retry_alone && taken.iter().any(|b| b.attempts > 0);
                 if queue.ready.is_empty()
+                    && !retrying
                     && let Some(open) = &queue.open
                 {
                     let due = open.created + cfg.linger;
@@ -375,6 +391,7 @@ mod tests {
                 linger: Duration::from_millis(linger_ms),
                 compression: Compression::None,
                 max_request_size: 1 << 20,
+                retry_alone: false,
             },
             Tracker::new(1 << 30),
         )

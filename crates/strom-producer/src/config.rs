@@ -99,6 +99,10 @@ pub struct ProducerConfig {
     pub max_block: Duration,
     /// Largest Produce request, and so the largest record (default 1 MiB).
     pub max_request_size: usize,
+    /// Kafka's `enable.idempotence` (default on): the producer takes a producer id and numbers
+    /// its batches, so a retry after a lost answer is never stored twice. Applies with
+    /// [`Acks::All`] only (as Kafka, which turns it off by default for acks 0 and 1).
+    pub enable_idempotence: bool,
 }
 
 impl ProducerConfig {
@@ -156,6 +160,7 @@ impl Default for ProducerConfig {
             buffer_memory: 32 * 1024 * 1024,
             max_block: Duration::from_secs(60),
             max_request_size: 1024 * 1024,
+            enable_idempotence: true,
         }
     }
 }

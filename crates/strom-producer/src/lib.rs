@@ -23,6 +23,7 @@ mod accumulator;
 mod config;
 mod delivery;
 mod error;
+mod idempotence;
 mod partitioner;
 mod producer;
 mod record;

@@ -12,8 +12,11 @@ use tokio::sync::Notify;
 
 use crate::accumulator::{Accumulator, AccumulatorConfig, Append};
 use crate::delivery::Tracker;
+use crate::idempotence::Idempotence;
 use crate::sender::{self, Inner};
-use crate::{DeliveryFuture, ProducerConfig, ProducerError, ProducerRecord, partition_for_key};
+use crate::{
+    Acks, DeliveryFuture, ProducerConfig, ProducerError, ProducerRecord, partition_for_key,
+};
 
 /// Sends records to a Strom cluster, batching them per partition in the background.
 ///
@@ -86,9 +89,11 @@ impl Producer {
                 linger: config.linger,
                 compression: config.compression,
                 max_request_size: config.max_request_size,
+                retry_alone: config.enable_idempotence && config.acks == Acks::All,
             },
             Arc::clone(&tracker),
         );
+        let config_idempotent = config.enable_idempotence && config.acks == Acks::All;
         let inner = Arc::new(Inner {
             config,
             client,
@@ -96,6 +101,7 @@ impl Producer {
             tracker,
             wake: Notify::new(),
             sender: Mutex::new(None),
+            idempotence: (config_idempotent).then(Idempotence::default),
         });
         let handle = runtime.spawn(sender::run(Arc::clone(&inner)));
         *inner.sender.lock() = Some(handle);

@@ -9,15 +9,17 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rand::Rng;
 use strom_client::proto::v1::{
-    ErrorCode, PartitionProduceData, ProduceRequest, ProduceResponse, TopicProduceData,
+    ErrorCode, InitProducerIdRequest, PartitionProduceData, ProduceRequest, ProduceResponse,
+    TopicProduceData,
 };
 use strom_client::{Client, ClientError, is_retriable_code};
-use strom_format::Offset;
+use strom_format::{Offset, RecordBatch, set_producer};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::accumulator::{Accumulator, Batch, Drained, Payload};
 use crate::delivery::{BatchAck, Tracker};
+use crate::idempotence::Idempotence;
 use crate::{Acks, ProducerConfig, ProducerError};
 
 /// Margin of the RPC deadline over the broker-side timeout, so a broker that waited the full
@@ -34,6 +36,42 @@ pub(crate) struct Inner {
     /// Wakes the sender: a batch opened or closed, a request finished, flush or close.
     pub wake: Notify,
     pub sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Producer id and sequences when idempotence is on (`enable_idempotence`, acks=all).
+    pub idempotence: Option<Idempotence>,
+}
+
+/// The leader refused the batch's producer id, epoch or sequence: re-stamp and resend it.
+fn is_sequence_error(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::OutOfOrderSequenceNumber
+            | ErrorCode::UnknownProducerId
+            | ErrorCode::InvalidProducerEpoch
+    )
+}
+
+/// The producer id a built batch carries (-1: none).
+fn stamped_id(payload: &Payload) -> i64 {
+    match payload {
+        Payload::Built(bytes) => RecordBatch::new(bytes.clone()).map_or(-1, |b| b.producer_id()),
+        Payload::Open(_) => -1,
+    }
+}
+
+/// Asks any broker for a producer id; on failure the batches wait (retriable) and the next
+/// round asks again.
+async fn init_producer_id(inner: &Inner, idem: &Idempotence) {
+    let mut request = tonic::Request::new(InitProducerIdRequest {});
+    request.set_timeout(inner.config.request_timeout);
+    let result = inner.client.any_broker().init_producer_id(request).await;
+    match result.map(tonic::Response::into_inner) {
+        Ok(r) if r.error_code == ErrorCode::None as i32 => {
+            idem.set_id(r.producer_id, i16::try_from(r.producer_epoch).unwrap_or(0));
+        }
+        Ok(r) => warn!(code = r.error_code, message = %r.error_message,
+            "InitProducerId refused; retrying"),
+        Err(status) => warn!(%status, "InitProducerId failed; retrying"),
+    }
 }
 
 /// Why an attempt failed.
@@ -46,6 +84,8 @@ enum Failure {
 impl Failure {
     fn retriable(&self) -> bool {
         match self {
+            // Sent again under a new producer id (see `handle_failure`).
+            Failure::Broker(code, _) if is_sequence_error(*code) => true,
             // A stale leader may not know a topic created a moment ago; the metadata refresh
             // decides whether it really is unknown.
             Failure::Broker(code, _) => {
@@ -99,6 +139,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             }
             continue;
         }
+        if let Some(idem) = &inner.idempotence {
+            if idem.needs_id() {
+                init_producer_id(&inner, idem).await;
+            }
+        }
         dispatch(&inner, drain.ready);
     }
 }
@@ -111,7 +156,13 @@ fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
     let mut by_leader: HashMap<i32, Vec<(Drained, usize)>> = HashMap::new();
     for mut d in ready {
         let batches = std::mem::take(&mut d.batches);
+        // Batches that cannot be stamped yet, and every batch after one of them (order).
+        let mut waiting = Vec::new();
         for mut b in batches {
+            if !waiting.is_empty() {
+                waiting.push(b);
+                continue;
+            }
             if now.saturating_duration_since(b.created) >= cfg.delivery_timeout {
                 let last = b.last_error.take().unwrap_or_else(|| "never sent".to_owned());
                 let err = ProducerError::DeliveryTimeout {
@@ -120,21 +171,67 @@ fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
                     timeout: cfg.delivery_timeout,
                     last_error: last,
                 };
+                abandon(inner, &b);
                 b.completer.fail(err);
                 continue;
             }
+            let fresh = matches!(b.payload, Payload::Open(_));
+            let stamp = match &inner.idempotence {
+                Some(idem) if fresh || b.restamp => {
+                    match idem.stamp(&d.topic, d.partition, b.records) {
+                        Some(stamp) => Some(stamp),
+                        None => {
+                            // No producer id yet: keep the batch unstamped and retry later.
+                            waiting.push(b);
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let payload = std::mem::replace(&mut b.payload, Payload::Built(Bytes::new()));
             match payload {
-                Payload::Built(bytes) => b.payload = Payload::Built(bytes),
-                Payload::Open(builder) => match builder.build() {
+                Payload::Built(bytes) => {
+                    b.payload = Payload::Built(match stamp {
+                        Some((id, epoch, seq)) => {
+                            let mut buf = bytes.to_vec();
+                            set_producer(&mut buf, id, epoch, seq);
+                            Bytes::from(buf)
+                        }
+                        None => bytes,
+                    });
+                    b.restamp = false;
+                }
+                Payload::Open(builder) => match match stamp {
+                    Some((id, epoch, seq)) => builder.with_producer(id, epoch, seq),
+                    None => builder,
+                }
+                .build()
+                {
                     Ok(bytes) => b.payload = Payload::Built(bytes),
                     Err(e) => {
+                        // Its sequence numbers are now a gap.
+                        if let (Some(idem), Some((id, _, _))) = (&inner.idempotence, stamp) {
+                            idem.invalidate(id);
+                        }
                         b.completer.fail(ProducerError::Format(e));
                         continue;
                     }
                 },
             }
             d.batches.push(b);
+        }
+        if !waiting.is_empty() {
+            // Not sent at all: the stamped ones wait with them so the order holds.
+            let mut all = std::mem::take(&mut d.batches);
+            all.append(&mut waiting);
+            d.batches = all;
+            let failure = Failure::Broker(
+                ErrorCode::CoordinatorNotAvailable,
+                "no producer id yet (InitProducerId failed)".into(),
+            );
+            handle_failure(inner, d, Retriable(failure));
+            continue;
         }
         if d.batches.is_empty() {
             inner.accum.lock().done(&d.topic, d.partition);
@@ -333,15 +430,24 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
         NonRetriable(f) => (f, false),
     };
     let message = failure.describe();
+    let refused = matches!(failure, Failure::Broker(code, _) if is_sequence_error(code));
     let mut keep = Vec::with_capacity(d.batches.len());
     for mut b in d.batches {
         b.attempts = b.attempts.saturating_add(1);
         let backoff = backoff(cfg, b.attempts);
+        if refused {
+            if let Some(idem) = &inner.idempotence {
+                idem.invalidate(stamped_id(&b.payload));
+                b.restamp = true;
+            }
+        }
         if !retriable || b.attempts > cfg.retries {
             warn!(topic = %d.topic, partition = %d.partition, error = %message,
                 attempts = b.attempts, "batch failed");
+            abandon(inner, &b);
             b.completer.fail(failure.to_error(&d.topic, d.partition));
         } else if now.saturating_duration_since(b.created) + backoff >= cfg.delivery_timeout {
+            abandon(inner, &b);
             b.completer.fail(ProducerError::DeliveryTimeout {
                 topic: d.topic.to_string(),
                 partition: d.partition,
@@ -366,6 +472,14 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
     inner.accum.lock().requeue(&d.topic, d.partition, keep);
     if retriable {
         request_refresh(inner, &d.topic);
+    }
+}
+
+/// A stamped batch given up leaves a gap in its partition's sequence: the producer moves to a
+/// new id before it stamps another batch.
+fn abandon(inner: &Inner, b: &Batch) {
+    if let Some(idem) = &inner.idempotence {
+        idem.invalidate(stamped_id(&b.payload));
     }
 }
 

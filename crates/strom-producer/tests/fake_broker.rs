@@ -21,6 +21,8 @@ use tonic::{Request, Response, Status};
 
 /// The values appended to one partition, in offset order.
 type Log = Vec<Option<Bytes>>;
+/// `(producer id, base sequence, records stored before it)` of each stored batch.
+type Stamps = Vec<(i64, i32, usize)>;
 
 #[derive(Default)]
 struct Fake {
@@ -36,6 +38,11 @@ struct Fake {
     stall: AtomicBool,
     produce_calls: AtomicUsize,
     metadata_calls: AtomicUsize,
+    /// InitProducerId answers so far (the id handed out is 1000 + this count).
+    init_calls: AtomicUsize,
+    /// Per partition: `(producer id, base sequence, records stored before it)` of every
+    /// stored batch.
+    stamps: Mutex<HashMap<(String, i32), Stamps>>,
 }
 
 impl Fake {
@@ -179,6 +186,11 @@ impl Broker for Fake {
                 for batch in Batches::new(p.records) {
                     let batch = batch.map_err(|e| Status::invalid_argument(e.to_string()))?;
                     batch.validate_crc().map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    self.stamps.lock().entry((t.name.clone(), p.partition)).or_default().push((
+                        batch.producer_id(),
+                        batch.base_sequence(),
+                        log.len(),
+                    ));
                     for r in batch.records().map_err(|e| Status::internal(e.to_string()))? {
                         log.push(r.map_err(|e| Status::internal(e.to_string()))?.value);
                     }
@@ -191,6 +203,17 @@ impl Broker for Fake {
     }
     async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         Err(Status::unimplemented("fake"))
+    }
+    async fn init_producer_id(
+        &self,
+        _: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        let n = self.init_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(InitProducerIdResponse {
+            producer_id: 1000 + n as i64,
+            producer_epoch: 0,
+            ..Default::default()
+        }))
     }
     async fn list_offsets(
         &self,
@@ -280,6 +303,51 @@ async fn retriable_errors_are_retried_in_order() {
     assert_eq!(log, expected, "no loss, no duplicates, no reordering");
     assert!(fake.inject.lock().is_empty(), "every injected error was hit");
     assert!(fake.metadata_calls.load(Ordering::SeqCst) >= 2, "retries refresh metadata");
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_batches_are_numbered_per_partition_and_retries_keep_their_sequence() {
+    let (fake, addr) = start(&[("t", 2)]).await;
+    fake.inject.lock().extend([ErrorCode::NotLeaderOrFollower, ErrorCode::RequestTimedOut]);
+    let mut cfg = config(addr);
+    cfg.batch_size = 256;
+    let producer = Producer::new(cfg).await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..200 {
+        let record =
+            ProducerRecord::new("t").partition(PartitionId::new(i % 2)).value(format!("{i:04}"));
+        pending.push(producer.send(record).await.unwrap());
+    }
+    for f in pending {
+        f.await.unwrap();
+    }
+    assert_eq!(fake.init_calls.load(Ordering::SeqCst), 1, "one producer id for the session");
+    for p in 0..2 {
+        let stamps = fake.stamps.lock().get(&("t".to_owned(), p)).cloned().unwrap_or_default();
+        assert_eq!(fake.log("t", p).len(), 100);
+        assert!(stamps.len() > 1, "several batches: {stamps:?}");
+        // Every stored batch is producer 1000's, and its first sequence is the number of the
+        // partition's records before it: consecutive from 0, no gap, retries unchanged.
+        for (id, seq, before) in &stamps {
+            assert_eq!((*id, *seq as usize), (1000, *before), "{stamps:?}");
+        }
+    }
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_order_answer_moves_the_producer_to_a_new_id_and_restamps_the_batch() {
+    let (fake, addr) = start(&[("t", 1)]).await;
+    fake.inject.lock().push_back(ErrorCode::OutOfOrderSequenceNumber);
+    let producer = Producer::new(config(addr)).await.unwrap();
+    let meta = producer.send(ProducerRecord::new("t").value("a")).await.unwrap().await.unwrap();
+    assert_eq!(meta.offset, Some(Offset::new(0)));
+    let second = producer.send(ProducerRecord::new("t").value("b")).await.unwrap().await.unwrap();
+    assert_eq!(second.offset, Some(Offset::new(1)));
+    assert_eq!(fake.init_calls.load(Ordering::SeqCst), 2, "a new producer id after the refusal");
+    let stamps = fake.stamps.lock().get(&("t".to_owned(), 0)).cloned().unwrap_or_default();
+    assert_eq!(stamps, vec![(1001, 0, 0), (1001, 1, 1)], "re-stamped under the new id from 0");
     producer.close().await;
 }
 

@@ -187,4 +187,19 @@ impl pb::broker_server::Broker for BrokerService {
         .await;
         Ok(Response::new(pb::ListOffsetsResponse { topics }))
     }
+
+    async fn init_producer_id(
+        &self,
+        _request: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        let result = self.broker.init_producer_id().await;
+        let (error_code, error_message) = error_fields(&result);
+        let (producer_id, producer_epoch) = result.unwrap_or((-1, -1));
+        Ok(Response::new(pb::InitProducerIdResponse {
+            error_code,
+            error_message,
+            producer_id,
+            producer_epoch: i32::from(producer_epoch),
+        }))
+    }
 }

@@ -420,6 +420,12 @@ impl Broker for Forward {
     async fn fetch(&self, r: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         self.broker.clone().fetch(r.into_inner()).await
     }
+    async fn init_producer_id(
+        &self,
+        r: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        self.broker.clone().init_producer_id(r.into_inner()).await
+    }
     async fn list_offsets(
         &self,
         r: Request<ListOffsetsRequest>,

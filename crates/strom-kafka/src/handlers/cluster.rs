@@ -79,10 +79,10 @@ pub(super) fn offset_for_leader_epoch(
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
-/// Hands out a fresh producer id with epoch 0, so an idempotent client can start. The broker
-/// does not check sequences yet: retries after a lost response may still duplicate. A
-/// transactional id is refused: transactions are not supported.
-pub(super) fn init_producer_id(
+/// Hands out a fresh producer id with epoch 0 from the broker's allocator (the one gRPC's
+/// InitProducerId uses), so an idempotent client can start; the partition logs check its
+/// sequences. A transactional id is refused: transactions are not supported.
+pub(super) async fn init_producer_id(
     ctx: &Context,
     req: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
@@ -92,7 +92,13 @@ pub(super) fn init_producer_id(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }
-    InitProducerIdResponse::default()
-        .with_producer_id(ProducerId(ctx.shared.allocate_producer_id()))
-        .with_producer_epoch(0)
+    match ctx.shared.broker.init_producer_id().await {
+        Ok((id, epoch)) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
+        Err(e) => InitProducerIdResponse::default()
+            .with_error_code(code(&e))
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    }
 }

@@ -12,7 +12,6 @@ mod produce;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
@@ -41,8 +40,6 @@ const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
-    /// The next producer id InitProducerId hands out.
-    next_producer_id: AtomicI64,
     /// KIP-227 fetch sessions of every connection (a client may move a session between
     /// connections). Locked for bookkeeping only, never across a fetch.
     pub(crate) fetch_sessions: parking_lot::Mutex<FetchSessionCache>,
@@ -52,15 +49,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(broker: Arc<Broker>, sessions: FetchSessionCache) -> Self {
-        // Ids must not repeat across restarts (a producer could otherwise share another's id
-        // after a restart); the start time in milliseconds times 1024 leaves room for 1024 ids
-        // per millisecond of uptime before ids could overlap with a later run's.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
         Shared {
             broker,
-            next_producer_id: AtomicI64::new(now_ms.saturating_mul(1024)),
             fetch_sessions: parking_lot::Mutex::new(sessions),
             started: std::time::Instant::now(),
         }
@@ -69,10 +59,6 @@ impl Shared {
     /// Milliseconds since the listener started: the fetch session cache's time.
     pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    pub(crate) fn allocate_producer_id(&self) -> i64 {
-        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -223,7 +209,7 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
         }
         Request::DescribeCluster(r) => answer!(cluster::describe_cluster(ctx, *r).await),
         Request::OffsetForLeaderEpoch(r) => answer!(cluster::offset_for_leader_epoch(ctx, *r)),
-        Request::InitProducerId(r) => answer!(cluster::init_producer_id(ctx, *r)),
+        Request::InitProducerId(r) => answer!(cluster::init_producer_id(ctx, *r).await),
         Request::FindCoordinator(r) => answer!(groups::find_coordinator(ctx, *r, version)),
         Request::JoinGroup(r) => answer!(groups::join_group(ctx, *r, version, client_id).await),
         Request::SyncGroup(r) => answer!(groups::sync_group(ctx, *r).await),

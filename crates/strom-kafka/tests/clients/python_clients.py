@@ -307,9 +307,77 @@ def kafka_python_create_partitions():
     producer.close()
     admin.delete_topics([topic])
     admin.close()
+def confluent_idempotent_restart():
+    """enable.idempotence=True while the harness SIGKILLs and restarts the broker: produce
+    until the harness says "restarted" on stdin (records pile up and retry meanwhile), then
+    every record must be stored exactly once. The topic (3 partitions) is argv[3]."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    topic = sys.argv[3]
+    restarted = threading.Event()
+
+    def wait_for_restart():
+        for line in sys.stdin:
+            if line.strip() == "restarted":
+                restarted.set()
+                return
+
+    threading.Thread(target=wait_for_restart, daemon=True).start()
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "linger.ms": 5,
+                  "message.timeout.ms": 60000, "queue.buffering.max.messages": 50000})
+    delivered, errors = [0], []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(str(err))
+        else:
+            delivered[0] += 1
+
+    def produce(i):
+        while True:
+            try:
+                p.produce(topic, key=f"k{i % 101}".encode(), value=f"v{i}".encode(), on_delivery=on_delivery)
+                p.poll(0)
+                return
+            except BufferError:
+                p.poll(0.05)
+
+    sent, announced_at, after_restart = 0, None, 0
+    end = time.time() + 120
+    while after_restart < 5000 and time.time() < end:
+        produce(sent)
+        sent += 1
+        if announced_at is None and delivered[0] >= 5000:
+            print("kill-now", flush=True)
+            announced_at = sent
+        if restarted.is_set():
+            after_restart += 1
+    check(restarted.is_set(), "the broker was killed and restarted while producing")
+    left = p.flush(60)
+    check(left == 0 and not errors, f"every record acknowledged (left {left}, errors {errors[:3]})")
+    check(delivered[0] == sent, f"{sent} records delivered ({sent - announced_at} after the kill signal)")
+
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": unique("g"), "enable.auto.commit": False})
+    parts = [TopicPartition(topic, i, 0) for i in range(3)]
+    ends = {i: c.get_watermark_offsets(TopicPartition(topic, i), timeout=10)[1] for i in range(3)}
+    c.assign(parts)
+    counts, pos = {}, {i: 0 for i in range(3)}
+    deadline = time.time() + DEADLINE
+    while any(pos[i] < ends[i] for i in range(3)) and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        pos[m.partition()] = m.offset() + 1
+        counts[m.value()] = counts.get(m.value(), 0) + 1
+    c.close()
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"confluent-kafka idempotent producer across a broker kill: {sent} sent, {len(counts)} distinct read, {duplicates} duplicates", flush=True)
+    check(duplicates == 0, "no record stored twice")
+    check(len(counts) == sent, f"every record stored ({len(counts)} of {sent})")
 
 
 SCENARIOS = {
+    "idempotent-restart": confluent_idempotent_restart,
     "confluent": confluent_admin_produce_consume,
     "group-split": confluent_group_split,
     "kafka-python": kafka_python,
