@@ -197,7 +197,7 @@ async fn collect_acks(
         pending.await.context("record not stored")?;
         latency.saturating_record(micros(sent.elapsed()));
         count += 1;
-        if count % 1024 == 0 {
+        if count.is_multiple_of(1024) {
             progress.set_position(count);
         }
     }

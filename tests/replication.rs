@@ -60,7 +60,7 @@ async fn produce(
                 Err(e) => acked.errors.lock().unwrap().push(format!("send {value}: {e}")),
             }
             i += 1;
-            if pace && i % 64 == 0 {
+            if pace && i.is_multiple_of(64) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             continue;

@@ -223,13 +223,13 @@ impl Broker {
             voters = voters,
             "broker opened"
         );
-        if voters == 1 {
-            if let Err(e) = broker.wait_until_serving(SINGLE_NODE_START_PATIENCE).await {
-                if let Err(close) = broker.shutdown().await {
-                    tracing::error!(error = %close, "closing after a failed start");
-                }
-                return Err(e);
+        if voters == 1
+            && let Err(e) = broker.wait_until_serving(SINGLE_NODE_START_PATIENCE).await
+        {
+            if let Err(close) = broker.shutdown().await {
+                tracing::error!(error = %close, "closing after a failed start");
             }
+            return Err(e);
         }
         Ok(broker)
     }
@@ -632,10 +632,10 @@ impl Broker {
         self.wait_applied(|image| image.state.topic(name).is_none()).await;
         // Every node's replica manager drops the topic's offsets from its coordinator; doing
         // it here too means the caller's next OffsetFetch on this node cannot see them.
-        if let Some(coordinator) = self.group_coordinator() {
-            if let Err(e) = coordinator.delete_topic_offsets(name).await {
-                tracing::error!(topic = name, error = %e, "deleting offsets failed");
-            }
+        if let Some(coordinator) = self.group_coordinator()
+            && let Err(e) = coordinator.delete_topic_offsets(name).await
+        {
+            tracing::error!(topic = name, error = %e, "deleting offsets failed");
         }
         Ok(())
     }

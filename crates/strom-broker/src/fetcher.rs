@@ -172,7 +172,7 @@ async fn run(
             }
             Err(e) => {
                 failing += 1;
-                if failing == 1 || failing % 50 == 0 {
+                if failing == 1 || failing.is_multiple_of(50) {
                     tracing::info!(leader, error = %e, "replica fetch failed; retrying");
                 } else {
                     tracing::debug!(leader, error = %e, "replica fetch failed");

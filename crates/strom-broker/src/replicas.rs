@@ -199,10 +199,10 @@ fn delete_topic_logs(topic: Arc<Topic>) {
 }
 
 fn remove_dir(dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %dir.display(), error = %e, "removing directory failed");
-        }
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "removing directory failed");
     }
 }
 

@@ -243,12 +243,12 @@ impl PostgresSink {
                 }
             }
         };
-        if let Shape::Columns(columns) = &shape {
-            if let Some(missing) = key_columns.iter().find(|k| !columns.contains(k)) {
-                return Err(ConnectError::Config(format!(
-                    "table {table_name} has no key column {missing:?}"
-                )));
-            }
+        if let Shape::Columns(columns) = &shape
+            && let Some(missing) = key_columns.iter().find(|k| !columns.contains(k))
+        {
+            return Err(ConnectError::Config(format!(
+                "table {table_name} has no key column {missing:?}"
+            )));
         }
         if mode == Mode::Upsert && shape == Shape::Raw {
             return Err(ConnectError::Config("raw tables take no upserts".into()));

@@ -202,10 +202,10 @@ impl ConsumerConfig {
         if self.storage_error_timeout.is_zero() {
             return invalid("storage_error_timeout must be positive");
         }
-        if let Some(group) = &self.group_id {
-            if group.is_empty() || group.len() > MAX_GROUP_ID_LEN {
-                return invalid("group_id must be 1 to 1024 bytes long");
-            }
+        if let Some(group) = &self.group_id
+            && (group.is_empty() || group.len() > MAX_GROUP_ID_LEN)
+        {
+            return invalid("group_id must be 1 to 1024 bytes long");
         }
         for (name, value) in [
             ("session_timeout", self.session_timeout),

@@ -177,10 +177,10 @@ impl Consumer {
         let mut partitions = partitions;
         partitions.sort();
         partitions.dedup();
-        if let Some(group) = self.group.as_mut() {
-            if group.membership.take().is_some() {
-                warn!(group = %group.rpc.group_id(), "manual assignment ends the subscription");
-            }
+        if let Some(group) = self.group.as_mut()
+            && group.membership.take().is_some()
+        {
+            warn!(group = %group.rpc.group_id(), "manual assignment ends the subscription");
         }
         self.fetcher.assign(&partitions, self.group.is_some());
         self.assignment = partitions;

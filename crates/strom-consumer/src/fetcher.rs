@@ -444,10 +444,10 @@ impl Fetcher {
                 state.position = Position::Known(current.max(front.next_offset));
             }
             state.buffered = false;
-            if let Some(done) = self.pop_completed() {
-                if let Some(e) = done.error {
-                    return Err(e);
-                }
+            if let Some(done) = self.pop_completed()
+                && let Some(e) = done.error
+            {
+                return Err(e);
             }
         }
         Ok(out)
@@ -710,10 +710,10 @@ impl Fetcher {
                 self.busy_brokers.remove(&broker);
                 self.reserved_bytes = self.reserved_bytes.saturating_sub(reserved);
                 for p in &plan {
-                    if let Some(state) = self.partitions.get_mut(&p.tp) {
-                        if state.in_flight == Some(id) {
-                            state.in_flight = None;
-                        }
+                    if let Some(state) = self.partitions.get_mut(&p.tp)
+                        && state.in_flight == Some(id)
+                    {
+                        state.in_flight = None;
                     }
                 }
                 match output {
@@ -734,10 +734,10 @@ impl Fetcher {
             Request::Reset { broker, plan } => {
                 self.resetting_brokers.remove(&broker);
                 for p in &plan {
-                    if let Some(state) = self.partitions.get_mut(&p.tp) {
-                        if state.in_flight == Some(id) {
-                            state.in_flight = None;
-                        }
+                    if let Some(state) = self.partitions.get_mut(&p.tp)
+                        && state.in_flight == Some(id)
+                    {
+                        state.in_flight = None;
                     }
                 }
                 match output {

@@ -485,11 +485,11 @@ impl Consumer {
         };
         if group.auto_commit.is_some() && !pending.revoked.is_empty() {
             let offsets = self.positions(&pending.revoked, false);
-            if let Some(group) = self.group.as_mut() {
-                if let Err(e) = group.commit(&offsets).await {
-                    warn!(group = %group.rpc.group_id(), error = %e,
+            if let Some(group) = self.group.as_mut()
+                && let Err(e) = group.commit(&offsets).await
+            {
+                warn!(group = %group.rpc.group_id(), error = %e,
                         "committing revoked partitions failed");
-                }
             }
         }
         let Some(m) = self.membership_mut() else { return };
@@ -554,11 +554,11 @@ impl Consumer {
         let in_generation = m.generation >= 0;
         if auto_commit && in_generation {
             let offsets = self.positions(&self.assignment, true);
-            if let Some(group) = self.group.as_mut() {
-                if let Err(e) = group.commit(&offsets).await {
-                    warn!(group = %group.rpc.group_id(), error = %e,
+            if let Some(group) = self.group.as_mut()
+                && let Err(e) = group.commit(&offsets).await
+            {
+                warn!(group = %group.rpc.group_id(), error = %e,
                         "committing before the rebalance failed");
-                }
             }
         }
         if !cooperative {
@@ -673,16 +673,16 @@ impl Consumer {
             return;
         }
         group.next_auto_commit = now + interval;
-        if let Some(m) = &group.membership {
-            if m.generation < 0 || m.pending.is_some() {
-                return;
-            }
+        if let Some(m) = &group.membership
+            && (m.generation < 0 || m.pending.is_some())
+        {
+            return;
         }
         let offsets = self.positions(&self.assignment, true);
-        if let Some(group) = self.group.as_mut() {
-            if let Err(e) = group.commit(&offsets).await {
-                warn!(group = %group.rpc.group_id(), error = %e, "auto-commit failed");
-            }
+        if let Some(group) = self.group.as_mut()
+            && let Err(e) = group.commit(&offsets).await
+        {
+            warn!(group = %group.rpc.group_id(), error = %e, "auto-commit failed");
         }
     }
 

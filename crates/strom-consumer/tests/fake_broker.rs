@@ -135,10 +135,10 @@ impl Fake {
             error_message: format!("{code:?}"),
             ..Default::default()
         };
-        if let Some(errors) = script.fetch_errors.get_mut(&req.partition) {
-            if !errors.is_empty() {
-                return error(errors.remove(0));
-            }
+        if let Some(errors) = script.fetch_errors.get_mut(&req.partition)
+            && !errors.is_empty()
+        {
+            return error(errors.remove(0));
         }
         let cut = script.cut_at_limit;
         let Some(p) = script.partitions.get(&req.partition) else {

@@ -363,10 +363,10 @@ fn find_move(
             .filter(|tp| owned_by.get(*tp) != Some(giver))
             .chain(set.iter().rev().filter(|tp| owned_by.get(*tp) == Some(giver)));
         for tp in fresh_first {
-            if let Some(Some((taker_size, taker))) = best_taker.get(tp.0.as_str()) {
-                if taker_size + 2 <= giver_size {
-                    return Some((giver.clone(), (*taker).to_owned(), tp.clone()));
-                }
+            if let Some(Some((taker_size, taker))) = best_taker.get(tp.0.as_str())
+                && taker_size + 2 <= giver_size
+            {
+                return Some((giver.clone(), (*taker).to_owned(), tp.clone()));
             }
         }
     }

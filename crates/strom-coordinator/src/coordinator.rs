@@ -604,12 +604,12 @@ fn unload_if_idle(inner: &Inner, group_id: &str) {
 fn evict_idle(groups: &mut HashMap<String, Arc<GroupCell>>) {
     let mut evicted = BTreeSet::new();
     for (id, cell) in groups.iter() {
-        if let Some(mut group) = cell.group.try_lock() {
-            if group.is_idle() {
-                group.mark_dead();
-                cell.wake.notify_one();
-                evicted.insert(id.clone());
-            }
+        if let Some(mut group) = cell.group.try_lock()
+            && group.is_idle()
+        {
+            group.mark_dead();
+            cell.wake.notify_one();
+            evicted.insert(id.clone());
         }
     }
     groups.retain(|id, _| !evicted.contains(id));
@@ -627,10 +627,10 @@ async fn drive(cell: Arc<GroupCell>, group_id: String, inner: Weak<Inner>) {
             group.on_timer(Instant::now());
             (group.next_deadline(), group.is_idle())
         };
-        if let (_, true) = next {
-            if let Some(inner) = inner.upgrade() {
-                unload_if_idle(&inner, &group_id);
-            }
+        if let (_, true) = next
+            && let Some(inner) = inner.upgrade()
+        {
+            unload_if_idle(&inner, &group_id);
         }
         match next.0 {
             Some(deadline) => {

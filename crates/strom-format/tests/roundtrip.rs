@@ -145,14 +145,13 @@ proptest! {
         let mut buf = bytes.to_vec();
         buf[at] ^= flip;
         // From the CRC field on, every byte is covered by the CRC.
-        if at >= CRC_START - 4 {
-            if let Ok(batch) = RecordBatch::new(buf.clone().into()) {
+        if at >= CRC_START - 4
+            && let Ok(batch) = RecordBatch::new(buf.clone().into()) {
                 let crc_caught =
                     matches!(batch.validate_crc(), Err(FormatError::CrcMismatch { .. }));
                 prop_assert!(crc_caught);
                 prop_assert!(batch.validate_records().is_err());
             }
-        }
         no_panic_on(buf.clone().into());
         // With the CRC fixed up the corruption reaches the codecs and the record decoder.
         if at >= CRC_START {

@@ -253,10 +253,10 @@ impl FetchSessionCache {
                     || a.high_watermark != cached.high_watermark
                     || a.log_start_offset != cached.log_start_offset;
                 remember(cached, a);
-                if a.records_len > 0 {
-                    if let Some((key, cached)) = session.partitions.shift_remove_entry(key) {
-                        session.partitions.insert(key, cached);
-                    }
+                if a.records_len > 0
+                    && let Some((key, cached)) = session.partitions.shift_remove_entry(key)
+                {
+                    session.partitions.insert(key, cached);
                 }
                 must
             })
@@ -268,12 +268,12 @@ impl FetchSessionCache {
     /// eviction time if it is smaller than the new one.
     fn evict_one(&mut self, size: usize, now_ms: u64) -> bool {
         let stalest = self.sessions.iter().min_by_key(|(id, s)| (s.last_used_ms, **id));
-        if let Some((&id, s)) = stalest {
-            if now_ms.saturating_sub(s.last_used_ms) > self.eviction_ms {
-                self.sessions.remove(&id);
-                self.evictions += 1;
-                return true;
-            }
+        if let Some((&id, s)) = stalest
+            && now_ms.saturating_sub(s.last_used_ms) > self.eviction_ms
+        {
+            self.sessions.remove(&id);
+            self.evictions += 1;
+            return true;
         }
         let smallest = self
             .sessions

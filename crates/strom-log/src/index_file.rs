@@ -72,11 +72,11 @@ impl<E: IndexEntry> IndexFile<E> {
         let mut entries = Vec::with_capacity(buf.len() / E::LEN);
         for chunk in buf.chunks_exact(E::LEN) {
             let entry = E::decode(chunk);
-            if let Some(prev) = entries.last() {
-                if !E::follows(prev, &entry) {
-                    let why = format!("entry {entry:?} does not follow {prev:?}");
-                    return Ok(Loaded::NeedsRebuild(empty(file), why));
-                }
+            if let Some(prev) = entries.last()
+                && !E::follows(prev, &entry)
+            {
+                let why = format!("entry {entry:?} does not follow {prev:?}");
+                return Ok(Loaded::NeedsRebuild(empty(file), why));
             }
             entries.push(entry);
         }

@@ -235,12 +235,12 @@ impl LeaderEpochCache {
         };
         // A checkpoint that misses the epoch of the last batch (written by another program,
         // or restored from elsewhere) would answer wrongly: trust the batches instead.
-        if let Some(last) = last_batch_epoch(segments) {
-            if entries.latest().is_none_or(|l| l.epoch < last) {
-                tracing::warn!(dir = %dir.display(), last_batch_epoch = %last,
+        if let Some(last) = last_batch_epoch(segments)
+            && entries.latest().is_none_or(|l| l.epoch < last)
+        {
+            tracing::warn!(dir = %dir.display(), last_batch_epoch = %last,
                     "leader-epoch checkpoint is behind the log; rebuilding it");
-                entries = rebuild(segments);
-            }
+            entries = rebuild(segments);
         }
         // Start first: on an empty log (start == end) nothing is left, as in the batches.
         entries.truncate_from_start(start);

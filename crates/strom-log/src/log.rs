@@ -615,10 +615,10 @@ impl Log {
             };
             for batch in Batches::new(records) {
                 let Ok(batch) = batch else { return };
-                if batch.base_offset() >= at {
-                    if let Some(b) = ProducerBatch::of(&batch, batch.base_offset()) {
-                        state.apply(&b);
-                    }
+                if batch.base_offset() >= at
+                    && let Some(b) = ProducerBatch::of(&batch, batch.base_offset())
+                {
+                    state.apply(&b);
                 }
                 at = at.max(batch.next_offset());
             }
@@ -1174,11 +1174,11 @@ impl Log {
     /// known to be what was written (and for an append waiting on this flush, not stored).
     fn flush_inner(&self, checkpoint: bool) -> Result<(), LogError> {
         let result = self.flush_locked(checkpoint);
-        if result.is_err() {
-            if let Err(e) = self.repair_if_damaged() {
-                tracing::warn!(dir = %self.dir.display(), error = %e,
+        if result.is_err()
+            && let Err(e) = self.repair_if_damaged()
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e,
                     "could not cut the log back after a failed flush; retrying on the next write");
-            }
         }
         result
     }

@@ -33,10 +33,12 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<Offset>, LogError> {
         let Some((stem, suffix)) = name.to_str().and_then(|n| n.split_once('.')) else {
             continue;
         };
-        if suffix == SUFFIX && stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(offset) = stem.parse::<i64>() {
-                offsets.push(Offset::new(offset));
-            }
+        if suffix == SUFFIX
+            && stem.len() == 20
+            && stem.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(offset) = stem.parse::<i64>()
+        {
+            offsets.push(Offset::new(offset));
         }
     }
     offsets.sort();

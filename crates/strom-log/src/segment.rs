@@ -364,10 +364,10 @@ impl LogSegment {
         if u64::from(last.pos) + BATCH_HEADER_LEN as u64 > size {
             return Err(format!("entry {last:?} points past the end of a {size}-byte segment"));
         }
-        if let Some(next) = next_base {
-            if i64::from(last.rel) >= next.get() - self.base.get() {
-                return Err(format!("entry {last:?} is beyond the next segment's base {next}"));
-            }
+        if let Some(next) = next_base
+            && i64::from(last.rel) >= next.get() - self.base.get()
+        {
+            return Err(format!("entry {last:?} is beyond the next segment's base {next}"));
         }
         let header = self.read_header(u64::from(last.pos), size).map_err(|e| e.to_string())?;
         let expected = self.base.add(i64::from(last.rel));

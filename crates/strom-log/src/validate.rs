@@ -63,13 +63,13 @@ pub(crate) fn validate(
                 return Err(FormatError::Corrupt("base offset out of range").into());
             }
         }
-        if let (Origin::Replica, Some(prev)) = (origin, parsed.last()) {
-            if batch.base_offset() != prev.next_offset() {
-                return Err(LogError::NonMonotonicOffset {
-                    expected: prev.next_offset(),
-                    got: batch.base_offset(),
-                });
-            }
+        if let (Origin::Replica, Some(prev)) = (origin, parsed.last())
+            && batch.base_offset() != prev.next_offset()
+        {
+            return Err(LogError::NonMonotonicOffset {
+                expected: prev.next_offset(),
+                got: batch.base_offset(),
+            });
         }
         parsed.push(batch);
     }

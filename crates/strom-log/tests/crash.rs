@@ -69,7 +69,7 @@ fn run_writer(dir: PathBuf, side: PathBuf, seed: u64) -> ! {
             append_step(&log, step);
             step += 1;
         }
-        if step % 3 == 0 {
+        if step.is_multiple_of(3) {
             log.flush().expect("flush");
             report_flushed(&side, log.flushed_offset().get());
         }

@@ -139,10 +139,10 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             }
             continue;
         }
-        if let Some(idem) = &inner.idempotence {
-            if idem.needs_id() {
-                init_producer_id(&inner, idem).await;
-            }
+        if let Some(idem) = &inner.idempotence
+            && idem.needs_id()
+        {
+            init_producer_id(&inner, idem).await;
         }
         dispatch(&inner, drain.ready);
     }
@@ -435,11 +435,9 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
     for mut b in d.batches {
         b.attempts = b.attempts.saturating_add(1);
         let backoff = backoff(cfg, b.attempts);
-        if refused {
-            if let Some(idem) = &inner.idempotence {
-                idem.invalidate(stamped_id(&b.payload));
-                b.restamp = true;
-            }
+        if refused && let Some(idem) = &inner.idempotence {
+            idem.invalidate(stamped_id(&b.payload));
+            b.restamp = true;
         }
         if !retriable || b.attempts > cfg.retries {
             warn!(topic = %d.topic, partition = %d.partition, error = %message,

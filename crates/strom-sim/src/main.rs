@@ -45,7 +45,8 @@ fn main() -> Result<()> {
         return run_replication(seeds, base, steps, replay);
     }
     let config_for = |seed: u64| {
-        let mut c = SimConfig::new(seed, voters.unwrap_or(if seed % 2 == 0 { 3 } else { 5 }));
+        let mut c =
+            SimConfig::new(seed, voters.unwrap_or(if seed.is_multiple_of(2) { 3 } else { 5 }));
         if let Some(s) = steps {
             c.steps = s;
         }
