@@ -33,7 +33,7 @@ pub struct Histogram {
     sum_nanos: AtomicU64,
 }
 
-/// A point-in-time copy of a [`Histogram`].
+/// A point-in-time copy of a `Histogram`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HistogramSnapshot {
     /// `(upper bound in seconds, observations in this bucket)`, not cumulative, ending with

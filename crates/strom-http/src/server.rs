@@ -32,7 +32,7 @@ pub struct HttpConfig {
     /// Address to bind; port 0 picks a free one.
     pub listen: SocketAddr,
     /// How often consumer-group lag and topic throughput are sampled for the console's
-    /// charts (the history keeps the last ten minutes, at most [`History`]'s bound).
+    /// charts (the history keeps the last ten minutes, at most the history's bound).
     pub sample_interval: Duration,
 }
 
