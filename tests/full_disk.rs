@@ -114,7 +114,11 @@ fn read_values(addr: &str) -> Vec<String> {
 }
 
 fn lines(prefix: &str, n: usize) -> String {
-    (0..n).map(|i| format!("{prefix}-{i}-{}\n", "x".repeat(200))).collect()
+    sized_lines(prefix, n, 200)
+}
+
+fn sized_lines(prefix: &str, n: usize, size: usize) -> String {
+    (0..n).map(|i| format!("{prefix}-{i}-{}\n", "x".repeat(size))).collect()
 }
 
 #[test]
@@ -170,7 +174,9 @@ fn full_disk_fails_fast_and_recovers_without_restart() {
             "--failed-output",
             failed_file.to_str().unwrap(),
         ],
-        Some(lines("lost", 300).as_bytes()),
+        // Each record larger than a page: a batch must not fit in the slack of the segment's
+        // last page (the idempotent producer's first batch can be a small one).
+        Some(sized_lines("lost", 300, 5_000).as_bytes()),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "producer exited 0 on a full disk:\n{stderr}");
