@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, admin_json, all_active, leaders, wait_for};
 use common::{BrokerProcess, run_ok};
 use strom_format::PartitionId;
 use strom_producer::{Producer, ProducerConfig, ProducerRecord};
@@ -268,4 +269,165 @@ fn bad_http_input_gets_4xx_and_the_broker_keeps_serving() {
     assert_eq!(get(&http_addr, "/metrics").0, 200);
     println!("{} bad requests answered 4xx; broker still serving", cases.len());
     broker.stop();
+}
+
+/// More than two partitions' worth of the 1000 records: the group commits on all three.
+const SPREAD_CONSUMED: usize = 900;
+
+/// In a cluster a group's coordinator reports lag for every partition the group reads, also
+/// those led by (and only stored on) other nodes: it asks their leaders for the high
+/// watermark. And the ISR counters count committed changes, on the leader.
+#[test]
+fn group_lag_covers_partitions_led_by_other_nodes_and_isr_shrinks_are_counted() {
+    let mut cluster = Cluster::start_with(3, &["--replica-lag-time-max-ms", "2000"]);
+    let addr = cluster.node(1).addr.clone();
+    wait_for("three active nodes and a controller", || all_active(&addr, &[1, 2, 3]));
+    // One replica per partition: a partition led elsewhere has no replica on the coordinator.
+    run_ok(
+        "strom-admin",
+        &[
+            "--bootstrap",
+            &addr,
+            "topics",
+            "create",
+            "spread",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "1",
+        ],
+        None,
+    );
+    let placed = wait_for("a leader for each partition", || {
+        let l = leaders(&addr, "spread")?;
+        (l.len() == 3 && l.values().all(|&n| n > 0)).then_some(l)
+    })
+    .0;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let producer = Producer::new(ProducerConfig::new(&addr)).await.unwrap();
+        let mut acks = Vec::new();
+        for i in 0..RECORDS {
+            let record = ProducerRecord::new("spread")
+                .partition(PartitionId::new((i % 3) as i32))
+                .value(format!("value {i}"));
+            acks.push(producer.send(record).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        producer.close().await;
+    });
+    let consumed = run_ok(
+        "strom-consumer",
+        &[
+            "--bootstrap",
+            &addr,
+            "--topic",
+            "spread",
+            "--group",
+            "spread-readers",
+            "--from-beginning",
+            "--max-messages",
+            &SPREAD_CONSUMED.to_string(),
+            "--timeout-ms",
+            "30000",
+        ],
+        None,
+    );
+    assert_eq!(consumed.lines().count(), SPREAD_CONSUMED);
+    // The coordinator is the one node that reports the group.
+    let scrapes: Vec<(i64, String, BTreeMap<String, f64>)> = (1..=3)
+        .map(|n| {
+            let http = cluster.node_mut(n).http_addr();
+            let all = samples(&get(&http, "/metrics").1);
+            (n, http, all)
+        })
+        .collect();
+    let mut reporting =
+        scrapes.into_iter().filter(|(_, _, all)| all.keys().any(|k| k.contains("spread-readers")));
+    let (coordinator, http, all) = reporting.next().expect("the coordinator reports the group");
+    assert!(reporting.next().is_none(), "only the coordinator reports the group");
+    let ends: Vec<f64> =
+        (0..3).map(|p| (RECORDS / 3 + usize::from(p < RECORDS % 3)) as f64).collect();
+    let mut lag_sum = 0.0;
+    for (p, end) in ends.iter().enumerate() {
+        let group = format!("group=\"spread-readers\",topic=\"spread\",partition=\"{p}\"");
+        let committed = sample(&all, &format!("strom_group_committed_offset{{{group}}}"));
+        let lag = sample(&all, &format!("strom_group_lag{{{group}}}"));
+        assert_eq!(
+            lag,
+            end - committed,
+            "lag = leader's end - committed on partition {p} \
+            (led by node {}, coordinator {coordinator})",
+            placed[&(p as i64)]
+        );
+        lag_sum += lag;
+    }
+    assert_eq!(lag_sum, (RECORDS - SPREAD_CONSUMED) as f64);
+    assert_eq!(sample(&all, "strom_group_lag_sum{group=\"spread-readers\"}"), lag_sum);
+    let (status, group) = get(&http, "/api/groups/spread-readers");
+    assert_eq!(status, 200);
+    assert!(group.contains(&format!("\"total_lag\":{}", RECORDS - SPREAD_CONSUMED)), "{group}");
+    assert!(
+        placed.values().any(|&leader| leader != coordinator),
+        "the placement put some partition away from the coordinator: {placed:?}"
+    );
+
+    // A follower stops: the leader's committed ISR shrinks once, and its counter says so.
+    run_ok(
+        "strom-admin",
+        &[
+            "--bootstrap",
+            &addr,
+            "topics",
+            "create",
+            "replicated",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    let isr_of = |addr: &str| {
+        let v = admin_json(addr, &["topics", "describe", "replicated"])?;
+        let p = &v[0]["partitions"][0];
+        let isr: Vec<i64> = p["isr"].as_array()?.iter().filter_map(|n| n.as_i64()).collect();
+        Some((p["leader"].as_i64()?, isr))
+    };
+    let (leader, _) =
+        wait_for("a full ISR", || isr_of(&addr).filter(|(l, i)| *l > 0 && i.len() == 3)).0;
+    let leader_http = cluster.node_mut(leader).http_addr();
+    // The counter is per node: every partition this node leads whose ISR loses the follower
+    // (the offsets topic's too) shrinks once, and only those.
+    let led_isr = |all: &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+        all.iter()
+            .filter(|(k, v)| k.starts_with("strom_partition_leader{") && **v == 1.0)
+            .filter_map(|(k, _)| {
+                let labels = k.trim_start_matches("strom_partition_leader");
+                let isr = all.get(&format!("strom_partition_in_sync_replicas{labels}"))?;
+                Some((labels.to_string(), *isr))
+            })
+            .collect()
+    };
+    let first = samples(&get(&leader_http, "/metrics").1);
+    let before = sample(&first, "strom_isr_shrinks_total");
+    let isr_before = led_isr(&first);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    cluster.node_mut(follower).kill();
+    let leader_addr = cluster.node(leader).addr.clone();
+    wait_for("the ISR without the stopped follower", || {
+        isr_of(&leader_addr).filter(|(_, isr)| !isr.contains(&follower))
+    });
+    let (shrunk, _) = wait_for("each committed shrink counted once on the leader", || {
+        let now = samples(&get(&leader_http, "/metrics").1);
+        let shrunk = led_isr(&now)
+            .iter()
+            .filter(|(labels, isr)| isr_before.get(*labels).is_some_and(|b| **isr < *b))
+            .count() as f64;
+        let counted = sample(&now, "strom_isr_shrinks_total") - before;
+        (shrunk >= 1.0 && counted == shrunk).then_some(shrunk)
+    });
+    println!("{shrunk} committed ISR shrinks counted on node {leader}");
 }

@@ -193,7 +193,9 @@ impl Broker {
         let follow = {
             let (config, registry, coordinator) =
                 (config.clone(), registry.clone(), coordinator.clone());
+            let metrics = broker.metrics.clone();
             let on_change = move |outcome: Reconciled| {
+                metrics.count_isr_moves(outcome.isr_moves);
                 fetchers.update(&registry);
                 rebuild_coordinator(&config, &registry, &coordinator, &outcome);
             };
@@ -443,7 +445,6 @@ impl Broker {
     /// Queues a leader's ISR change for the controller; a full queue drops it (the partition
     /// proposes again on a later tick or fetch).
     pub(crate) fn propose_isr_change(&self, proposal: IsrProposal) {
-        self.count_isr_proposal(&proposal);
         if let Err(e) = self.isr_changes.try_send(proposal) {
             let (partition, _) = match e {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
@@ -1000,6 +1001,10 @@ impl Broker {
 
     pub(crate) fn parked_fetches_counter(&self) -> &AtomicUsize {
         &self.parked_fetches
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     pub(crate) fn registry(&self) -> &Registry {

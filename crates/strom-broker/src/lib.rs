@@ -40,6 +40,7 @@ mod broker;
 mod config;
 mod connection;
 mod controller;
+mod end_offsets;
 mod error;
 mod fetch;
 mod fetcher;

@@ -229,14 +229,14 @@ impl BrokerMetrics {
         self.errors.lock().iter().map(|(&(k, c), &n)| (k, c, n)).collect()
     }
 
-    /// ISR shrinks and expansions this node proposed as a leader: `(shrinks, expands)`.
+    /// Committed ISR shrinks and expansions of partitions this node led: `(shrinks, expands)`.
     pub fn isr_changes(&self) -> (u64, u64) {
         (self.isr_shrinks.load(Ordering::Relaxed), self.isr_expands.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn count_isr_change(&self, shrink: bool) {
-        let counter = if shrink { &self.isr_shrinks } else { &self.isr_expands };
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_isr_moves(&self, (shrinks, expands): (u64, u64)) {
+        self.isr_shrinks.fetch_add(shrinks, Ordering::Relaxed);
+        self.isr_expands.fetch_add(expands, Ordering::Relaxed);
     }
 
     /// The count of open gRPC connections, as the connection limiter keeps it.
@@ -458,18 +458,6 @@ impl Broker {
             ));
         }
         Ok(())
-    }
-}
-
-impl Broker {
-    /// Counts a leader's ISR change proposal as a shrink or an expansion against the
-    /// committed ISR.
-    pub(crate) fn count_isr_proposal(&self, proposal: &crate::replication::IsrProposal) {
-        let (partition, change) = proposal;
-        let image = self.image();
-        if let Some(current) = image.state.partition(partition.topic(), partition.index()) {
-            self.metrics.count_isr_change(change.isr.len() < current.isr.len());
-        }
     }
 }
 

@@ -114,6 +114,30 @@ impl fmt::Debug for Partition {
     }
 }
 
+/// How a leader's committed ISR changed from one metadata image to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IsrMove {
+    /// Replicas left the ISR (and none joined).
+    Shrank,
+    /// Replicas joined the ISR (and none left).
+    Expanded,
+    /// Some left and others joined in one committed change: counted as both.
+    Both,
+}
+
+impl IsrMove {
+    fn between(before: &[NodeId], after: &[NodeId]) -> Option<IsrMove> {
+        let left = before.iter().any(|n| !after.contains(n));
+        let joined = after.iter().any(|n| !before.contains(n));
+        match (left, joined) {
+            (true, true) => Some(IsrMove::Both),
+            (true, false) => Some(IsrMove::Shrank),
+            (false, true) => Some(IsrMove::Expanded),
+            (false, false) => None,
+        }
+    }
+}
+
 impl Partition {
     /// Opens (creating if needed) the log of `topic`-`id`. It serves nothing until the
     /// metadata gives it a role ([`Partition::apply_assignment`]). Blocking: recovers the log.
@@ -186,14 +210,19 @@ impl Partition {
     /// its replication state), follower, or offline. An image older than the role (a smaller
     /// leader epoch) changes nothing. Parked fetches and acks=all waiters wake on a role change
     /// so they learn of it at once.
-    pub(crate) fn apply_assignment(&self, a: &PartitionAssignment) {
+    ///
+    /// Returns how the committed ISR moved when this node kept leading in the same epoch: the
+    /// leader's view of ISR shrinks and expansions that the controller committed (Kafka's
+    /// IsrShrinksPerSec / IsrExpandsPerSec count these, not proposals).
+    pub(crate) fn apply_assignment(&self, a: &PartitionAssignment) -> Option<IsrMove> {
         let _replica = self.replica_lock.lock();
         let epoch = a.assignment.leader_epoch;
         let next = Role { leading: a.leader == a.me, leader: a.leader, epoch };
+        let mut moved = None;
         let (changed, high_watermark) = {
             let mut role = self.role.write();
             if epoch < role.epoch {
-                return;
+                return None;
             }
             let mut leader = self.leader.lock();
             let high_watermark = if next.leading {
@@ -201,6 +230,7 @@ impl Partition {
                 match leader.as_mut() {
                     Some(state) if state.leader_epoch() == epoch => {
                         state.set_config(a.config);
+                        moved = IsrMove::between(state.isr(), &a.assignment.isr);
                         state.update_assignment(&a.assignment, now)
                     }
                     _ => {
@@ -234,6 +264,7 @@ impl Partition {
             self.high_watermark.send_modify(|_| {});
             self.log_end.send_modify(|_| {});
         }
+        moved
     }
 
     fn publish_high_watermark(&self, hw: Offset) {
@@ -670,5 +701,26 @@ mod tests {
             p.check_min_isr(ErrorCode::NotEnoughReplicas).unwrap_err().code,
             ErrorCode::NotEnoughReplicas
         );
+    }
+
+    #[test]
+    fn committed_isr_moves_are_reported_to_the_leader_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Partition::open(dir.path(), "t", 0, LogConfig::default()).expect("open");
+        let at = |me, leader, partition_epoch, isr: &[NodeId]| {
+            let mut a = assignment(me, leader, 1, isr);
+            a.assignment.partition_epoch = partition_epoch;
+            a
+        };
+        assert_eq!(p.apply_assignment(&at(1, 1, 1, &[1, 2, 3])), None, "becoming leader");
+        assert_eq!(p.apply_assignment(&at(1, 1, 2, &[1, 2])), Some(IsrMove::Shrank));
+        assert_eq!(p.apply_assignment(&at(1, 1, 2, &[1, 2])), None, "the same image again");
+        assert_eq!(p.apply_assignment(&at(1, 1, 3, &[1, 2, 3])), Some(IsrMove::Expanded));
+        assert_eq!(p.apply_assignment(&at(1, 1, 4, &[1, 3])), Some(IsrMove::Shrank));
+        assert_eq!(p.apply_assignment(&at(1, 1, 5, &[1, 2])), Some(IsrMove::Both));
+        let follower =
+            Partition::open(&dir.path().join("f"), "t", 0, LogConfig::default()).expect("open");
+        assert_eq!(follower.apply_assignment(&at(2, 1, 1, &[1, 2, 3])), None);
+        assert_eq!(follower.apply_assignment(&at(2, 1, 2, &[1, 2])), None, "followers count none");
     }
 }

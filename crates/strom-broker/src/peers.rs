@@ -138,6 +138,52 @@ impl Peers {
 }
 
 impl Peers {
+    /// The high watermarks of `partitions` as the node at `address` (their leader) reports
+    /// them: a ListOffsets for "latest". Partitions the peer answers with an error are left
+    /// out; a peer that does not answer within `patience` is an error.
+    pub(crate) async fn high_watermarks(
+        &self,
+        address: &str,
+        partitions: &[(String, i32)],
+        patience: Duration,
+    ) -> Result<Vec<((String, i32), i64)>, ApiError> {
+        let mut client = pb::broker_client::BrokerClient::new(self.channel(address)?);
+        let mut topics: Vec<pb::ListOffsetsTopic> = Vec::new();
+        for (topic, partition) in partitions {
+            let wanted = pb::ListOffsetsPartition {
+                partition: *partition,
+                timestamp: crate::partition::LATEST_TIMESTAMP,
+            };
+            match topics.iter_mut().find(|t| &t.name == topic) {
+                Some(t) => t.partitions.push(wanted),
+                None => topics
+                    .push(pb::ListOffsetsTopic { name: topic.clone(), partitions: vec![wanted] }),
+            }
+        }
+        let mut request = tonic::Request::new(pb::ListOffsetsRequest { topics });
+        request.set_timeout(patience);
+        let response = client.list_offsets(request).await.map_err(|status| {
+            ApiError::new(
+                ErrorCode::RequestTimedOut,
+                format!("peer {address} did not list offsets: {}", status.message()),
+            )
+        })?;
+        Ok(response
+            .into_inner()
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.name;
+                t.partitions
+                    .into_iter()
+                    .filter(|p| p.error_code == ErrorCode::None as i32 && p.offset >= 0)
+                    .map(move |p| ((name.clone(), p.partition), p.offset))
+            })
+            .collect())
+    }
+}
+
+impl Peers {
     /// Sends a partition leader's ISR change to the active controller. `Ok(true)` when a
     /// change was committed.
     pub(crate) async fn alter_partition(

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::error::BrokerError;
-use crate::partition::{Partition, PartitionAssignment};
+use crate::partition::{IsrMove, Partition, PartitionAssignment};
 use crate::quorum::Image;
 use crate::topic::{Registry, Topic};
 
@@ -31,6 +31,8 @@ const OPEN_THREADS: usize = 8;
 pub(crate) struct Reconciled {
     /// Topics removed from this node (deleted or re-created).
     pub(crate) removed: Vec<String>,
+    /// Committed ISR changes of partitions this node leads: (shrinks, expansions).
+    pub(crate) isr_moves: (u64, u64),
 }
 
 /// Brings the registry in line with `image`. Blocking (opens and deletes logs).
@@ -120,7 +122,7 @@ pub(crate) fn reconcile(
         };
         for p in meta.partitions.iter().filter(|_| registered) {
             if let Some(Some(part)) = partitions.get(p.partition as usize) {
-                part.apply_assignment(&PartitionAssignment {
+                let moved = part.apply_assignment(&PartitionAssignment {
                     me: node,
                     leader: p.leader,
                     assignment: Assignment {
@@ -131,6 +133,16 @@ pub(crate) fn reconcile(
                     },
                     config: leader_config,
                 });
+                let (shrinks, expands) = &mut outcome.isr_moves;
+                match moved {
+                    Some(IsrMove::Shrank) => *shrinks += 1,
+                    Some(IsrMove::Expanded) => *expands += 1,
+                    Some(IsrMove::Both) => {
+                        *shrinks += 1;
+                        *expands += 1;
+                    }
+                    None => {}
+                }
             }
         }
         if changed {

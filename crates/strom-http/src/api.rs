@@ -258,8 +258,9 @@ struct GroupRow {
 }
 
 async fn groups(State(state): State<Arc<AppState>>) -> Response {
-    let broker = state.broker.clone();
-    let lags = tokio::task::spawn_blocking(move || crate::groups::group_lags(&broker)).await;
+    state.leader_ends.refresh(&state.broker).await;
+    let (broker, ends) = (state.broker.clone(), state.leader_ends.clone());
+    let lags = tokio::task::spawn_blocking(move || crate::groups::group_lags(&broker, &ends)).await;
     let rows: Vec<GroupRow> = lags
         .unwrap_or_default()
         .into_iter()
@@ -276,12 +277,14 @@ async fn groups(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn group(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let broker = state.broker.clone();
+    state.leader_ends.refresh(&state.broker).await;
+    let (broker, ends) = (state.broker.clone(), state.leader_ends.clone());
     let wanted = id.clone();
-    let found = tokio::task::spawn_blocking(move || crate::groups::group_lag(&broker, &wanted))
-        .await
-        .ok()
-        .flatten();
+    let found =
+        tokio::task::spawn_blocking(move || crate::groups::group_lag(&broker, &ends, &wanted))
+            .await
+            .ok()
+            .flatten();
     match found {
         Some(g) => {
             // The sampled history, ending with the lag just computed, so the chart is current.

@@ -13,6 +13,8 @@ use serde::Serialize;
 use strom_broker::Broker;
 use tokio::sync::watch;
 
+use crate::groups::LeaderEnds;
+
 /// How far back the charts reach.
 const WINDOW: Duration = Duration::from_secs(600);
 /// Most samples one series keeps, whatever the interval.
@@ -81,9 +83,9 @@ impl History {
     }
 
     /// Takes one sample of everything.
-    pub(crate) fn sample(&self, broker: &Broker) {
+    pub(crate) fn sample(&self, broker: &Broker, leader_ends: &LeaderEnds) {
         let t = now_ms();
-        let groups = crate::groups::group_lags(broker);
+        let groups = crate::groups::group_lags(broker, leader_ends);
         {
             let mut lags = self.lags.lock();
             lags.retain(|id, _| groups.iter().any(|g| &g.group_id == id));
@@ -125,6 +127,7 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) async fn sample_loop(
     broker: Arc<Broker>,
     history: Arc<History>,
+    leader_ends: Arc<LeaderEnds>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -133,10 +136,11 @@ pub(crate) async fn sample_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let (broker, history) = (broker.clone(), history.clone());
+                leader_ends.refresh(&broker).await;
+                let (broker, history, ends) = (broker.clone(), history.clone(), leader_ends.clone());
                 // Reads in-memory state only, but over every partition and group: not on the
                 // async workers.
-                let _ = tokio::task::spawn_blocking(move || history.sample(&broker)).await;
+                let _ = tokio::task::spawn_blocking(move || history.sample(&broker, &ends)).await;
             }
             () = turned_true(&mut stopped) => return,
         }

@@ -17,16 +17,20 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use strom_broker::{Broker, HistogramSnapshot, PartitionStats};
 
+use crate::groups::LeaderEnds;
+
 /// A registry whose only collector is the broker's.
-pub(crate) fn registry(broker: Arc<Broker>) -> Registry {
+pub(crate) fn registry(broker: Arc<Broker>, leader_ends: Arc<LeaderEnds>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(BrokerCollector { broker }));
+    registry.register_collector(Box::new(BrokerCollector { broker, leader_ends }));
     registry
 }
 
 #[derive(Debug)]
 struct BrokerCollector {
     broker: Arc<Broker>,
+    /// Partition ends for group lag, refreshed by the `/metrics` handler before it encodes.
+    leader_ends: Arc<LeaderEnds>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -288,14 +292,14 @@ impl Collector for BrokerCollector {
         counters(
             e,
             "strom_isr_shrinks",
-            "ISR shrinks this node proposed as leader",
+            "Committed ISR shrinks of partitions this node leads",
             None,
             [(Labels::new(), shrinks)],
         )?;
         counters(
             e,
             "strom_isr_expands",
-            "ISR expansions this node proposed as leader",
+            "Committed ISR expansions of partitions this node leads",
             None,
             [(Labels::new(), expands)],
         )?;
@@ -338,7 +342,7 @@ impl Collector for BrokerCollector {
         )?;
 
         // Consumer groups this node coordinates.
-        let groups = crate::groups::group_lags(broker);
+        let groups = crate::groups::group_lags(broker, &self.leader_ends);
         let group_label = |g: &crate::groups::GroupLag| vec![("group", g.group_id.clone())];
         gauges(
             e,

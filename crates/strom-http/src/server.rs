@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::HttpError;
+use crate::groups::LeaderEnds;
 use crate::history::History;
 
 /// Longest query string accepted; longer ones get 400 before any handler runs.
@@ -49,6 +50,8 @@ pub(crate) struct AppState {
     pub(crate) broker: Arc<Broker>,
     pub(crate) registry: prometheus_client::registry::Registry,
     pub(crate) history: Arc<History>,
+    /// Partition ends as their leaders report them, for group lag.
+    pub(crate) leader_ends: Arc<LeaderEnds>,
 }
 
 /// A running HTTP listener.
@@ -70,15 +73,18 @@ impl HttpServer {
             .local_addr()
             .map_err(|source| HttpError::Bind { addr: config.listen, source })?;
         let history = Arc::new(History::new(config.sample_interval));
+        let leader_ends = Arc::new(LeaderEnds::default());
         let state = Arc::new(AppState {
-            registry: crate::metrics::registry(broker.clone()),
+            registry: crate::metrics::registry(broker.clone(), leader_ends.clone()),
             broker,
             history: history.clone(),
+            leader_ends,
         });
         let (stop, stopped) = watch::channel(false);
         let sampling = tokio::spawn(crate::history::sample_loop(
             state.broker.clone(),
             history,
+            state.leader_ends.clone(),
             config.sample_interval,
             stopped.clone(),
         ));
@@ -131,6 +137,7 @@ async fn limit_query(request: Request, next: Next) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.leader_ends.refresh(&state.broker).await;
     // Encoding reads atomics and in-memory state only; still, keep it off the async workers'
     // critical path when there are thousands of partitions.
     let encoded = tokio::task::spawn_blocking(move || {
