@@ -106,6 +106,7 @@ mod error;
 mod index_file;
 mod leader_epoch_cache;
 mod log;
+mod log_start;
 mod offset_index;
 mod producer_snapshot;
 pub mod producer_state;

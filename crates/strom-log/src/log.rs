@@ -13,6 +13,7 @@ use strom_format::{Batches, LeaderEpoch, Offset, RecordBatch};
 
 use crate::error::IoContext;
 use crate::leader_epoch_cache::LeaderEpochCache;
+use crate::log_start;
 use crate::offset_index::OffsetEntry;
 use crate::producer_snapshot;
 use crate::producer_state::{ProducerBatch, ProducerStateManager, Verdict};
@@ -1082,6 +1083,9 @@ impl Log {
     }
 
     fn recreate_at(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
+        // First of all: from here a crash reopens at `offset` (recovery completes the
+        // truncation), never at an old segment's base below it.
+        log_start::write(&self.dir, offset)?;
         let old = self.snapshot();
         self.end.store(offset.get(), Ordering::Release);
         self.start.store(offset.get(), Ordering::Release);
@@ -1268,6 +1272,12 @@ impl Log {
             segment.delete_files()?;
         }
         sync_dir(&self.dir)?;
+        if let Err(e) = log_start::write(&self.dir, new_first.base()) {
+            // The segments already say where the log starts; the checkpoint only covers a
+            // directory that later loses every segment. The next pass writes it again.
+            tracing::warn!(dir = %self.dir.display(), error = %e,
+                "could not write the log-start-offset checkpoint after retention");
+        }
         if let Err(e) = producer_snapshot::remove_below(&self.dir, new_first.base()) {
             // Stale snapshots only cost disk; the next retention pass tries again.
             tracing::warn!(dir = %self.dir.display(), error = %e,

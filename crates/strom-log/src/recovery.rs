@@ -90,8 +90,21 @@ pub(crate) fn recover(
         segments.push(segment);
         problems.push(problem);
     }
+    if let Some(start) = crate::log_start::read(dir) {
+        let (deleted, restarted) = crate::log_start::apply(dir, start, &mut segments)?;
+        problems.drain(..deleted);
+        if restarted {
+            return Ok(Recovered {
+                segments: vec![Arc::new(segments.remove(0))],
+                bytes_since_index: 0,
+            });
+        }
+    }
     if segments.is_empty() {
-        let segment = LogSegment::create(dir, Offset::ZERO)?;
+        // Every segment is gone (a new log, or files lost): start where flushed records
+        // ended, if the directory says, so offsets never go back under readers.
+        let base = read_recovery_point(dir).unwrap_or(Offset::ZERO);
+        let segment = LogSegment::create(dir, base)?;
         sync_dir(dir)?;
         return Ok(Recovered { segments: vec![Arc::new(segment)], bytes_since_index: 0 });
     }
@@ -236,7 +249,7 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
         let entry = entry.ctx(|| format!("list {}", dir.display()))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name == RECOVERY_POINT_TMP {
+        if name == RECOVERY_POINT_TMP || name == crate::log_start::LOG_START_OFFSET_TMP {
             remove_if_exists(&entry.path())?;
             continue;
         }
