@@ -51,7 +51,10 @@ fn main() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    cargo(&args)?;
+    // The codecs are cargo features of strom-format (all on above): the crate must also build,
+    // and refuse every codec by name, with all of them off.
+    cargo(&["test", "-q", "-p", "strom-format", "--no-default-features", "--lib"])
 }
 
 /// Builds the broker (release) and runs `--nodes N` of them as one cluster on 127.0.0.1, each

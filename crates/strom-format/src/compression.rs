@@ -6,7 +6,9 @@
 //! memory.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+#[cfg(any(feature = "gzip", feature = "lz4"))]
+use std::io::Write;
+use std::io::{self, Read};
 use std::str::FromStr;
 
 use crate::FormatError;
@@ -79,6 +81,24 @@ impl Compression {
             Compression::Zstd => "zstd",
         }
     }
+
+    /// Whether this build can compress and decompress with the codec: `None` always, the
+    /// others when strom-format's cargo feature of the same name is on (all are by default).
+    ///
+    /// ```
+    /// use strom_format::Compression;
+    /// assert!(Compression::None.is_built());
+    /// assert_eq!(Compression::Zstd.is_built(), cfg!(feature = "zstd"));
+    /// ```
+    pub const fn is_built(self) -> bool {
+        match self {
+            Compression::None => true,
+            Compression::Gzip => cfg!(feature = "gzip"),
+            Compression::Snappy => cfg!(feature = "snappy"),
+            Compression::Lz4 => cfg!(feature = "lz4"),
+            Compression::Zstd => cfg!(feature = "zstd"),
+        }
+    }
 }
 
 impl fmt::Display for Compression {
@@ -104,20 +124,32 @@ impl FromStr for Compression {
 }
 
 /// zstd level of Kafka's Java client (`ZSTD_CLEVEL_DEFAULT`).
+#[cfg(feature = "zstd")]
 const ZSTD_LEVEL: i32 = 3;
 /// Largest zstd window we allocate for a frame. A hostile frame header can announce a window of
 /// up to 2 GiB; levels 1 to 19 never need more than 2^23 bytes, so 2^24 leaves headroom without
 /// letting one batch reserve hundreds of MiB.
+#[cfg(feature = "zstd")]
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 /// snappy-java's stream header: magic, then format version 1 and minimum compatible version 1.
+#[cfg(feature = "snappy")]
 const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+#[cfg(feature = "snappy")]
 const XERIAL_MAGIC_LEN: usize = 8;
 /// snappy-java's default block size, which Kafka's Java producer uses.
+#[cfg(feature = "snappy")]
 const XERIAL_BLOCK: usize = 32 * 1024;
 /// No snappy block expands more than this: its densest element, a 3-byte copy, yields 64 bytes.
 /// Checking a block's announced size against it keeps a few hostile bytes from making us
 /// allocate up to the whole decompression limit.
+#[cfg(feature = "snappy")]
 const SNAPPY_MAX_RATIO: usize = 22;
+
+/// The error for a codec whose cargo feature is off; `None` is always built.
+#[allow(dead_code, reason = "unused when every codec feature is on")]
+fn not_built(codec: Compression) -> FormatError {
+    FormatError::CodecNotBuilt(codec.name())
+}
 
 fn codec_error(codec: Compression, e: impl fmt::Display) -> FormatError {
     FormatError::Codec { codec: codec.name(), message: e.to_string() }
@@ -131,11 +163,13 @@ pub(crate) fn compress(
 ) -> Result<(), FormatError> {
     match codec {
         Compression::None => out.extend_from_slice(input),
+        #[cfg(feature = "gzip")]
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
             enc.write_all(input).map_err(|e| codec_error(codec, e))?;
             enc.finish().map_err(|e| codec_error(codec, e))?;
         }
+        #[cfg(feature = "snappy")]
         Compression::Snappy => {
             // Kafka's Java client writes snappy-java's framing and so does the kafka-protocol
             // crate; every Kafka client reads it, while raw snappy is only a read-side fallback.
@@ -156,6 +190,7 @@ pub(crate) fn compress(
                 }
             }
         }
+        #[cfg(feature = "lz4")]
         Compression::Lz4 => {
             // Kafka's KafkaLZ4BlockInputStream reads only independent blocks; 64 KiB is the
             // block size its output stream uses.
@@ -166,11 +201,14 @@ pub(crate) fn compress(
             enc.write_all(input).map_err(|e| codec_error(codec, e))?;
             enc.finish().map_err(|e| codec_error(codec, e))?;
         }
+        #[cfg(feature = "zstd")]
         Compression::Zstd => {
             let compressed =
                 zstd::bulk::compress(input, ZSTD_LEVEL).map_err(|e| codec_error(codec, e))?;
             out.extend_from_slice(&compressed);
         }
+        #[allow(unreachable_patterns, reason = "reachable when a codec feature is off")]
+        left_out => return Err(not_built(left_out)),
     }
     Ok(())
 }
@@ -203,21 +241,28 @@ pub(crate) fn decompressor<'a>(
 ) -> Result<Box<dyn Read + 'a>, FormatError> {
     Ok(match codec {
         Compression::None => Box::new(input),
+        #[cfg(feature = "gzip")]
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        #[cfg(feature = "snappy")]
         Compression::Snappy => Box::new(SnappyReader::new(input)),
+        #[cfg(feature = "lz4")]
         Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
+        #[cfg(feature = "zstd")]
         Compression::Zstd => {
             let mut dec = zstd::stream::read::Decoder::with_buffer(input)
                 .map_err(|e| codec_error(codec, e))?;
             dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| codec_error(codec, e))?;
             Box::new(dec)
         }
+        #[allow(unreachable_patterns, reason = "reachable when a codec feature is off")]
+        left_out => return Err(not_built(left_out)),
     })
 }
 
 /// Reads snappy-java's framing (what Kafka's Java client writes) block by block or, without its
 /// magic, one raw snappy block (what librdkafka writes), as snappy-java's own input stream does.
 /// Holds one decoded block at a time: at most [`SNAPPY_MAX_RATIO`] times its input.
+#[cfg(feature = "snappy")]
 struct SnappyReader<'a> {
     input: SnappyInput<'a>,
     block: Vec<u8>,
@@ -225,6 +270,7 @@ struct SnappyReader<'a> {
     dec: snap::raw::Decoder,
 }
 
+#[cfg(feature = "snappy")]
 /// What of a snappy stream is left to decode.
 enum SnappyInput<'a> {
     /// snappy-java blocks after the stream header.
@@ -236,6 +282,7 @@ enum SnappyInput<'a> {
     Done,
 }
 
+#[cfg(feature = "snappy")]
 impl<'a> SnappyReader<'a> {
     fn new(input: &'a [u8]) -> Self {
         let input = if input.get(..XERIAL_MAGIC_LEN) == Some(&XERIAL_HEADER[..XERIAL_MAGIC_LEN]) {
@@ -279,6 +326,7 @@ impl<'a> SnappyReader<'a> {
     }
 }
 
+#[cfg(feature = "snappy")]
 impl Read for SnappyReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos >= self.block.len() {
@@ -296,6 +344,7 @@ impl Read for SnappyReader<'_> {
     }
 }
 
+#[cfg(feature = "snappy")]
 /// The uncompressed length a raw snappy block announces, if the block could produce it.
 fn snappy_len(block: &[u8]) -> Result<usize, FormatError> {
     let codec = Compression::Snappy;
@@ -327,6 +376,7 @@ mod tests {
     }
 
     /// Bytes from kafka-protocol's snappy tests: what the Java client writes for one record.
+    #[cfg(feature = "snappy")]
     #[test]
     fn snappy_known_vectors() {
         let framed: &[u8] = b"\x82\x53\x4e\x41\x50\x50\x59\x00\x00\x00\x00\x01\x00\x00\x00\x01\
@@ -340,6 +390,7 @@ mod tests {
         assert_eq!(ours, framed);
     }
 
+    #[cfg(all(feature = "gzip", feature = "snappy", feature = "lz4", feature = "zstd"))]
     #[test]
     fn bombs_hit_the_limit() {
         let big = vec![0u8; 1 << 20];
@@ -360,10 +411,24 @@ mod tests {
         assert!(matches!(err, FormatError::Codec { .. }), "{err}");
     }
 
+    #[test]
+    fn a_codec_left_out_of_the_build_is_refused_by_name() {
+        for c in Compression::ALL.into_iter().filter(|c| !c.is_built()) {
+            assert_eq!(
+                compress(c, b"x", &mut Vec::new()),
+                Err(FormatError::CodecNotBuilt(c.name()))
+            );
+            let err = decompress(c, b"x", 10).unwrap_err();
+            assert_eq!(err, FormatError::CodecNotBuilt(c.name()));
+            assert!(err.to_string().contains("cargo feature"), "{err}");
+        }
+        assert!(Compression::None.is_built());
+    }
+
     proptest! {
         #[test]
         fn codecs_round_trip(data in proptest::collection::vec(any::<u8>(), 0..100_000usize)) {
-            for c in Compression::ALL {
+            for c in Compression::ALL.into_iter().filter(|c| c.is_built()) {
                 let mut z = vec![7u8; 3];
                 compress(c, &data, &mut z).unwrap();
                 prop_assert_eq!(&z[..3], &[7u8; 3][..]);
@@ -376,7 +441,7 @@ mod tests {
             for c in Compression::ALL {
                 let _ = decompress(c, &data, 1 << 16);
             }
-            let mut framed = XERIAL_HEADER.to_vec();
+            let mut framed = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01".to_vec();
             framed.extend_from_slice(&data);
             let _ = decompress(Compression::Snappy, &framed, 1 << 16);
         }

@@ -33,6 +33,9 @@ pub enum FormatError {
     /// Attribute bits name a compression codec that does not exist.
     #[error("unknown compression codec id {0}")]
     UnknownCompression(u8),
+    /// The batch uses a codec this build of strom-format leaves out (its cargo feature is off).
+    #[error("{0} compression is not built in (strom-format's `{0}` cargo feature is off)")]
+    CodecNotBuilt(&'static str),
     /// A codec failed to compress or decompress.
     #[error("{codec} codec error: {message}")]
     Codec {

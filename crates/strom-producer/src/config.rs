@@ -140,6 +140,13 @@ impl ProducerConfig {
         if u32::try_from(self.request_timeout.as_millis()).is_err() {
             return bad("request_timeout must fit in u32 milliseconds");
         }
+        if !self.compression.is_built() {
+            let codec = self.compression.name();
+            return bad(&format!(
+                "compression {codec} is not built into this strom-producer (its `{codec}` cargo \
+                 feature is off)"
+            ));
+        }
         Ok(())
     }
 }
