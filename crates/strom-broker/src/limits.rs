@@ -32,8 +32,15 @@ pub fn check_partition_entries<'a>(
     what: &str,
     entries: impl IntoIterator<Item = (&'a str, i32)>,
 ) -> Result<(), ApiError> {
+    let mut entries = entries.into_iter();
+    // The common request names one partition: no set to build.
+    let Some(first) = entries.next() else { return Ok(()) };
+    let mut entries = entries.peekable();
+    if entries.peek().is_none() {
+        return Ok(());
+    }
     let mut seen = HashSet::new();
-    for (topic, partition) in entries {
+    for (topic, partition) in std::iter::once(first).chain(entries) {
         if seen.len() == MAX_REQUEST_PARTITIONS {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -91,6 +98,18 @@ mod tests {
         assert_eq!(err.code, ErrorCode::InvalidRequest);
         let ok = names.iter().take(MAX_REQUEST_PARTITIONS).map(|n| (n.as_str(), 0));
         check_partition_entries("produce", ok).unwrap();
+    }
+
+    #[test]
+    fn a_partition_named_twice_is_refused_wherever_it_repeats() {
+        check_partition_entries("produce", []).unwrap();
+        check_partition_entries("produce", [("t", 0)]).unwrap();
+        check_partition_entries("produce", [("t", 0), ("t", 1), ("u", 0)]).unwrap();
+        for twice in [vec![("t", 0), ("t", 0)], vec![("t", 0), ("t", 1), ("t", 0)]] {
+            let err = check_partition_entries("produce", twice).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest);
+            assert!(err.message.contains("t-0 more than once"), "{}", err.message);
+        }
     }
 
     #[tokio::test]
