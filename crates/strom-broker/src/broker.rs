@@ -1082,12 +1082,14 @@ fn close_topics(topics: Vec<Arc<Topic>>) -> Result<(), BrokerError> {
             let result = match reclaimed {
                 Ok(p) => {
                     let name = p.name().to_string();
+                    p.checkpoint_high_watermark();
                     p.into_log()
                         .close()
                         .map_err(|source| BrokerError::Log { partition: name, source })
                 }
                 Err(p) => {
                     tracing::warn!(partition = p.name(), "still in use at shutdown; flushing only");
+                    p.checkpoint_high_watermark();
                     p.log()
                         .flush()
                         .map_err(|source| BrokerError::Log { partition: p.name().into(), source })
@@ -1160,6 +1162,7 @@ async fn run_maintenance(registry: &Registry, chore: Chore) -> usize {
 fn run_chore(p: &Partition, chore: Chore) -> usize {
     match chore {
         Chore::Flush => {
+            p.checkpoint_high_watermark();
             let (before, started) = (p.log().flushed_offset(), Instant::now());
             if let Err(e) = p.log().flush_if_due() {
                 p.clamp_high_watermark();

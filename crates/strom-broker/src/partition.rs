@@ -8,6 +8,7 @@
 //! The replication side (serving followers, applying what the leader sends, truncating a
 //! divergent tail) is in the `replica` submodule.
 
+mod hw_checkpoint;
 mod replica;
 
 use std::fmt;
@@ -102,6 +103,8 @@ pub(crate) struct Partition {
     corruption: parking_lot::Mutex<Option<String>>,
     /// Traffic counters for the metrics endpoint (atomics only).
     counters: crate::metrics::PartitionCounters,
+    /// The high watermark last written to the checkpoint file (-1: none yet).
+    checkpointed_high_watermark: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for Partition {
@@ -151,9 +154,10 @@ impl Partition {
         let dir = partition_dir(data_dir, topic, id);
         let log = Log::open(&dir, config)
             .map_err(|source| BrokerError::Log { partition: name.clone(), source })?;
-        // Nothing is known to be on the other replicas yet: the high watermark starts at the
-        // log start and the leader's ISR logic moves it (at once when it is the only member).
-        let (high_watermark, _) = watch::channel(log.log_start_offset());
+        // The high watermark resumes from its checkpoint (clamped to the log); the leader's
+        // ISR logic moves it on from there (at once when it is the only member).
+        let resumed = hw_checkpoint::initial(&dir, log.log_start_offset(), log.log_end_offset());
+        let (high_watermark, _) = watch::channel(resumed);
         let (log_end, _) = watch::channel(log.log_end_offset());
         Ok(Partition {
             topic: topic.to_string(),
@@ -173,6 +177,7 @@ impl Partition {
             deleted: AtomicBool::new(false),
             corruption: parking_lot::Mutex::new(None),
             counters: Default::default(),
+            checkpointed_high_watermark: std::sync::atomic::AtomicI64::new(-1),
         })
     }
 
@@ -193,6 +198,21 @@ impl Partition {
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Writes the high-watermark checkpoint if the high watermark moved since the last one.
+    /// Blocking (file I/O); called by the flush scheduler and at shutdown. A failure is logged
+    /// and retried on the next call: the checkpoint only shortens a restart's catch-up.
+    pub(crate) fn checkpoint_high_watermark(&self) {
+        let hw = self.high_watermark();
+        if self.checkpointed_high_watermark.load(Ordering::Relaxed) == hw.get() {
+            return;
+        }
+        match hw_checkpoint::write(&self.dir, hw) {
+            Ok(()) => self.checkpointed_high_watermark.store(hw.get(), Ordering::Relaxed),
+            Err(e) => tracing::warn!(partition = %self.name, error = %e,
+                "writing the high-watermark checkpoint failed"),
+        }
     }
 
     /// Whether this replica is the partition's leader.
@@ -700,6 +720,36 @@ mod tests {
         assert_eq!(
             p.check_min_isr(ErrorCode::NotEnoughReplicas).unwrap_err().code,
             ErrorCode::NotEnoughReplicas
+        );
+    }
+
+    #[test]
+    fn a_reopened_replica_resumes_its_checkpointed_high_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let batch = || {
+            let mut b = strom_format::BatchBuilder::new(strom_format::Compression::None);
+            for i in 0..5 {
+                b.append(i, None, Some(b"v".as_slice()), &[]);
+            }
+            b.build().expect("batch")
+        };
+        {
+            let p = Partition::open(dir.path(), "t", 0, LogConfig::default()).expect("open");
+            p.apply_assignment(&assignment(1, 1, 1, &[1]));
+            p.append(batch()).expect("append");
+            p.append(batch()).expect("append");
+            assert_eq!(p.high_watermark().get(), 10, "a lone ISR member commits at once");
+            p.checkpoint_high_watermark();
+            p.into_log().close().expect("close");
+        }
+        let p = Partition::open(dir.path(), "t", 0, LogConfig::default()).expect("reopen");
+        assert_eq!(p.high_watermark().get(), 10, "before any role: the checkpoint");
+        assert_eq!(p.offset_for(LATEST_TIMESTAMP).map(|(o, _)| o).ok(), None, "no role yet");
+        p.apply_assignment(&assignment(1, 1, 2, &[1, 2, 3]));
+        assert_eq!(
+            p.offset_for(LATEST_TIMESTAMP).map(|(o, _)| o).ok(),
+            Some(10),
+            "a leader waiting for its followers answers latest with the checkpoint, not 0"
         );
     }
 
