@@ -100,6 +100,7 @@
 //! after a write completes, so they never see part of a batch. A read racing with a truncation
 //! either retries or fails; it never returns mixed bytes.
 
+mod cleaner;
 mod clock;
 mod config;
 mod error;
@@ -107,6 +108,7 @@ mod index_file;
 mod leader_epoch_cache;
 mod log;
 mod offset_index;
+mod offset_map;
 mod producer_snapshot;
 pub mod producer_state;
 mod recovery;
@@ -115,6 +117,7 @@ mod segment;
 mod time_index;
 mod validate;
 
+pub use cleaner::{CleanStats, CleanStep, CleanerLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::LogError;
