@@ -14,6 +14,10 @@
 //! value. A line without the separator is an error, as in kafka-console-producer
 //! (`parse.key=true`): it is reported with its line number and not sent, and the exit code is
 //! non-zero. `--ignore-missing-separator` sends such lines with a null key instead.
+//!
+//! Tombstones: with `--null-marker S` (Kafka's `null.marker`), a value equal to `S` is sent as
+//! null, so `k1:<null>` with `--key-separator : --null-marker '<null>'` deletes `k1` from a
+//! compacted topic.
 
 mod cli;
 
@@ -48,6 +52,9 @@ struct Args {
     /// Send lines without the key separator with a null key instead of rejecting them.
     #[arg(long, requires = "key_separator")]
     ignore_missing_separator: bool,
+    /// A value equal to this string is sent as null (a tombstone on a compacted topic).
+    #[arg(long, value_name = "S")]
+    null_marker: Option<String>,
     /// Acknowledgement level: 0, 1 or all.
     #[arg(long, default_value = "all", value_parser = parse_acks)]
     acks: Acks,
@@ -178,6 +185,11 @@ async fn run(args: Args) -> anyhow::Result<u64> {
                         continue;
                     }
                 },
+            }
+            if let Some(marker) = args.null_marker.as_deref()
+                && record.value.as_deref() == Some(marker.as_bytes())
+            {
+                record.value = None;
             }
             match producer.send(record).await {
                 Ok(pending) => window.push_back((line_no, pending)),

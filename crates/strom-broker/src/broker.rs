@@ -215,6 +215,15 @@ impl Broker {
             Duration::from_millis(config.log_retention_check_interval_ms),
             broker.shutdown.subscribe(),
         ));
+        if config.log_cleaner_enable {
+            let cleaner = tokio::spawn(crate::log_cleaner::run(
+                registry.clone(),
+                crate::log_cleaner::limits(&config),
+                Duration::from_millis(config.log_cleaner_backoff_ms.max(1)),
+                broker.shutdown.subscribe(),
+            ));
+            broker.tasks.lock().push(cleaner);
+        }
         let heartbeats = tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
         let isr = tokio::spawn(crate::replication::isr_loop(Arc::downgrade(&broker), isr_queue));
         broker.tasks.lock().extend([follow, maintenance, heartbeats, isr]);
@@ -1015,6 +1024,14 @@ impl Broker {
     /// `log_retention_check_interval_ms`). Returns the number of segments deleted.
     pub async fn enforce_retention(&self) -> usize {
         run_maintenance(&self.registry, Chore::Retention).await
+    }
+
+    /// Runs one log-cleaner pass over every local partition of a compacted topic now (the
+    /// background task also does, every `log_cleaner_backoff_ms`), below each one's high
+    /// watermark.
+    pub async fn clean_logs(&self) -> crate::log_cleaner::CleanerPass {
+        crate::log_cleaner::clean_all(&self.registry, &crate::log_cleaner::limits(&self.config))
+            .await
     }
 
     /// Stops the broker: wakes parked fetches, stops background work and the controller, then

@@ -147,6 +147,16 @@ pub struct BrokerConfig {
     /// Forget an idempotent producer's sequence state this long after its last batch on a
     /// partition (Kafka's `producer.id.expiration.ms`, 1 day).
     pub producer_id_expiration_ms: u64,
+    /// Run the log cleaner for compacted topics (Kafka's `log.cleaner.enable`).
+    pub log_cleaner_enable: bool,
+    /// Pause between two cleaner passes over the compacted partitions
+    /// (`log.cleaner.backoff.ms`, 15 s).
+    pub log_cleaner_backoff_ms: u64,
+    /// Memory for the cleaner's key → offset map (`log.cleaner.dedupe.buffer.size`, 128 MiB).
+    pub log_cleaner_dedupe_buffer_size: u64,
+    /// Read plus write bandwidth of the cleaner (`log.cleaner.io.max.bytes.per.second`);
+    /// 0 means unthrottled (Kafka's default, `Double.MaxValue`).
+    pub log_cleaner_io_max_bytes_per_second: u64,
 }
 
 impl Default for BrokerConfig {
@@ -200,6 +210,10 @@ impl Default for BrokerConfig {
             max_incremental_fetch_session_cache_slots: 1000,
             http_listen: crate::http_support::DEFAULT_HTTP_LISTEN.to_string(),
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 << 20,
+            log_cleaner_io_max_bytes_per_second: 0,
         }
     }
 }
@@ -370,12 +384,14 @@ pub(crate) fn parse_host_port(addr: &str) -> Result<(String, i32), String> {
 /// The topic-level settings accepted in CreateTopics, with Kafka's names.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
+    "delete.retention.ms",
     "flush.messages",
     "flush.ms",
     "max.message.bytes",
     "message.timestamp.after.max.ms",
     "message.timestamp.before.max.ms",
     "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
     "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
@@ -400,6 +416,13 @@ pub struct TopicConfig {
     timestamp_before_max_ms: i64,
     timestamp_after_max_ms: i64,
     producer_id_expiration_ms: u64,
+    /// `cleanup.policy` includes `compact`.
+    compact: bool,
+    /// `cleanup.policy` includes `delete` (retention by time and size).
+    delete: bool,
+    delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio` in thousandths.
+    min_cleanable_dirty_ratio_permille: u16,
 }
 
 impl TopicConfig {
@@ -424,6 +447,10 @@ impl TopicConfig {
             timestamp_before_max_ms: broker.log_message_timestamp_before_max_ms,
             timestamp_after_max_ms: broker.log_message_timestamp_after_max_ms,
             producer_id_expiration_ms: broker.producer_id_expiration_ms,
+            compact: false,
+            delete: true,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio_permille: 500,
         };
         for (key, value) in overrides {
             let int = || -> Result<i64, ApiError> {
@@ -449,11 +476,18 @@ impl TopicConfig {
                 "message.timestamp.type" => config.timestamp_type = parse_timestamp_type(value)?,
                 "message.timestamp.before.max.ms" => config.timestamp_before_max_ms = int()?,
                 "message.timestamp.after.max.ms" => config.timestamp_after_max_ms = int()?,
-                "cleanup.policy" if value.trim() == "delete" => {}
-                "cleanup.policy" => {
-                    return Err(ApiError::invalid_config(format!(
-                        "cleanup.policy={value:?} is not supported (only \"delete\")"
-                    )));
+                "cleanup.policy" => (config.compact, config.delete) = parse_cleanup_policy(value)?,
+                "delete.retention.ms" => config.delete_retention_ms = int()?,
+                "min.cleanable.dirty.ratio" => {
+                    let ratio: f64 = value.trim().parse().map_err(|_| {
+                        ApiError::invalid_config(format!("{key}={value:?} is not a number"))
+                    })?;
+                    if !(0.0..=1.0).contains(&ratio) {
+                        return Err(ApiError::invalid_config(format!(
+                            "min.cleanable.dirty.ratio must be in [0, 1], got {value}"
+                        )));
+                    }
+                    config.min_cleanable_dirty_ratio_permille = (ratio * 1000.0).round() as u16;
                 }
                 other => {
                     return Err(ApiError::invalid_config(format!(
@@ -489,6 +523,12 @@ impl TopicConfig {
         }
         if self.flush_ms < -1 {
             return bad(format!("flush.ms must be -1 or >= 0, got {}", self.flush_ms));
+        }
+        if self.delete_retention_ms < 0 {
+            return bad(format!(
+                "delete.retention.ms must be >= 0, got {}",
+                self.delete_retention_ms
+            ));
         }
         if self.min_insync_replicas < 1 {
             return bad("min.insync.replicas must be >= 1".into());
@@ -527,7 +567,12 @@ impl TopicConfig {
     /// Every supported setting with its effective value, as DescribeTopics reports it.
     pub fn effective(&self) -> BTreeMap<String, String> {
         [
-            ("cleanup.policy", "delete".to_string()),
+            ("cleanup.policy", self.cleanup_policy().to_string()),
+            ("delete.retention.ms", self.delete_retention_ms.to_string()),
+            (
+                "min.cleanable.dirty.ratio",
+                format!("{}", f64::from(self.min_cleanable_dirty_ratio_permille) / 1000.0),
+            ),
             ("flush.messages", self.flush_messages.to_string()),
             ("flush.ms", self.flush_ms.to_string()),
             ("max.message.bytes", self.max_message_bytes.to_string()),
@@ -558,8 +603,9 @@ impl TopicConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
             segment_ms: ms(self.segment_ms),
-            retention_bytes: u64::try_from(self.retention_bytes).ok(),
-            retention_ms: ms(self.retention_ms),
+            // Without `delete` in the policy, only the cleaner removes records.
+            retention_bytes: u64::try_from(self.retention_bytes).ok().filter(|_| self.delete),
+            retention_ms: ms(self.retention_ms).filter(|_| self.delete),
             index_interval_bytes: self.index_interval_bytes,
             max_batch_bytes: self.max_message_bytes,
             flush,
@@ -569,8 +615,45 @@ impl TopicConfig {
             timestamp_after_max: ms(self.timestamp_after_max_ms)
                 .filter(|_| self.timestamp_after_max_ms != i64::MAX),
             producer_id_expiration_ms: Duration::from_millis(self.producer_id_expiration_ms),
+            compact: self.compact,
+            delete_retention_ms: Duration::from_millis(
+                u64::try_from(self.delete_retention_ms).unwrap_or(0),
+            ),
+            min_cleanable_dirty_ratio_permille: self.min_cleanable_dirty_ratio_permille,
         }
     }
+
+    /// Whether the log cleaner compacts the topic (`cleanup.policy` includes `compact`).
+    pub fn is_compacted(&self) -> bool {
+        self.compact
+    }
+
+    /// `cleanup.policy` as Kafka writes it.
+    fn cleanup_policy(&self) -> &'static str {
+        match (self.compact, self.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            _ => "delete",
+        }
+    }
+}
+
+/// Kafka's `cleanup.policy`: `delete`, `compact`, or both (comma-separated, any order);
+/// `(compact, delete)`.
+fn parse_cleanup_policy(value: &str) -> Result<(bool, bool), ApiError> {
+    let (mut compact, mut delete) = (false, false);
+    for part in value.split(',').map(str::trim) {
+        match part {
+            "compact" => compact = true,
+            "delete" => delete = true,
+            _ => {
+                return Err(ApiError::invalid_config(format!(
+                    "cleanup.policy={value:?}: each entry must be \"compact\" or \"delete\""
+                )));
+            }
+        }
+    }
+    Ok((compact, delete))
 }
 
 /// Kafka's `message.timestamp.type` values, case as Kafka writes them.
@@ -736,7 +819,10 @@ mod tests {
             ("flush.messages", "0"),
             ("max.message.bytes", "-1"),
             ("max.message.bytes", "60"),
-            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "compaction"),
+            ("cleanup.policy", ""),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("delete.retention.ms", "-1"),
             ("no.such.key", "1"),
         ] {
             let err = TopicConfig::resolve(&broker, &overrides(&[bad])).unwrap_err();

@@ -407,6 +407,9 @@ impl Active {
             ("retention.ms", "-1".to_string()),
             ("retention.bytes", "-1".to_string()),
             ("segment.bytes", OFFSETS_SEGMENT_BYTES.to_string()),
+            // Kafka's: the cleaner keeps the latest commit per (group, partition) and drops
+            // the tombstones of expired or deleted groups.
+            ("cleanup.policy", "compact".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

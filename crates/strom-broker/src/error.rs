@@ -101,6 +101,7 @@ impl ApiError {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             LogError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
+            LogError::MissingKey { .. } => ErrorCode::InvalidRecord,
             LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
             LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
             // The log already holds a newer leader's records: this replica was deposed.

@@ -47,6 +47,7 @@ mod fetcher;
 mod http_support;
 mod kafka_support;
 mod limits;
+mod log_cleaner;
 mod metadata;
 mod metrics;
 mod partition;
@@ -68,6 +69,7 @@ pub use fetch::MAX_FETCH_PARTITIONS;
 pub use http_support::DEFAULT_HTTP_LISTEN;
 pub use kafka_support::DEFAULT_KAFKA_LISTEN;
 pub use limits::{MAX_REQUEST_PARTITIONS, check_partition_entries};
+pub use log_cleaner::CleanerPass;
 pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };

@@ -103,7 +103,7 @@ async fn topic_admin_errors() {
     for bad in [
         ("retention.ms", "soon"),
         ("segment.bytes", "0"),
-        ("cleanup.policy", "compact"),
+        ("cleanup.policy", "compacted"),
         ("unknown.setting", "1"),
     ] {
         let r = h.create_result("c", 1, &[bad]).await;

@@ -59,13 +59,26 @@ pub struct LogConfig {
     /// Forget an idempotent producer whose latest batch is this old (Kafka's
     /// `producer.id.expiration.ms`, default 1 day): its next batch is accepted at any sequence.
     pub producer_id_expiration_ms: Duration,
+    /// Whether the log is compacted (`cleanup.policy` includes `compact`): the cleaner keeps
+    /// the latest record per key ([`Log::clean`](crate::Log::clean)), and the leader refuses
+    /// records without a key ([`LogError::MissingKey`]), as Kafka does.
+    pub compact: bool,
+    /// How long the cleaner keeps a tombstone (a record with a null value) after its batch's
+    /// newest timestamp (Kafka's `delete.retention.ms`, default 1 day), so consumers that read
+    /// slowly still see the delete.
+    pub delete_retention_ms: Duration,
+    /// The cleaner skips a log whose dirty part (not yet cleaned) is less than this share of
+    /// its cleanable part, in thousandths (Kafka's `min.cleanable.dirty.ratio` of 0.5 is 500).
+    /// Kept an integer so the config stays `Eq`.
+    pub min_cleanable_dirty_ratio_permille: u16,
 }
 
 impl Default for LogConfig {
     /// Kafka's defaults: 1 GiB segments rolled at the latest after 7 days, 7 days of retention,
     /// an index entry every 4 KiB, batches up to 1 048 588 bytes, fsync left to the caller,
     /// producer timestamps accepted up to one hour ahead and any time back, and
-    /// producer ids forgotten after a day of silence.
+    /// producer ids forgotten after a day of silence; not compacted (tombstones kept a day
+    /// and a dirty ratio of 0.5 once it is).
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
@@ -79,6 +92,9 @@ impl Default for LogConfig {
             timestamp_before_max: None,
             timestamp_after_max: Some(Duration::from_secs(3600)),
             producer_id_expiration_ms: Duration::from_secs(24 * 3600),
+            compact: false,
+            delete_retention_ms: Duration::from_secs(24 * 3600),
+            min_cleanable_dirty_ratio_permille: 500,
         }
     }
 }
@@ -104,6 +120,12 @@ impl LogConfig {
             return Err(LogError::InvalidConfig(format!(
                 "max_batch_bytes must be in {BATCH_HEADER_LEN}..={max}, got {}",
                 self.max_batch_bytes
+            )));
+        }
+        if self.min_cleanable_dirty_ratio_permille > 1000 {
+            return Err(LogError::InvalidConfig(format!(
+                "min_cleanable_dirty_ratio_permille must be at most 1000, got {}",
+                self.min_cleanable_dirty_ratio_permille
             )));
         }
         if let FlushPolicy::EveryMessages(0) = self.flush {

@@ -150,6 +150,14 @@ pub enum LogError {
         /// The batch's epoch.
         got: i16,
     },
+    /// A record without a key was appended to a compacted log
+    /// ([`LogConfig::compact`](crate::LogConfig)): the cleaner could never remove it. Kafka
+    /// answers INVALID_RECORD. Nothing was written.
+    #[error("compacted log: record at offset delta {offset_delta} has no key")]
+    MissingKey {
+        /// The record's offset delta within its batch.
+        offset_delta: i64,
+    },
 }
 
 impl From<crate::producer_state::SequenceError> for LogError {

@@ -100,6 +100,7 @@
 //! after a write completes, so they never see part of a batch. A read racing with a truncation
 //! either retries or fails; it never returns mixed bytes.
 
+mod cleaner;
 mod clock;
 mod config;
 mod error;
@@ -108,6 +109,7 @@ mod leader_epoch_cache;
 mod log;
 mod log_start;
 mod offset_index;
+mod offset_map;
 mod producer_snapshot;
 pub mod producer_state;
 mod recovery;
@@ -116,6 +118,7 @@ mod segment;
 mod time_index;
 mod validate;
 
+pub use cleaner::{CleanStats, CleanStep, CleanerLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::LogError;

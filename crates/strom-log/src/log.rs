@@ -126,15 +126,15 @@ pub struct ReadResult {
 /// ```
 #[derive(Debug)]
 pub struct Log {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Swapped whole by [`Log::set_config`]; each operation reads one snapshot of it.
     config: RwLock<Arc<LogConfig>>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Oldest first, never empty; the last is the active segment. Copy-on-write: readers clone
     /// the outer `Arc` under a read lock held for nanoseconds.
-    segments: RwLock<Arc<Vec<Arc<LogSegment>>>>,
+    pub(crate) segments: RwLock<Arc<Vec<Arc<LogSegment>>>>,
     /// Serializes every mutation. Lock order: `flush_lock`, then `writer`, then `checkpoint`.
-    writer: Mutex<Writer>,
+    pub(crate) writer: Mutex<Writer>,
     /// Serializes flushers (held across fsync; appenders and readers never wait on it).
     flush_lock: Mutex<()>,
     /// The last recovery point written.
@@ -155,6 +155,9 @@ pub struct Log {
     producers: Mutex<ProducerStateManager>,
     /// When an append next looks for expired producers (the log's clock, ms).
     next_expiry_check_ms: AtomicI64,
+    /// The cleaner's first dirty offset (`cleaner-offset-checkpoint`): below it batches may
+    /// have offset gaps; it only moves down with a truncation, durably first.
+    pub(crate) cleaned_to: AtomicI64,
     /// Last, so it is released after the files are closed.
     _dir_lock: DirLock,
 }
@@ -217,7 +220,7 @@ impl Drop for DirLock {
 
 /// State only the writer touches.
 #[derive(Debug)]
-struct Writer {
+pub(crate) struct Writer {
     /// Bytes appended to the active segment since its last index entry.
     bytes_since_index: u64,
 }
@@ -271,6 +274,9 @@ impl Log {
         std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
         let dir_lock = DirLock::acquire(&dir)?;
         let recovered = recovery::recover(&dir, &config, clock.as_ref())?;
+        for segment in &recovered.segments {
+            segment.set_gaps_to(recovered.cleaned_to);
+        }
         let (Some(first), Some(last)) = (recovered.segments.first(), recovered.segments.last())
         else {
             return Err(LogError::Corrupt {
@@ -303,6 +309,7 @@ impl Log {
             epochs,
             producers: Mutex::new(ProducerStateManager::default()),
             next_expiry_check_ms: AtomicI64::new(now),
+            cleaned_to: AtomicI64::new(recovered.cleaned_to.get()),
             _dir_lock: dir_lock,
         };
         log.reload_producers()?;
@@ -453,6 +460,7 @@ impl Log {
             self.check_poison()?;
             let before = self.log_end_offset();
             let prepared = self.assign_offsets(parsed, origin)?;
+            self.allow_replicated_gaps(&prepared, before)?;
             if let Some(original) = self.check_producers(&prepared, origin)? {
                 return Ok(original);
             }
@@ -655,6 +663,24 @@ impl Log {
         self.producers.lock().clone()
     }
 
+    /// Makes the cleaner checkpoint cover the offset gaps of replicated batches (a compacted
+    /// leader's) before they are written, so recovery reads them as the cleaner's gaps and not
+    /// as a torn write. A no-op for dense appends.
+    fn allow_replicated_gaps(&self, prepared: &[Prepared], end: Offset) -> Result<(), LogError> {
+        let mut next = end;
+        let mut gap_to = None;
+        for p in prepared {
+            if p.base > next {
+                gap_to = Some(p.base);
+            }
+            next = p.next_offset();
+        }
+        match gap_to {
+            Some(to) => self.raise_cleaned_to(to),
+            None => Ok(()),
+        }
+    }
+
     /// Offsets for each batch: assigned (leader) or checked against the log end (follower).
     fn assign_offsets(
         &self,
@@ -662,12 +688,16 @@ impl Log {
         origin: Origin,
     ) -> Result<Vec<Prepared>, LogError> {
         let end = self.log_end_offset();
+        let compact = self.config().compact;
         let mut next = end;
         let mut prepared = Vec::with_capacity(parsed.len());
         for batch in parsed {
             let base = match origin {
                 Origin::Replica => {
-                    if batch.base_offset() != next {
+                    // A gap is a compacted leader's (`cleaner.rs`), legal on compacted logs
+                    // only; going back never is.
+                    let gap = batch.base_offset() > next && compact;
+                    if batch.base_offset() != next && !gap {
                         return Err(LogError::NonMonotonicOffset {
                             expected: next,
                             got: batch.base_offset(),
@@ -793,6 +823,7 @@ impl Log {
             self.flushed.fetch_max(old.next_offset().get(), Ordering::AcqRel);
         }
         let segment = Arc::new(LogSegment::create(&self.dir, base)?);
+        segment.set_gaps_to(self.first_dirty_offset());
         sync_dir(&self.dir)?;
         {
             let mut segments = self.segments.write();
@@ -891,10 +922,24 @@ impl Log {
                 return Ok(result(Bytes::new()));
             }
             let segments = self.snapshot();
-            let Some(segment) = segment_holding(&segments, from) else {
-                continue; // retention removed it meanwhile: the next round reports the range
+            let mut at = from;
+            // `at` moves on to the next segment when the cleaner emptied the rest of this one.
+            let outcome = loop {
+                let n = segments.partition_point(|s| s.base() <= at);
+                let Some(segment) = n.checked_sub(1).and_then(|i| segments.get(i)) else {
+                    break Err(SegError::Retry); // retention removed it meanwhile
+                };
+                match segment.read(at, max_bytes, limit) {
+                    Ok(records) if records.is_empty() && at < limit => {
+                        match segments.get(n).map(|s| s.base()) {
+                            Some(next) if next > at && next < limit => at = next,
+                            _ => break Ok(records),
+                        }
+                    }
+                    other => break other,
+                }
             };
-            match segment.read(from, max_bytes, limit) {
+            match outcome {
                 Ok(records) => return Ok(result(records)),
                 Err(SegError::Retry) => continue,
                 Err(SegError::Log(e)) => return Err(e),
@@ -991,6 +1036,8 @@ impl Log {
         // range, so it deletes whatever does not continue the segments before it.
         let point = offset.min(self.flushed_offset());
         self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
+        // Gaps stay legal only below the cut: what is appended after it must be dense.
+        self.lower_cleaned_to(offset).map_err(|e| self.damaged_by(e, offset))?;
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
         let result = if restart {
             self.truncate_fully(&mut writer, offset)
@@ -1402,7 +1449,7 @@ impl Log {
 
     // ------------------------------------------------------------------------------ helpers
 
-    fn snapshot(&self) -> Arc<Vec<Arc<LogSegment>>> {
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<LogSegment>>> {
         self.segments.read().clone()
     }
 
@@ -1497,12 +1544,6 @@ impl Log {
         // An append that failed after recording its new epoch leaves it at the end.
         self.epochs.truncate_from_end(self.log_end_offset())
     }
-}
-
-/// The segment whose range holds `offset` (the last one starting at or below it).
-fn segment_holding(segments: &[Arc<LogSegment>], offset: Offset) -> Option<&Arc<LogSegment>> {
-    let n = segments.partition_point(|s| s.base() <= offset);
-    n.checked_sub(1).and_then(|i| segments.get(i))
 }
 
 /// The `(epoch, first offset)` each prepared batch claims for the epoch cache.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use strom_format::Offset;
 
+use crate::cleaner;
 use crate::error::IoContext;
 use crate::segment::{LOG_SUFFIX, LogSegment, ScanStart, parse_file_name};
 use crate::{Clock, LogConfig, LogError};
@@ -27,6 +28,8 @@ const RECOVERY_POINT_PREFIX: &str = "strom-recovery-point v1 ";
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<Arc<LogSegment>>,
     pub(crate) bytes_since_index: u64,
+    /// The cleaner's first dirty offset: batches up to it may have offset gaps.
+    pub(crate) cleaned_to: Offset,
 }
 
 /// fsyncs a directory, making file creations, deletions and renames in it durable.
@@ -81,6 +84,9 @@ pub(crate) fn recover(
         fs::remove_file(&marker).ctx(|| format!("remove {}", marker.display()))?;
     }
     let recovery_point = if clean { None } else { read_recovery_point(dir) };
+    // A cleaner pass cut short: discard its unfinished output, finish a committed swap.
+    cleaner::recover_swaps(dir)?;
+    let cleaned_to = cleaner::read_checkpoint(dir).unwrap_or(Offset::ZERO);
 
     let bases = list_segments(dir)?;
     let mut segments = Vec::with_capacity(bases.len());
@@ -97,6 +103,8 @@ pub(crate) fn recover(
             return Ok(Recovered {
                 segments: vec![Arc::new(segments.remove(0))],
                 bytes_since_index: 0,
+                // The truncation lowered the cleaner's checkpoint before it began.
+                cleaned_to: cleaned_to.min(start),
             });
         }
     }
@@ -106,7 +114,11 @@ pub(crate) fn recover(
         let base = read_recovery_point(dir).unwrap_or(Offset::ZERO);
         let segment = LogSegment::create(dir, base)?;
         sync_dir(dir)?;
-        return Ok(Recovered { segments: vec![Arc::new(segment)], bytes_since_index: 0 });
+        return Ok(Recovered {
+            segments: vec![Arc::new(segment)],
+            bytes_since_index: 0,
+            cleaned_to: Offset::ZERO,
+        });
     }
     // Segments from the one holding the recovery point on may hold unflushed, torn writes.
     let recover_from = if clean {
@@ -131,7 +143,10 @@ pub(crate) fn recover(
         let mut drop_later = false;
         let segment = &segments[i];
         let size = segment.size();
-        if in_recovery && previous_next.is_some_and(|n| n != segment.base()) {
+        // A gap up to the cleaner's first dirty offset is the cleaner's doing.
+        let continues =
+            |n: Offset| n == segment.base() || (n < segment.base() && segment.base() <= cleaned_to);
+        if in_recovery && previous_next.is_some_and(|n| !continues(n)) {
             tracing::warn!(segment = %segment.path().display(), expected = ?previous_next,
                 "segment does not continue the previous one; deleting it and every later one");
             drop_from(&mut segments, i)?;
@@ -145,8 +160,13 @@ pub(crate) fn recover(
             if let Some(why) = &problem {
                 tracing::warn!(segment = %segment.path().display(), %why, "rebuilding indexes");
             }
-            let scan =
-                segment.scan(ScanStart::segment_start(segment.base()), size, true, interval)?;
+            let scan = segment.scan(
+                ScanStart::segment_start(segment.base()),
+                size,
+                true,
+                interval,
+                cleaned_to,
+            )?;
             segment.replace_indexes(scan.offset_entries, scan.time_entries)?;
             let mut next = scan.next_offset;
             let mut end = scan.end;
@@ -165,7 +185,9 @@ pub(crate) fn recover(
                     end = size;
                     next = next_base.unwrap_or(next);
                 }
-            } else if let Some(n) = next_base.filter(|n| !in_recovery && *n != next) {
+            } else if let Some(n) = next_base
+                .filter(|n| !in_recovery && !(*n == next || (*n > next && *n <= cleaned_to)))
+            {
                 // A hole before the next segment (a file cut at a batch boundary): reads of the
                 // missing offsets fail with LogError::Corrupt.
                 tracing::error!(segment = %segment.path().display(), ends_at = %next,
@@ -179,7 +201,7 @@ pub(crate) fn recover(
         } else {
             // Trusted: walk only the tail after the last index entry, for the largest timestamp
             // and (in the active segment, whose tail a crash could have torn) the batches.
-            let tail = segment.scan(segment.tail_start(), size, is_last, interval)?;
+            let tail = segment.scan(segment.tail_start(), size, is_last, interval, cleaned_to)?;
             let mut end = size;
             let mut next = tail.next_offset;
             if let Some(why) = &tail.invalid {
@@ -195,11 +217,14 @@ pub(crate) fn recover(
                 }
             }
             if let Some(n) = next_base {
-                if tail.invalid.is_none() && next != n {
+                let gap_ok = next < n && n <= cleaned_to;
+                if tail.invalid.is_none() && next != n && !gap_ok {
                     tracing::error!(segment = %segment.path().display(), ends_at = %next,
                         next_segment = %n, "segments are not contiguous");
                 }
-                next = n;
+                if !gap_ok {
+                    next = n;
+                }
             }
             segment.extend_indexes(&tail.offset_entries, &tail.time_entries)?;
             let roll_basis =
@@ -217,7 +242,11 @@ pub(crate) fn recover(
         i += 1;
     }
     sync_dir(dir)?;
-    Ok(Recovered { segments: segments.into_iter().map(Arc::new).collect(), bytes_since_index })
+    Ok(Recovered {
+        segments: segments.into_iter().map(Arc::new).collect(),
+        bytes_since_index,
+        cleaned_to,
+    })
 }
 
 /// The roll basis (start of `segment_ms`) of a reopened non-empty segment: when its file was

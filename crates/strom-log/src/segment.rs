@@ -204,6 +204,9 @@ pub(crate) struct LogSegment {
     roll_basis_ms: AtomicI64,
     /// Bumped before and after every truncation (odd while one runs).
     generation: AtomicU64,
+    /// The log's first dirty offset (`cleaner.rs`): a batch may follow a gap only if it starts
+    /// at or below it; above it a gap is damage (a base offset lies outside the CRC).
+    gaps_to: AtomicI64,
 }
 
 impl LogSegment {
@@ -224,6 +227,7 @@ impl LogSegment {
             max_timestamp: AtomicI64::new(NO_TIMESTAMP),
             roll_basis_ms: AtomicI64::new(NO_TIMESTAMP),
             generation: AtomicU64::new(0),
+            gaps_to: AtomicI64::new(0),
         })
     }
 
@@ -254,12 +258,24 @@ impl LogSegment {
             max_timestamp: AtomicI64::new(NO_TIMESTAMP),
             roll_basis_ms: AtomicI64::new(NO_TIMESTAMP),
             generation: AtomicU64::new(0),
+            gaps_to: AtomicI64::new(0),
         };
         Ok((segment, problem))
     }
 
     pub(crate) fn base(&self) -> Offset {
         self.base
+    }
+
+    /// Sets the offset up to which batches may follow a gap (the log's first dirty offset).
+    pub(crate) fn set_gaps_to(&self, offset: Offset) {
+        self.gaps_to.store(offset.get(), Ordering::Release);
+    }
+
+    /// Whether a batch starting at `base` may follow `expected` (the offset after the batch
+    /// before it): contiguous, or after a cleaner's gap.
+    fn follows(&self, base: Offset, expected: Offset) -> bool {
+        base == expected || (base > expected && base.get() <= self.gaps_to.load(Ordering::Acquire))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -405,13 +421,17 @@ impl LogSegment {
     /// Walks the batches from `start` up to file position `limit`, checking each header (and,
     /// with `verify`, the whole batch and its CRC), contiguity of offsets, and computing the
     /// index entries the writer would have produced. Stops at the first invalid batch, saying
-    /// why in [`Scan::invalid`]. Fails only on I/O errors.
+    /// why in [`Scan::invalid`]. Fails only on I/O errors. Offsets must be contiguous except
+    /// for gaps ending at or below `gaps_to` (the cleaner's first dirty offset: cleaned
+    /// batches have gaps, see `cleaner.rs`), so stale bytes with a plausible CRC past a crash
+    /// are still caught above it.
     pub(crate) fn scan(
         &self,
         start: ScanStart,
         limit: u64,
         verify: bool,
         interval: u32,
+        gaps_to: Offset,
     ) -> Result<Scan, LogError> {
         let mut scan = Scan {
             end: start.pos,
@@ -454,7 +474,8 @@ impl LogSegment {
                 ));
                 break;
             }
-            if header.base != scan.next_offset {
+            let gap_ok = header.base > scan.next_offset && header.base <= gaps_to;
+            if header.base != scan.next_offset && !gap_ok {
                 scan.invalid = Some(format!(
                     "batch at {pos} has base offset {} where {} was expected",
                     header.base, scan.next_offset
@@ -565,7 +586,7 @@ impl LogSegment {
         let mut expected = entry.map_or(self.base, |e| self.base.add(i64::from(e.rel)));
         while pos < size {
             let header = self.read_header(pos, size)?;
-            if header.base != expected {
+            if !self.follows(header.base, expected) {
                 return Err(self.corrupt(
                     pos,
                     format!("batch base offset {} where {expected} was expected", header.base),
@@ -591,7 +612,7 @@ impl LogSegment {
         let mut expected = self.base;
         while pos < size {
             let header = self.read_header(pos, size)?;
-            if header.base != expected {
+            if !self.follows(header.base, expected) {
                 return Err(self.corrupt(pos, "batch base offsets are not contiguous"));
             }
             visit(header.base, header.epoch);
@@ -629,6 +650,9 @@ impl LogSegment {
     /// committed here and below `upper`), then as many more as fit in `max_bytes`, stopping
     /// before the first batch whose last offset reaches `upper`. Every returned batch has a
     /// valid CRC; a corrupt first batch is an error, a corrupt later one ends the result.
+    /// Batches may have gaps between them (cleaned segments); `from` in a gap reads from the
+    /// next batch, and `from` past the last batch but below `gaps_to` (the cleaner's first
+    /// dirty offset) is empty rather than a hole.
     pub(crate) fn read(
         &self,
         from: Offset,
@@ -641,7 +665,9 @@ impl LogSegment {
             let next = self.next_offset();
             let size = self.size();
             let Some((pos, first)) = self.find_batch(from, self.rel(from), size)? else {
-                if from < next {
+                // Below `next` but after the last batch is a hole, unless the cleaner removed
+                // the segment's last records (the log then reads on from the next segment).
+                if from < next && from.get() >= self.gaps_to.load(Ordering::Acquire) {
                     return Err(self.corrupt(size, format!("offset {from} is missing")));
                 }
                 return Ok(Bytes::new());
@@ -661,7 +687,7 @@ impl LogSegment {
                         .and_then(|b| b.validate_crc().map(|()| b))
                         .map_err(|e| e.to_string())
                         .and_then(|b| {
-                            if b.base_offset() == expected {
+                            if self.follows(b.base_offset(), expected) {
                                 Ok(b)
                             } else {
                                 Err(format!(
@@ -709,7 +735,7 @@ impl LogSegment {
                 let batch = RecordBatch::new(self.read_bytes(pos, header.size)?)
                     .and_then(|b| b.validate_crc().map(|()| b))
                     .map_err(|e| self.corrupt(pos, e.to_string()))?;
-                if batch.base_offset() != expected {
+                if !self.follows(batch.base_offset(), expected) {
                     let why = format!(
                         "base offset {} where {expected} was expected",
                         batch.base_offset()
@@ -811,7 +837,7 @@ impl LogSegment {
         };
         // The largest timestamp that remains: the index covers what is before its last entry,
         // a header walk the rest.
-        let tail = self.scan(start, pos, false, u32::MAX)?;
+        let tail = self.scan(start, pos, false, u32::MAX, Offset::new(i64::MAX))?;
         if let Some(why) = tail.invalid {
             return Err(self.corrupt(tail.end, why));
         }
