@@ -960,25 +960,18 @@ impl Broker {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let p = self.registry.partition(topic, partition)?;
-        let appender = p.clone();
         let _in_flight = self.append_budget.reserve(records.len()).await;
-        let (outcome, end, epoch) = run_blocking(move || {
-            let p = appender;
-            if acks == -1 {
-                p.check_min_isr(ErrorCode::NotEnoughReplicas)?;
-            }
-            let (info, epoch) = p.append(records)?;
-            // Under LogAppendTime every batch of the append carries the log's clock as its
-            // max timestamp, which Kafka reports back so clients learn the stored time.
-            let stamped = p.log().config().timestamp_type == TimestampType::LogAppendTime;
-            let outcome = ProduceOutcome {
-                base_offset: info.first_offset.get(),
-                log_start_offset: p.log_start_offset().get(),
-                log_append_time_ms: if stamped { info.max_timestamp } else { -1 },
-            };
-            Ok((outcome, info.last_offset.next(), epoch))
-        })
-        .await?;
+        // The partition's writer checks min.insync.replicas (acks=all) and appends.
+        let (info, epoch) = p.append_queued(records, acks == -1, deadline).await?;
+        // Under LogAppendTime every batch of the append carries the log's clock as its max
+        // timestamp, which Kafka reports back so clients learn the stored time.
+        let stamped = p.log().config().timestamp_type == TimestampType::LogAppendTime;
+        let outcome = ProduceOutcome {
+            base_offset: info.first_offset.get(),
+            log_start_offset: p.log_start_offset().get(),
+            log_append_time_ms: if stamped { info.max_timestamp } else { -1 },
+        };
+        let end = info.last_offset.next();
         if acks == -1 {
             p.wait_committed(end, epoch, deadline).await?;
         }

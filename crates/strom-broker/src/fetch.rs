@@ -52,10 +52,12 @@ impl Broker {
             let partitions: Vec<_> =
                 specs.iter().map(|s| self.registry().partition(&s.topic, s.partition)).collect();
             // Subscribed before reading: an append landing between the read and the wait
-            // still wakes us.
+            // still wakes us. The log sizes taken here let a wake estimate what arrived since.
             let mut signals: Vec<watch::Receiver<_>> =
                 partitions.iter().flatten().map(|p| p.subscribe()).collect();
-            let answer = read_round(specs.clone(), partitions, max_bytes).await;
+            let sizes: Vec<u64> =
+                partitions.iter().map(|p| p.as_ref().map_or(0, |p| p.log().size_bytes())).collect();
+            let answer = read_round(specs.clone(), partitions.clone(), max_bytes).await;
             let bytes: usize =
                 answer.iter().map(|a| a.records.as_ref().map_or(0, |r| r.len())).sum();
             let failed = answer.iter().any(|a| a.records.is_err());
@@ -67,12 +69,20 @@ impl Broker {
             {
                 return answer;
             }
-            let appended = select_all(signals.iter_mut().map(|s| Box::pin(s.changed())));
+            // Parked (Kafka's DelayedFetch): every wake estimates from the partitions' high
+            // watermarks and log sizes, without reading, whether the fetch can complete now;
+            // only then (or at the deadline) are the partitions read again, once.
             let _parked = Parked::count(self.parked_fetches_counter());
-            tokio::select! {
-                _ = appended => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = shutdown.changed() => {}
+            loop {
+                let appended = select_all(signals.iter_mut().map(|s| Box::pin(s.changed())));
+                tokio::select! {
+                    _ = appended => {}
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = shutdown.changed() => break,
+                }
+                if can_complete(&specs, &partitions, &sizes, &answer, min_bytes) {
+                    break;
+                }
             }
         }
     }
@@ -82,6 +92,40 @@ impl Broker {
     pub fn parked_fetches(&self) -> usize {
         self.parked_fetches_counter().load(Ordering::Acquire)
     }
+}
+
+/// Whether a parked fetch should read again: some partition changed role or was deleted (the
+/// read reports it), or the bytes already read plus what the logs grew by since, counted only
+/// for partitions whose high watermark is past the fetch offset, reach `min_bytes`. An
+/// estimate: a log grows before its high watermark follows, so a read may still come up short
+/// (and the fetch parks again), but it never reads on a wake that cannot complete.
+fn can_complete(
+    specs: &[FetchPartitionParams],
+    partitions: &[Result<Arc<Partition>, ApiError>],
+    sizes: &[u64],
+    answer: &[FetchedPartition],
+    min_bytes: usize,
+) -> bool {
+    let mut estimate = 0usize;
+    for (((spec, p), size), read) in specs.iter().zip(partitions).zip(sizes).zip(answer) {
+        let Ok(p) = p else { continue };
+        if p.is_deleted() || p.check_leader().is_err() {
+            return true;
+        }
+        if p.check_epoch(spec.current_leader_epoch).is_err() {
+            return true;
+        }
+        let read = read.records.as_ref().map_or(0, Bytes::len);
+        estimate = estimate.saturating_add(read);
+        let Some(offset) = fetch_offset(spec.fetch_offset) else { return true };
+        if p.high_watermark() > offset {
+            let grown = p.log().size_bytes().saturating_sub(*size);
+            let grown = usize::try_from(grown).unwrap_or(usize::MAX);
+            // Data visible where the first read found none: at least a byte is there.
+            estimate = estimate.saturating_add(if read == 0 { grown.max(1) } else { grown });
+        }
+    }
+    estimate >= min_bytes.max(1)
 }
 
 /// Counts one parked fetch for as long as it lives (also when the fetch is dropped).

@@ -10,6 +10,7 @@
 
 mod hw_checkpoint;
 mod replica;
+mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -105,6 +106,13 @@ pub(crate) struct Partition {
     counters: crate::metrics::PartitionCounters,
     /// The high watermark last written to the checkpoint file (-1: none yet).
     checkpointed_high_watermark: std::sync::atomic::AtomicI64,
+    /// The queue of the partition's writer (`writer` module), once the first produce
+    /// started it.
+    writer: OnceLock<tokio::sync::mpsc::Sender<writer::AppendRequest>>,
+    /// Serialises starting the writer. Leaf lock.
+    writer_start: parking_lot::Mutex<()>,
+    /// Capacity of the writer's queue.
+    write_queue_depth: usize,
 }
 
 impl fmt::Debug for Partition {
@@ -178,6 +186,9 @@ impl Partition {
             corruption: parking_lot::Mutex::new(None),
             counters: Default::default(),
             checkpointed_high_watermark: std::sync::atomic::AtomicI64::new(-1),
+            writer: OnceLock::new(),
+            writer_start: parking_lot::Mutex::new(()),
+            write_queue_depth: writer::WRITE_QUEUE_DEPTH,
         })
     }
 
@@ -675,6 +686,8 @@ impl OffsetsLog for Partition {
 }
 
 #[cfg(test)]
+// The writer tests stall the writer thread on purpose by holding a lock it needs.
+#[allow(clippy::await_holding_lock)]
 mod tests {
     use super::*;
 
@@ -706,6 +719,190 @@ mod tests {
         assert!(p.is_leader());
         p.apply_assignment(&assignment(1, 2, 4, &[1, 2, 3]));
         assert_eq!(p.check_leader().unwrap_err().code, ErrorCode::NotLeaderOrFollower);
+    }
+
+    fn batch(records: usize) -> Bytes {
+        let mut b = strom_format::BatchBuilder::new(strom_format::Compression::None);
+        for i in 0..records {
+            b.append(i as i64, None, Some(b"value".as_slice()), &[]);
+        }
+        b.build().expect("batch")
+    }
+
+    /// A partition leading alone (ISR = itself), so the high watermark follows every append.
+    fn sole_leader(dir: &Path, depth: usize) -> std::sync::Arc<Partition> {
+        let mut p = Partition::open(dir, "t", 0, LogConfig::default()).expect("open");
+        p.write_queue_depth = depth;
+        let mut a = assignment(1, 1, 0, &[1]);
+        a.assignment.replicas = vec![1];
+        a.config.min_insync_replicas = 1;
+        p.apply_assignment(&a);
+        std::sync::Arc::new(p)
+    }
+
+    fn far_deadline() -> tokio::time::Instant {
+        tokio::time::Instant::now() + std::time::Duration::from_secs(30)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_get_distinct_ordered_offsets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = sole_leader(dir.path(), writer::WRITE_QUEUE_DEPTH);
+        let (tasks, per_task, records) = (8, 40, 3);
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let p = p.clone();
+            handles.push(tokio::spawn(async move {
+                let mut firsts = Vec::new();
+                for _ in 0..per_task {
+                    let (info, _) = p
+                        .append_queued(batch(records), true, far_deadline())
+                        .await
+                        .expect("append");
+                    assert_eq!(
+                        info.last_offset.get() - info.first_offset.get(),
+                        records as i64 - 1
+                    );
+                    firsts.push(info.first_offset.get());
+                }
+                firsts
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            let firsts = h.await.expect("task");
+            // One producer's appends are answered in the order it sent them.
+            assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
+            all.extend(firsts);
+        }
+        all.sort_unstable();
+        let expected: Vec<i64> =
+            (0..(tasks * per_task) as i64).map(|i| i * records as i64).collect();
+        assert_eq!(all, expected, "every append got its own dense range");
+        let end = Offset::new((tasks * per_task * records) as i64);
+        assert_eq!(p.log().log_end_offset(), end);
+        assert_eq!(p.high_watermark(), end, "published before the answers");
+    }
+
+    type Queued = tokio::task::JoinHandle<writer::AppendAnswer>;
+
+    fn spawn_append(p: &std::sync::Arc<Partition>, records: Bytes) -> Queued {
+        let p = p.clone();
+        tokio::spawn(async move { p.append_queued(records, false, far_deadline()).await })
+    }
+
+    /// Waits (by yielding, no sleeps) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "never: {what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Holds the writer in the middle of a one-append group: the append is written (log end
+    /// `end_after`) and the writer waits for the leader state, held by the returned guard.
+    async fn stall_writer<'a>(
+        p: &'a std::sync::Arc<Partition>,
+        end_after: i64,
+    ) -> (parking_lot::MutexGuard<'a, Option<LeaderState>>, Queued) {
+        let stall = p.leader.lock();
+        let stalled = spawn_append(p, batch(1));
+        until("the stalled append is written", || {
+            p.log().log_end_offset() == Offset::new(end_after)
+        })
+        .await;
+        (stall, stalled)
+    }
+
+    fn queue(p: &Partition) -> tokio::sync::mpsc::Sender<writer::AppendRequest> {
+        p.writer.get().expect("writer started").clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_write_queue_times_out_then_everything_queued_is_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = sole_leader(dir.path(), 2);
+        let (stall, stalled) = stall_writer(&p, 1).await;
+        let queued = [spawn_append(&p, batch(1)), spawn_append(&p, batch(1))];
+        let tx = queue(&p);
+        until("the queue is full", || tx.capacity() == 0).await;
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let err = p.append_queued(batch(1), false, soon).await.expect_err("queue is full");
+        assert_eq!(err.code, ErrorCode::RequestTimedOut);
+        assert!(err.message.contains("write queue"), "{}", err.message);
+        drop(stall);
+        assert_eq!(stalled.await.expect("task").expect("stalled append").0.first_offset.get(), 0);
+        let mut offsets = Vec::new();
+        for q in queued {
+            offsets.push(q.await.expect("task").expect("queued append").0.first_offset.get());
+        }
+        offsets.sort_unstable();
+        assert_eq!(offsets, vec![1, 2]);
+        assert_eq!(p.log().log_end_offset(), Offset::new(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_waits_until_queued_appends_are_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = sole_leader(dir.path(), 8);
+        let holder = p.clone();
+        let (stall, stalled) = stall_writer(&holder, 1).await;
+        let queued: Vec<_> = (0..4).map(|_| spawn_append(&p, batch(2))).collect();
+        let tx = queue(&p);
+        until("four appends are queued", || tx.capacity() == 4).await;
+        drop(tx);
+        // The closer (as the broker's shutdown does) can only take the log once every queued
+        // append was answered: each caller holds the partition until then.
+        let closer = tokio::task::spawn_blocking({
+            let mut p = Some(p);
+            move || {
+                loop {
+                    match std::sync::Arc::try_unwrap(p.take().expect("partition")) {
+                        Ok(p) => return p.into_log().log_end_offset(),
+                        Err(still) => {
+                            p = Some(still);
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            }
+        });
+        drop(stall);
+        drop(holder);
+        stalled.await.expect("task").expect("stalled append");
+        for q in queued {
+            q.await.expect("task").expect("queued append is answered");
+        }
+        assert_eq!(closer.await.expect("closer"), Offset::new(9));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_append_in_a_group_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = sole_leader(dir.path(), 8);
+        let (stall, stalled) = stall_writer(&p, 1).await;
+        let mut corrupt = batch(2).to_vec();
+        if let Some(last) = corrupt.last_mut() {
+            *last ^= 0xff;
+        }
+        let tx = queue(&p);
+        let mut queued = Vec::new();
+        for (i, records) in [batch(2), Bytes::from(corrupt), batch(2)].into_iter().enumerate() {
+            queued.push(spawn_append(&p, records));
+            // One at a time, so the group's order is the order here.
+            until("queued", || tx.capacity() == 8 - (i + 1)).await;
+        }
+        drop(stall);
+        stalled.await.expect("task").expect("stalled append");
+        let mut results = Vec::new();
+        for q in queued {
+            results.push(q.await.expect("task").map(|(info, _)| info.first_offset.get()));
+        }
+        assert_eq!(results[0].as_ref().ok(), Some(&1));
+        assert_eq!(results[1].as_ref().map_err(|e| e.code).err(), Some(ErrorCode::CorruptMessage));
+        assert_eq!(results[2].as_ref().ok(), Some(&3));
+        assert_eq!(p.log().log_end_offset(), Offset::new(5));
     }
 
     #[test]

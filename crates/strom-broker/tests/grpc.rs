@@ -257,6 +257,37 @@ async fn long_poll_wakes_on_append() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_completes_once_the_partitions_together_hold_min_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(dir.path())).await;
+    h.create("t", 3, &[]).await;
+    let small = batch(&["s"]);
+    let big = batch(&["x".repeat(2000).as_str()]);
+    // More than the small batch, less than both: neither append alone completes the fetch.
+    let min_bytes = (small.len() + 1000) as u32;
+
+    let mut client = h.broker.clone();
+    let parked = tokio::spawn(async move {
+        let request =
+            fetch_request(&[("t", 0, 0), ("t", 1, 0), ("t", 2, 0)], 600_000, min_bytes, 0);
+        client.fetch(request).await.unwrap().into_inner()
+    });
+    common::parked(&h, 1).await;
+    h.produce_ok("t", 0, small).await;
+    // Still parked (the wake found too little and did not answer)...
+    assert_eq!(h.server.broker().parked_fetches(), 1);
+    // ...until a second partition brings the total over min_bytes: answered long before the
+    // 10-minute wait, with both partitions' records read in one go.
+    h.produce_ok("t", 2, big).await;
+    let answer = tokio::time::timeout(HANG_GUARD, parked).await.expect("woken").unwrap();
+    let parts: Vec<_> = answer.topics.into_iter().flat_map(|t| t.partitions).collect();
+    assert_eq!(records(&parts[0].records), [(0, "s".to_string())]);
+    assert!(parts[1].records.is_empty());
+    assert_eq!(records(&parts[2].records).len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_answers_after_max_wait_without_enough_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::start(config(dir.path())).await;

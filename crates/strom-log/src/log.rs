@@ -455,6 +455,122 @@ impl Log {
     fn append_from(&self, batches: Bytes, origin: Origin) -> Result<AppendInfo, LogError> {
         self.repair_if_damaged()?;
         let parsed = validate(batches, origin, &self.config(), self.clock.now_ms())?;
+        self.append_parsed(parsed, origin)
+    }
+
+    /// Several independent leader appends at once, as a partition's writer collects them:
+    /// each is validated, sequence-checked and written as [`Log::append_with_leader_epoch`]
+    /// would, in the order given, but all under one acquisition of the writer lock and with
+    /// one flush decision for the lot. Each gets its own answer: one refused append (bad CRC,
+    /// out-of-order sequence) does not affect the others. Durability as for [`Log::append`]:
+    /// an `Ok` is on stable storage exactly when a single append would have been.
+    ///
+    /// ```
+    /// # use strom_format::{BatchBuilder, Compression, LeaderEpoch};
+    /// use strom_log::{Log, LogConfig};
+    /// # fn batch(n: usize) -> bytes::Bytes {
+    /// #     let mut b = BatchBuilder::new(Compression::None);
+    /// #     for i in 0..n { b.append(i as i64, None, Some(b"v".as_slice()), &[]); }
+    /// #     b.build().unwrap()
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    /// let answers = log.append_group_with_leader_epoch(
+    ///     vec![batch(2), bytes::Bytes::from_static(b"junk"), batch(3)],
+    ///     LeaderEpoch::new(0),
+    /// );
+    /// assert_eq!(answers[0].as_ref().unwrap().first_offset.get(), 0);
+    /// assert!(answers[1].is_err());
+    /// assert_eq!(answers[2].as_ref().unwrap().first_offset.get(), 2);
+    /// assert_eq!(log.log_end_offset().get(), 5);
+    /// ```
+    pub fn append_group_with_leader_epoch(
+        &self,
+        appends: Vec<Bytes>,
+        epoch: LeaderEpoch,
+    ) -> Vec<Result<AppendInfo, LogError>> {
+        let origin = Origin::Leader(Some(epoch));
+        if appends.len() <= 1 || self.repair_if_damaged().is_err() {
+            // Nothing to share, or a damaged log: each append takes the single path, which
+            // reports the damage in its own answer.
+            return appends.into_iter().map(|b| self.append_from(b, origin)).collect();
+        }
+        // Validation (CRC, record walk) needs no lock: done before taking it.
+        let config = self.config();
+        let now = self.clock.now_ms();
+        let parsed: Vec<_> =
+            appends.into_iter().map(|b| validate(b, origin, &config, now)).collect();
+        let mut answers = Vec::with_capacity(parsed.len());
+        let mut failed_write = false;
+        let rollbacks_seen = {
+            let mut writer = self.writer.lock();
+            for batches in parsed {
+                let answer = batches.and_then(|batches| {
+                    self.check_poison()?;
+                    let before = self.log_end_offset();
+                    let prepared = self.assign_offsets(batches, origin)?;
+                    if let Some(original) = self.check_producers(&prepared, origin)? {
+                        return Ok(original);
+                    }
+                    self.epochs.record_append(epoch_starts(&prepared, origin))?;
+                    let now = self.clock.now_ms();
+                    match self.write_batches(&mut writer, &prepared, origin, now) {
+                        Ok(info) => {
+                            self.record_producers(&prepared, now);
+                            Ok(info)
+                        }
+                        Err(e) => {
+                            // The later appends of the group meet the poison and fail too.
+                            failed_write = true;
+                            Err(self.damaged_by(e, before))
+                        }
+                    }
+                });
+                answers.push(answer);
+            }
+            // Rollbacks are counted under the writer lock: the count is the one every write
+            // of the group saw.
+            self.rollbacks.lock().count
+        };
+        if failed_write {
+            // A failed cut keeps the log refusing writes until a later one works.
+            let _ = self.repair_if_damaged();
+        }
+        let mut flush_error = self.flush_per_policy().err();
+        for answer in &mut answers {
+            let Ok(info) = answer else { continue };
+            if info.duplicate {
+                continue;
+            }
+            let offset = info.first_offset;
+            if let Some(e) = flush_error.take() {
+                *answer = Err(e);
+                // The other appends of the group share that flush's fate: the log is cut
+                // back to its last flushed offset (see `flush_inner`).
+                flush_error = Some(LogError::RolledBack {
+                    offset,
+                    reason: "a flush failed after the write".into(),
+                });
+                continue;
+            }
+            // A flush that failed after this write (ours or a concurrent one) may have cut
+            // the log below these records; they are then gone, and must not be reported.
+            if self.rollbacks.lock().cut(rollbacks_seen, info.last_offset) {
+                *answer = Err(LogError::RolledBack {
+                    offset,
+                    reason: "a flush failed after the write".into(),
+                });
+            }
+        }
+        answers
+    }
+
+    /// The locked part of an append: offsets, sequence checks, write, flush decision.
+    fn append_parsed(
+        &self,
+        parsed: Vec<RecordBatch>,
+        origin: Origin,
+    ) -> Result<AppendInfo, LogError> {
         let (info, rollbacks_seen) = {
             let mut writer = self.writer.lock();
             self.check_poison()?;

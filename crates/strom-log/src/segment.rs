@@ -207,6 +207,10 @@ pub(crate) struct LogSegment {
     /// The log's first dirty offset (`cleaner.rs`): a batch may follow a gap only if it starts
     /// at or below it; above it a gap is damage (a base offset lies outside the CRC).
     gaps_to: AtomicI64,
+    /// Bytes `[0, verified)` hold only batches whose CRC passed in this process, on the write
+    /// path or on an earlier read: reads do not check them again (see "CRC on the read path"
+    /// in ARCHITECTURE.md). In memory only, so a restarted process checks everything once.
+    verified: AtomicU64,
 }
 
 impl LogSegment {
@@ -228,6 +232,7 @@ impl LogSegment {
             roll_basis_ms: AtomicI64::new(NO_TIMESTAMP),
             generation: AtomicU64::new(0),
             gaps_to: AtomicI64::new(0),
+            verified: AtomicU64::new(0),
         })
     }
 
@@ -259,6 +264,7 @@ impl LogSegment {
             roll_basis_ms: AtomicI64::new(NO_TIMESTAMP),
             generation: AtomicU64::new(0),
             gaps_to: AtomicI64::new(0),
+            verified: AtomicU64::new(0),
         };
         Ok((segment, problem))
     }
@@ -521,18 +527,19 @@ impl LogSegment {
     /// Cuts the data file at `end` (recovery of a torn or corrupt tail). Not for live segments.
     pub(crate) fn truncate_file(&self, end: u64) -> Result<(), LogError> {
         self.log.set_len(end).ctx(|| format!("truncate {}", self.path.display()))?;
+        self.verified.fetch_min(end, Ordering::AcqRel);
         self.size.store(end, Ordering::Release);
         Ok(())
     }
 
     // ---------------------------------------------------------------- reads
 
-    /// `len` bytes at `pos`, read with one positional read into a fresh buffer.
+    /// `len` bytes at `pos`, read with positional reads into a fresh buffer that is not
+    /// zero-filled first (the read overwrites it; zeroing cost a memset of every byte served).
     fn read_bytes(&self, pos: u64, len: u64) -> Result<Bytes, LogError> {
         let len = usize::try_from(len).map_err(|_| self.corrupt(pos, "read too large"))?;
-        let mut buf = vec![0u8; len];
-        self.log
-            .read_exact_at(&mut buf, pos)
+        let mut buf = Vec::with_capacity(len);
+        read_exact_at_uninit(&self.log, &mut buf, len, pos)
             .ctx(|| format!("read {len} bytes at {pos} of {}", self.path.display()))?;
         Ok(Bytes::from(buf))
     }
@@ -678,13 +685,21 @@ impl LogSegment {
             let avail = size - pos;
             let want = first.size.max(avail.min(max_bytes as u64).min(MAX_READ_BYTES));
             let bytes = self.read_bytes(pos, want)?;
+            // Batches wholly inside the verified region skip the CRC (checked once per
+            // region per process); the shape and offset checks below still run on every one.
+            let verified = self.verified.load(Ordering::Acquire);
             let mut end = 0usize;
             let mut expected = first.base;
             while end < bytes.len() {
                 let rest = bytes.get(end..).unwrap_or_default();
                 let batch = match peek_batch_size(rest) {
                     Ok(Some(n)) if n <= rest.len() => RecordBatch::new(bytes.slice(end..end + n))
-                        .and_then(|b| b.validate_crc().map(|()| b))
+                        .and_then(|b| {
+                            if pos + (end + n) as u64 > verified {
+                                b.validate_crc()?;
+                            }
+                            Ok(b)
+                        })
                         .map_err(|e| e.to_string())
                         .and_then(|b| {
                             if self.follows(b.base_offset(), expected) {
@@ -709,6 +724,13 @@ impl LogSegment {
                     Err(_) if end > 0 => break,
                     Err(why) => return Err(self.corrupt(pos, why)),
                 }
+            }
+            // A read that started inside the verified region extends it over what it checked.
+            // Should a truncation overlap this read, the mark may end up above the new size:
+            // what is written there later passed its CRC on the write path, so it still only
+            // covers checked batches.
+            if pos <= verified {
+                self.verified.fetch_max(pos + end as u64, Ordering::AcqRel);
             }
             Ok(bytes.slice(..end))
         })
@@ -800,6 +822,11 @@ impl LogSegment {
         if self.roll_basis_ms.load(Ordering::Relaxed) == NO_TIMESTAMP {
             self.roll_basis_ms.store(now_ms, Ordering::Release);
         }
+        // Every append's batches passed their CRC check before they were written: they extend
+        // the verified region when it reaches up to them.
+        let old_size = self.size();
+        let _ =
+            self.verified.compare_exchange(old_size, new_size, Ordering::AcqRel, Ordering::Acquire);
         self.size.store(new_size, Ordering::Release);
         self.next_offset.store(next_offset.get(), Ordering::Release);
         self.max_timestamp.fetch_max(max_ts, Ordering::AcqRel);
@@ -843,6 +870,7 @@ impl LogSegment {
         }
 
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.verified.fetch_min(pos, Ordering::AcqRel);
         self.size.store(pos, Ordering::Release);
         self.next_offset.store(header.base.get(), Ordering::Release);
         self.max_timestamp.store(tail.max_ts, Ordering::Release);
@@ -973,4 +1001,46 @@ mod tests {
             let _ = BatchHeader::parse(&buf);
         }
     }
+}
+
+/// Appends exactly `len` bytes of `file` at `pos` to `buf`, reading into its spare capacity
+/// without initialising it first. Fails with `UnexpectedEof` when the file ends before.
+fn read_exact_at_uninit(
+    file: &File,
+    buf: &mut Vec<u8>,
+    len: usize,
+    mut pos: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(len);
+    let target = buf.len() + len;
+    while buf.len() < target {
+        let missing = target - buf.len();
+        let spare = buf.spare_capacity_mut();
+        let want = missing.min(spare.len()).min(isize::MAX as usize);
+        let offset = libc::off_t::try_from(pos).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "file position out of range")
+        })?;
+        // SAFETY: `spare` is memory owned by `buf`, valid for writes of `spare.len() >= want`
+        // bytes and not aliased while this call runs; pread writes at most `want` bytes into
+        // it and never reads it, so its being uninitialised does not matter.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) };
+        match usize::try_from(n) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                let filled = buf.len() + n.min(want);
+                // SAFETY: pread initialised the first `n <= want` bytes of the spare capacity,
+                // so every byte below `filled` is initialised, and `filled <= capacity`.
+                unsafe { buf.set_len(filled) };
+                pos += n as u64;
+            }
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
