@@ -101,6 +101,19 @@ struct Args {
     /// (Kafka's producer.id.expiration.ms) [default: 86400000].
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     producer_id_expiration_ms: Option<u64>,
+    /// Run the log cleaner for compacted topics (Kafka's log.cleaner.enable) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    log_cleaner_enable: Option<bool>,
+    /// Pause between two log-cleaner passes (log.cleaner.backoff.ms) [default: 15000].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    log_cleaner_backoff_ms: Option<u64>,
+    /// Memory of the cleaner's key map (log.cleaner.dedupe.buffer.size) [default: 134217728].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    log_cleaner_dedupe_buffer_size: Option<u64>,
+    /// Cleaner I/O limit in bytes per second, 0 for none
+    /// (log.cleaner.io.max.bytes.per.second) [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    log_cleaner_io_max_bytes_per_second: Option<u64>,
     /// Log filter, e.g. `info` or `strom_broker=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -170,6 +183,10 @@ impl Args {
             self.max_incremental_fetch_session_cache_slots,
         );
         set(&mut c.producer_id_expiration_ms, self.producer_id_expiration_ms);
+        set(&mut c.log_cleaner_enable, self.log_cleaner_enable);
+        set(&mut c.log_cleaner_backoff_ms, self.log_cleaner_backoff_ms);
+        set(&mut c.log_cleaner_dedupe_buffer_size, self.log_cleaner_dedupe_buffer_size);
+        set(&mut c.log_cleaner_io_max_bytes_per_second, self.log_cleaner_io_max_bytes_per_second);
         if self.kafka_advertised_address.is_some() {
             c.kafka_advertised_address = self.kafka_advertised_address;
         }

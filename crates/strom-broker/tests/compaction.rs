@@ -42,7 +42,7 @@ async fn read_all(h: &mut Harness, topic: &str) -> Vec<(i64, String, Option<Stri
             assert_eq!(at, r.high_watermark, "a read below the high watermark returns data");
             return out;
         }
-        for batch in Batches::new(Bytes::from(r.records)) {
+        for batch in Batches::new(r.records) {
             let batch = batch.unwrap();
             for record in batch.records().unwrap() {
                 let record = record.unwrap();

@@ -185,9 +185,11 @@ pub(crate) fn recover(
                     end = size;
                     next = next_base.unwrap_or(next);
                 }
-            } else if let Some(n) = next_base
-                .filter(|n| !in_recovery && !(*n == next || (*n > next && *n <= cleaned_to)))
-            {
+            } else if let Some(n) = next_base.filter(|n| {
+                // A gap up to the cleaner's first dirty offset is the cleaner's doing.
+                let cleaner_gap = *n > next && *n <= cleaned_to;
+                !in_recovery && *n != next && !cleaner_gap
+            }) {
                 // A hole before the next segment (a file cut at a batch boundary): reads of the
                 // missing offsets fail with LogError::Corrupt.
                 tracing::error!(segment = %segment.path().display(), ends_at = %next,

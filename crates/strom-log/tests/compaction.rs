@@ -75,7 +75,8 @@ fn fill(log: &Log, ts: i64) {
         for key in 0..20 {
             pending.push((format!("key-{key:02}"), Some(format!("value-{key}-{round}"))));
             if pending.len() as u64 > n % 7 {
-                let compression = if n % 3 == 0 { Compression::Lz4 } else { Compression::None };
+                let compression =
+                    if n.is_multiple_of(3) { Compression::Lz4 } else { Compression::None };
                 log.append(batch(&pending, ts, compression)).unwrap();
                 pending.clear();
                 n += 1;
