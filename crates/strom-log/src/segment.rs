@@ -942,6 +942,48 @@ fn open_log(path: &Path, create: bool) -> Result<File, LogError> {
     Ok(file)
 }
 
+/// Appends exactly `len` bytes of `file` at `pos` to `buf`, reading into its spare capacity
+/// without initialising it first. Fails with `UnexpectedEof` when the file ends before.
+fn read_exact_at_uninit(
+    file: &File,
+    buf: &mut Vec<u8>,
+    len: usize,
+    mut pos: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(len);
+    let target = buf.len() + len;
+    while buf.len() < target {
+        let missing = target - buf.len();
+        let spare = buf.spare_capacity_mut();
+        let want = missing.min(spare.len()).min(isize::MAX as usize);
+        let offset = libc::off_t::try_from(pos).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "file position out of range")
+        })?;
+        // SAFETY: `spare` is memory owned by `buf`, valid for writes of `spare.len() >= want`
+        // bytes and not aliased while this call runs; pread writes at most `want` bytes into
+        // it and never reads it, so its being uninitialised does not matter.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) };
+        match usize::try_from(n) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                let filled = buf.len() + n.min(want);
+                // SAFETY: pread initialised the first `n <= want` bytes of the spare capacity,
+                // so every byte below `filled` is initialised, and `filled <= capacity`.
+                unsafe { buf.set_len(filled) };
+                pos += n as u64;
+            }
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1001,46 +1043,4 @@ mod tests {
             let _ = BatchHeader::parse(&buf);
         }
     }
-}
-
-/// Appends exactly `len` bytes of `file` at `pos` to `buf`, reading into its spare capacity
-/// without initialising it first. Fails with `UnexpectedEof` when the file ends before.
-fn read_exact_at_uninit(
-    file: &File,
-    buf: &mut Vec<u8>,
-    len: usize,
-    mut pos: u64,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    buf.reserve(len);
-    let target = buf.len() + len;
-    while buf.len() < target {
-        let missing = target - buf.len();
-        let spare = buf.spare_capacity_mut();
-        let want = missing.min(spare.len()).min(isize::MAX as usize);
-        let offset = libc::off_t::try_from(pos).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "file position out of range")
-        })?;
-        // SAFETY: `spare` is memory owned by `buf`, valid for writes of `spare.len() >= want`
-        // bytes and not aliased while this call runs; pread writes at most `want` bytes into
-        // it and never reads it, so its being uninitialised does not matter.
-        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) };
-        match usize::try_from(n) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                let filled = buf.len() + n.min(want);
-                // SAFETY: pread initialised the first `n <= want` bytes of the spare capacity,
-                // so every byte below `filled` is initialised, and `filled <= capacity`.
-                unsafe { buf.set_len(filled) };
-                pos += n as u64;
-            }
-            Err(_) => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
 }
