@@ -61,6 +61,11 @@ struct Args {
     /// member's partitions to the others.
     #[arg(long, default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// With --group: a static member name (Kafka's `group.instance.id`, KIP-345), unique per
+    /// running consumer. Restarting within --session-timeout-ms gets the same partitions back
+    /// without rebalancing the group; exiting does not leave the group.
+    #[arg(long, requires = "group")]
+    group_instance_id: Option<String>,
     /// Give up (exit non-zero, naming the partition and offset) when a partition keeps
     /// failing with a storage error (corrupt data on the broker) for this long. Default 10 s,
     /// or half of --timeout-ms if that is shorter, so a stuck partition is never mistaken
@@ -100,6 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     config.client.client_id = "strom-consumer".to_owned();
     config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.group_instance_id.clone_from(&args.group_instance_id);
     config.heartbeat_interval = config.session_timeout / 3;
     config.storage_error_timeout = storage_error_timeout(&args);
     let mut consumer = Consumer::new(config)

@@ -199,6 +199,11 @@ fn confluent_kafka_group_of_two_splits_six_partitions_three_three() {
 }
 
 #[test]
+fn confluent_kafka_static_member_restarts_without_a_rebalance() {
+    python_scenario("static-membership");
+}
+
+#[test]
 fn kafka_python_admin_murmur2_produce_and_group_consume() {
     python_scenario("kafka-python");
 }

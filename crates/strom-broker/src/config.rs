@@ -109,6 +109,12 @@ pub struct BrokerConfig {
     pub group_max_size: usize,
     /// Longest metadata string of a committed offset (`offset.metadata.max.bytes`).
     pub offset_metadata_max_bytes: usize,
+    /// How long the committed offsets of a group without members are kept
+    /// (`offsets.retention.minutes`, 7 days), counted from the later of the commit and the
+    /// moment the group became empty; expiry writes tombstones to `__consumer_offsets`.
+    pub offsets_retention_minutes: u64,
+    /// How often expired offsets are looked for (`offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval_ms: u64,
     /// The metadata quorum: node id -> `host:port` of each voter. Empty: this node alone.
     #[serde(default, deserialize_with = "deserialize_voters", serialize_with = "serialize_voters")]
     pub voters: BTreeMap<i32, String>,
@@ -195,6 +201,8 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 0,
             group_max_size: 1000,
             offset_metadata_max_bytes: 4096,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 10 * 60 * 1000,
             default_replication_factor: 1,
             voters: BTreeMap::new(),
             broker_session_timeout_ms: 1_500,
@@ -298,6 +306,12 @@ impl BrokerConfig {
                 "group_min_session_timeout_ms ({}) must be in 1..=group_max_session_timeout_ms ({}) and group_max_size > 0",
                 self.group_min_session_timeout_ms, self.group_max_session_timeout_ms
             ));
+        }
+        if self.offsets_retention_minutes == 0 || self.offsets_retention_check_interval_ms == 0 {
+            return bad(
+                "offsets_retention_minutes and offsets_retention_check_interval_ms must be positive"
+                    .into(),
+            );
         }
         if self.offsets_topic_replication_factor < 1 || self.default_replication_factor < 1 {
             return bad("replication factors must be >= 1".into());
@@ -684,6 +698,12 @@ impl BrokerConfig {
             initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
             max_group_size: self.group_max_size,
             offset_metadata_max_bytes: self.offset_metadata_max_bytes,
+            offsets_retention: Duration::from_secs(
+                self.offsets_retention_minutes.saturating_mul(60),
+            ),
+            offsets_retention_check_interval: Duration::from_millis(
+                self.offsets_retention_check_interval_ms,
+            ),
             ..strom_coordinator::CoordinatorConfig::default()
         }
     }

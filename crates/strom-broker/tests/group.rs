@@ -31,6 +31,7 @@ fn join_request(group: &str, member_id: &str) -> pb::JoinGroupRequest {
         }],
         client_id: "test-client".into(),
         supports_member_id_required: false,
+        group_instance_id: String::new(),
     }
 }
 
@@ -70,6 +71,7 @@ async fn join_and_sync(g: &mut GroupClient<Channel>, group: &str) -> (String, i3
             member_id: joined.member_id.clone(),
             assignment: bytes::Bytes::from_static(b"assignment"),
         }],
+        group_instance_id: String::new(),
     };
     let synced = tokio::time::timeout(HANG_GUARD, g.sync_group(sync))
         .await
@@ -101,6 +103,7 @@ fn commit_request(
         generation_id,
         member_id: member_id.into(),
         topics,
+        group_instance_id: String::new(),
     }
 }
 
@@ -173,6 +176,7 @@ async fn join_sync_heartbeat_leave_single_member() {
             member_id: joined.member_id.clone(),
             assignment: bytes::Bytes::from_static(b"p0"),
         }],
+        group_instance_id: String::new(),
     };
     let synced = g.sync_group(sync).await.unwrap().into_inner();
     assert_eq!(synced.error_code(), ErrorCode::None, "{}", synced.error_message);
@@ -182,11 +186,16 @@ async fn join_sync_heartbeat_leave_single_member() {
         group_id: GROUP.into(),
         generation_id: joined.generation_id,
         member_id: joined.member_id.clone(),
+        group_instance_id: String::new(),
     };
     let r = g.heartbeat(beat).await.unwrap().into_inner();
     assert_eq!(r.error_code(), ErrorCode::None, "{}", r.error_message);
 
-    let leave = pb::LeaveGroupRequest { group_id: GROUP.into(), member_id: joined.member_id };
+    let leave = pb::LeaveGroupRequest {
+        group_id: GROUP.into(),
+        member_id: joined.member_id,
+        group_instance_id: String::new(),
+    };
     let r = g.leave_group(leave).await.unwrap().into_inner();
     assert_eq!(r.error_code(), ErrorCode::None, "{}", r.error_message);
     let d = g
@@ -351,6 +360,7 @@ async fn unknown_member_and_bad_generation_are_refused() {
         group_id: GROUP.into(),
         generation_id,
         member_id: member_id.into(),
+        group_instance_id: String::new(),
     };
     let r = g.heartbeat(beat("stranger", generation)).await.unwrap().into_inner();
     assert_eq!(r.error_code(), ErrorCode::UnknownMemberId);
@@ -362,6 +372,7 @@ async fn unknown_member_and_bad_generation_are_refused() {
         generation_id: generation + 5,
         member_id: member.clone(),
         assignments: vec![],
+        group_instance_id: String::new(),
     };
     let r = g.sync_group(sync).await.unwrap().into_inner();
     assert_eq!(r.error_code(), ErrorCode::IllegalGeneration);
@@ -381,7 +392,11 @@ async fn unknown_member_and_bad_generation_are_refused() {
     // Nothing of the refused commits was stored.
     assert_eq!(fetch_offsets(&mut g, GROUP, &[]).await, vec![]);
 
-    let leave = pb::LeaveGroupRequest { group_id: GROUP.into(), member_id: "stranger".into() };
+    let leave = pb::LeaveGroupRequest {
+        group_id: GROUP.into(),
+        member_id: "stranger".into(),
+        group_instance_id: String::new(),
+    };
     let r = g.leave_group(leave).await.unwrap().into_inner();
     assert_eq!(r.error_code(), ErrorCode::UnknownMemberId);
 
@@ -394,5 +409,68 @@ async fn unknown_member_and_bad_generation_are_refused() {
     assert_eq!(commit_codes(&r)[0].2, ErrorCode::None);
 
     drop(g);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip_345_a_static_member_rejoining_keeps_its_generation_and_fences_its_old_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(dir.path())).await;
+    h.create("t", 1, &[]).await;
+    let mut g = group_client(&h).await;
+    let static_join = |member_id: &str| pb::JoinGroupRequest {
+        group_instance_id: "instance-1".into(),
+        supports_member_id_required: true,
+        ..join_request("static", member_id)
+    };
+    // No MEMBER_ID_REQUIRED round trip for a static member.
+    let joined = g.join_group(static_join("")).await.unwrap().into_inner();
+    assert_eq!(joined.error_code(), ErrorCode::None, "{}", joined.error_message);
+    let sync = pb::SyncGroupRequest {
+        group_id: "static".into(),
+        generation_id: joined.generation_id,
+        member_id: joined.member_id.clone(),
+        assignments: vec![pb::SyncGroupAssignment {
+            member_id: joined.member_id.clone(),
+            assignment: bytes::Bytes::from_static(b"p0,p1"),
+        }],
+        group_instance_id: "instance-1".into(),
+    };
+    let synced = g.sync_group(sync.clone()).await.unwrap().into_inner();
+    assert_eq!(synced.error_code(), ErrorCode::None, "{}", synced.error_message);
+
+    // The process restarts: same instance id, no member id.
+    let again = g.join_group(static_join("")).await.unwrap().into_inner();
+    assert_eq!(again.error_code(), ErrorCode::None, "{}", again.error_message);
+    assert_eq!(again.generation_id, joined.generation_id, "no rebalance");
+    assert_ne!(again.member_id, joined.member_id);
+    let resync =
+        pb::SyncGroupRequest { member_id: again.member_id.clone(), assignments: vec![], ..sync };
+    let resynced = g.sync_group(resync).await.unwrap().into_inner();
+    assert_eq!(&resynced.assignment[..], b"p0,p1", "the old assignment comes back");
+
+    let beat = |member_id: &str| pb::HeartbeatRequest {
+        group_id: "static".into(),
+        generation_id: joined.generation_id,
+        member_id: member_id.into(),
+        group_instance_id: "instance-1".into(),
+    };
+    let old = g.heartbeat(beat(&joined.member_id)).await.unwrap().into_inner();
+    assert_eq!(old.error_code(), ErrorCode::FencedInstanceId);
+    let new = g.heartbeat(beat(&again.member_id)).await.unwrap().into_inner();
+    assert_eq!(new.error_code(), ErrorCode::None);
+    let old_commit = pb::OffsetCommitRequest {
+        group_instance_id: "instance-1".into(),
+        ..commit_request("static", joined.generation_id, &joined.member_id, &[("t", 0, 1, "")])
+    };
+    let r = g.offset_commit(old_commit).await.unwrap().into_inner();
+    assert_eq!(commit_codes(&r), vec![("t".to_string(), 0, ErrorCode::FencedInstanceId)]);
+    // LeaveGroup by instance id (what an operator's removal sends).
+    let leave = pb::LeaveGroupRequest {
+        group_id: "static".into(),
+        member_id: String::new(),
+        group_instance_id: "instance-1".into(),
+    };
+    assert_eq!(g.leave_group(leave).await.unwrap().into_inner().error_code(), ErrorCode::None);
     h.stop().await;
 }

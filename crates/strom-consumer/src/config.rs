@@ -141,6 +141,14 @@ pub struct ConsumerConfig {
     /// manual assignment it also makes new partitions start at the group's committed offsets.
     /// Default none.
     pub group_id: Option<String>,
+    /// KIP-345 static membership (`group.instance.id`): a stable name for this consumer
+    /// within its group, unique per running instance (a pod name, a host name). A static
+    /// member does not leave the group when it closes; if it restarts and rejoins within
+    /// `session_timeout` it gets its partitions back without a rebalance of the group. Only
+    /// session expiry moves its partitions. A second consumer started with the same id fences
+    /// the first ([`ConsumerError::Group`](crate::ConsumerError::Group) with
+    /// FENCED_INSTANCE_ID). Default none (dynamic membership).
+    pub group_instance_id: Option<String>,
     /// How long the group coordinator waits for a heartbeat before it drops this member and
     /// hands its partitions to others. Default 10 s (Kafka's is 45 s): a crashed consumer's
     /// partitions move on sooner, and heartbeats run in the background so a slow poll loop
@@ -207,6 +215,11 @@ impl ConsumerConfig {
         {
             return invalid("group_id must be 1 to 1024 bytes long");
         }
+        if let Some(instance) = &self.group_instance_id
+            && (instance.is_empty() || instance.len() > MAX_GROUP_ID_LEN)
+        {
+            return invalid("group_instance_id must be 1 to 1024 bytes long");
+        }
         for (name, value) in [
             ("session_timeout", self.session_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
@@ -249,6 +262,7 @@ impl Default for ConsumerConfig {
             retry_backoff: Duration::from_millis(100),
             storage_error_timeout: Duration::from_secs(10),
             group_id: None,
+            group_instance_id: None,
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(3),
             max_poll_interval: Duration::from_secs(60),

@@ -188,8 +188,11 @@ impl GroupRpc {
     /// LeaveGroup: `Ok` also when the coordinator no longer knows the member.
     pub(crate) async fn leave(&self, member_id: &str) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.request_timeout();
-        let request =
-            LeaveGroupRequest { group_id: self.group_id().into(), member_id: member_id.into() };
+        let request = LeaveGroupRequest {
+            group_id: self.group_id().into(),
+            member_id: member_id.into(),
+            group_instance_id: String::new(),
+        };
         let response = self
             .call(deadline, |mut c| {
                 let req = self.inner.client.request(request.clone());

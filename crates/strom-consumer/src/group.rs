@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::consumer::Consumer;
 use crate::coordinator::GroupRpc;
 use crate::membership::{self, Ended, GroupSettings, JoinPlan, Joined, Shared};
-use crate::{ConsumerConfig, ConsumerError, RebalanceListener, TopicPartition};
+use crate::{ConsumerConfig, ConsumerError, RebalanceListener, RevokeContext, TopicPartition};
 
 /// Most partitions one OffsetFetch asks about; larger lookups are split.
 const MAX_PARTITIONS_PER_OFFSET_FETCH: usize = 10_000;
@@ -102,6 +102,8 @@ pub(crate) struct Membership {
     pending: Option<PendingAssignment>,
     /// Already left the group (close, unsubscribe): nothing to do on drop.
     left: bool,
+    /// KIP-345: a static member never leaves on close or drop.
+    is_static: bool,
     rpc: GroupRpc,
 }
 
@@ -131,7 +133,7 @@ impl Drop for Membership {
     fn drop(&mut self) {
         // The task guard aborts the heartbeats. Leave too, so the group rebalances now rather
         // than after a session timeout; best effort, in the background, if a runtime is there.
-        if self.left {
+        if self.left || self.is_static {
             return;
         }
         let member_id = self.shared.member_id();
@@ -161,11 +163,20 @@ impl Membership {
         }
     }
 
-    fn revoked(&mut self, partitions: &[TopicPartition]) {
-        if !partitions.is_empty() {
-            info!(group = %self.rpc.group_id(), partitions = ?partitions, "partitions revoked");
-            self.call_listener(|l| l.on_partitions_revoked(partitions));
+    /// Tells the listener `partitions` are revoked; returns the commits it asked for through
+    /// the [`RevokeContext`] (built from `positions`).
+    fn revoked(
+        &mut self,
+        partitions: &[TopicPartition],
+        positions: Vec<(TopicPartition, Offset)>,
+    ) -> Vec<(TopicPartition, Offset)> {
+        if partitions.is_empty() {
+            return Vec::new();
         }
+        info!(group = %self.rpc.group_id(), partitions = ?partitions, "partitions revoked");
+        let mut context = RevokeContext::new(positions);
+        self.call_listener(|l| l.on_partitions_revoked_with(partitions, &mut context));
+        context.into_commits()
     }
 
     fn lost(&mut self, partitions: &[TopicPartition]) {
@@ -186,6 +197,7 @@ impl GroupCtx {
                 rebalance_timeout: config.max_poll_interval,
                 heartbeat_interval: config.heartbeat_interval,
                 strategies: config.assignment_strategies.clone(),
+                group_instance_id: config.group_instance_id.clone(),
             }),
             auto_commit: config.enable_auto_commit.then_some(config.auto_commit_interval),
             next_auto_commit: Instant::now() + config.auto_commit_interval,
@@ -244,6 +256,7 @@ impl GroupCtx {
             join_retry_at: None,
             pending: None,
             left: false,
+            is_static: self.settings.is_static(),
             rpc: self.rpc.clone(),
         });
     }
@@ -303,6 +316,7 @@ impl GroupCtx {
             group_id: self.rpc.group_id().to_owned(),
             generation_id,
             member_id,
+            group_instance_id: self.settings.instance_id(),
             topics: by_topic
                 .into_iter()
                 .map(|(name, partitions)| OffsetCommitTopic { name: name.to_owned(), partitions })
@@ -492,9 +506,17 @@ impl Consumer {
                         "committing revoked partitions failed");
             }
         }
+        let pending_revoked = self
+            .group
+            .as_ref()
+            .and_then(|g| g.membership.as_ref())
+            .and_then(|m| m.pending.as_ref())
+            .map(|p| p.revoked.clone())
+            .unwrap_or_default();
+        let revoked_positions = self.positions(&pending_revoked, false);
         let Some(m) = self.membership_mut() else { return };
         let Some(pending) = m.pending.take() else { return };
-        m.revoked(&pending.revoked);
+        let commits = m.revoked(&pending.revoked, revoked_positions);
         info!(group = %m.rpc.group_id(), generation = m.generation,
             partitions = ?pending.added, "partitions assigned");
         m.call_listener(|l| l.on_partitions_assigned(&pending.added));
@@ -503,6 +525,9 @@ impl Consumer {
         }
         self.fetcher.assign(&pending.assignment, true);
         self.assignment = pending.assignment;
+        // Last, so a poll cancelled here has applied the assignment already; the partitions
+        // only move once this member rejoins, which happens after this returns.
+        self.commit_for_revocation(&commits).await;
     }
 
     /// Reacts to the end of the membership task's generation.
@@ -563,10 +588,15 @@ impl Consumer {
         }
         if !cooperative {
             let revoked = std::mem::take(&mut self.assignment);
+            let positions = self.positions(&revoked, false);
             self.fetcher.assign(&[], false);
-            if let Some(m) = self.membership_mut() {
-                m.revoked(&revoked);
-            }
+            let commits = match self.membership_mut() {
+                Some(m) => m.revoked(&revoked, positions),
+                None => Vec::new(),
+            };
+            // Still in the old generation: the commits land before this member rejoins, so
+            // before the rebalance can complete.
+            self.commit_for_revocation(&commits).await;
         }
         let owned = self.assignment.clone();
         let Some(group) = self.group.as_mut() else { return };
@@ -686,6 +716,22 @@ impl Consumer {
         }
     }
 
+    /// Commits what a listener asked for in `on_partitions_revoked_with`, for the current
+    /// generation; a failure is logged (the partitions go regardless).
+    async fn commit_for_revocation(&mut self, commits: &[(TopicPartition, Offset)]) {
+        if commits.is_empty() {
+            return;
+        }
+        if let Some(group) = self.group.as_mut() {
+            match group.commit(commits).await {
+                Ok(()) => debug!(group = %group.rpc.group_id(), partitions = commits.len(),
+                    "committed revoked partitions from the listener"),
+                Err(e) => warn!(group = %group.rpc.group_id(), error = %e,
+                    "committing revoked partitions from the listener failed"),
+            }
+        }
+    }
+
     /// The known positions of `partitions`; with `changed_only`, only those that differ from
     /// what this consumer last committed.
     pub(crate) fn positions(
@@ -720,12 +766,24 @@ impl Consumer {
         } else {
             Vec::new()
         };
+        let positions = self.positions(&revoked, false);
         self.fetcher.assign(&[], false);
         let Some(group) = self.group.as_mut() else { return Ok(()) };
         let mut result = group.commit_as(m.generation, m.member_id.clone(), &offsets).await;
-        m.revoked(&revoked);
+        let commits = m.revoked(&revoked, positions);
+        if m.generation >= 0 && !commits.is_empty() {
+            let committed = group.commit_as(m.generation, m.member_id.clone(), &commits).await;
+            if result.is_ok() {
+                result = committed;
+            }
+        }
         let member_id = m.shared.member_id();
-        if !member_id.is_empty() {
+        if m.is_static {
+            // KIP-345: no LeaveGroup; the session expiry moves the partitions unless this
+            // instance comes back first.
+            info!(group = %group.rpc.group_id(), member = %member_id,
+                "static member closing without leaving the group");
+        } else if !member_id.is_empty() {
             info!(group = %group.rpc.group_id(), member = %member_id, "leaving the group");
             if let Err(e) = group.rpc.leave(&member_id).await {
                 warn!(group = %group.rpc.group_id(), error = %e, "leaving the group failed");

@@ -70,7 +70,7 @@ pub use config::{AssignmentStrategy, ConsumerConfig, OffsetReset};
 pub use consumer::{Consumer, SeekTo};
 pub use error::ConsumerError;
 pub use group::GroupMetadata;
-pub use listener::{RebalanceCallbacks, RebalanceListener};
+pub use listener::{RebalanceCallbacks, RebalanceListener, RevokeContext};
 pub use record::{ConsumerRecord, TopicPartition};
 pub use strom_client::ClientConfig;
 pub use strom_format::{Header, Offset, PartitionId};

@@ -49,9 +49,22 @@ pub(crate) struct GroupSettings {
     pub(crate) rebalance_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) strategies: Vec<AssignmentStrategy>,
+    /// KIP-345 `group.instance.id`; `None` for a dynamic member.
+    pub(crate) group_instance_id: Option<String>,
 }
 
 impl GroupSettings {
+    /// The instance id as the proto carries it (empty: dynamic).
+    pub(crate) fn instance_id(&self) -> String {
+        self.group_instance_id.clone().unwrap_or_default()
+    }
+
+    /// A static member (KIP-345) never sends LeaveGroup on its own: only its session expiry
+    /// moves its partitions, so a restart within the session timeout rebalances nothing.
+    pub(crate) fn is_static(&self) -> bool {
+        self.group_instance_id.is_some()
+    }
+
     /// Cooperative rebalancing only when every strategy offered supports it (Kafka's rule):
     /// then the consumer keeps its partitions while it rejoins.
     pub(crate) fn cooperative(&self) -> bool {
@@ -219,6 +232,7 @@ async fn join(
             protocols: protocols.clone(),
             client_id: settings.client_id.clone(),
             supports_member_id_required: true,
+            group_instance_id: settings.instance_id(),
         };
         let joined = match rpc.join(request, settings.rebalance_timeout).await {
             Ok(r) => r,
@@ -267,6 +281,7 @@ async fn join(
             generation_id: generation,
             member_id: member_id.clone(),
             assignments,
+            group_instance_id: settings.instance_id(),
         };
         let synced = match rpc.sync(request, settings.rebalance_timeout).await {
             Ok(r) => r,
@@ -321,7 +336,9 @@ async fn heartbeat(
             warn!(group = %rpc.group_id(), member = %member_id,
                 max_poll_interval = ?settings.rebalance_timeout,
                 "poll was not called within max_poll_interval; leaving the group");
-            if let Err(e) = rpc.leave(member_id).await {
+            if !settings.is_static()
+                && let Err(e) = rpc.leave(member_id).await
+            {
                 debug!(group = %rpc.group_id(), error = %e, "leaving the group failed");
             }
             return Ended::PollTimeout;
@@ -330,6 +347,7 @@ async fn heartbeat(
             group_id: rpc.group_id().to_owned(),
             generation_id: generation,
             member_id: member_id.to_owned(),
+            group_instance_id: settings.instance_id(),
         };
         let now = Instant::now();
         match rpc.heartbeat(request, limit).await {
@@ -342,6 +360,13 @@ async fn heartbeat(
                 ErrorCode::RebalanceInProgress => return Ended::Rejoin,
                 code @ (ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId) => {
                     return Ended::Fenced(code);
+                }
+                // KIP-345: a newer consumer with our group.instance.id took our place.
+                ErrorCode::FencedInstanceId => {
+                    return Ended::Failed(group_error(
+                        ErrorCode::FencedInstanceId,
+                        response.error_message,
+                    ));
                 }
                 code => {
                     warn!(group = %rpc.group_id(), ?code, message = %response.error_message,
@@ -468,6 +493,7 @@ mod tests {
             rebalance_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(3),
             strategies,
+            group_instance_id: None,
         };
         assert!(settings(vec![AssignmentStrategy::CooperativeSticky]).cooperative());
         assert!(

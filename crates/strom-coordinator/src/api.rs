@@ -32,6 +32,10 @@ pub struct JoinGroupRequest {
     /// KIP-394: answer a first join with MEMBER_ID_REQUIRED and the new member id, so a client
     /// that loses the response cannot leave an orphan member behind.
     pub require_known_member_id: bool,
+    /// KIP-345: the member's static identity (`group.instance.id`). A static member that
+    /// rejoins within its session timeout takes its old place (and assignment) back without a
+    /// rebalance; the member id it had before is fenced.
+    pub group_instance_id: Option<String>,
 }
 
 /// One protocol a member offers.
@@ -67,6 +71,8 @@ pub struct JoinGroupResult {
 pub struct JoinGroupMember {
     /// The member's id.
     pub member_id: String,
+    /// Its static identity (KIP-345), if it has one.
+    pub group_instance_id: Option<String>,
     /// Its metadata for the chosen protocol.
     pub metadata: Bytes,
 }
@@ -82,6 +88,8 @@ pub struct SyncGroupRequest {
     pub member_id: String,
     /// The leader's assignment for every member; empty from followers.
     pub assignments: Vec<SyncGroupAssignment>,
+    /// KIP-345: the member's static identity; a stale member id of that instance is fenced.
+    pub group_instance_id: Option<String>,
 }
 
 /// One member's assignment, as the leader sends it.
@@ -113,6 +121,8 @@ pub struct HeartbeatRequest {
     pub generation_id: i32,
     /// The member.
     pub member_id: String,
+    /// KIP-345: the member's static identity; a stale member id of that instance is fenced.
+    pub group_instance_id: Option<String>,
 }
 
 /// A LeaveGroup request.
@@ -120,8 +130,11 @@ pub struct HeartbeatRequest {
 pub struct LeaveGroupRequest {
     /// The group.
     pub group_id: String,
-    /// The member leaving.
+    /// The member leaving; may be empty when `group_instance_id` names it (LeaveGroup v3+).
     pub member_id: String,
+    /// KIP-345: the static member leaving. An explicit leave of a static member rebalances the
+    /// group (admin removal); static consumers do not send one when they shut down.
+    pub group_instance_id: Option<String>,
 }
 
 /// The answer to Heartbeat and LeaveGroup: an error code and its explanation.
@@ -143,6 +156,8 @@ pub struct OffsetCommitRequest {
     pub generation_id: i32,
     /// The committing member, or empty.
     pub member_id: String,
+    /// KIP-345: the member's static identity; a stale member id of that instance is fenced.
+    pub group_instance_id: Option<String>,
     /// What to commit.
     pub offsets: Vec<OffsetCommitEntry>,
 }
@@ -250,6 +265,8 @@ pub struct GroupDescription {
 pub struct MemberDescription {
     /// The member's id.
     pub member_id: String,
+    /// Its static identity (KIP-345), if it has one.
+    pub group_instance_id: Option<String>,
     /// The client's id.
     pub client_id: String,
     /// The client's address.

@@ -38,6 +38,12 @@ pub struct CoordinatorConfig {
     pub offset_metadata_max_bytes: usize,
     /// Most partitions one offset commit may carry.
     pub max_offsets_per_commit: usize,
+    /// How long the offsets of a group without members are kept
+    /// (`offsets.retention.minutes`, 7 days): counted from the later of the offset's commit
+    /// and the moment the group became empty (KIP-211). Expiry writes tombstones.
+    pub offsets_retention: Duration,
+    /// How often expired offsets are looked for (`offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -56,6 +62,8 @@ impl Default for CoordinatorConfig {
             max_assignment_bytes: 1024 * 1024,
             offset_metadata_max_bytes: 4096,
             max_offsets_per_commit: 100_000,
+            offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            offsets_retention_check_interval: Duration::from_secs(10 * 60),
         }
     }
 }

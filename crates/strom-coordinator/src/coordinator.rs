@@ -94,6 +94,7 @@ impl Drop for Inner {
 ///         generation_id: joined.generation_id,
 ///         member_id: joined.member_id.clone(),
 ///         assignments: vec![],
+///         group_instance_id: None,
 ///     })
 ///     .await;
 /// assert_eq!(synced.error_code, ErrorCode::None);
@@ -106,15 +107,58 @@ pub struct GroupCoordinator {
 
 impl GroupCoordinator {
     /// A coordinator over an already loaded offsets store.
+    ///
+    /// Inside a tokio runtime this also starts the task that expires the offsets of empty
+    /// groups every `offsets_retention_check_interval`; it ends with the coordinator.
     pub fn new(config: CoordinatorConfig, offsets: Arc<OffsetStore>) -> Self {
-        GroupCoordinator {
+        let coordinator = GroupCoordinator {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
                 groups: Mutex::new(HashMap::new()),
                 offsets,
                 commit_order: (0..COMMIT_STRIPES).map(|_| Arc::default()).collect(),
             }),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(expire_offsets_periodically(Arc::downgrade(&coordinator.inner)));
         }
+        coordinator
+    }
+
+    /// Expires the committed offsets of groups without members, as of wall-clock `now_ms`
+    /// (time is a parameter so tests need not wait a week): an offset goes when both its
+    /// commit and the moment its group became empty are more than `offsets_retention` ago.
+    /// Tombstones are written, so the compacted `__consumer_offsets` drops them too. Runs under
+    /// each group's commit-order lock, so a commit racing the expiry lands after it and stays.
+    /// Returns how many offsets expired.
+    pub async fn expire_offsets_at(&self, now_ms: i64) -> Result<usize, CoordinatorError> {
+        let retention =
+            i64::try_from(self.inner.config.offsets_retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms.saturating_sub(retention);
+        let mut expired = 0;
+        for group_id in self.inner.offsets.groups_with_offsets_before(cutoff) {
+            let in_order = self.commit_stripe(&group_id).lock_owned().await;
+            if let Some(cell) = self.group(&group_id) {
+                let group = cell.group.lock();
+                let live = group.state() != GroupState::Dead;
+                let recently_emptied = group.empty_since_ms().is_some_and(|t| t > cutoff);
+                if live && (group.has_members() || recently_emptied) {
+                    continue;
+                }
+            }
+            let store = Arc::clone(&self.inner.offsets);
+            let id = group_id.clone();
+            let n = tokio::task::spawn_blocking(move || {
+                let n = store.expire_group(&id, cutoff);
+                drop(in_order);
+                n
+            })
+            .await
+            .map_err(|e| CoordinatorError::Task(e.to_string()))??;
+            expired += n;
+            self.maybe_unload(&group_id);
+        }
+        Ok(expired)
     }
 
     /// The lock that orders `group_id`'s commits.
@@ -178,7 +222,9 @@ impl GroupCoordinator {
                 if group.state() == GroupState::Dead {
                     continue;
                 }
-                group.join(&req, || new_member_id(&req.client_id), Instant::now())
+                let outcome = group.join(&req, || new_member_id(&req.client_id), Instant::now());
+                group.note_wall_clock(now_ms());
+                outcome
             };
             cell.wake.notify_one();
             return match outcome {
@@ -217,6 +263,10 @@ impl GroupCoordinator {
             || req.protocol_type.len() > c.max_name_len
             || req.client_host.len() > c.max_name_len
             || req.member_id.len() > c.max_name_len + 64
+            || req
+                .group_instance_id
+                .as_ref()
+                .is_some_and(|i| i.is_empty() || i.len() > c.max_name_len)
         {
             return Err((ErrorCode::InvalidRequest, "an id in the request is too long"));
         }
@@ -273,7 +323,12 @@ impl GroupCoordinator {
         let Some(cell) = self.group(&req.group_id) else {
             return GroupResult::error(ErrorCode::UnknownMemberId, "the group does not exist");
         };
-        let result = cell.group.lock().heartbeat(&req.member_id, req.generation_id, Instant::now());
+        let result = cell.group.lock().heartbeat(
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+            Instant::now(),
+        );
         cell.wake.notify_one();
         result
     }
@@ -286,7 +341,13 @@ impl GroupCoordinator {
         let Some(cell) = self.group(&req.group_id) else {
             return GroupResult::error(ErrorCode::UnknownMemberId, "the group does not exist");
         };
-        let result = cell.group.lock().leave(&req.member_id, Instant::now());
+        let result = {
+            let mut group = cell.group.lock();
+            let result =
+                group.leave(&req.member_id, req.group_instance_id.as_deref(), Instant::now());
+            group.note_wall_clock(now_ms());
+            result
+        };
         cell.wake.notify_one();
         self.maybe_unload(&req.group_id);
         result
@@ -323,6 +384,7 @@ impl GroupCoordinator {
             Some(cell) => {
                 let checked = cell.group.lock().validate_commit(
                     &req.member_id,
+                    req.group_instance_id.as_deref(),
                     req.generation_id,
                     Instant::now(),
                 );
@@ -615,6 +677,25 @@ fn evict_idle(groups: &mut HashMap<String, Arc<GroupCell>>) {
     groups.retain(|id, _| !evicted.contains(id));
 }
 
+/// Runs [`GroupCoordinator::expire_offsets_at`] every `offsets_retention_check_interval`
+/// until the coordinator is dropped.
+async fn expire_offsets_periodically(inner: Weak<Inner>) {
+    loop {
+        let Some(interval) = inner.upgrade().map(|i| i.config.offsets_retention_check_interval)
+        else {
+            return;
+        };
+        tokio::time::sleep(interval.max(std::time::Duration::from_millis(10))).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let coordinator = GroupCoordinator { inner };
+        match coordinator.expire_offsets_at(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => debug!(expired = n, "expired committed offsets of empty groups"),
+            Err(e) => warn!(error = %e, "expiring committed offsets failed"),
+        }
+    }
+}
+
 /// A group's timer task: runs the group's deadlines as they come, sleeps otherwise, and ends
 /// when the group is unloaded.
 async fn drive(cell: Arc<GroupCell>, group_id: String, inner: Weak<Inner>) {
@@ -625,6 +706,7 @@ async fn drive(cell: Arc<GroupCell>, group_id: String, inner: Weak<Inner>) {
                 return;
             }
             group.on_timer(Instant::now());
+            group.note_wall_clock(now_ms());
             (group.next_deadline(), group.is_idle())
         };
         if let (_, true) = next

@@ -40,6 +40,9 @@ pub enum ErrorCode {
     MemberIdRequired = 79,
     /// The group already has the maximum number of members.
     GroupMaxSizeReached = 81,
+    /// KIP-345: another member took over this member's `group.instance.id`; this one is
+    /// fenced and must stop (it is a zombie of a restarted instance).
+    FencedInstanceId = 82,
 }
 
 impl ErrorCode {
@@ -72,6 +75,7 @@ impl ErrorCode {
             ErrorCode::GroupIdNotFound => "GROUP_ID_NOT_FOUND",
             ErrorCode::MemberIdRequired => "MEMBER_ID_REQUIRED",
             ErrorCode::GroupMaxSizeReached => "GROUP_MAX_SIZE_REACHED",
+            ErrorCode::FencedInstanceId => "FENCED_INSTANCE_ID",
         }
     }
 }
@@ -159,6 +163,7 @@ mod tests {
             (ErrorCode::GroupIdNotFound, 69),
             (ErrorCode::MemberIdRequired, 79),
             (ErrorCode::GroupMaxSizeReached, 81),
+            (ErrorCode::FencedInstanceId, 82),
         ];
         for (code, n) in expected {
             assert_eq!(code.code(), n, "{code}");

@@ -87,6 +87,8 @@ pub(crate) struct Group {
     protocol: Option<String>,
     leader: Option<String>,
     members: HashMap<String, Member>,
+    /// KIP-345: `group.instance.id` -> the member id that currently holds it.
+    static_members: HashMap<String, String>,
     /// KIP-394: ids handed out with MEMBER_ID_REQUIRED, and when they lapse unless used.
     pending: HashMap<String, Instant>,
     next_join_seq: u64,
@@ -96,6 +98,9 @@ pub(crate) struct Group {
     /// After a join phase: members that have not synced yet, and until when they may.
     pending_sync: HashSet<String>,
     sync_deadline: Option<Instant>,
+    /// Wall-clock milliseconds since which the group has been Empty (KIP-211: offsets expire
+    /// counting from here); `None` while it has members, or when unknown.
+    empty_since_ms: Option<i64>,
 }
 
 impl Group {
@@ -109,13 +114,35 @@ impl Group {
             protocol: None,
             leader: None,
             members: HashMap::new(),
+            static_members: HashMap::new(),
             pending: HashMap::new(),
             next_join_seq: 0,
             join_deadline: None,
             initial_delay: None,
             pending_sync: HashSet::new(),
             sync_deadline: None,
+            empty_since_ms: None,
         }
+    }
+
+    /// Records when the group became Empty, given the wall clock now; the coordinator calls it
+    /// after every call that can change the membership.
+    pub(crate) fn note_wall_clock(&mut self, now_ms: i64) {
+        if self.state == GroupState::Empty && self.members.is_empty() {
+            self.empty_since_ms.get_or_insert(now_ms);
+        } else {
+            self.empty_since_ms = None;
+        }
+    }
+
+    /// Since when (wall-clock ms) the group has had no members; `None` while it has some.
+    pub(crate) fn empty_since_ms(&self) -> Option<i64> {
+        self.empty_since_ms
+    }
+
+    /// True while members (joined or about to) are in the group: its offsets never expire.
+    pub(crate) fn has_members(&self) -> bool {
+        !self.members.is_empty() || !self.pending.is_empty()
     }
 
     pub(crate) fn state(&self) -> GroupState {
@@ -137,6 +164,7 @@ impl Group {
             m.fail_waiters(ErrorCode::CoordinatorNotAvailable, "the group was unloaded");
         }
         self.members.clear();
+        self.static_members.clear();
         self.pending.clear();
         self.pending_sync.clear();
         self.join_deadline = None;
@@ -160,6 +188,18 @@ impl Group {
         if self.state == GroupState::Dead {
             return fail(ErrorCode::CoordinatorNotAvailable, "the group is being unloaded");
         }
+        if req.member_id.is_empty()
+            && let Some(instance) = req.group_instance_id.as_deref()
+            && let Some(old_id) = self.static_members.get(instance).cloned()
+        {
+            if !self.supports_protocols(Some(&old_id), req) {
+                return fail(
+                    ErrorCode::InconsistentGroupProtocol,
+                    "no protocol in common with the group's members",
+                );
+            }
+            return self.replace_static_member(&old_id, new_id(), req, now);
+        }
         if req.member_id.is_empty() {
             if self.members.len() + self.pending.len() >= self.config.max_group_size {
                 return fail(ErrorCode::GroupMaxSizeReached, "the group is full");
@@ -171,7 +211,8 @@ impl Group {
                 );
             }
             let id = new_id();
-            if req.require_known_member_id {
+            // A static member is named by its instance id already: no KIP-394 round trip.
+            if req.require_known_member_id && req.group_instance_id.is_none() {
                 self.pending.insert(id.clone(), now + req.session_timeout);
                 return Outcome::Done(JoinGroupResult::error(
                     ErrorCode::MemberIdRequired,
@@ -190,6 +231,11 @@ impl Group {
             }
             self.pending.remove(&req.member_id);
             return Outcome::Wait(self.add_member_and_rebalance(req.member_id.clone(), req, now));
+        }
+        if let Err((code, msg)) =
+            self.check_instance(&req.member_id, req.group_instance_id.as_deref())
+        {
+            return fail(code, msg);
         }
         if !self.members.contains_key(&req.member_id) {
             return fail(ErrorCode::UnknownMemberId, "the member is not in the group");
@@ -227,6 +273,72 @@ impl Group {
         }
     }
 
+    /// KIP-345: a static member rejoined with an empty member id (it restarted). It takes its
+    /// old place under a new member id; whatever the old id still waits on is answered with
+    /// FENCED_INSTANCE_ID. In a Stable group with unchanged protocols nothing else happens: the
+    /// member gets the current generation back and SyncGroup hands it its old assignment.
+    fn replace_static_member(
+        &mut self,
+        old_id: &str,
+        new_id: String,
+        req: &JoinGroupRequest,
+        now: Instant,
+    ) -> Outcome<JoinGroupResult> {
+        let rebalance_timeout = self.clamp_rebalance_timeout(req);
+        let Some(mut member) = self.members.remove(old_id) else {
+            // The map and the members disagree: forget the stale entry, join as new.
+            if let Some(instance) = req.group_instance_id.as_deref() {
+                self.static_members.remove(instance);
+            }
+            return Outcome::Wait(self.add_member_and_rebalance(new_id, req, now));
+        };
+        member.fail_waiters(
+            ErrorCode::FencedInstanceId,
+            "a newer member took over this group.instance.id",
+        );
+        let unchanged = member.matches(&req.protocols);
+        member.id.clone_from(&new_id);
+        member.client_id.clone_from(&req.client_id);
+        member.client_host.clone_from(&req.client_host);
+        member.session_timeout = req.session_timeout;
+        member.rebalance_timeout = rebalance_timeout;
+        member.protocols.clone_from(&req.protocols);
+        member.heartbeat(now);
+        if self.pending_sync.remove(old_id) {
+            self.pending_sync.insert(new_id.clone());
+        }
+        if self.leader.as_deref() == Some(old_id) {
+            self.leader = Some(new_id.clone());
+        }
+        if let Some(instance) = req.group_instance_id.clone() {
+            self.static_members.insert(instance, new_id.clone());
+        }
+        self.members.insert(new_id.clone(), member);
+        info!(group = %self.id, old = %old_id, new = %new_id,
+            instance = req.group_instance_id.as_deref().unwrap_or(""),
+            "static member rejoined; old member id fenced");
+        if self.state == GroupState::Stable && unchanged {
+            return Outcome::Done(self.join_result_for(&new_id));
+        }
+        let rejoin = JoinGroupRequest { member_id: new_id, ..req.clone() };
+        Outcome::Wait(self.update_member_and_rebalance(&rejoin, now))
+    }
+
+    /// KIP-345: a request naming a `group.instance.id` that another member id now holds comes
+    /// from a fenced zombie.
+    fn check_instance(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        match instance.and_then(|i| self.static_members.get(i)) {
+            Some(holder) if holder != member_id => {
+                Err((ErrorCode::FencedInstanceId, "another member holds this group.instance.id"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn add_member_and_rebalance(
         &mut self,
         id: String,
@@ -248,6 +360,9 @@ impl Group {
             delay.new_member_added = true;
         }
         debug!(group = %self.id, member = %id, "member joined");
+        if let Some(instance) = req.group_instance_id.clone() {
+            self.static_members.insert(instance, id.clone());
+        }
         self.members.insert(id, member);
         self.maybe_prepare_rebalance(now, "a new member joined");
         self.try_complete_join(now);
@@ -348,6 +463,7 @@ impl Group {
             all.iter()
                 .map(|m| JoinGroupMember {
                     member_id: m.id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
                     metadata: m.metadata(&protocol),
                 })
                 .collect()
@@ -481,6 +597,11 @@ impl Group {
     fn remove_member(&mut self, id: &str) {
         let Some(mut member) = self.members.remove(id) else { return };
         member.fail_waiters(ErrorCode::UnknownMemberId, "the member was removed from the group");
+        if let Some(instance) = member.group_instance_id.as_deref()
+            && self.static_members.get(instance).is_some_and(|holder| holder == id)
+        {
+            self.static_members.remove(instance);
+        }
         self.pending_sync.remove(id);
         if self.leader.as_deref() == Some(id) {
             self.leader = self.members.values().min_by_key(|m| m.join_seq).map(|m| m.id.clone());
@@ -511,6 +632,11 @@ impl Group {
         let fail = |code, msg: &str| Outcome::Done(SyncGroupResult::error(code, msg));
         if self.state == GroupState::Dead {
             return fail(ErrorCode::CoordinatorNotAvailable, "the group is being unloaded");
+        }
+        if let Err((code, msg)) =
+            self.check_instance(&req.member_id, req.group_instance_id.as_deref())
+        {
+            return fail(code, msg);
         }
         if !self.members.contains_key(&req.member_id) {
             return fail(ErrorCode::UnknownMemberId, "the member is not in the group");
@@ -583,6 +709,7 @@ impl Group {
     pub(crate) fn heartbeat(
         &mut self,
         member_id: &str,
+        instance: Option<&str>,
         generation: i32,
         now: Instant,
     ) -> GroupResult {
@@ -591,6 +718,9 @@ impl Group {
                 ErrorCode::CoordinatorNotAvailable,
                 "the group is being unloaded",
             );
+        }
+        if let Err((code, msg)) = self.check_instance(member_id, instance) {
+            return GroupResult::error(code, msg);
         }
         let Some(member) = self.members.get_mut(member_id) else {
             return GroupResult::error(
@@ -619,13 +749,41 @@ impl Group {
         }
     }
 
-    pub(crate) fn leave(&mut self, member_id: &str, now: Instant) -> GroupResult {
+    /// LeaveGroup of one member, named by member id, by `group.instance.id` (LeaveGroup v3+
+    /// with an empty member id), or both (then they must agree).
+    pub(crate) fn leave(
+        &mut self,
+        member_id: &str,
+        instance: Option<&str>,
+        now: Instant,
+    ) -> GroupResult {
         if self.state == GroupState::Dead {
             return GroupResult::error(
                 ErrorCode::CoordinatorNotAvailable,
                 "the group is being unloaded",
             );
         }
+        let resolved;
+        let member_id = match instance {
+            Some(i) if member_id.is_empty() => match self.static_members.get(i) {
+                Some(holder) => {
+                    resolved = holder.clone();
+                    resolved.as_str()
+                }
+                None => {
+                    return GroupResult::error(
+                        ErrorCode::UnknownMemberId,
+                        "no member holds this group.instance.id",
+                    );
+                }
+            },
+            _ => {
+                if let Err((code, msg)) = self.check_instance(member_id, instance) {
+                    return GroupResult::error(code, msg);
+                }
+                member_id
+            }
+        };
         if self.pending.remove(member_id).is_some() {
             self.try_complete_join(now);
             return GroupResult::ok();
@@ -646,11 +804,15 @@ impl Group {
     pub(crate) fn validate_commit(
         &mut self,
         member_id: &str,
+        instance: Option<&str>,
         generation: i32,
         now: Instant,
     ) -> Result<(), (ErrorCode, &'static str)> {
         if self.state == GroupState::Dead {
             return Err((ErrorCode::CoordinatorNotAvailable, "the group is being unloaded"));
+        }
+        if !member_id.is_empty() {
+            self.check_instance(member_id, instance)?;
         }
         if generation < 0 && member_id.is_empty() {
             return if self.state == GroupState::Empty {
@@ -770,6 +932,7 @@ impl Group {
                 .into_iter()
                 .map(|m| MemberDescription {
                     member_id: m.id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
                     metadata: if stable { m.metadata(&protocol) } else { Bytes::new() },
@@ -845,6 +1008,7 @@ mod tests {
                 member_id: "m1".into(),
                 assignment: "a".into(),
             }],
+            group_instance_id: None,
         };
         let s = done(g.sync(&sync, now));
         assert_eq!(s.assignment, Bytes::from("a"));
@@ -932,11 +1096,129 @@ mod tests {
         let rx2 = pending(g.join(&join_req("", &["range"]), || "m2".into(), now));
         assert_eq!(g.state(), GroupState::PreparingRebalance);
         // m1 keeps heartbeating but never rejoins.
-        assert_eq!(g.heartbeat("m1", 1, now).error_code, ErrorCode::RebalanceInProgress);
+        assert_eq!(g.heartbeat("m1", None, 1, now).error_code, ErrorCode::RebalanceInProgress);
         g.on_timer(now + REBALANCE);
         let r2 = rx2.blocking_recv_for_test();
         assert_eq!((r2.generation_id, r2.leader.as_str()), (2, "m2"));
-        assert_eq!(g.heartbeat("m1", 1, now).error_code, ErrorCode::UnknownMemberId);
+        assert_eq!(g.heartbeat("m1", None, 1, now).error_code, ErrorCode::UnknownMemberId);
+    }
+
+    fn static_req(instance: &str) -> JoinGroupRequest {
+        JoinGroupRequest {
+            group_instance_id: Some(instance.into()),
+            require_known_member_id: true,
+            ..join_req("", &["range"])
+        }
+    }
+
+    fn sync_req(member: &str, generation: i32, assign: &[(&str, &str)]) -> SyncGroupRequest {
+        SyncGroupRequest {
+            group_id: "g".into(),
+            generation_id: generation,
+            member_id: member.into(),
+            assignments: assign
+                .iter()
+                .map(|(m, a)| SyncGroupAssignment {
+                    member_id: (*m).into(),
+                    assignment: Bytes::copy_from_slice(a.as_bytes()),
+                })
+                .collect(),
+            group_instance_id: None,
+        }
+    }
+
+    /// Two static members "a" (m1, leader) and "b" (m2), Stable in generation 2.
+    fn stable_static_group(now: Instant) -> Group {
+        let mut g = group();
+        // No MEMBER_ID_REQUIRED round trip for static members.
+        let r1 = done(g.join(&static_req("a"), || "m1".into(), now));
+        assert_eq!((r1.error_code, r1.member_id.as_str()), (ErrorCode::None, "m1"));
+        let rx2 = pending(g.join(&static_req("b"), || "m2".into(), now));
+        let rx1 = pending(g.join(
+            &JoinGroupRequest { member_id: "m1".into(), ..static_req("a") },
+            || unreachable!(),
+            now,
+        ));
+        let (r1, r2) = (rx1.blocking_recv_for_test(), rx2.blocking_recv_for_test());
+        assert_eq!((r1.generation_id, r2.generation_id), (2, 2));
+        let instances: Vec<_> =
+            r1.members.iter().map(|m| m.group_instance_id.clone().unwrap_or_default()).collect();
+        assert_eq!(instances, ["a", "b"]);
+        let rx = pending(g.sync(&sync_req("m1", 2, &[("m1", "p0"), ("m2", "p1")]), now));
+        assert_eq!(rx.blocking_recv_for_test().assignment, Bytes::from("p0"));
+        let s2 = done(g.sync(&sync_req("m2", 2, &[]), now));
+        assert_eq!(s2.assignment, Bytes::from("p1"));
+        assert_eq!(g.state(), GroupState::Stable);
+        g
+    }
+
+    #[test]
+    fn restarted_static_member_gets_its_assignment_back_without_a_rebalance() {
+        let now = Instant::now();
+        let mut g = stable_static_group(now);
+        // "b" restarts: it rejoins with no member id but the same instance id.
+        let r = done(g.join(&static_req("b"), || "m2-new".into(), now));
+        assert_eq!(r.error_code, ErrorCode::None);
+        assert_eq!((r.generation_id, r.member_id.as_str()), (2, "m2-new"));
+        assert_eq!(g.state(), GroupState::Stable, "no rebalance");
+        let s = done(g.sync(&sync_req("m2-new", 2, &[]), now));
+        assert_eq!(s.assignment, Bytes::from("p1"), "same partitions");
+        // The other member never hears of it.
+        assert_eq!(g.heartbeat("m1", Some("a"), 2, now).error_code, ErrorCode::None);
+        // The old incarnation is fenced.
+        assert_eq!(g.heartbeat("m2", Some("b"), 2, now).error_code, ErrorCode::FencedInstanceId);
+        assert_eq!(g.heartbeat("m2", None, 2, now).error_code, ErrorCode::UnknownMemberId);
+        assert_eq!(
+            g.validate_commit("m2", Some("b"), 2, now).unwrap_err().0,
+            ErrorCode::FencedInstanceId
+        );
+        assert!(g.validate_commit("m2-new", Some("b"), 2, now).is_ok());
+        assert_eq!(g.heartbeat("m2-new", Some("b"), 2, now).error_code, ErrorCode::None);
+    }
+
+    #[test]
+    fn restarted_static_leader_stays_leader_without_a_rebalance() {
+        let now = Instant::now();
+        let mut g = stable_static_group(now);
+        let r = done(g.join(&static_req("a"), || "m1-new".into(), now));
+        assert_eq!((r.generation_id, r.leader.as_str()), (2, "m1-new"));
+        // The leader's SyncGroup in a Stable group changes no assignment.
+        let s = done(g.sync(&sync_req("m1-new", 2, &[("m1-new", "zz")]), now));
+        assert_eq!(s.assignment, Bytes::from("p0"));
+        assert_eq!(g.state(), GroupState::Stable);
+    }
+
+    #[test]
+    fn static_member_session_expiry_rebalances_and_frees_the_instance_id() {
+        let now = Instant::now();
+        let mut g = stable_static_group(now);
+        let later = now + SESSION / 2;
+        assert_eq!(g.heartbeat("m1", Some("a"), 2, later).error_code, ErrorCode::None);
+        g.on_timer(now + SESSION);
+        assert_eq!(g.state(), GroupState::PreparingRebalance, "m2's session expired");
+        assert_eq!(
+            g.heartbeat("m1", Some("a"), 2, now + SESSION).error_code,
+            ErrorCode::RebalanceInProgress
+        );
+        // "b" coming back now is a new member: it joins the rebalance.
+        let rx = pending(g.join(&static_req("b"), || "m2-new".into(), now + SESSION));
+        let _rx1 = pending(g.join(
+            &JoinGroupRequest { member_id: "m1".into(), ..static_req("a") },
+            || unreachable!(),
+            now + SESSION,
+        ));
+        assert_eq!(rx.blocking_recv_for_test().generation_id, 3);
+    }
+
+    #[test]
+    fn static_member_leaves_by_instance_id() {
+        let now = Instant::now();
+        let mut g = stable_static_group(now);
+        assert_eq!(g.leave("", Some("zz"), now).error_code, ErrorCode::UnknownMemberId);
+        assert_eq!(g.leave("m1", Some("b"), now).error_code, ErrorCode::FencedInstanceId);
+        assert_eq!(g.leave("", Some("b"), now).error_code, ErrorCode::None);
+        assert_eq!(g.state(), GroupState::PreparingRebalance);
+        assert_eq!(g.heartbeat("m2", Some("b"), 2, now).error_code, ErrorCode::UnknownMemberId);
     }
 
     trait RecvNow<T> {

@@ -17,6 +17,8 @@ use crate::error::ErrorCode;
 #[derive(Debug)]
 pub(crate) struct Member {
     pub(crate) id: String,
+    /// KIP-345: the static identity this member holds, if any.
+    pub(crate) group_instance_id: Option<String>,
     pub(crate) client_id: String,
     pub(crate) client_host: String,
     pub(crate) session_timeout: Duration,
@@ -43,6 +45,7 @@ impl Member {
     ) -> Self {
         Member {
             id,
+            group_instance_id: req.group_instance_id.clone(),
             client_id: req.client_id.clone(),
             client_host: req.client_host.clone(),
             session_timeout: req.session_timeout,

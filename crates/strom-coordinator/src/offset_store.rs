@@ -9,6 +9,15 @@
 //! The cache applies writes in log order even when commits race: every cached value remembers
 //! the log offset of the record that wrote it, and an older record never overwrites a newer
 //! one. Replaying the log after a restart therefore yields exactly the state the cache had.
+//!
+//! Group commit: concurrent writes to one partition share an append and an fsync. The first
+//! writer to find the partition idle becomes the leader: it takes every write queued so far
+//! (up to [`MAX_GROUP_COMMIT_BYTES`]) into one batch, appends and flushes it, applies it to
+//! the cache and wakes the writers it carried. Writes that queue meanwhile go in the next
+//! batch. A failed batch fails every write in it, and none of them is visible.
+//!
+//! Expiry: [`OffsetStore::expire_group`] writes tombstones for a group's offsets committed
+//! before a cutoff (`offsets.retention.minutes`), so the compacted topic drops them too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -32,6 +41,10 @@ use crate::offset_schema::{
 pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Kafka's default partition count of `__consumer_offsets` (`offsets.topic.num.partitions`).
 pub const DEFAULT_OFFSETS_PARTITIONS: usize = 50;
+
+/// Most record bytes (keys and values) one group-committed batch carries; a single write
+/// larger than this still goes out, alone.
+pub const MAX_GROUP_COMMIT_BYTES: usize = 256 * 1024;
 
 /// How much one replay read asks for; doubled up to [`MAX_REPLAY_READ`] for larger batches.
 const REPLAY_READ: usize = 1 << 20;
@@ -104,6 +117,53 @@ pub struct OffsetWrite {
 pub struct OffsetStore {
     partitions: Vec<Arc<dyn OffsetsLog>>,
     cache: RwLock<Cache>,
+    /// One group-commit queue per partition, same index.
+    queues: Vec<CommitQueue>,
+}
+
+/// One record of a write: its encoded key and value, and what it does to the cache.
+#[derive(Debug)]
+struct PendingRecord {
+    key: Bytes,
+    value: Option<Bytes>,
+    timestamp_ms: i64,
+    topic: String,
+    partition: PartitionId,
+    decoded: Option<CommittedOffset>,
+}
+
+/// One caller's write waiting for a group commit.
+#[derive(Debug)]
+struct QueuedWrite {
+    ticket: u64,
+    group: String,
+    records: Vec<PendingRecord>,
+}
+
+impl QueuedWrite {
+    fn bytes(&self) -> usize {
+        self.records.iter().map(|r| r.key.len() + r.value.as_ref().map_or(0, Bytes::len)).sum()
+    }
+}
+
+/// The group-commit queue of one partition.
+#[derive(Debug, Default)]
+struct CommitQueue {
+    state: Mutex<QueueState>,
+    done: parking_lot::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    queued: std::collections::VecDeque<QueuedWrite>,
+    /// A leader is appending a batch (outside the lock).
+    busy: bool,
+    next_ticket: u64,
+    /// Outcomes the leader left for the writers it carried: `None` is success, `Some` the
+    /// failure's message (the leader itself gets the original error).
+    finished: HashMap<u64, Option<String>>,
+    /// Batches appended so far (for tests and metrics).
+    batches: u64,
 }
 
 impl fmt::Debug for OffsetStore {
@@ -135,7 +195,8 @@ impl OffsetStore {
         }
         cache.retain(|_, topics| !topics.is_empty());
         info!(partitions = partitions.len(), groups = cache.len(), "loaded committed offsets");
-        Ok(OffsetStore { partitions, cache: RwLock::new(cache) })
+        let queues = partitions.iter().map(|_| CommitQueue::default()).collect();
+        Ok(OffsetStore { partitions, cache: RwLock::new(cache), queues })
     }
 
     /// How many `__consumer_offsets` partitions the store spans.
@@ -159,8 +220,7 @@ impl OffsetStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut builder = BatchBuilder::new(Compression::None);
-        let mut entries = Vec::with_capacity(writes.len());
+        let mut records = Vec::with_capacity(writes.len());
         for w in writes {
             let key = encode_key(group_id, &w.topic, w.partition).map_err(schema_error)?;
             let value = CommittedOffset {
@@ -170,10 +230,65 @@ impl OffsetStore {
                 commit_timestamp: timestamp_ms,
             };
             let encoded = encode_value(&value).map_err(schema_error)?;
-            builder.append(timestamp_ms, Some(&key), Some(&encoded), &[]);
-            entries.push((w.topic.as_str(), w.partition, Some(value)));
+            records.push(PendingRecord {
+                key,
+                value: Some(encoded),
+                timestamp_ms,
+                topic: w.topic.clone(),
+                partition: w.partition,
+                decoded: Some(value),
+            });
         }
-        self.write(group_id, builder, entries)
+        self.write(group_id, records)
+    }
+
+    /// Tombstones for `group_id`'s offsets committed at or before `cutoff_ms` (Kafka's offset
+    /// expiry: the caller checks the group is empty and computes the cutoff from
+    /// `offsets.retention.minutes`). Returns how many offsets were removed. Blocks on disk I/O.
+    pub fn expire_group(&self, group_id: &str, cutoff_ms: i64) -> Result<usize, CoordinatorError> {
+        let victims: Vec<(String, PartitionId)> = self
+            .fetch_group(group_id)
+            .into_iter()
+            .filter(|(_, _, c)| c.commit_timestamp <= cutoff_ms)
+            .map(|(t, p, _)| (t, p))
+            .collect();
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut records = Vec::with_capacity(victims.len());
+        for (topic, p) in victims {
+            let key = encode_key(group_id, &topic, p).map_err(schema_error)?;
+            records.push(tombstone(key, now, topic, p));
+        }
+        let n = records.len();
+        self.write(group_id, records)?;
+        info!(group = group_id, expired = n, "expired committed offsets");
+        Ok(n)
+    }
+
+    /// Groups that have an offset committed at or before `cutoff_ms`: candidates for expiry.
+    pub fn groups_with_offsets_before(&self, cutoff_ms: i64) -> Vec<String> {
+        let cache = self.cache.read();
+        let mut out: Vec<String> = cache
+            .iter()
+            .filter(|(_, topics)| {
+                topics.values().any(|parts| {
+                    parts
+                        .values()
+                        .any(|s| s.value.as_ref().is_some_and(|v| v.commit_timestamp <= cutoff_ms))
+                })
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// How many batches have been appended to `__consumer_offsets` partition `index` by this
+    /// store (every group commit counts once).
+    pub fn batches_written(&self, index: usize) -> u64 {
+        self.queues.get(index).map_or(0, |q| q.state.lock().batches)
     }
 
     /// Deletes every group's committed offsets for `topic` (tombstones), as Kafka does when a
@@ -197,15 +312,13 @@ impl OffsetStore {
         let mut deleted = 0;
         // One batch per group keeps each write inside that group's partition.
         for (group, parts) in victims {
-            let mut builder = BatchBuilder::new(Compression::None);
             let now = now_ms();
-            let mut entries = Vec::with_capacity(parts.len());
+            let mut records = Vec::with_capacity(parts.len());
             for p in &parts {
                 let key = encode_key(&group, topic, *p).map_err(schema_error)?;
-                builder.append(now, Some(&key), None, &[]);
-                entries.push((topic, *p, None));
+                records.push(tombstone(key, now, topic.to_owned(), *p));
             }
-            self.write(&group, builder, entries)?;
+            self.write(&group, records)?;
             deleted += parts.len();
         }
         if deleted > 0 {
@@ -221,36 +334,87 @@ impl OffsetStore {
         if victims.is_empty() {
             return Ok(0);
         }
-        let mut builder = BatchBuilder::new(Compression::None);
         let now = now_ms();
+        let mut records = Vec::with_capacity(victims.len());
         for (topic, p, _) in &victims {
             let key = encode_key(group_id, topic, *p).map_err(schema_error)?;
-            builder.append(now, Some(&key), None, &[]);
+            records.push(tombstone(key, now, topic.clone(), *p));
         }
-        let entries = victims.iter().map(|(topic, p, _)| (topic.as_str(), *p, None)).collect();
-        self.write(group_id, builder, entries)?;
+        self.write(group_id, records)?;
         info!(group = group_id, deleted = victims.len(), "deleted a group's committed offsets");
         Ok(victims.len())
     }
 
-    /// Appends and flushes one batch to the group's partition, then applies `entries` (in
-    /// record order) to the cache.
-    fn write(
-        &self,
-        group_id: &str,
-        builder: BatchBuilder,
-        entries: Vec<(&str, PartitionId, Option<CommittedOffset>)>,
-    ) -> Result<(), CoordinatorError> {
-        let batch = builder.build()?;
+    /// Queues `records` for the group's partition and returns once they are durable and in
+    /// the cache (or failed): either this caller writes a batch itself, carrying every write
+    /// queued behind it, or a concurrent leader carries this one.
+    fn write(&self, group_id: &str, records: Vec<PendingRecord>) -> Result<(), CoordinatorError> {
         let index = self.partition_for(group_id);
+        let queue = self.queues.get(index).ok_or(CoordinatorError::NoPartitions)?;
+        let mut state = queue.state.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.queued.push_back(QueuedWrite { ticket, group: group_id.to_owned(), records });
+        loop {
+            if let Some(outcome) = state.finished.remove(&ticket) {
+                return match outcome {
+                    None => Ok(()),
+                    Some(msg) => Err(CoordinatorError::Log(OffsetsLogError::new(msg))),
+                };
+            }
+            if !state.busy {
+                state.busy = true;
+                let batch = take_batch(&mut state.queued);
+                drop(state);
+                let result = self.append_batch(index, &batch);
+                state = queue.state.lock();
+                state.busy = false;
+                state.batches += 1;
+                let mine = batch.iter().any(|w| w.ticket == ticket);
+                let message = result.as_ref().err().map(ToString::to_string);
+                for w in &batch {
+                    if w.ticket != ticket {
+                        state.finished.insert(w.ticket, message.clone());
+                    }
+                }
+                queue.done.notify_all();
+                if mine {
+                    return result;
+                }
+                continue;
+            }
+            queue.done.wait(&mut state);
+        }
+    }
+
+    /// Appends the records of `writes` as one batch to partition `index`, flushes, then applies
+    /// them to the cache in record order.
+    fn append_batch(&self, index: usize, writes: &[QueuedWrite]) -> Result<(), CoordinatorError> {
         let log = self.partitions.get(index).ok_or(CoordinatorError::NoPartitions)?;
+        let mut builder = BatchBuilder::new(Compression::None);
+        for w in writes {
+            for r in &w.records {
+                builder.append(r.timestamp_ms, Some(&r.key), r.value.as_deref(), &[]);
+            }
+        }
+        let batch = builder.build()?;
         let base = log.append(batch)?;
         log.flush()?;
         let mut cache = self.cache.write();
-        for (i, (topic, partition, value)) in entries.into_iter().enumerate() {
-            apply(&mut cache, group_id, topic, partition, base.add(i as i64), value);
+        let mut i = 0i64;
+        for w in writes {
+            for r in &w.records {
+                apply(&mut cache, &w.group, &r.topic, r.partition, base.add(i), r.decoded.clone());
+                i += 1;
+            }
         }
-        debug!(group = group_id, partition = index, base = base.get(), "offsets written");
+        debug!(
+            partition = index,
+            base = base.get(),
+            writes = writes.len(),
+            records = i,
+            "offsets written"
+        );
         Ok(())
     }
 
@@ -300,6 +464,26 @@ impl OffsetStore {
         groups.sort();
         groups
     }
+}
+
+/// The queued writes that go into the next batch: at least the first, then as many as fit in
+/// [`MAX_GROUP_COMMIT_BYTES`], in queue order.
+fn take_batch(queued: &mut std::collections::VecDeque<QueuedWrite>) -> Vec<QueuedWrite> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = queued.front() {
+        let size = next.bytes();
+        if !batch.is_empty() && bytes + size > MAX_GROUP_COMMIT_BYTES {
+            break;
+        }
+        bytes += size;
+        batch.extend(queued.pop_front());
+    }
+    batch
+}
+
+fn tombstone(key: Bytes, now: i64, topic: String, partition: PartitionId) -> PendingRecord {
+    PendingRecord { key, value: None, timestamp_ms: now, topic, partition, decoded: None }
 }
 
 fn schema_error(e: SchemaError) -> CoordinatorError {
@@ -640,6 +824,135 @@ mod tests {
         let reloaded = OffsetStore::load(vec![log as Arc<dyn OffsetsLog>]).unwrap();
         assert_eq!(reloaded.fetch_group("g").len(), 400);
         assert_eq!(reloaded.groups(), vec!["g".to_string()]);
+    }
+
+    /// Holds its first append until released, and counts appends and flushes.
+    #[derive(Default)]
+    struct GatedLog {
+        inner: MemoryOffsetsLog,
+        gate: std::sync::Mutex<(bool, bool)>, // (first append entered, released)
+        changed: std::sync::Condvar,
+        appends: std::sync::atomic::AtomicUsize,
+        flushes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl GatedLog {
+        fn wait_entered(&self) {
+            let mut g = self.gate.lock().unwrap();
+            while !g.0 {
+                g = self.changed.wait(g).unwrap();
+            }
+        }
+        fn release(&self) {
+            self.gate.lock().unwrap().1 = true;
+            self.changed.notify_all();
+        }
+    }
+
+    impl OffsetsLog for GatedLog {
+        fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
+            let mut g = self.gate.lock().unwrap();
+            g.0 = true;
+            self.changed.notify_all();
+            while !g.1 {
+                g = self.changed.wait(g).unwrap();
+            }
+            drop(g);
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            self.inner.append(batch)
+        }
+        fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
+            self.inner.read(from, max_bytes)
+        }
+        fn log_start_offset(&self) -> Offset {
+            self.inner.log_start_offset()
+        }
+        fn log_end_offset(&self) -> Offset {
+            self.inner.log_end_offset()
+        }
+        fn flush(&self) -> Result<(), OffsetsLogError> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    impl OffsetStore {
+        fn queued(&self, index: usize) -> usize {
+            self.queues[index].state.lock().queued.len()
+        }
+    }
+
+    #[test]
+    fn concurrent_commits_of_different_groups_share_one_append_and_one_flush() {
+        let log = Arc::new(GatedLog::default());
+        let store = Arc::new(OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap());
+        let commit = |group: String, offset: i64| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || store.commit(&group, &[write("t", 0, offset)], offset))
+        };
+        // The first commit leads and is held inside its append.
+        let first = commit("g0".into(), 100);
+        log.wait_entered();
+        // Eight more arrive meanwhile and queue behind it.
+        let rest: Vec<_> = (1..=8).map(|i| commit(format!("g{i}"), 100 + i)).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.queued(0) < 8 {
+            assert!(std::time::Instant::now() < deadline, "commits never queued");
+            std::thread::yield_now();
+        }
+        log.release();
+        first.join().unwrap().unwrap();
+        for t in rest {
+            t.join().unwrap().unwrap();
+        }
+        // One append and one flush for the leader, one of each for all eight followers.
+        assert_eq!(log.appends.load(Ordering::SeqCst), 2);
+        assert_eq!(log.flushes.load(Ordering::SeqCst), 2);
+        assert_eq!(store.batches_written(0), 2);
+        let reloaded = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
+        for s in [&*store, &reloaded] {
+            for i in 0..=8 {
+                let c = s.fetch(&format!("g{i}"), "t", PartitionId::new(0)).unwrap();
+                assert_eq!(c.offset.get(), 100 + i);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_group_commit_fails_every_write_it_carried() {
+        let log = Arc::new(FlakyLog::default());
+        let store = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
+        log.fail_flush.store(true, Ordering::SeqCst);
+        let queued = QueuedWrite { ticket: 0, group: "g".into(), records: Vec::new() };
+        let err = store.append_batch(0, &[queued]).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::KafkaStorageError);
+        assert!(store.commit("g", &[write("t", 0, 1)], 1).is_err());
+        assert!(store.fetch("g", "t", PartitionId::new(0)).is_none());
+    }
+
+    #[test]
+    fn expiry_writes_tombstones_for_offsets_committed_before_the_cutoff() {
+        let logs = logs(1);
+        let store = OffsetStore::load(logs.clone()).unwrap();
+        store.commit("g", &[write("t", 0, 5)], 1_000).unwrap();
+        store.commit("g", &[write("t", 1, 6)], 2_000).unwrap();
+        store.commit("h", &[write("t", 0, 7)], 5_000).unwrap();
+        assert_eq!(store.groups_with_offsets_before(999), Vec::<String>::new());
+        assert_eq!(store.groups_with_offsets_before(1_000), vec!["g".to_string()]);
+        assert_eq!(store.expire_group("g", 999).unwrap(), 0);
+        assert_eq!(store.expire_group("g", 1_000).unwrap(), 1);
+        let end = logs[0].log_end_offset();
+        // The tombstone is in the log (null value), so compaction drops the key too.
+        let last =
+            Batches::new(logs[0].read(end.add(-1), 1 << 20).unwrap()).last().unwrap().unwrap();
+        let record = last.records().unwrap().last().unwrap().unwrap();
+        assert!(record.value.is_none());
+        let reloaded = OffsetStore::load(logs).unwrap();
+        for s in [&store, &reloaded] {
+            assert!(s.fetch("g", "t", PartitionId::new(0)).is_none());
+            assert_eq!(s.fetch("g", "t", PartitionId::new(1)).unwrap().offset.get(), 6);
+            assert_eq!(s.fetch("h", "t", PartitionId::new(0)).unwrap().offset.get(), 7);
+        }
     }
 
     #[test]

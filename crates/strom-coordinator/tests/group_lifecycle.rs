@@ -42,6 +42,7 @@ fn join_req(member_id: &str, topics: &[&str]) -> JoinGroupRequest {
         client_id: "app".into(),
         client_host: "/127.0.0.1".into(),
         require_known_member_id: false,
+        group_instance_id: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn sync_req(
         generation_id,
         member_id: member_id.into(),
         assignments,
+        group_instance_id: None,
     }
 }
 
@@ -63,6 +65,7 @@ fn heartbeat(c: &GroupCoordinator, generation_id: i32, member_id: &str) -> Error
         group_id: GROUP.into(),
         generation_id,
         member_id: member_id.into(),
+        group_instance_id: None,
     })
     .error_code
 }
@@ -202,6 +205,7 @@ async fn leader_rejoin_increments_the_generation() {
             generation_id: 1,
             member_id: j1.member_id.clone(),
             offsets: vec![entry("orders", 0, 1)],
+            group_instance_id: None,
         })
         .await;
     assert_eq!(commit[0].error_code, ErrorCode::IllegalGeneration);
@@ -280,15 +284,21 @@ async fn leave_triggers_a_rebalance() {
     c.sync_group(sync_req(2, &a.member_id, leader_assignments(&a2, 6))).await;
     c.sync_group(sync_req(2, &b.member_id, Vec::new())).await;
 
-    let left = c
-        .leave_group(&LeaveGroupRequest { group_id: GROUP.into(), member_id: b.member_id.clone() });
+    let left = c.leave_group(&LeaveGroupRequest {
+        group_id: GROUP.into(),
+        member_id: b.member_id.clone(),
+        group_instance_id: None,
+    });
     assert_eq!(left.error_code, ErrorCode::None);
     assert_eq!(heartbeat(&c, 2, &a.member_id), ErrorCode::RebalanceInProgress);
     assert_eq!(c.describe_group(GROUP).state, GroupState::PreparingRebalance);
     let (a3, _) = join_and_sync(&c, &a.member_id).await;
     assert_eq!((a3.generation_id, a3.members.len()), (3, 1));
-    let again =
-        c.leave_group(&LeaveGroupRequest { group_id: GROUP.into(), member_id: b.member_id });
+    let again = c.leave_group(&LeaveGroupRequest {
+        group_id: GROUP.into(),
+        member_id: b.member_id,
+        group_instance_id: None,
+    });
     assert_eq!(again.error_code, ErrorCode::UnknownMemberId);
 }
 
@@ -435,6 +445,7 @@ async fn list_and_describe_groups() {
             generation_id: -1,
             member_id: String::new(),
             offsets: vec![entry("orders", 0, 5)],
+            group_instance_id: None,
         })
         .await;
     assert_eq!(simple[0].error_code, ErrorCode::None);

@@ -30,6 +30,7 @@ fn simple_commit(group: &str, offsets: Vec<OffsetCommitEntry>) -> OffsetCommitRe
         generation_id: -1,
         member_id: String::new(),
         offsets,
+        group_instance_id: None,
     }
 }
 
@@ -131,6 +132,7 @@ async fn commits_follow_kafkas_membership_rules() {
             generation_id: 3,
             member_id: "ghost".into(),
             offsets: vec![entry("t", 0, 1, "")],
+            group_instance_id: None,
         })
         .await;
     assert_eq!(r[0].error_code, ErrorCode::IllegalGeneration);
@@ -142,6 +144,7 @@ async fn commits_follow_kafkas_membership_rules() {
         generation_id,
         member_id: member_id.into(),
         offsets: vec![entry("t", 0, 7, "")],
+        group_instance_id: None,
     };
     // Joined but not synced: the assignment is not known yet.
     let r = c.commit_offsets(member_commit(joined.generation_id, &joined.member_id)).await;
@@ -152,6 +155,7 @@ async fn commits_follow_kafkas_membership_rules() {
             generation_id: joined.generation_id,
             member_id: joined.member_id.clone(),
             assignments: vec![],
+            group_instance_id: None,
         })
         .await;
     assert_eq!(synced.error_code, ErrorCode::None);
@@ -165,7 +169,11 @@ async fn commits_follow_kafkas_membership_rules() {
     let r = c.commit_offsets(member_commit(joined.generation_id + 1, &joined.member_id)).await;
     assert_eq!(r[0].error_code, ErrorCode::IllegalGeneration);
     // Once the member leaves, the (now empty) group accepts manual commits again.
-    c.leave_group(&LeaveGroupRequest { group_id: "g".into(), member_id: joined.member_id.clone() });
+    c.leave_group(&LeaveGroupRequest {
+        group_id: "g".into(),
+        member_id: joined.member_id.clone(),
+        group_instance_id: None,
+    });
     let r = c.commit_offsets(simple_commit("g", vec![entry("t", 0, 9, "")])).await;
     assert_eq!(r[0].error_code, ErrorCode::None);
     // The group has offsets, so it stays known, Empty, with its generation moved on.
@@ -310,8 +318,11 @@ async fn delete_group_removes_its_offsets_and_refuses_groups_with_members() {
     let joined = c.join_group(join_req("")).await;
     assert_eq!(joined.error_code, ErrorCode::None);
     assert_eq!(c.delete_group("g").await.error_code, ErrorCode::NonEmptyGroup);
-    let left =
-        c.leave_group(&LeaveGroupRequest { group_id: "g".into(), member_id: joined.member_id });
+    let left = c.leave_group(&LeaveGroupRequest {
+        group_id: "g".into(),
+        member_id: joined.member_id,
+        group_instance_id: None,
+    });
     assert_eq!(left.error_code, ErrorCode::None);
     assert_eq!(c.delete_group("g").await.error_code, ErrorCode::None);
     assert!(c.fetch_offsets("g", None).partitions.is_empty());
@@ -389,4 +400,54 @@ async fn a_slow_commit_whose_caller_gave_up_still_lands_before_the_next_one() {
     let fetched = c.fetch_offsets("g", None);
     assert_eq!(fetched.partitions[0].committed_offset, Some(Offset::new(9)));
     assert_eq!(fetched.partitions[0].metadata, "new");
+}
+
+fn wall_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(d.as_millis()).unwrap()
+}
+
+#[tokio::test]
+async fn offsets_expire_only_once_their_group_has_been_empty_for_the_retention() {
+    let c = memory_coordinator();
+    let week = 7 * 24 * 60 * 60 * 1000;
+    let now = wall_ms();
+    let old = now - 2 * week;
+    let write = |offset| OffsetWrite {
+        topic: "t".into(),
+        partition: PartitionId::new(0),
+        offset: Offset::new(offset),
+        leader_epoch: LeaderEpoch::UNKNOWN,
+        metadata: String::new(),
+    };
+    // "idle" only ever committed, two weeks ago; "live" has a member and equally old offsets.
+    c.offsets().commit("idle", &[write(1)], old).unwrap();
+    let joined = c.join_group(join_req("")).await;
+    let synced = c
+        .sync_group(SyncGroupRequest {
+            group_id: "g".into(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+            assignments: vec![],
+            group_instance_id: None,
+        })
+        .await;
+    assert_eq!(synced.error_code, ErrorCode::None);
+    c.offsets().commit("g", &[write(2)], old).unwrap();
+
+    assert_eq!(c.expire_offsets_at(now).await.unwrap(), 1, "only the idle group's offset");
+    assert!(c.fetch_offsets("idle", None).partitions.is_empty());
+    assert_eq!(c.fetch_offsets("g", None).partitions.len(), 1, "a group with members keeps");
+
+    // The member leaves: the group is empty from now on, and the retention counts from here.
+    c.leave_group(&LeaveGroupRequest {
+        group_id: "g".into(),
+        member_id: joined.member_id,
+        group_instance_id: None,
+    });
+    assert_eq!(c.expire_offsets_at(now + week / 2).await.unwrap(), 0);
+    assert_eq!(c.fetch_offsets("g", None).partitions.len(), 1);
+    assert_eq!(c.expire_offsets_at(wall_ms() + week + 1).await.unwrap(), 1);
+    assert!(c.fetch_offsets("g", None).partitions.is_empty());
+    assert!(c.list_groups().iter().all(|g| g.group_id != "idle"));
 }

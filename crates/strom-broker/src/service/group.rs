@@ -127,6 +127,7 @@ impl pb::group_server::Group for GroupService {
                 // KIP-394 for clients that say they rejoin with the id they are given (ours
                 // do); older ones get their id with the join that creates it.
                 require_known_member_id: req.supports_member_id_required,
+                group_instance_id: instance(req.group_instance_id),
             })
             .await;
         Ok(Response::new(pb::JoinGroupResponse {
@@ -172,6 +173,7 @@ impl pb::group_server::Group for GroupService {
                         assignment: a.assignment,
                     })
                     .collect(),
+                group_instance_id: instance(req.group_instance_id),
             })
             .await;
         Ok(Response::new(pb::SyncGroupResponse {
@@ -192,6 +194,7 @@ impl pb::group_server::Group for GroupService {
                     group_id: req.group_id,
                     generation_id: req.generation_id,
                     member_id: req.member_id,
+                    group_instance_id: instance(req.group_instance_id),
                 });
                 (code(r.error_code), r.error_message)
             }
@@ -210,6 +213,7 @@ impl pb::group_server::Group for GroupService {
                 let r = c.leave_group(&coord::LeaveGroupRequest {
                     group_id: req.group_id,
                     member_id: req.member_id,
+                    group_instance_id: instance(req.group_instance_id),
                 });
                 (code(r.error_code), r.error_message)
             }
@@ -255,6 +259,7 @@ impl pb::group_server::Group for GroupService {
                     group_id: req.group_id,
                     generation_id: req.generation_id,
                     member_id: req.member_id,
+                    group_instance_id: instance(req.group_instance_id),
                     offsets: entries,
                 })
                 .await
@@ -401,4 +406,9 @@ impl pb::group_server::Group for GroupService {
             .collect();
         Ok(Response::new(pb::DescribeGroupsResponse { groups }))
     }
+}
+
+/// KIP-345: the proto's empty `group_instance_id` means a dynamic member.
+fn instance(group_instance_id: String) -> Option<String> {
+    (!group_instance_id.is_empty()).then_some(group_instance_id)
 }

@@ -65,6 +65,11 @@ fn code(c: strom_coordinator::ErrorCode) -> i32 {
 
 const NOT_COORDINATOR: i32 = ErrorCode::NotCoordinator as i32;
 
+/// The proto's empty `group_instance_id` is a dynamic member.
+fn instance(id: String) -> Option<String> {
+    (!id.is_empty()).then_some(id)
+}
+
 #[tonic::async_trait]
 impl Group for GroupService {
     async fn find_coordinator(
@@ -115,6 +120,7 @@ impl Group for GroupService {
                 client_host: "127.0.0.1".into(),
                 // As Kafka's broker does for JoinGroup v4+: exercises MEMBER_ID_REQUIRED.
                 require_known_member_id: true,
+                group_instance_id: instance(r.group_instance_id),
             })
             .await;
         Ok(Response::new(JoinGroupResponse {
@@ -151,6 +157,7 @@ impl Group for GroupService {
                         assignment: a.assignment,
                     })
                     .collect(),
+                group_instance_id: instance(r.group_instance_id),
             })
             .await;
         Ok(Response::new(SyncGroupResponse {
@@ -175,6 +182,7 @@ impl Group for GroupService {
             group_id: r.group_id,
             generation_id: r.generation_id,
             member_id: r.member_id,
+            group_instance_id: instance(r.group_instance_id),
         });
         Ok(Response::new(HeartbeatResponse {
             error_code: code(result.error_code),
@@ -190,6 +198,7 @@ impl Group for GroupService {
         let result = self.coordinator.leave_group(&strom_coordinator::LeaveGroupRequest {
             group_id: r.group_id,
             member_id: r.member_id,
+            group_instance_id: instance(r.group_instance_id),
         });
         Ok(Response::new(LeaveGroupResponse {
             error_code: code(result.error_code),
@@ -241,6 +250,7 @@ impl Group for GroupService {
                 group_id: r.group_id,
                 generation_id: r.generation_id,
                 member_id: r.member_id,
+                group_instance_id: instance(r.group_instance_id),
                 offsets,
             })
             .await;

@@ -39,6 +39,11 @@ fn coordinator_of(ctx: &Context, group: &str) -> Option<GroupCoordinator> {
     ctx.broker().coordinator_for(group).ok()
 }
 
+/// KIP-345: a request's `group.instance.id` (null, or empty from some clients: dynamic).
+fn instance(group_instance_id: Option<&str>) -> Option<String> {
+    group_instance_id.filter(|i| !i.is_empty()).map(str::to_owned)
+}
+
 fn millis(ms: i32) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
@@ -129,6 +134,7 @@ pub(super) async fn join_group(
             client_host: format!("/{}", ctx.peer.ip()),
             // KIP-394: from v4 on, clients know to rejoin with the id MEMBER_ID_REQUIRED gives.
             require_known_member_id: version >= 4,
+            group_instance_id: instance(req.group_instance_id.as_deref()),
         })
         .await;
     let ok = r.error_code.is_ok();
@@ -145,6 +151,7 @@ pub(super) async fn join_group(
                 .map(|m| {
                     JoinGroupResponseMember::default()
                         .with_member_id(str_bytes(&m.member_id))
+                        .with_group_instance_id(m.group_instance_id.as_deref().map(str_bytes))
                         .with_metadata(m.metadata)
                 })
                 .collect(),
@@ -168,6 +175,7 @@ pub(super) async fn sync_group(ctx: &Context, req: SyncGroupRequest) -> SyncGrou
                     assignment: a.assignment,
                 })
                 .collect(),
+            group_instance_id: instance(req.group_instance_id.as_deref()),
         })
         .await;
     SyncGroupResponse::default()
@@ -185,6 +193,7 @@ pub(super) fn heartbeat(ctx: &Context, req: HeartbeatRequest) -> HeartbeatRespon
         group_id: req.group_id.to_string(),
         generation_id: req.generation_id,
         member_id: req.member_id.to_string(),
+        group_instance_id: instance(req.group_instance_id.as_deref()),
     });
     HeartbeatResponse::default().with_error_code(r.error_code.code())
 }
@@ -198,14 +207,15 @@ pub(super) fn leave_group(
         return LeaveGroupResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
     };
     let group_id = req.group_id.to_string();
-    let leave = |member_id: &str| {
+    let leave = |member_id: &str, group_instance_id: Option<String>| {
         c.leave_group(&coord::LeaveGroupRequest {
             group_id: group_id.clone(),
             member_id: member_id.to_string(),
+            group_instance_id,
         })
     };
     if version < 3 {
-        let r = leave(&req.member_id);
+        let r = leave(&req.member_id, None);
         return LeaveGroupResponse::default().with_error_code(r.error_code.code());
     }
     // v3+ (KIP-345): a batch of members, each answered on its own.
@@ -213,7 +223,7 @@ pub(super) fn leave_group(
         .members
         .into_iter()
         .map(|m| {
-            let r = leave(&m.member_id);
+            let r = leave(&m.member_id, instance(m.group_instance_id.as_deref()));
             MemberResponse::default()
                 .with_member_id(m.member_id)
                 .with_group_instance_id(m.group_instance_id)
@@ -258,6 +268,7 @@ pub(super) async fn offset_commit(ctx: &Context, req: OffsetCommitRequest) -> Of
                 group_id: req.group_id.to_string(),
                 generation_id: req.generation_id_or_member_epoch,
                 member_id: req.member_id.to_string(),
+                group_instance_id: instance(req.group_instance_id.as_deref()),
                 offsets: entries,
             })
             .await
@@ -444,6 +455,9 @@ pub(super) fn describe_groups(ctx: &Context, req: DescribeGroupsRequest) -> Desc
                         .map(|m| {
                             DescribedGroupMember::default()
                                 .with_member_id(str_bytes(&m.member_id))
+                                .with_group_instance_id(
+                                    m.group_instance_id.as_deref().map(str_bytes),
+                                )
                                 .with_client_id(str_bytes(&m.client_id))
                                 .with_client_host(str_bytes(&m.client_host))
                                 .with_member_metadata(m.metadata)

@@ -376,7 +376,80 @@ def confluent_idempotent_restart():
     check(len(counts) == sent, f"every record stored ({len(counts)} of {sent})")
 
 
+def confluent_static_membership():
+    """KIP-345: two members with group.instance.id; one closes (a static member sends no
+    LeaveGroup) and a new consumer with the same instance id takes its partitions back without
+    the other member seeing a rebalance."""
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic = unique("static")
+    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(timeout=10)
+    group = unique("g")
+
+    def conf(instance):
+        return {"bootstrap.servers": BOOTSTRAP, "group.id": group, "group.instance.id": instance,
+                "session.timeout.ms": 30000, "heartbeat.interval.ms": 500,
+                "partition.assignment.strategy": "range"}
+
+    assignments = {}
+    callbacks = {"a": 0}
+    stops = {n: threading.Event() for n in ("a", "b", "b2")}
+
+    def member(name, instance):
+        c = Consumer(conf(instance))
+
+        def on_assign(consumer, partitions):
+            callbacks[name] = callbacks.get(name, 0) + 1
+
+        def on_revoke(consumer, partitions):
+            callbacks[name] = callbacks.get(name, 0) + 1
+
+        c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+        while not stops[name].is_set():
+            c.poll(0.2)
+            assignments[name] = sorted(tp.partition for tp in c.assignment())
+        c.close()  # static: no LeaveGroup
+
+    def wait_for(cond, what):
+        end = time.time() + DEADLINE
+        while time.time() < end and not cond():
+            time.sleep(0.2)
+        check(cond(), f"{what} ({assignments}, callbacks {callbacks})")
+
+    threads = {"a": threading.Thread(target=member, args=("a", "inst-a")),
+               "b": threading.Thread(target=member, args=("b", "inst-b"))}
+    for t in threads.values():
+        t.start()
+    wait_for(lambda: len(assignments.get("a", [])) == 2 and len(assignments.get("b", [])) == 2
+             and sorted(assignments["a"] + assignments["b"]) == list(range(4)),
+             "2 static members split 4 partitions 2/2")
+    # Let a settle: its callbacks so far belong to forming the group.
+    time.sleep(1.0)
+    a_callbacks = callbacks["a"]
+    a_partitions = assignments["a"]
+    b_partitions = assignments["b"]
+    stops["b"].set()
+    threads["b"].join()
+    # The restarted instance: same group.instance.id, new consumer.
+    threads["b2"] = threading.Thread(target=member, args=("b2", "inst-b"))
+    threads["b2"].start()
+    wait_for(lambda: assignments.get("b2") == b_partitions,
+             "the restarted static member got its partitions back")
+    time.sleep(1.0)
+    check(callbacks["a"] == a_callbacks and assignments["a"] == a_partitions,
+          f"the other member saw no rebalance (callbacks {a_callbacks} -> {callbacks['a']})")
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    instances = sorted(m.group_instance_id or "" for m in desc.members)
+    check(instances == ["inst-a", "inst-b"], f"DescribeGroups shows the instance ids {instances}")
+    for n in ("a", "b2"):
+        stops[n].set()
+        threads[n].join()
+
+
 SCENARIOS = {
+    "static-membership": confluent_static_membership,
     "idempotent-restart": confluent_idempotent_restart,
     "confluent": confluent_admin_produce_consume,
     "group-split": confluent_group_split,
