@@ -165,9 +165,8 @@ impl Producer {
         // `max_block` counts from the first wait; read the clock only if a wait comes (the
         // common call waits for nothing, and a clock read per record is measurable).
         let mut started = None;
-        let mut deadline = || {
-            *started.get_or_insert_with(|| tokio::time::Instant::now() + cfg.max_block)
-        };
+        let mut deadline =
+            || *started.get_or_insert_with(|| tokio::time::Instant::now() + cfg.max_block);
         // The cache answers almost every call; only a miss pays for a timer.
         let info = match self.inner.client.cached_topic(&record.topic) {
             Some(info) => info,
