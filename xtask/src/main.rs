@@ -2,7 +2,10 @@
 //! (fmt + clippy + test, as .ci/run), `cargo xtask bench` (criterion benches and the
 //! strom-bench end-to-end runs recorded in BENCHMARKS.md), `cargo xtask sim` (the quorum
 //! simulation over many seeds, or one replayed: `SEED=n cargo xtask sim --replay`; with
-//! `--replication`, the partition replication simulation).
+//! `--replication`, the partition replication simulation), `cargo xtask bench-matrix` (the
+//! performance table: a release broker and strom-bench through every scenario).
+
+mod bench_matrix;
 
 use std::process::Command;
 
@@ -22,6 +25,7 @@ fn main() -> Result<()> {
             test(rest)
         }
         "bench" => bench(rest),
+        "bench-matrix" => bench_matrix::run(rest, cargo),
         "cluster" => cluster(rest),
         "sim" => {
             // SEED (for --replay) and RUST_LOG pass through the environment.
@@ -36,6 +40,9 @@ fn main() -> Result<()> {
                  test   run every test of the workspace (unit, doc, property, multi-process)\n  \
                  ci     fmt --check, clippy -D warnings, then test\n  \
                  bench  criterion benches of strom-format and strom-log\n  \
+                 bench-matrix  a release broker in a temp dir, strom-bench through the\n         \
+                 performance table (BENCHMARKS.md format): [--records N] [--runs N]\n         \
+                 [--record-size B] [--broker-bin PATH --bench-bin PATH]\n  \
                  cluster  a local cluster: --nodes N (default 3) [--base-port P (default 9101)];\n         \
                  data and logs under ./strom-cluster/, Ctrl-C stops every node\n  \
                  sim    quorum simulation: --seeds N [--base B] [--voters 3|5] [--steps S];\n         \

@@ -571,6 +571,19 @@ impl Client {
         Ok(self.sized_broker(self.channel_for(node)?))
     }
 
+    /// The gRPC channel of broker `node`, for callers that issue calls with their own codec
+    /// (the producer's Produce encoder); limit their messages to
+    /// [`ClientConfig::max_message_bytes`] as [`Client::broker_by_id`] does.
+    ///
+    /// ```no_run
+    /// # fn demo(client: strom_client::Client) -> Result<(), strom_client::ClientError> {
+    /// let channel = client.broker_channel(1)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn broker_channel(&self, node: i32) -> Result<Channel, ClientError> {
+        self.channel_for(node)
+    }
+
     /// A data-plane client of the bootstrap broker, for requests any broker can answer.
     ///
     /// ```no_run

@@ -98,6 +98,11 @@ fn decode_batch(
     }
     let log_append_time = attributes.timestamp_type() == TimestampType::LogAppendTime;
     let start = out.len();
+    // One allocation per batch rather than a doubling series; the header's count is only a
+    // hint (bounded by what an uncompressed batch of this size could hold: a record takes at
+    // least 7 bytes), so a lying header cannot make this reserve much.
+    let hint = usize::try_from(batch.records_count()).unwrap_or(0);
+    out.reserve(hint.min(batch.size() / 7 + 1));
     let mut previous: Option<Offset> = None;
     let result = (|| {
         for record in batch.records()? {

@@ -48,9 +48,26 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// An empty batch whose records section will be compressed with `compression`.
     pub fn new(compression: Compression) -> Self {
+        Self::with_buffer(compression, Vec::new())
+    }
+
+    /// An empty batch like [`BatchBuilder::new`], built in `buf` (cleared first) so a producer
+    /// can reuse the buffer of a batch that was already sent: no allocation and no page faults
+    /// on fresh memory when `buf` has room for the batch. Without compression,
+    /// [`BatchBuilder::build`] returns this very buffer.
+    ///
+    /// ```
+    /// use strom_format::{BatchBuilder, Compression};
+    /// let mut b = BatchBuilder::with_buffer(Compression::None, Vec::with_capacity(16 * 1024));
+    /// b.append(1_000, None, Some(b"v".as_slice()), &[]);
+    /// assert_eq!(b.build().unwrap().len(), 61 + 8);
+    /// ```
+    pub fn with_buffer(compression: Compression, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        buf.resize(BATCH_HEADER_LEN, 0);
         BatchBuilder {
             compression,
-            buf: vec![0; BATCH_HEADER_LEN],
+            buf,
             count: 0,
             base_timestamp: 0,
             max_timestamp: i64::MIN,

@@ -144,11 +144,50 @@ pub(crate) struct Accumulator {
     flush_below: u64,
     /// No more appends; send everything now.
     closing: bool,
+    /// Buffers of acknowledged batches, for the next batches to be built in (allocating fresh
+    /// ones cost page faults on every batch). Bounded by `max_free`.
+    free: Vec<Vec<u8>>,
+    max_free: usize,
 }
+
+/// What the pool of spare batch buffers may hold at most, in bytes and in buffers.
+const POOL_BYTES: usize = 16 << 20;
+const POOL_BUFFERS: usize = 64;
 
 impl Accumulator {
     pub(crate) fn new(config: AccumulatorConfig, tracker: Arc<Tracker>) -> Self {
-        Accumulator { config, tracker, topics: HashMap::new(), flush_below: 0, closing: false }
+        let max_free = (POOL_BYTES / config.batch_size.max(1)).clamp(1, POOL_BUFFERS);
+        Accumulator {
+            config,
+            tracker,
+            topics: HashMap::new(),
+            flush_below: 0,
+            closing: false,
+            free: Vec::new(),
+            max_free,
+        }
+    }
+
+    /// Takes back the buffer of a sent batch when nothing else holds it and it has the size
+    /// of a batch (an oversized record's buffer is let go).
+    pub(crate) fn recycle(&mut self, bytes: Bytes) {
+        if self.free.len() >= self.max_free {
+            return;
+        }
+        let Ok(mut buf) = bytes.try_into_mut() else { return };
+        // Empty first: turning it into a Vec then moves no bytes.
+        buf.clear();
+        let buf = Vec::from(buf);
+        let cap = buf.capacity();
+        if cap >= self.config.batch_size && cap <= self.config.batch_size.saturating_mul(2) {
+            self.free.push(buf);
+        }
+    }
+
+    /// Buffers in the pool (tests).
+    #[cfg(test)]
+    pub(crate) fn spare_buffers(&self) -> usize {
+        self.free.len()
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -213,10 +252,15 @@ impl Accumulator {
             queue.ready.push_back(open.close());
             wake = true;
         }
+        let free = &mut self.free;
         let open = queue.open.get_or_insert_with(|| {
             wake = true;
+            // Room for the whole batch up front: appends never reallocate (and copy) it.
+            let buf = free
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(cfg.batch_size.min(cfg.max_request_size)));
             OpenBatch {
-                builder: BatchBuilder::new(cfg.compression),
+                builder: BatchBuilder::with_buffer(cfg.compression, buf),
                 completer: Completer::new(&self.tracker, name, partition),
                 created: now,
             }
@@ -518,5 +562,34 @@ mod tests {
         assert!(!d.idle);
         acc.done("t", PartitionId::new(0));
         assert!(acc.drain(t0).idle);
+    }
+
+    #[test]
+    fn buffers_of_sent_batches_are_reused() {
+        let mut acc = accumulator(1000, 0);
+        let t0 = Instant::now();
+        let info = info(1);
+        let (_f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&[1u8; 100]), t0);
+        let batch = acc.drain(t0).ready.remove(0).batches.remove(0);
+        let Payload::Open(builder) = batch.payload else { panic!("not built yet") };
+        let bytes = builder.build().unwrap();
+        let ptr = bytes.as_ptr();
+        // Still referenced elsewhere (a request being written): not taken.
+        let other = bytes.clone();
+        acc.recycle(bytes);
+        assert_eq!(acc.spare_buffers(), 0);
+        acc.recycle(other);
+        assert_eq!(acc.spare_buffers(), 1);
+        acc.done("t", PartitionId::new(0));
+        let (_f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&[2u8; 100]), t0);
+        assert_eq!(acc.spare_buffers(), 0);
+        let batch = acc.drain(t0).ready.remove(0).batches.remove(0);
+        let Payload::Open(builder) = batch.payload else { panic!("not built yet") };
+        let bytes = builder.build().unwrap();
+        assert_eq!(bytes.as_ptr(), ptr, "the second batch is built in the first one's buffer");
+        assert_eq!(
+            built(Batch { payload: Payload::Built(bytes), ..batch }).records().unwrap().count(),
+            1
+        );
     }
 }

@@ -20,6 +20,7 @@
 //! ```
 
 mod accumulator;
+mod codec;
 mod config;
 mod delivery;
 mod error;

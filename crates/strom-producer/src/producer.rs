@@ -162,13 +162,17 @@ impl Producer {
         if self.inner.accum.lock().is_closing() {
             return Err(ProducerError::Closed);
         }
-        let deadline = tokio::time::Instant::now() + cfg.max_block;
+        // `max_block` counts from the first wait; read the clock only if a wait comes (the
+        // common call waits for nothing, and a clock read per record is measurable).
+        let mut started = None;
+        let mut deadline =
+            || *started.get_or_insert_with(|| tokio::time::Instant::now() + cfg.max_block);
         // The cache answers almost every call; only a miss pays for a timer.
         let info = match self.inner.client.cached_topic(&record.topic) {
             Some(info) => info,
             None => {
                 let metadata = self.inner.client.topic_metadata(&record.topic);
-                tokio::time::timeout_at(deadline, metadata)
+                tokio::time::timeout_at(deadline(), metadata)
                     .await
                     .map_err(|_| ProducerError::MaxBlockTimeout(cfg.max_block))??
             }
@@ -203,7 +207,7 @@ impl Producer {
         let permit = match memory.try_acquire_many(permits) {
             Ok(permit) => permit,
             // Backpressure: wait for acknowledged batches to return their memory.
-            Err(_) => tokio::time::timeout_at(deadline, memory.acquire_many(permits))
+            Err(_) => tokio::time::timeout_at(deadline(), memory.acquire_many(permits))
                 .await
                 .map_err(|_| ProducerError::MaxBlockTimeout(cfg.max_block))?
                 .map_err(|_| ProducerError::Closed)?,

@@ -5,19 +5,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::Rng;
-use strom_client::proto::v1::{
-    ErrorCode, InitProducerIdRequest, PartitionProduceData, ProduceRequest, ProduceResponse,
-    TopicProduceData,
-};
+use strom_client::proto::v1::{ErrorCode, InitProducerIdRequest, ProduceResponse};
 use strom_client::{Client, ClientError, is_retriable_code};
 use strom_format::{Offset, RecordBatch, set_producer};
 use tokio::sync::Notify;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use crate::accumulator::{Accumulator, Batch, Drained, Payload};
+use crate::codec::{PRODUCE_PATH, PartitionBody, ProduceBody, ProduceCodec, TopicBody};
 use crate::delivery::{BatchAck, Tracker};
 use crate::idempotence::Idempotence;
 use crate::{Acks, ProducerConfig, ProducerError};
@@ -312,24 +312,21 @@ fn spawn_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
 
 async fn send_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
     let cfg = &inner.config;
-    let mut topics: Vec<TopicProduceData> = Vec::new();
+    let mut topics: Vec<TopicBody> = Vec::new();
     for d in &parts {
-        let records = concat(&d.batches);
-        let data = PartitionProduceData { partition: d.partition.get(), records };
+        let data = PartitionBody { partition: d.partition.get(), batches: batch_bytes(&d.batches) };
         match topics.iter_mut().find(|t| *t.name == *d.topic) {
             Some(t) => t.partitions.push(data),
-            None => {
-                topics.push(TopicProduceData { name: d.topic.to_string(), partitions: vec![data] })
-            }
+            None => topics.push(TopicBody { name: Arc::clone(&d.topic), partitions: vec![data] }),
         }
     }
     let timeout_ms = u32::try_from(cfg.request_timeout.as_millis()).unwrap_or(u32::MAX);
     let mut request =
-        tonic::Request::new(ProduceRequest { acks: cfg.acks.as_i32(), timeout_ms, topics });
+        tonic::Request::new(ProduceBody { acks: cfg.acks.as_i32(), timeout_ms, topics });
     request.set_timeout(cfg.request_timeout.saturating_add(RPC_GRACE));
 
-    let result = match inner.client.broker_by_id(leader) {
-        Ok(mut broker) => broker.produce(request).await.map(tonic::Response::into_inner),
+    let result = match inner.client.broker_channel(leader) {
+        Ok(channel) => produce(inner, channel, request).await,
         Err(e) => {
             let failure = Failure::Client(Arc::new(e));
             for d in parts {
@@ -352,24 +349,33 @@ async fn send_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
     }
 }
 
-/// One buffer of the partition's batches, back to back; a single batch is passed on as is.
-fn concat(batches: &[Batch]) -> Bytes {
-    let bytes = |b: &Batch| match &b.payload {
-        Payload::Built(bytes) => bytes.clone(),
-        // Built in `dispatch` before any request is formed.
-        Payload::Open(_) => Bytes::new(),
-    };
-    match batches {
-        [one] => bytes(one),
-        many => {
-            let total = many.iter().map(|b| built_len(&b.payload)).sum();
-            let mut buf = BytesMut::with_capacity(total);
-            for b in many {
-                buf.extend_from_slice(&bytes(b));
-            }
-            buf.freeze()
-        }
-    }
+/// One unary Produce call with [`ProduceCodec`], limited like the generated client's calls.
+async fn produce(
+    inner: &Inner,
+    channel: Channel,
+    request: tonic::Request<ProduceBody>,
+) -> Result<ProduceResponse, tonic::Status> {
+    let limit = inner.client.config().max_message_bytes;
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("broker connection not ready: {e}")))?;
+    let path = PathAndQuery::from_static(PRODUCE_PATH);
+    grpc.unary(request, path, ProduceCodec).await.map(tonic::Response::into_inner)
+}
+
+/// The partition's encoded batches, in order (reference counts, not copies).
+fn batch_bytes(batches: &[Batch]) -> Vec<Bytes> {
+    batches
+        .iter()
+        .filter_map(|b| match &b.payload {
+            Payload::Built(bytes) => Some(bytes.clone()),
+            // Built in `dispatch` before any request is formed.
+            Payload::Open(_) => None,
+        })
+        .collect()
 }
 
 fn handle_response(inner: &Arc<Inner>, parts: Vec<Drained>, response: &ProduceResponse) {
@@ -411,13 +417,25 @@ fn handle_response(inner: &Arc<Inner>, parts: Vec<Drained>, response: &ProduceRe
 
 fn succeed(inner: &Inner, d: Drained, base: Option<Offset>, log_append_time: Option<i64>) {
     let mut next = base;
-    for b in d.batches {
+    let mut spent = Vec::with_capacity(d.batches.len());
+    for mut b in d.batches {
         let records = i64::from(b.records);
+        if let Payload::Built(bytes) =
+            std::mem::replace(&mut b.payload, Payload::Built(Bytes::new()))
+        {
+            spent.push(bytes);
+        }
         b.completer.succeed(BatchAck { base_offset: next, log_append_time });
         // Offsets are dense: the next batch starts right after this one's records.
         next = next.map(|o| o.add(records));
     }
-    inner.accum.lock().done(&d.topic, d.partition);
+    let mut accum = inner.accum.lock();
+    accum.done(&d.topic, d.partition);
+    // The request has been written and answered, so the batches' buffers are ours alone
+    // again: the next batches are built in them.
+    for bytes in spent {
+        accum.recycle(bytes);
+    }
 }
 
 /// Retries the partition's batches after a backoff, or fails those that are out of retries,
