@@ -92,6 +92,12 @@ async fn a_compacted_topic_keeps_about_one_record_per_key() {
     // Ten deletes, then one more record so the last full round is below the active segment.
     let deletes: Vec<_> = (0..10).map(|k| (format!("key-{k:04}"), None)).collect();
     h.produce_ok("compacted", 0, batch(&deletes)).await;
+    // segment.ms=1 rolls only once the segment holding the deletes is older than 1 ms: let the
+    // clock pass that point, so "last" starts the active segment and the deletes are cleanable.
+    let deleted_at = now_ms();
+    while now_ms() <= deleted_at + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     h.produce_ok("compacted", 0, batch(&[("last".into(), Some("x".into()))])).await;
     for (k, v) in deletes.iter().chain([&("last".to_string(), Some("x".to_string()))]) {
         expected.insert(k.clone(), v.clone());
