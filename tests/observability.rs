@@ -72,6 +72,27 @@ fn wait_ready(http_addr: &str) {
 }
 
 const RECORDS: usize = 1000;
+
+/// Produces [`RECORDS`] records (`k{i}` / `value {i}`) to `topic`, record `i` to partition
+/// `i % partitions`, and waits for every acknowledgement.
+fn produce_round_robin(addr: &str, topic: &str, partitions: usize) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let producer = Producer::new(ProducerConfig::new(addr)).await.unwrap();
+        let mut acks = Vec::new();
+        for i in 0..RECORDS {
+            let record = ProducerRecord::new(topic)
+                .partition(PartitionId::new((i % partitions) as i32))
+                .key(format!("k{i}"))
+                .value(format!("value {i}"));
+            acks.push(producer.send(record).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        producer.close().await;
+    });
+}
 const CONSUMED: usize = 300;
 
 #[test]
@@ -89,22 +110,7 @@ fn metrics_match_a_known_workload_and_lag_is_end_minus_committed() {
         &["--bootstrap", &addr, "topics", "create", "metered", "--partitions", "2"],
         None,
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let producer = Producer::new(ProducerConfig::new(&addr)).await.unwrap();
-        let mut acks = Vec::new();
-        for i in 0..RECORDS {
-            let record = ProducerRecord::new("metered")
-                .partition(PartitionId::new((i % 2) as i32))
-                .key(format!("k{i}"))
-                .value(format!("value {i}"));
-            acks.push(producer.send(record).await.unwrap());
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-        producer.close().await;
-    });
+    produce_round_robin(&addr, "metered", 2);
     let consumed = run_ok(
         "strom-consumer",
         &[
@@ -303,21 +309,7 @@ fn group_lag_covers_partitions_led_by_other_nodes_and_isr_shrinks_are_counted() 
         (l.len() == 3 && l.values().all(|&n| n > 0)).then_some(l)
     })
     .0;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let producer = Producer::new(ProducerConfig::new(&addr)).await.unwrap();
-        let mut acks = Vec::new();
-        for i in 0..RECORDS {
-            let record = ProducerRecord::new("spread")
-                .partition(PartitionId::new((i % 3) as i32))
-                .value(format!("value {i}"));
-            acks.push(producer.send(record).await.unwrap());
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-        producer.close().await;
-    });
+    produce_round_robin(&addr, "spread", 3);
     let consumed = run_ok(
         "strom-consumer",
         &[

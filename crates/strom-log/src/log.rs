@@ -505,27 +505,9 @@ impl Log {
         let rollbacks_seen = {
             let mut writer = self.writer.lock();
             for batches in parsed {
-                let answer = batches.and_then(|batches| {
-                    self.check_poison()?;
-                    let before = self.log_end_offset();
-                    let prepared = self.assign_offsets(batches, origin)?;
-                    if let Some(original) = self.check_producers(&prepared, origin)? {
-                        return Ok(original);
-                    }
-                    self.epochs.record_append(epoch_starts(&prepared, origin))?;
-                    let now = self.clock.now_ms();
-                    match self.write_batches(&mut writer, &prepared, origin, now) {
-                        Ok(info) => {
-                            self.record_producers(&prepared, now);
-                            Ok(info)
-                        }
-                        Err(e) => {
-                            // The later appends of the group meet the poison and fail too.
-                            failed_write = true;
-                            Err(self.damaged_by(e, before))
-                        }
-                    }
-                });
+                // A failed write poisons the log: the later appends of the group fail too.
+                let answer = batches.and_then(|b| self.write_locked(&mut writer, b, origin));
+                failed_write |= answer.is_err();
                 answers.push(answer);
             }
             // Rollbacks are counted under the writer lock: the count is the one every write
@@ -565,6 +547,33 @@ impl Log {
         answers
     }
 
+    /// What an append does under the writer lock: offsets (and, from a compacted leader, the
+    /// gaps they may skip), the producers' sequence checks, the epoch entry, the write and the
+    /// producer state, in that order. A retry of a recent batch answers with its original
+    /// offsets and writes nothing. A failed write marks the log damaged; the caller repairs it
+    /// once the lock is released.
+    fn write_locked(
+        &self,
+        writer: &mut Writer,
+        parsed: Vec<RecordBatch>,
+        origin: Origin,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_poison()?;
+        let before = self.log_end_offset();
+        let prepared = self.assign_offsets(parsed, origin)?;
+        self.allow_replicated_gaps(&prepared, before)?;
+        if let Some(original) = self.check_producers(&prepared, origin)? {
+            return Ok(original);
+        }
+        self.epochs.record_append(epoch_starts(&prepared, origin))?;
+        let now = self.clock.now_ms();
+        let info = self
+            .write_batches(writer, &prepared, origin, now)
+            .map_err(|e| self.damaged_by(e, before))?;
+        self.record_producers(&prepared, now);
+        Ok(info)
+    }
+
     /// The locked part of an append: offsets, sequence checks, write, flush decision.
     fn append_parsed(
         &self,
@@ -573,22 +582,9 @@ impl Log {
     ) -> Result<AppendInfo, LogError> {
         let (info, rollbacks_seen) = {
             let mut writer = self.writer.lock();
-            self.check_poison()?;
-            let before = self.log_end_offset();
-            let prepared = self.assign_offsets(parsed, origin)?;
-            self.allow_replicated_gaps(&prepared, before)?;
-            if let Some(original) = self.check_producers(&prepared, origin)? {
-                return Ok(original);
-            }
-            self.epochs.record_append(epoch_starts(&prepared, origin))?;
-            let now = self.clock.now_ms();
-            match self.write_batches(&mut writer, &prepared, origin, now) {
-                Ok(info) => {
-                    self.record_producers(&prepared, now);
-                    (info, self.rollbacks.lock().count)
-                }
+            match self.write_locked(&mut writer, parsed, origin) {
+                Ok(info) => (info, self.rollbacks.lock().count),
                 Err(e) => {
-                    let e = self.damaged_by(e, before);
                     drop(writer);
                     // A failed cut keeps the log refusing writes until a later one works.
                     let _ = self.repair_if_damaged();
