@@ -1172,7 +1172,7 @@ async fn run_maintenance(registry: &Registry, chore: Chore) -> usize {
 fn run_chore(p: &Partition, chore: Chore) -> usize {
     match chore {
         Chore::Flush => {
-            p.checkpoint_high_watermark();
+            p.checkpoint_high_watermark_if_due(Instant::now());
             let (before, started) = (p.log().flushed_offset(), Instant::now());
             if let Err(e) = p.log().flush_if_due() {
                 p.clamp_high_watermark();

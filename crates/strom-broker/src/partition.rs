@@ -106,6 +106,8 @@ pub(crate) struct Partition {
     counters: crate::metrics::PartitionCounters,
     /// The high watermark last written to the checkpoint file (-1: none yet).
     checkpointed_high_watermark: std::sync::atomic::AtomicI64,
+    /// When the scheduled checkpoint last ran (leaf lock).
+    last_hw_checkpoint: parking_lot::Mutex<Option<Instant>>,
     /// The queue of the partition's writer (`writer` module), once the first produce
     /// started it.
     writer: OnceLock<tokio::sync::mpsc::Sender<writer::AppendRequest>>,
@@ -186,6 +188,7 @@ impl Partition {
             corruption: parking_lot::Mutex::new(None),
             counters: Default::default(),
             checkpointed_high_watermark: std::sync::atomic::AtomicI64::new(-1),
+            last_hw_checkpoint: parking_lot::Mutex::new(None),
             writer: OnceLock::new(),
             writer_start: parking_lot::Mutex::new(()),
             write_queue_depth: writer::WRITE_QUEUE_DEPTH,
@@ -214,6 +217,20 @@ impl Partition {
     /// Writes the high-watermark checkpoint if the high watermark moved since the last one.
     /// Blocking (file I/O); called by the flush scheduler and at shutdown. A failure is logged
     /// and retried on the next call: the checkpoint only shortens a restart's catch-up.
+    /// The flush scheduler's call: [`Partition::checkpoint_high_watermark`] at most every
+    /// [`hw_checkpoint::INTERVAL`] (Kafka's `replica.high.watermark.checkpoint.interval.ms`),
+    /// so thousands of partitions do not rewrite a file every tick.
+    pub(crate) fn checkpoint_high_watermark_if_due(&self, now: Instant) {
+        {
+            let mut last = self.last_hw_checkpoint.lock();
+            if last.is_some_and(|at| now.saturating_duration_since(at) < hw_checkpoint::INTERVAL) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.checkpoint_high_watermark();
+    }
+
     pub(crate) fn checkpoint_high_watermark(&self) {
         let hw = self.high_watermark();
         if self.checkpointed_high_watermark.load(Ordering::Relaxed) == hw.get() {
@@ -936,16 +953,29 @@ mod tests {
             p.append(batch()).expect("append");
             p.append(batch()).expect("append");
             assert_eq!(p.high_watermark().get(), 10, "a lone ISR member commits at once");
+            let now = Instant::now();
+            p.checkpoint_high_watermark_if_due(now);
+            assert_eq!(
+                hw_checkpoint::read(dir.path().join("t-0").as_path()),
+                Some(Offset::new(10))
+            );
+            p.append(batch()).expect("append");
+            p.checkpoint_high_watermark_if_due(now);
+            assert_eq!(
+                hw_checkpoint::read(dir.path().join("t-0").as_path()),
+                Some(Offset::new(10)),
+                "not due again within the interval"
+            );
             p.checkpoint_high_watermark();
             p.into_log().close().expect("close");
         }
         let p = Partition::open(dir.path(), "t", 0, LogConfig::default()).expect("reopen");
-        assert_eq!(p.high_watermark().get(), 10, "before any role: the checkpoint");
+        assert_eq!(p.high_watermark().get(), 15, "before any role: the checkpoint");
         assert_eq!(p.offset_for(LATEST_TIMESTAMP).map(|(o, _)| o).ok(), None, "no role yet");
         p.apply_assignment(&assignment(1, 1, 2, &[1, 2, 3]));
         assert_eq!(
             p.offset_for(LATEST_TIMESTAMP).map(|(o, _)| o).ok(),
-            Some(10),
+            Some(15),
             "a leader waiting for its followers answers latest with the checkpoint, not 0"
         );
     }

@@ -8,15 +8,19 @@
 //! to its log: never above the log end (a crash may have lost an unflushed tail), never below
 //! the log start.
 //!
-//! The file is written every flush-scheduler tick when the value moved, through a temporary
-//! file and a rename but without fsync: a lost or torn file reads as missing (start at the log
-//! start, as before), and an older value is only a lower, still committed, high watermark.
+//! The flush scheduler writes the file at most every [`INTERVAL`] when the value moved (and
+//! shutdown writes it last), through a temporary file and a rename but without fsync: a lost
+//! or torn file reads as missing (start at the log start, as before), and an older value is
+//! only a lower, still committed, high watermark.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::Path;
 
 use strom_format::Offset;
+
+/// How often the flush scheduler writes a moved high watermark (Kafka's default 5 s).
+pub(crate) const INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The checkpoint's file name in the partition directory.
 pub(crate) const HIGH_WATERMARK: &str = "high-watermark";
