@@ -26,6 +26,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, IoSlice, Read, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -403,6 +404,35 @@ impl Log {
         map: &mut OffsetMap,
         throttle: &mut Throttle,
     ) -> Result<Offset, LogError> {
+        let full = self.walk_batches(from, end, throttle, |batch, at, _| {
+            if !batch.attributes().is_control() {
+                for record in batch.records()? {
+                    let record = record?;
+                    if let Some(key) = &record.key
+                        && record.offset >= at
+                        && !map.insert(key, record.offset)
+                    {
+                        return Ok(ControlFlow::Break(batch.base_offset().max(from)));
+                    }
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(full.unwrap_or(end))
+    }
+
+    /// Calls `each` with every batch holding offsets in `[from, end)` (the first may start
+    /// below `from`), the offset the walk had reached before it, and `throttle` (for the
+    /// caller's own I/O), reading [`READ_CHUNK`] at a time and charging each read to
+    /// `throttle`. Stops at the first `Break`, returning its value; `None` when the walk
+    /// reached `end` (or the readable end of the log).
+    fn walk_batches<T>(
+        &self,
+        from: Offset,
+        end: Offset,
+        throttle: &mut Throttle,
+        mut each: impl FnMut(&RecordBatch, Offset, &mut Throttle) -> Result<ControlFlow<T>, LogError>,
+    ) -> Result<Option<T>, LogError> {
         let mut at = from;
         while at < end {
             let read = self.read_below(at, READ_CHUNK, end)?;
@@ -415,21 +445,13 @@ impl Log {
                 if batch.last_offset() < at {
                     continue;
                 }
-                if !batch.attributes().is_control() {
-                    for record in batch.records()? {
-                        let record = record?;
-                        if let Some(key) = &record.key
-                            && record.offset >= at
-                            && !map.insert(key, record.offset)
-                        {
-                            return Ok(batch.base_offset().max(from));
-                        }
-                    }
+                if let ControlFlow::Break(value) = each(&batch, at, throttle)? {
+                    return Ok(Some(value));
                 }
                 at = batch.next_offset();
             }
         }
-        Ok(end)
+        Ok(None)
     }
 
     /// Writes the cleaned copy of `group` into `.cleaned/`, indexes built, everything fsynced.
@@ -450,27 +472,16 @@ impl Log {
         let out = LogSegment::create(&tmp, base)?;
         let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
         let mut size = 0u64;
-        let mut at = base.max(self.log_start_offset());
-        while at < group_end {
-            let read = self.read_below(at, READ_CHUNK, group_end)?;
-            if read.records.is_empty() {
-                break;
+        let start = base.max(self.log_start_offset());
+        self.walk_batches::<()>(start, group_end, throttle, |batch, _, throttle| {
+            for kept in clean_batch(batch, map, horizon, stats)? {
+                buf.extend_from_slice(&kept);
             }
-            throttle.account(read.records.len());
-            for batch in Batches::new(read.records) {
-                let batch = batch?;
-                if batch.last_offset() < at {
-                    continue;
-                }
-                at = batch.next_offset();
-                for kept in clean_batch(&batch, map, horizon, stats)? {
-                    buf.extend_from_slice(&kept);
-                }
-                if buf.len() >= WRITE_CHUNK {
-                    size += flush_buf(&out, &mut buf, throttle)?;
-                }
+            if buf.len() >= WRITE_CHUNK {
+                size += flush_buf(&out, &mut buf, throttle)?;
             }
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         size += flush_buf(&out, &mut buf, throttle)?;
         let interval = self.config().index_interval_bytes;
         let scan =
