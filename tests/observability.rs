@@ -111,24 +111,7 @@ fn metrics_match_a_known_workload_and_lag_is_end_minus_committed() {
         None,
     );
     produce_round_robin(&addr, "metered", 2);
-    let consumed = run_ok(
-        "strom-consumer",
-        &[
-            "--bootstrap",
-            &addr,
-            "--topic",
-            "metered",
-            "--group",
-            "meters",
-            "--from-beginning",
-            "--max-messages",
-            &CONSUMED.to_string(),
-            "--timeout-ms",
-            "30000",
-        ],
-        None,
-    );
-    assert_eq!(consumed.lines().count(), CONSUMED);
+    consume_in_group(&addr, "metered", "meters", CONSUMED);
 
     let started = Instant::now();
     let (status, text) = get(&http_addr, "/metrics");
@@ -277,6 +260,25 @@ fn bad_http_input_gets_4xx_and_the_broker_keeps_serving() {
     broker.stop();
 }
 
+/// Reads `count` records of `topic` from the beginning with the `strom-consumer` CLI as a
+/// member of `group`, which commits them when it exits.
+fn consume_in_group(addr: &str, topic: &str, group: &str, count: usize) {
+    let args = [
+        "--bootstrap",
+        addr,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--from-beginning",
+        "--max-messages",
+        &count.to_string(),
+        "--timeout-ms",
+        "30000",
+    ];
+    assert_eq!(run_ok("strom-consumer", &args, None).lines().count(), count);
+}
+
 /// More than two partitions' worth of the 1000 records: the group commits on all three.
 const SPREAD_CONSUMED: usize = 900;
 
@@ -310,24 +312,7 @@ fn group_lag_covers_partitions_led_by_other_nodes_and_isr_shrinks_are_counted() 
     })
     .0;
     produce_round_robin(&addr, "spread", 3);
-    let consumed = run_ok(
-        "strom-consumer",
-        &[
-            "--bootstrap",
-            &addr,
-            "--topic",
-            "spread",
-            "--group",
-            "spread-readers",
-            "--from-beginning",
-            "--max-messages",
-            &SPREAD_CONSUMED.to_string(),
-            "--timeout-ms",
-            "30000",
-        ],
-        None,
-    );
-    assert_eq!(consumed.lines().count(), SPREAD_CONSUMED);
+    consume_in_group(&addr, "spread", "spread-readers", SPREAD_CONSUMED);
     // The coordinator is the one node that reports the group.
     let scrapes: Vec<(i64, String, BTreeMap<String, f64>)> = (1..=3)
         .map(|n| {
