@@ -291,6 +291,12 @@ impl OffsetStore {
         self.queues.get(index).map_or(0, |q| q.state.lock().batches)
     }
 
+    /// How many commits wait for the write in progress on partition `index` to finish, to be
+    /// carried together by the next one (the depth of the group commit).
+    pub fn queued_writes(&self, index: usize) -> usize {
+        self.queues.get(index).map_or(0, |q| q.state.lock().queued.len())
+    }
+
     /// Deletes every group's committed offsets for `topic` (tombstones), as Kafka does when a
     /// topic is deleted. Returns how many offsets were removed. Blocks on disk I/O.
     pub fn delete_topic(&self, topic: &str) -> Result<usize, CoordinatorError> {
@@ -653,7 +659,6 @@ impl OffsetsLog for MemoryOffsetsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn write(topic: &str, partition: i32, offset: i64) -> OffsetWrite {
         OffsetWrite {
@@ -759,53 +764,6 @@ mod tests {
         assert_eq!(cache["g"]["t"][&p].value, None);
     }
 
-    /// Fails appends or flushes on demand.
-    #[derive(Default)]
-    struct FlakyLog {
-        inner: MemoryOffsetsLog,
-        fail_append: AtomicBool,
-        fail_flush: AtomicBool,
-    }
-
-    impl OffsetsLog for FlakyLog {
-        fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
-            if self.fail_append.load(Ordering::SeqCst) {
-                return Err(OffsetsLogError::new("disk full"));
-            }
-            self.inner.append(batch)
-        }
-        fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
-            self.inner.read(from, max_bytes)
-        }
-        fn log_start_offset(&self) -> Offset {
-            self.inner.log_start_offset()
-        }
-        fn log_end_offset(&self) -> Offset {
-            self.inner.log_end_offset()
-        }
-        fn flush(&self) -> Result<(), OffsetsLogError> {
-            if self.fail_flush.load(Ordering::SeqCst) {
-                return Err(OffsetsLogError::new("fsync failed"));
-            }
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_failed_append_or_flush_leaves_the_cache_unchanged() {
-        let log = Arc::new(FlakyLog::default());
-        let store = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
-        store.commit("g", &[write("t", 0, 1)], 1).unwrap();
-        log.fail_append.store(true, Ordering::SeqCst);
-        let err = store.commit("g", &[write("t", 0, 2), write("t", 1, 2)], 2).unwrap_err();
-        assert_eq!(err.code(), crate::ErrorCode::KafkaStorageError);
-        log.fail_append.store(false, Ordering::SeqCst);
-        log.fail_flush.store(true, Ordering::SeqCst);
-        assert!(store.commit("g", &[write("t", 0, 3)], 3).is_err());
-        assert_eq!(store.fetch("g", "t", PartitionId::new(0)).unwrap().offset.get(), 1);
-        assert!(store.fetch("g", "t", PartitionId::new(1)).is_none());
-    }
-
     #[test]
     fn replay_skips_foreign_records_and_reads_large_batches() {
         let log = Arc::new(MemoryOffsetsLog::default());
@@ -824,110 +782,6 @@ mod tests {
         let reloaded = OffsetStore::load(vec![log as Arc<dyn OffsetsLog>]).unwrap();
         assert_eq!(reloaded.fetch_group("g").len(), 400);
         assert_eq!(reloaded.groups(), vec!["g".to_string()]);
-    }
-
-    /// Holds its first append until released, and counts appends and flushes.
-    #[derive(Default)]
-    struct GatedLog {
-        inner: MemoryOffsetsLog,
-        gate: std::sync::Mutex<(bool, bool)>, // (first append entered, released)
-        changed: std::sync::Condvar,
-        appends: std::sync::atomic::AtomicUsize,
-        flushes: std::sync::atomic::AtomicUsize,
-    }
-
-    impl GatedLog {
-        fn wait_entered(&self) {
-            let mut g = self.gate.lock().unwrap();
-            while !g.0 {
-                g = self.changed.wait(g).unwrap();
-            }
-        }
-        fn release(&self) {
-            self.gate.lock().unwrap().1 = true;
-            self.changed.notify_all();
-        }
-    }
-
-    impl OffsetsLog for GatedLog {
-        fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
-            let mut g = self.gate.lock().unwrap();
-            g.0 = true;
-            self.changed.notify_all();
-            while !g.1 {
-                g = self.changed.wait(g).unwrap();
-            }
-            drop(g);
-            self.appends.fetch_add(1, Ordering::SeqCst);
-            self.inner.append(batch)
-        }
-        fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
-            self.inner.read(from, max_bytes)
-        }
-        fn log_start_offset(&self) -> Offset {
-            self.inner.log_start_offset()
-        }
-        fn log_end_offset(&self) -> Offset {
-            self.inner.log_end_offset()
-        }
-        fn flush(&self) -> Result<(), OffsetsLogError> {
-            self.flushes.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-
-    impl OffsetStore {
-        fn queued(&self, index: usize) -> usize {
-            self.queues[index].state.lock().queued.len()
-        }
-    }
-
-    #[test]
-    fn concurrent_commits_of_different_groups_share_one_append_and_one_flush() {
-        let log = Arc::new(GatedLog::default());
-        let store = Arc::new(OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap());
-        let commit = |group: String, offset: i64| {
-            let store = Arc::clone(&store);
-            std::thread::spawn(move || store.commit(&group, &[write("t", 0, offset)], offset))
-        };
-        // The first commit leads and is held inside its append.
-        let first = commit("g0".into(), 100);
-        log.wait_entered();
-        // Eight more arrive meanwhile and queue behind it.
-        let rest: Vec<_> = (1..=8).map(|i| commit(format!("g{i}"), 100 + i)).collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.queued(0) < 8 {
-            assert!(std::time::Instant::now() < deadline, "commits never queued");
-            std::thread::yield_now();
-        }
-        log.release();
-        first.join().unwrap().unwrap();
-        for t in rest {
-            t.join().unwrap().unwrap();
-        }
-        // One append and one flush for the leader, one of each for all eight followers.
-        assert_eq!(log.appends.load(Ordering::SeqCst), 2);
-        assert_eq!(log.flushes.load(Ordering::SeqCst), 2);
-        assert_eq!(store.batches_written(0), 2);
-        let reloaded = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
-        for s in [&*store, &reloaded] {
-            for i in 0..=8 {
-                let c = s.fetch(&format!("g{i}"), "t", PartitionId::new(0)).unwrap();
-                assert_eq!(c.offset.get(), 100 + i);
-            }
-        }
-    }
-
-    #[test]
-    fn a_failed_group_commit_fails_every_write_it_carried() {
-        let log = Arc::new(FlakyLog::default());
-        let store = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
-        log.fail_flush.store(true, Ordering::SeqCst);
-        let queued = QueuedWrite { ticket: 0, group: "g".into(), records: Vec::new() };
-        let err = store.append_batch(0, &[queued]).unwrap_err();
-        assert_eq!(err.code(), crate::ErrorCode::KafkaStorageError);
-        assert!(store.commit("g", &[write("t", 0, 1)], 1).is_err());
-        assert!(store.fetch("g", "t", PartitionId::new(0)).is_none());
     }
 
     #[test]

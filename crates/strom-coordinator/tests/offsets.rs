@@ -6,13 +6,17 @@
 #![cfg(feature = "server")]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+
 use strom_coordinator::*;
 use strom_format::{LeaderEpoch, Offset, PartitionId};
 use strom_log::{FlushPolicy, Log, LogConfig};
+use strom_testkit::offsets_log::FaultyOffsetsLog;
+
+/// Far longer than any event here takes; only a bug reaches it.
+const HANG_GUARD: Duration = Duration::from_secs(10);
 
 fn entry(topic: &str, partition: i32, offset: i64, metadata: &str) -> OffsetCommitEntry {
     OffsetCommitEntry {
@@ -236,41 +240,13 @@ async fn offsets_survive_a_restart_on_strom_log() {
     }
 }
 
-/// A log whose appends fail on demand, like a full or failing disk.
-#[derive(Default)]
-struct FailingLog {
-    inner: MemoryOffsetsLog,
-    fail: AtomicBool,
-}
-
-impl OffsetsLog for FailingLog {
-    fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(OffsetsLogError::new("no space left on device"));
-        }
-        self.inner.append(batch)
-    }
-    fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
-        self.inner.read(from, max_bytes)
-    }
-    fn log_start_offset(&self) -> Offset {
-        self.inner.log_start_offset()
-    }
-    fn log_end_offset(&self) -> Offset {
-        self.inner.log_end_offset()
-    }
-    fn flush(&self) -> Result<(), OffsetsLogError> {
-        self.inner.flush()
-    }
-}
-
 #[tokio::test]
 async fn a_commit_that_fails_to_append_changes_nothing() {
-    let log = Arc::new(FailingLog::default());
+    let log = FaultyOffsetsLog::new();
     let store = Arc::new(OffsetStore::load(vec![Arc::clone(&log) as Arc<dyn OffsetsLog>]).unwrap());
     let c = GroupCoordinator::new(CoordinatorConfig::default(), store);
     c.commit_offsets(simple_commit("g", vec![entry("t", 0, 1, "first")])).await;
-    log.fail.store(true, Ordering::SeqCst);
+    log.fail_appends(true);
     let r = c
         .commit_offsets(simple_commit("g", vec![entry("t", 0, 2, ""), entry("t", 1, 2, "")]))
         .await;
@@ -280,7 +256,7 @@ async fn a_commit_that_fails_to_append_changes_nothing() {
     assert_eq!(fetched.partitions[0].committed_offset, Some(Offset::new(1)));
     assert_eq!(fetched.partitions[0].metadata, "first");
     // The log recovers; commits work again.
-    log.fail.store(false, Ordering::SeqCst);
+    log.fail_appends(false);
     let r = c.commit_offsets(simple_commit("g", vec![entry("t", 0, 3, "")])).await;
     assert_eq!(r[0].error_code, ErrorCode::None);
 }
@@ -330,47 +306,10 @@ async fn delete_group_removes_its_offsets_and_refuses_groups_with_members() {
     assert_eq!(c.delete_group("g").await.error_code, ErrorCode::GroupIdNotFound);
 }
 
-/// A log whose first append waits for a gate, like a commit stuck behind a slow replica.
-#[derive(Default)]
-struct GatedLog {
-    inner: MemoryOffsetsLog,
-    entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-}
-
-impl OffsetsLog for GatedLog {
-    fn append(&self, batch: Bytes) -> Result<Offset, OffsetsLogError> {
-        let entered = self.entered.lock().unwrap().take();
-        if let Some(entered) = entered {
-            entered.send(()).unwrap();
-            let gate = self.gate.lock().unwrap().take().unwrap();
-            gate.recv().unwrap();
-        }
-        self.inner.append(batch)
-    }
-    fn read(&self, from: Offset, max_bytes: usize) -> Result<Bytes, OffsetsLogError> {
-        self.inner.read(from, max_bytes)
-    }
-    fn log_start_offset(&self) -> Offset {
-        self.inner.log_start_offset()
-    }
-    fn log_end_offset(&self) -> Offset {
-        self.inner.log_end_offset()
-    }
-    fn flush(&self) -> Result<(), OffsetsLogError> {
-        self.inner.flush()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_commit_whose_caller_gave_up_still_lands_before_the_next_one() {
-    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
-    let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-    let log = Arc::new(GatedLog {
-        entered: std::sync::Mutex::new(Some(entered_tx)),
-        gate: std::sync::Mutex::new(Some(gate_rx)),
-        ..GatedLog::default()
-    });
+    let log = FaultyOffsetsLog::new();
+    log.hold_appends();
     let store = Arc::new(OffsetStore::load(vec![Arc::clone(&log) as Arc<dyn OffsetsLog>]).unwrap());
     let c = GroupCoordinator::new(CoordinatorConfig::default(), store);
 
@@ -381,7 +320,8 @@ async fn a_slow_commit_whose_caller_gave_up_still_lands_before_the_next_one() {
             c.commit_offsets(simple_commit("g", vec![entry("t", 0, 5, "old")])).await
         })
     };
-    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap()).await.unwrap();
+    let held = Arc::clone(&log);
+    tokio::task::spawn_blocking(move || held.wait_until_held(HANG_GUARD)).await.unwrap();
     stuck.abort();
     // The next commit must wait for the stuck write, not overtake it.
     let newer = {
@@ -394,7 +334,7 @@ async fn a_slow_commit_whose_caller_gave_up_still_lands_before_the_next_one() {
     let mut newer = newer;
     let overtook = tokio::time::timeout(Duration::from_millis(300), &mut newer).await;
     assert!(overtook.is_err(), "a commit overtook the one still being written");
-    gate_tx.send(()).unwrap();
+    log.release();
     let r = newer.await.unwrap();
     assert_eq!(r[0].error_code, ErrorCode::None);
     let fetched = c.fetch_offsets("g", None);
@@ -450,4 +390,95 @@ async fn offsets_expire_only_once_their_group_has_been_empty_for_the_retention()
     assert_eq!(c.expire_offsets_at(wall_ms() + week + 1).await.unwrap(), 1);
     assert!(c.fetch_offsets("g", None).partitions.is_empty());
     assert!(c.list_groups().iter().all(|g| g.group_id != "idle"));
+}
+
+fn offset_write(topic: &str, partition: i32, offset: i64) -> OffsetWrite {
+    OffsetWrite {
+        topic: topic.into(),
+        partition: PartitionId::new(partition),
+        offset: Offset::new(offset),
+        leader_epoch: LeaderEpoch::UNKNOWN,
+        metadata: format!("m{offset}"),
+    }
+}
+
+#[test]
+fn a_failed_append_or_flush_leaves_the_cache_unchanged() {
+    let log = FaultyOffsetsLog::new();
+    let store = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
+    store.commit("g", &[offset_write("t", 0, 1)], 1).unwrap();
+    log.fail_appends(true);
+    let err =
+        store.commit("g", &[offset_write("t", 0, 2), offset_write("t", 1, 2)], 2).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::KafkaStorageError);
+    log.fail_appends(false);
+    log.fail_flushes(true);
+    assert!(store.commit("g", &[offset_write("t", 0, 3)], 3).is_err());
+    assert_eq!(store.fetch("g", "t", PartitionId::new(0)).unwrap().offset.get(), 1);
+    assert!(store.fetch("g", "t", PartitionId::new(1)).is_none());
+}
+
+/// Holds the first of `1 + followers` concurrent commits (of different groups, all on the one
+/// offsets partition) inside its append until every other one has queued behind it.
+fn commits_queued_behind_a_held_one(
+    log: &Arc<FaultyOffsetsLog>,
+    store: &Arc<OffsetStore>,
+    followers: i64,
+) -> Vec<std::thread::JoinHandle<Result<(), CoordinatorError>>> {
+    let commit = |group: String, offset: i64| {
+        let store = Arc::clone(store);
+        std::thread::spawn(move || store.commit(&group, &[offset_write("t", 0, offset)], offset))
+    };
+    log.hold_appends();
+    let mut commits = vec![commit("g0".into(), 100)];
+    log.wait_until_held(HANG_GUARD);
+    commits.extend((1..=followers).map(|i| commit(format!("g{i}"), 100 + i)));
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    while store.queued_writes(0) < usize::try_from(followers).unwrap() {
+        assert!(std::time::Instant::now() < deadline, "commits never queued");
+        std::thread::yield_now();
+    }
+    commits
+}
+
+#[test]
+fn concurrent_commits_of_different_groups_share_one_append_and_one_flush() {
+    let log = FaultyOffsetsLog::new();
+    let store = Arc::new(OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap());
+    let commits = commits_queued_behind_a_held_one(&log, &store, 8);
+    log.release();
+    for c in commits {
+        c.join().unwrap().unwrap();
+    }
+    // One append and one flush for the held commit, one of each for all eight behind it.
+    assert_eq!(log.appends(), 2);
+    assert_eq!(log.flushes(), 2);
+    assert_eq!(store.batches_written(0), 2);
+    let reloaded = OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap();
+    for s in [&*store, &reloaded] {
+        for i in 0..=8 {
+            let c = s.fetch(&format!("g{i}"), "t", PartitionId::new(0)).unwrap();
+            assert_eq!(c.offset.get(), 100 + i);
+        }
+    }
+}
+
+#[test]
+fn a_failed_group_commit_fails_every_write_it_carried() {
+    let log = FaultyOffsetsLog::new();
+    let store = Arc::new(OffsetStore::load(vec![log.clone() as Arc<dyn OffsetsLog>]).unwrap());
+    let commits = commits_queued_behind_a_held_one(&log, &store, 4);
+    log.fail_flushes(true);
+    log.release();
+    for c in commits {
+        let err = c.join().unwrap().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::KafkaStorageError);
+    }
+    for i in 0..=4 {
+        assert!(store.fetch(&format!("g{i}"), "t", PartitionId::new(0)).is_none(), "g{i}");
+    }
+    // The log has recovered: the next commit lands.
+    log.fail_flushes(false);
+    store.commit("g0", &[offset_write("t", 0, 7)], 7).unwrap();
+    assert_eq!(store.fetch("g0", "t", PartitionId::new(0)).unwrap().offset.get(), 7);
 }

@@ -8,18 +8,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
+use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use strom_broker::{Broker, BrokerConfig};
-use strom_kafka::{KafkaConfig, KafkaListener, SUPPORTED_APIS};
+use strom_kafka::{KafkaConfig, SUPPORTED_APIS};
+
+mod support;
+use support::Node;
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 static HOOK: Once = Once::new();
@@ -34,61 +35,12 @@ fn count_panics() {
     });
 }
 
-struct Node {
-    rt: tokio::runtime::Runtime,
-    broker: Arc<Broker>,
-    listener: Option<KafkaListener>,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(max_request_bytes: usize) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let config = BrokerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            offsets_topic_num_partitions: 2,
-            // Random Fetch frames must not park a connection for long.
-            fetch_max_wait_ms: 50,
-            ..BrokerConfig::default()
-        };
-        let (broker, listener) = rt.block_on(async {
-            let broker = Broker::open(config).await.unwrap();
-            let k = KafkaConfig {
-                max_request_bytes,
-                ..KafkaConfig::new("127.0.0.1:0".parse().unwrap())
-            };
-            let listener = KafkaListener::start(broker.clone(), k).await.unwrap();
-            (broker, listener)
-        });
-        let addr = listener.local_addr();
-        Node { rt, broker, listener: Some(listener), addr, _dir: dir }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let listener = self.listener.take();
-        let broker = self.broker.clone();
-        self.rt.block_on(async {
-            if let Some(l) = listener {
-                l.shutdown().await;
-            }
-            let _ = broker.shutdown().await;
-        });
-    }
+/// A node whose Kafka listener refuses requests above `max_request_bytes`.
+fn start_node(max_request_bytes: usize) -> Node {
+    let kafka =
+        KafkaConfig { max_request_bytes, ..KafkaConfig::new("127.0.0.1:0".parse().unwrap()) };
+    // Random Fetch frames must not park a connection for long.
+    Node::start_with(kafka, |b| b.fetch_max_wait_ms = 50)
 }
 
 fn frame<T: Encodable>(
@@ -224,7 +176,7 @@ fn assert_serving(node: &Node) {
 #[test]
 fn truncated_frames_of_every_api_get_an_answer_or_a_closed_connection() {
     count_panics();
-    let node = Node::start(1 << 20);
+    let node = start_node(1 << 20);
     let mut probes = 0;
     let (mut answered, mut closed) = (0, 0);
     let defaults = SUPPORTED_APIS.iter().flat_map(|&(api, min, max)| {
@@ -260,7 +212,7 @@ fn truncated_frames_of_every_api_get_an_answer_or_a_closed_connection() {
 #[test]
 fn random_and_oversized_frames_never_panic_and_other_connections_keep_working() {
     count_panics();
-    let node = Node::start(1 << 20);
+    let node = start_node(1 << 20);
     let mut rng = StdRng::seed_from_u64(0x5717_0a1f);
     // A healthy connection open through the whole barrage.
     let mut healthy = node.connect();
@@ -321,7 +273,7 @@ fn random_and_oversized_frames_never_panic_and_other_connections_keep_working() 
 #[test]
 fn api_versions_above_our_range_answers_unsupported_version_in_v0_format() {
     count_panics();
-    let node = Node::start(1 << 20);
+    let node = start_node(1 << 20);
     let mut s = node.connect();
     // A client from the future: version 99, a body we cannot know.
     let mut body = Vec::new();
@@ -349,7 +301,7 @@ fn api_versions_above_our_range_answers_unsupported_version_in_v0_format() {
 #[test]
 fn api_versions_v3_answer_has_no_top_level_tagged_fields() {
     count_panics();
-    let node = Node::start(1 << 20);
+    let node = start_node(1 << 20);
     let mut s = node.connect();
     let request = ApiVersionsRequest::default()
         .with_client_software_name(StrBytes::from_static_str("librdkafka"))
@@ -369,7 +321,7 @@ fn api_versions_v3_answer_has_no_top_level_tagged_fields() {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     count_panics();
-    let node = Node::start(1 << 20);
+    let node = start_node(1 << 20);
     let mut s = node.connect();
     let mut batch = Vec::new();
     for cid in 0..50 {

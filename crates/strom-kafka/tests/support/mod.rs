@@ -26,19 +26,25 @@ pub struct Node {
 impl Node {
     /// A node whose Kafka listener uses `kafka` (its `listen` is replaced by port 0).
     pub fn start(kafka: KafkaConfig) -> Node {
+        Node::start_with(kafka, |_| {})
+    }
+
+    /// [`Node::start`], with the broker's configuration changed by `tune` first.
+    pub fn start_with(kafka: KafkaConfig, tune: impl FnOnce(&mut BrokerConfig)) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let config = BrokerConfig {
+        let mut config = BrokerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             offsets_topic_num_partitions: 2,
             fetch_max_wait_ms: 500,
             ..BrokerConfig::default()
         };
+        tune(&mut config);
         let (broker, listener) = rt.block_on(async {
             let broker = Broker::open(config).await.unwrap();
             let k = KafkaConfig { listen: "127.0.0.1:0".parse().unwrap(), ..kafka };
@@ -71,10 +77,15 @@ impl Node {
         out.base_offset
     }
 
-    pub fn client(&self) -> Client {
+    /// A raw connection to the Kafka listener; a read waits at most 10 s.
+    pub fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client { s, next_id: 1 }
+        s
+    }
+
+    pub fn client(&self) -> Client {
+        Client { s: self.connect(), next_id: 1 }
     }
 }
 
