@@ -151,6 +151,11 @@ fn metrics_match_a_known_workload_and_lag_is_end_minus_committed() {
     assert_eq!(sample(&all, "strom_ready"), 1.0);
     assert!(sample(&all, "process_resident_memory_bytes") > 0.0);
     assert!(all.contains_key("process_cpu_seconds_total"));
+    // __consumer_offsets is compacted, so the cleaner runs; nothing here may fail it.
+    assert!(all.contains_key("strom_log_cleaner_passes_total"));
+    assert!(all.contains_key("strom_log_cleaner_freed_bytes_total"));
+    assert!(all.contains_key("strom_log_cleaner_last_pass_duration_milliseconds"));
+    assert_eq!(sample(&all, "strom_log_cleaner_failures_total"), 0.0);
     println!(
         "scraped {} samples in {scrape_ms} ms: records in {records_in}, bytes in {bytes_in}, \
          records out {records_out}, lag {lag_sum}",

@@ -218,6 +218,7 @@ impl Broker {
         if config.log_cleaner_enable {
             let cleaner = tokio::spawn(crate::log_cleaner::run(
                 registry.clone(),
+                broker.metrics.clone(),
                 crate::log_cleaner::limits(&config),
                 Duration::from_millis(config.log_cleaner_backoff_ms.max(1)),
                 broker.shutdown.subscribe(),
@@ -1023,8 +1024,8 @@ impl Broker {
     /// background task also does, every `log_cleaner_backoff_ms`), below each one's high
     /// watermark.
     pub async fn clean_logs(&self) -> crate::log_cleaner::CleanerPass {
-        crate::log_cleaner::clean_all(&self.registry, &crate::log_cleaner::limits(&self.config))
-            .await
+        let limits = crate::log_cleaner::limits(&self.config);
+        crate::log_cleaner::clean_all(&self.registry, &self.metrics, &limits).await
     }
 
     /// Stops the broker: wakes parked fetches, stops background work and the controller, then

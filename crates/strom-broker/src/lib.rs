@@ -74,8 +74,8 @@ pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };
 pub use metrics::{
-    BrokerMetrics, ConnectionGuard, HistogramSnapshot, LATENCY_BUCKETS, Listener, PartitionStats,
-    QuorumStatus, RequestKind,
+    BrokerMetrics, CleanerTotals, ConnectionGuard, HistogramSnapshot, LATENCY_BUCKETS, Listener,
+    PartitionStats, QuorumStatus, RequestKind,
 };
 pub use partition::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 pub use quorum::{ControllerView, Image, QuorumLog};

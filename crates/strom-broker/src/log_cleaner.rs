@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::broker::stopped;
 use crate::config::BrokerConfig;
+use crate::metrics::BrokerMetrics;
 use crate::topic::Registry;
 
 /// What one pass over every compacted partition did.
@@ -29,6 +30,11 @@ pub struct CleanerPass {
     pub records_read: u64,
     /// Records kept.
     pub records_kept: u64,
+    /// Bytes of the rewritten segments before cleaning, less their size after: what the pass
+    /// gave back to the disk.
+    pub bytes_freed: u64,
+    /// Partitions whose cleaning failed (their logs are unchanged; the next pass retries).
+    pub failures: usize,
 }
 
 /// The cleaner limits of `config`.
@@ -42,6 +48,7 @@ pub(crate) fn limits(config: &BrokerConfig) -> CleanerLimits {
 /// The cleaner task: a pass every `backoff` until shutdown.
 pub(crate) async fn run(
     registry: Arc<Registry>,
+    metrics: Arc<BrokerMetrics>,
     limits: CleanerLimits,
     backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -50,14 +57,18 @@ pub(crate) async fn run(
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = timer.tick() => { clean_all(&registry, &limits).await; }
+            _ = timer.tick() => { clean_all(&registry, &metrics, &limits).await; }
             () = stopped(&mut shutdown) => break,
         }
     }
 }
 
-/// One pass over every local partition of a compacted topic.
-pub(crate) async fn clean_all(registry: &Registry, limits: &CleanerLimits) -> CleanerPass {
+/// One pass over every local partition of a compacted topic, counted in `metrics`.
+pub(crate) async fn clean_all(
+    registry: &Registry,
+    metrics: &BrokerMetrics,
+    limits: &CleanerLimits,
+) -> CleanerPass {
     let partitions = registry.partitions();
     let limits = limits.clone();
     let pass = tokio::task::spawn_blocking(move || {
@@ -72,9 +83,11 @@ pub(crate) async fn clean_all(registry: &Registry, limits: &CleanerLimits) -> Cl
                     total.segments += stats.segments_cleaned;
                     total.records_read += stats.records_read;
                     total.records_kept += stats.records_kept;
+                    total.bytes_freed += stats.bytes_before.saturating_sub(stats.bytes_after);
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    total.failures += 1;
                     // The log is unchanged (a pass swaps segments in only when complete); the
                     // next pass tries again.
                     tracing::error!(partition = p.name(), error = %e, "log cleaning failed");
@@ -83,11 +96,14 @@ pub(crate) async fn clean_all(registry: &Registry, limits: &CleanerLimits) -> Cl
         }
         total
     });
-    match pass.await {
+    let started = std::time::Instant::now();
+    let total = match pass.await {
         Ok(total) => total,
         Err(e) => {
             tracing::error!(error = %e, "log cleaner task failed");
-            CleanerPass::default()
+            CleanerPass { failures: 1, ..CleanerPass::default() }
         }
-    }
+    };
+    metrics.count_cleaner_pass(&total, started.elapsed());
+    total
 }

@@ -197,6 +197,7 @@ pub struct BrokerMetrics {
     errors: Mutex<BTreeMap<(RequestKind, &'static str), u64>>,
     isr_shrinks: AtomicU64,
     isr_expands: AtomicU64,
+    cleaner: Mutex<CleanerTotals>,
     grpc_connections: Arc<AtomicUsize>,
     kafka_connections: AtomicUsize,
 }
@@ -239,6 +240,26 @@ impl BrokerMetrics {
         self.isr_expands.fetch_add(expands, Ordering::Relaxed);
     }
 
+    /// What the log cleaner has done since start.
+    pub fn cleaner(&self) -> CleanerTotals {
+        *self.cleaner.lock()
+    }
+
+    pub(crate) fn count_cleaner_pass(
+        &self,
+        pass: &crate::log_cleaner::CleanerPass,
+        took: Duration,
+    ) {
+        let mut c = self.cleaner.lock();
+        c.passes += 1;
+        c.segments_cleaned += pass.segments as u64;
+        c.records_read += pass.records_read;
+        c.records_removed += pass.records_read.saturating_sub(pass.records_kept);
+        c.bytes_freed += pass.bytes_freed;
+        c.failures += pass.failures as u64;
+        c.last_pass = took;
+    }
+
     /// The count of open gRPC connections, as the connection limiter keeps it.
     pub(crate) fn grpc_connection_counter(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.grpc_connections)
@@ -257,6 +278,26 @@ impl BrokerMetrics {
         self.kafka_connections.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard(Arc::clone(self))
     }
+}
+
+/// The log cleaner's work since the broker started (Kafka's `kafka.log:type=LogCleaner`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CleanerTotals {
+    /// Passes over the compacted partitions, including those with nothing to clean.
+    pub passes: u64,
+    /// Segments rewritten.
+    pub segments_cleaned: u64,
+    /// Records read by the cleaner.
+    pub records_read: u64,
+    /// Records dropped: superseded values and expired tombstones.
+    pub records_removed: u64,
+    /// Disk bytes given back by cleaning.
+    pub bytes_freed: u64,
+    /// Partition cleanings that failed (the log is left unchanged).
+    pub failures: u64,
+    /// How long the latest pass took (Kafka's `max-clean-time-secs` looks at the same).
+    pub last_pass: Duration,
 }
 
 /// One open Kafka connection, uncounted on drop.

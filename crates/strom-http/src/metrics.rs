@@ -303,6 +303,50 @@ impl Collector for BrokerCollector {
             None,
             [(Labels::new(), expands)],
         )?;
+        let cleaner = metrics.cleaner();
+        for (name, help, value) in [
+            (
+                "strom_log_cleaner_passes",
+                "Log cleaner passes over the compacted partitions",
+                cleaner.passes,
+            ),
+            (
+                "strom_log_cleaner_segments_cleaned",
+                "Segments rewritten by the log cleaner",
+                cleaner.segments_cleaned,
+            ),
+            (
+                "strom_log_cleaner_records_read",
+                "Records read by the log cleaner",
+                cleaner.records_read,
+            ),
+            (
+                "strom_log_cleaner_records_removed",
+                "Superseded records and expired tombstones the log cleaner dropped",
+                cleaner.records_removed,
+            ),
+            (
+                "strom_log_cleaner_failures",
+                "Partition cleanings that failed (the log is left unchanged)",
+                cleaner.failures,
+            ),
+        ] {
+            counters(e, name, help, None, [(Labels::new(), value)])?;
+        }
+        counters(
+            e,
+            "strom_log_cleaner_freed",
+            "Disk bytes given back by the log cleaner",
+            Some(&Unit::Bytes),
+            [(Labels::new(), cleaner.bytes_freed)],
+        )?;
+        gauges(
+            e,
+            "strom_log_cleaner_last_pass_duration",
+            "How long the log cleaner's latest pass took",
+            Some(&Unit::Other("milliseconds".into())),
+            [(Labels::new(), i64::try_from(cleaner.last_pass.as_millis()).unwrap_or(i64::MAX))],
+        )?;
         let quorum = broker.quorum_status();
         gauge(
             e,
