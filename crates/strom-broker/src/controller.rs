@@ -395,7 +395,23 @@ impl Active {
     /// over the live brokers), so its partitions spread over the whole cluster.
     async fn ensure_offsets_topic(&mut self) {
         let state = self.state();
-        if state.topic(CONSUMER_OFFSETS_TOPIC).is_some() {
+        if let Some(topic) = state.topic(CONSUMER_OFFSETS_TOPIC) {
+            // Created before offsets were compacted: it has no cleanup.policy of its own, so
+            // it would grow forever under `delete` with infinite retention. An operator's
+            // explicit choice (any value) is kept.
+            if !topic.configs.contains_key("cleanup.policy") && self.logic.is_some() {
+                let record = MetadataRecord::ConfigChange {
+                    topic: CONSUMER_OFFSETS_TOPIC.into(),
+                    key: "cleanup.policy".into(),
+                    value: Some("compact".into()),
+                };
+                match self.propose(record).await {
+                    Ok(()) => tracing::info!("{CONSUMER_OFFSETS_TOPIC} is now compacted"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compacting {CONSUMER_OFFSETS_TOPIC} failed")
+                    }
+                }
+            }
             return;
         }
         let Some((_, since)) = &self.logic else { return };

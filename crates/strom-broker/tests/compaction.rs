@@ -131,3 +131,39 @@ async fn a_compacted_topic_keeps_about_one_record_per_key() {
     assert_eq!(after.len(), KEYS + 1);
     h.stop().await;
 }
+
+/// A `__consumer_offsets` created before offsets were compacted has no `cleanup.policy` of its
+/// own; the controller gives it `compact` rather than let it grow forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offsets_topic_without_a_cleanup_policy_is_made_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(dir.path())).await;
+    let offsets = "__consumer_offsets";
+    assert_eq!(h.describe(offsets).await.configs["cleanup.policy"], "compact");
+    // As an older broker created it: no override. The call returns once this node applied it.
+    let legacy = strom_broker::ConfigAlteration {
+        topic: offsets.into(),
+        delete: vec!["cleanup.policy".into()],
+        ..Default::default()
+    };
+    h.server.broker().alter_topic_config(legacy, false).await.unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if h.describe(offsets).await.configs.get("cleanup.policy").map(String::as_str)
+            == Some("compact")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the controller never compacted {offsets}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // An operator's explicit choice stays.
+    let explicit = strom_broker::ConfigAlteration {
+        topic: offsets.into(),
+        set: [("cleanup.policy".to_string(), "compact,delete".to_string())].into(),
+        ..Default::default()
+    };
+    h.server.broker().alter_topic_config(explicit, false).await.unwrap();
+    assert_eq!(h.describe(offsets).await.configs["cleanup.policy"], "compact,delete");
+    h.stop().await;
+}
