@@ -36,6 +36,10 @@ pub struct JoinGroupRequest {
     /// rejoins within its session timeout takes its old place (and assignment) back without a
     /// rebalance; the member id it had before is fenced.
     pub group_instance_id: Option<String>,
+    /// KIP-814 (JoinGroup v9+): the client understands [`JoinGroupResult::skip_assignment`].
+    /// Older clients are told a rejoining static leader is not the leader instead, so that it
+    /// does not compute an assignment the Stable group would ignore.
+    pub supports_skip_assignment: bool,
 }
 
 /// One protocol a member offers.
@@ -64,6 +68,9 @@ pub struct JoinGroupResult {
     pub member_id: String,
     /// Every member and its metadata for the chosen protocol: for the leader only.
     pub members: Vec<JoinGroupMember>,
+    /// KIP-814: the leader must not run the assignor (a static leader rejoined a Stable group,
+    /// which keeps its assignment); it gets the members only to watch their subscriptions.
+    pub skip_assignment: bool,
 }
 
 /// A member as the leader sees it in its JoinGroup result.

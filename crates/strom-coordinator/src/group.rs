@@ -307,7 +307,8 @@ impl Group {
         if self.pending_sync.remove(old_id) {
             self.pending_sync.insert(new_id.clone());
         }
-        if self.leader.as_deref() == Some(old_id) {
+        let was_leader = self.leader.as_deref() == Some(old_id);
+        if was_leader {
             self.leader = Some(new_id.clone());
         }
         if let Some(instance) = req.group_instance_id.clone() {
@@ -318,7 +319,18 @@ impl Group {
             instance = req.group_instance_id.as_deref().unwrap_or(""),
             "static member rejoined; old member id fenced");
         if self.state == GroupState::Stable && unchanged {
-            return Outcome::Done(self.join_result_for(&new_id));
+            let mut result = self.join_result_for(&new_id);
+            if req.supports_skip_assignment {
+                // KIP-814: the leader keeps watching the members' subscriptions, but must not
+                // assign: the Stable group would ignore a new assignment.
+                result.skip_assignment = was_leader;
+            } else if was_leader {
+                // Before v9 the only way to stop the assignor is to name someone else as the
+                // leader: the id this member had, which it no longer matches (Kafka does so).
+                result.leader = old_id.to_owned();
+                result.members.clear();
+            }
+            return Outcome::Done(result);
         }
         let rejoin = JoinGroupRequest { member_id: new_id, ..req.clone() };
         Outcome::Wait(self.update_member_and_rebalance(&rejoin, now))
@@ -478,6 +490,7 @@ impl Group {
             leader,
             member_id: member_id.to_owned(),
             members,
+            skip_assignment: false,
         }
     }
 
@@ -1180,12 +1193,38 @@ mod tests {
     fn restarted_static_leader_stays_leader_without_a_rebalance() {
         let now = Instant::now();
         let mut g = stable_static_group(now);
-        let r = done(g.join(&static_req("a"), || "m1-new".into(), now));
+        // KIP-814 (JoinGroup v9+): it is the leader and sees the members, but must not assign.
+        let v9 = JoinGroupRequest { supports_skip_assignment: true, ..static_req("a") };
+        let r = done(g.join(&v9, || "m1-new".into(), now));
         assert_eq!((r.generation_id, r.leader.as_str()), (2, "m1-new"));
+        assert!(r.skip_assignment);
+        assert_eq!(r.members.len(), 2);
         // The leader's SyncGroup in a Stable group changes no assignment.
         let s = done(g.sync(&sync_req("m1-new", 2, &[("m1-new", "zz")]), now));
         assert_eq!(s.assignment, Bytes::from("p0"));
         assert_eq!(g.state(), GroupState::Stable);
+        // A static follower that rejoins is never told to skip (it does not assign anyway).
+        let v9 = JoinGroupRequest { supports_skip_assignment: true, ..static_req("b") };
+        let r = done(g.join(&v9, || "m2-new".into(), now));
+        assert!(!r.skip_assignment && r.members.is_empty());
+        assert_eq!(r.leader, "m1-new");
+    }
+
+    #[test]
+    fn restarted_static_leader_of_an_old_client_is_told_another_id_leads() {
+        let now = Instant::now();
+        let mut g = stable_static_group(now);
+        // Before v9 a client assigns whenever it is named the leader: name its old id, as
+        // Kafka does, so it does not compute an assignment the Stable group would drop.
+        let r = done(g.join(&static_req("a"), || "m1-new".into(), now));
+        assert_eq!((r.generation_id, r.member_id.as_str()), (2, "m1-new"));
+        assert_eq!(r.leader, "m1");
+        assert!(r.members.is_empty() && !r.skip_assignment);
+        let s = done(g.sync(&sync_req("m1-new", 2, &[]), now));
+        assert_eq!(s.assignment, Bytes::from("p0"));
+        assert_eq!(g.state(), GroupState::Stable);
+        // The group itself knows the new id leads: a later rebalance starts from it.
+        assert_eq!(g.heartbeat("m1-new", Some("a"), 2, now).error_code, ErrorCode::None);
     }
 
     #[test]

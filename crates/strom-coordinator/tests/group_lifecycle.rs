@@ -43,6 +43,7 @@ fn join_req(member_id: &str, topics: &[&str]) -> JoinGroupRequest {
         client_host: "/127.0.0.1".into(),
         require_known_member_id: false,
         group_instance_id: None,
+        supports_skip_assignment: false,
     }
 }
 

@@ -128,6 +128,9 @@ impl pb::group_server::Group for GroupService {
                 // do); older ones get their id with the join that creates it.
                 require_known_member_id: req.supports_member_id_required,
                 group_instance_id: instance(req.group_instance_id),
+                // The gRPC JoinGroup has no skip_assignment: a rejoining static leader is told
+                // another id leads, as pre-v9 Kafka clients are, so it does not assign.
+                supports_skip_assignment: false,
             })
             .await;
         Ok(Response::new(pb::JoinGroupResponse {

@@ -121,6 +121,7 @@ impl Group for GroupService {
                 // As Kafka's broker does for JoinGroup v4+: exercises MEMBER_ID_REQUIRED.
                 require_known_member_id: true,
                 group_instance_id: instance(r.group_instance_id),
+                supports_skip_assignment: false,
             })
             .await;
         Ok(Response::new(JoinGroupResponse {

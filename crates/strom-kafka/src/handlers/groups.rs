@@ -135,6 +135,7 @@ pub(super) async fn join_group(
             // KIP-394: from v4 on, clients know to rejoin with the id MEMBER_ID_REQUIRED gives.
             require_known_member_id: version >= 4,
             group_instance_id: instance(req.group_instance_id.as_deref()),
+            supports_skip_assignment: version >= 9,
         })
         .await;
     let ok = r.error_code.is_ok();
@@ -144,6 +145,7 @@ pub(super) async fn join_group(
         .with_protocol_type(ok.then(|| str_bytes(&protocol_type)))
         .with_protocol_name(ok.then(|| str_bytes(&r.protocol_name)))
         .with_leader(str_bytes(&r.leader))
+        .with_skip_assignment(r.skip_assignment)
         .with_member_id(str_bytes(&r.member_id))
         .with_members(
             r.members

@@ -443,7 +443,20 @@ def confluent_static_membership():
     desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
     instances = sorted(m.group_instance_id or "" for m in desc.members)
     check(instances == ["inst-a", "inst-b"], f"DescribeGroups shows the instance ids {instances}")
-    for n in ("a", "b2"):
+    # Now the other one restarts: between the two, the group's leader has restarted (a
+    # static leader's rejoin must not reassign either, KIP-814).
+    b2_callbacks = callbacks["b2"]
+    stops["a"].set()
+    threads["a"].join()
+    threads["a2"] = threading.Thread(target=member, args=("a2", "inst-a"))
+    stops["a2"] = threading.Event()
+    threads["a2"].start()
+    wait_for(lambda: assignments.get("a2") == a_partitions,
+             "the other restarted static member got its partitions back")
+    time.sleep(1.0)
+    check(callbacks["b2"] == b2_callbacks and assignments["b2"] == b_partitions,
+          f"the first restarted member saw no rebalance (callbacks {b2_callbacks} -> {callbacks['b2']})")
+    for n in ("a2", "b2"):
         stops[n].set()
         threads[n].join()
 
