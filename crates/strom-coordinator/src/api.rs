@@ -217,6 +217,19 @@ pub struct OffsetFetchResult {
     pub partitions: Vec<OffsetFetchPartition>,
 }
 
+/// The answer to an OffsetDelete: a group-level error, or one code per requested partition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OffsetDeleteResult {
+    /// GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP, KAFKA_STORAGE_ERROR...: then no partition's offset
+    /// was deleted. [`ErrorCode::None`] otherwise.
+    pub error_code: ErrorCode,
+    /// Why it failed, for people.
+    pub error_message: String,
+    /// Per requested partition: NONE (deleted, or there was no offset) or
+    /// GROUP_SUBSCRIBED_TO_TOPIC (kept: a member reads that topic).
+    pub partitions: Vec<(String, PartitionId, ErrorCode)>,
+}
+
 /// The committed offset of one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffsetFetchPartition {

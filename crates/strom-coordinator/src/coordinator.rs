@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use strom_format::PartitionId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -19,7 +20,8 @@ use tracing::{debug, warn};
 use crate::api::{
     GroupDescription, GroupListing, GroupResult, HeartbeatRequest, JoinGroupRequest,
     JoinGroupResult, LeaveGroupRequest, OffsetCommitPartitionResult, OffsetCommitRequest,
-    OffsetFetchPartition, OffsetFetchResult, OffsetFetchTopic, SyncGroupRequest, SyncGroupResult,
+    OffsetDeleteResult, OffsetFetchPartition, OffsetFetchResult, OffsetFetchTopic,
+    SyncGroupRequest, SyncGroupResult,
 };
 use crate::config::CoordinatorConfig;
 use crate::error::{CoordinatorError, ErrorCode};
@@ -549,6 +551,67 @@ impl GroupCoordinator {
             Err(e) => return GroupResult::error(ErrorCode::UnknownServerError, e.to_string()),
         }
         GroupResult::ok()
+    }
+
+    /// OffsetDelete (Kafka's API 47, `kafka-consumer-groups --delete-offsets`): removes the
+    /// group's committed offsets of `partitions`, except those of topics its members are
+    /// subscribed to (GROUP_SUBSCRIBED_TO_TOPIC). GROUP_ID_NOT_FOUND for a group with neither
+    /// members nor offsets; NON_EMPTY_GROUP for one whose members are not consumers.
+    ///
+    /// The subscription check and the write are not one step: a member that subscribes in
+    /// between finds no committed offset and starts at its `auto.offset.reset`, as it would
+    /// had the delete come a moment earlier.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Vec<(String, PartitionId)>,
+    ) -> OffsetDeleteResult {
+        let failed = |code: ErrorCode, message: String| OffsetDeleteResult {
+            error_code: code,
+            error_message: message,
+            partitions: Vec::new(),
+        };
+        if let Err((code, msg)) = self.validate_group_id(group_id) {
+            return failed(code, msg.to_owned());
+        }
+        let subscribed = match self.group(group_id) {
+            Some(cell) => {
+                let group = cell.group.lock();
+                if group.state() == GroupState::Dead {
+                    return failed(ErrorCode::GroupIdNotFound, "the group does not exist".into());
+                }
+                match group.subscribed_topics() {
+                    Ok(s) => s,
+                    Err(code) => {
+                        return failed(code, "the group's members are not consumers".into());
+                    }
+                }
+            }
+            None if self.inner.offsets.has_offsets(group_id) => None,
+            None => return failed(ErrorCode::GroupIdNotFound, "the group does not exist".into()),
+        };
+        let mut answers = Vec::with_capacity(partitions.len());
+        let mut victims = Vec::new();
+        for (topic, p) in partitions {
+            let code = if subscribed.as_ref().is_some_and(|s| s.contains(&topic)) {
+                ErrorCode::GroupSubscribedToTopic
+            } else {
+                victims.push((topic.clone(), p));
+                ErrorCode::None
+            };
+            answers.push((topic, p, code));
+        }
+        let store = Arc::clone(&self.inner.offsets);
+        let id = group_id.to_owned();
+        match tokio::task::spawn_blocking(move || store.delete_offsets(&id, &victims)).await {
+            Ok(Ok(_)) => OffsetDeleteResult {
+                error_code: ErrorCode::None,
+                error_message: String::new(),
+                partitions: answers,
+            },
+            Ok(Err(e)) => failed(e.code(), e.to_string()),
+            Err(e) => failed(ErrorCode::UnknownServerError, e.to_string()),
+        }
     }
 
     // ---- Introspection -------------------------------------------------------------------------

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     /// KIP-345: another member took over this member's `group.instance.id`; this one is
     /// fenced and must stop (it is a zombie of a restarted instance).
     FencedInstanceId = 82,
+    /// OffsetDelete of a partition whose topic the group's members are subscribed to.
+    GroupSubscribedToTopic = 86,
 }
 
 impl ErrorCode {
@@ -76,6 +78,7 @@ impl ErrorCode {
             ErrorCode::MemberIdRequired => "MEMBER_ID_REQUIRED",
             ErrorCode::GroupMaxSizeReached => "GROUP_MAX_SIZE_REACHED",
             ErrorCode::FencedInstanceId => "FENCED_INSTANCE_ID",
+            ErrorCode::GroupSubscribedToTopic => "GROUP_SUBSCRIBED_TO_TOPIC",
         }
     }
 }

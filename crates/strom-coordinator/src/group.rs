@@ -25,6 +25,27 @@ use crate::config::CoordinatorConfig;
 use crate::error::ErrorCode;
 use crate::member::Member;
 
+/// The `protocol_type` of Kafka's consumers: only their subscriptions can be read.
+const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
+
+/// What a group's members subscribe to, for OffsetDelete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Subscribed {
+    /// Some subscription could not be read: treat every topic as subscribed.
+    All,
+    /// The union of the members' subscriptions.
+    Topics(HashSet<String>),
+}
+
+impl Subscribed {
+    pub(crate) fn contains(&self, topic: &str) -> bool {
+        match self {
+            Subscribed::All => true,
+            Subscribed::Topics(t) => t.contains(topic),
+        }
+    }
+}
+
 /// The state of a group, with Kafka's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GroupState {
@@ -156,6 +177,29 @@ impl Group {
     /// Empty with nobody about to join: nothing here but the generation counter.
     pub(crate) fn is_idle(&self) -> bool {
         self.state == GroupState::Empty && self.members.is_empty() && self.pending.is_empty()
+    }
+
+    /// Which topics OffsetDelete must leave alone (Kafka's `isSubscribedToTopic`): `None` when
+    /// the group has no members (every offset may go); the topics its consumer members
+    /// subscribe to otherwise. A member whose subscription cannot be read counts as subscribed
+    /// to everything, as in Kafka. NON_EMPTY_GROUP for a group with members of another
+    /// protocol type, whose subscriptions mean nothing here.
+    pub(crate) fn subscribed_topics(&self) -> Result<Option<Subscribed>, ErrorCode> {
+        if self.members.is_empty() {
+            return Ok(None);
+        }
+        if self.protocol_type != CONSUMER_PROTOCOL_TYPE {
+            return Err(ErrorCode::NonEmptyGroup);
+        }
+        let protocol = self.protocol.as_deref().unwrap_or_default();
+        let mut topics = HashSet::new();
+        for m in self.members.values() {
+            match crate::consumer_protocol::Subscription::decode(&m.metadata(protocol)) {
+                Ok(sub) => topics.extend(sub.topics),
+                Err(_) => return Ok(Some(Subscribed::All)),
+            }
+        }
+        Ok(Some(Subscribed::Topics(topics)))
     }
 
     /// Unloads the group: every parked call is answered, every later call retries elsewhere.

@@ -40,8 +40,9 @@ mod offset_store;
 pub use api::{
     GroupDescription, GroupListing, GroupResult, HeartbeatRequest, JoinGroupMember,
     JoinGroupProtocol, JoinGroupRequest, JoinGroupResult, LeaveGroupRequest, MemberDescription,
-    OffsetCommitEntry, OffsetCommitPartitionResult, OffsetCommitRequest, OffsetFetchPartition,
-    OffsetFetchResult, OffsetFetchTopic, SyncGroupAssignment, SyncGroupRequest, SyncGroupResult,
+    OffsetCommitEntry, OffsetCommitPartitionResult, OffsetCommitRequest, OffsetDeleteResult,
+    OffsetFetchPartition, OffsetFetchResult, OffsetFetchTopic, SyncGroupAssignment,
+    SyncGroupRequest, SyncGroupResult,
 };
 #[cfg(feature = "server")]
 pub use config::CoordinatorConfig;

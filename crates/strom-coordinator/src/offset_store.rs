@@ -351,6 +351,31 @@ impl OffsetStore {
         Ok(victims.len())
     }
 
+    /// Deletes `group_id`'s committed offsets of `partitions` (tombstones, one batch), as
+    /// Kafka's OffsetDelete does; partitions without an offset are skipped. Returns how many
+    /// offsets were removed. Blocks on disk I/O.
+    pub fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(String, PartitionId)],
+    ) -> Result<usize, CoordinatorError> {
+        let now = now_ms();
+        let mut records = Vec::new();
+        for (topic, p) in partitions {
+            if self.fetch(group_id, topic, *p).is_some() {
+                let key = encode_key(group_id, topic, *p).map_err(schema_error)?;
+                records.push(tombstone(key, now, topic.clone(), *p));
+            }
+        }
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let deleted = records.len();
+        self.write(group_id, records)?;
+        info!(group = group_id, deleted, "deleted committed offsets of a group");
+        Ok(deleted)
+    }
+
     /// Queues `records` for the group's partition and returns once they are durable and in
     /// the cache (or failed): either this caller writes a batch itself, carrying every write
     /// queued behind it, or a concurrent leader carries this one.

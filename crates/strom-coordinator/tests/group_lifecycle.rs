@@ -467,3 +467,65 @@ async fn list_and_describe_groups() {
     assert_eq!(c.describe_group("manual").state, GroupState::Empty);
     assert_eq!(c.describe_group("nope").state, GroupState::Dead);
 }
+
+#[tokio::test]
+async fn offset_delete_keeps_subscribed_topics_and_refuses_unknown_groups() {
+    let c = coordinator(CoordinatorConfig::default());
+    let p = PartitionId::new;
+    let none = c.delete_offsets("nobody", vec![("t".into(), p(0))]).await;
+    assert_eq!(none.error_code, ErrorCode::GroupIdNotFound);
+
+    // A member subscribed to "orders"; the group also has offsets of "old".
+    let joined = c.join_group(join_req("", &["orders"])).await;
+    assert_eq!(joined.error_code, ErrorCode::None);
+    let synced = c
+        .sync_group(SyncGroupRequest {
+            group_id: GROUP.into(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+            assignments: vec![],
+            group_instance_id: None,
+        })
+        .await;
+    assert_eq!(synced.error_code, ErrorCode::None);
+    let commit = |topic: &str, partition: i32| strom_coordinator::OffsetWrite {
+        topic: topic.into(),
+        partition: p(partition),
+        offset: strom_format::Offset::new(7),
+        leader_epoch: strom_format::LeaderEpoch::UNKNOWN,
+        metadata: String::new(),
+    };
+    c.offsets()
+        .commit(GROUP, &[commit("orders", 0), commit("old", 0), commit("old", 1)], 1)
+        .unwrap();
+
+    let r = c
+        .delete_offsets(
+            GROUP,
+            vec![("orders".into(), p(0)), ("old".into(), p(0)), ("old".into(), p(5))],
+        )
+        .await;
+    assert_eq!(r.error_code, ErrorCode::None, "{}", r.error_message);
+    let codes: Vec<_> = r.partitions.iter().map(|(t, p, c)| (t.as_str(), p.get(), *c)).collect();
+    assert_eq!(
+        codes,
+        [
+            ("orders", 0, ErrorCode::GroupSubscribedToTopic),
+            ("old", 0, ErrorCode::None),
+            ("old", 5, ErrorCode::None), // never committed: nothing to delete, no error
+        ]
+    );
+    let left: Vec<_> =
+        c.offsets().fetch_group(GROUP).into_iter().map(|(t, p, _)| (t, p.get())).collect();
+    assert_eq!(left, [("old".to_string(), 1), ("orders".to_string(), 0)]);
+
+    // Once the member leaves, its topic's offsets may go too.
+    c.leave_group(&LeaveGroupRequest {
+        group_id: GROUP.into(),
+        member_id: joined.member_id,
+        group_instance_id: None,
+    });
+    let r = c.delete_offsets(GROUP, vec![("orders".into(), p(0))]).await;
+    assert_eq!(r.partitions[0].2, ErrorCode::None);
+    assert!(c.offsets().fetch(GROUP, "orders", p(0)).is_none());
+}

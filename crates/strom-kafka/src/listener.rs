@@ -267,7 +267,8 @@ fn request_kind(api: ApiKey) -> RequestKind {
         | ApiKey::SyncGroup
         | ApiKey::DescribeGroups
         | ApiKey::ListGroups
-        | ApiKey::DeleteGroups => RequestKind::Group,
+        | ApiKey::DeleteGroups
+        | ApiKey::OffsetDelete => RequestKind::Group,
         ApiKey::CreateTopics
         | ApiKey::DeleteTopics
         | ApiKey::CreatePartitions

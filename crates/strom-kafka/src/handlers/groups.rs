@@ -1,7 +1,8 @@
 //! Consumer groups: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
-//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups and DeleteGroups, onto the broker's
-//! [`GroupCoordinator`] — the same one the gRPC `Group` service uses, so a group may mix Kafka
-//! clients and Strom's SDK. This node coordinates every group.
+//! OffsetCommit, OffsetFetch, OffsetDelete, ListGroups, DescribeGroups and DeleteGroups, onto
+//! the broker's [`GroupCoordinator`] — the same one the gRPC `Group` service uses, so a group
+//! may mix Kafka clients and Strom's SDK. A node coordinates the groups whose
+//! `__consumer_offsets` partition it leads; the others are NOT_COORDINATOR here.
 
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -473,18 +477,59 @@ pub(super) fn describe_groups(ctx: &Context, req: DescribeGroupsRequest) -> Desc
 }
 
 /// Each group is deleted on its own: NON_EMPTY_GROUP while it has members (as in Kafka),
-/// GROUP_ID_NOT_FOUND when unknown; otherwise its committed offsets are gone.
+/// GROUP_ID_NOT_FOUND when unknown, NOT_COORDINATOR on a node that does not coordinate it;
+/// otherwise its committed offsets are gone.
 pub(super) async fn delete_groups(ctx: &Context, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
-    let c = coordinator(ctx);
     let mut results = Vec::with_capacity(req.groups_names.len());
     for group_id in req.groups_names {
-        let error_code = match &c {
-            None => COORDINATOR_NOT_AVAILABLE,
-            Some(c) => c.delete_group(&group_id).await.error_code.code(),
+        let error_code = match ctx.broker().coordinator_for(&group_id) {
+            Err(e) => code(&e),
+            Ok(c) => c.delete_group(&group_id).await.error_code.code(),
         };
         results.push(
             DeletableGroupResult::default().with_group_id(group_id).with_error_code(error_code),
         );
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// OffsetDelete (`kafka-consumer-groups --delete-offsets`): the group's committed offsets of
+/// the named partitions go, except where a member subscribes to the topic
+/// (GROUP_SUBSCRIBED_TO_TOPIC on that partition).
+pub(super) async fn offset_delete(ctx: &Context, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let c = match ctx.broker().coordinator_for(&req.group_id) {
+        Ok(c) => c,
+        Err(e) => return OffsetDeleteResponse::default().with_error_code(code(&e)),
+    };
+    let partitions: Vec<(String, PartitionId)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| (t.name.to_string(), PartitionId::new(p.partition_index)))
+        })
+        .collect();
+    let r = c.delete_offsets(&req.group_id, partitions).await;
+    if !r.error_code.is_ok() {
+        return OffsetDeleteResponse::default().with_error_code(r.error_code.code());
+    }
+    // Answered in the request's order, one entry per topic as it was named.
+    let mut answers = r.partitions.into_iter();
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let error_code = answers.next().map_or(UNKNOWN_SERVER_ERROR, |a| a.2.code());
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error_code)
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default().with_name(t.name).with_partitions(partitions)
+        })
+        .collect();
+    OffsetDeleteResponse::default().with_topics(topics)
 }

@@ -136,6 +136,7 @@ requests! {
     DeleteGroups => DeleteGroupsRequest,
     IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
     DescribeCluster => DescribeClusterRequest,
+    OffsetDelete => OffsetDeleteRequest,
 }
 
 impl Decoded {
@@ -220,6 +221,7 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
         Request::ListGroups(r) => answer!(groups::list_groups(ctx, *r)),
         Request::DescribeGroups(r) => answer!(groups::describe_groups(ctx, *r)),
         Request::DeleteGroups(r) => answer!(groups::delete_groups(ctx, *r).await),
+        Request::OffsetDelete(r) => answer!(groups::offset_delete(ctx, *r).await),
     }
 }
 
