@@ -115,6 +115,9 @@ pub mod producer_state;
 mod recovery;
 mod retention;
 mod segment;
+#[cfg(any(test, feature = "sim"))]
+mod sim_storage;
+mod storage;
 mod time_index;
 mod validate;
 
@@ -124,3 +127,6 @@ pub use config::{FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use leader_epoch_cache::EpochEntry;
 pub use log::{AppendInfo, Log, ReadResult};
+#[cfg(any(test, feature = "sim"))]
+pub use sim_storage::{SimFault, SimStorage};
+pub use storage::{DirEntry, OpenMode, OsStorage, Storage, StorageFile};

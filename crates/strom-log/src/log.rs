@@ -19,6 +19,7 @@ use crate::producer_snapshot;
 use crate::producer_state::{ProducerBatch, ProducerStateManager, Verdict};
 use crate::recovery::{self, sync_dir};
 use crate::segment::{LogSegment, SegError};
+use crate::storage::{OsStorage, Storage};
 use crate::time_index::TimeEntry;
 use crate::validate::{Origin, validate};
 use crate::{Clock, FlushPolicy, LogConfig, LogError, SystemClock, retention};
@@ -127,6 +128,8 @@ pub struct ReadResult {
 #[derive(Debug)]
 pub struct Log {
     pub(crate) dir: PathBuf,
+    /// Every file-system call goes through it ([`OsStorage`] unless opened with another).
+    storage: Arc<dyn Storage>,
     /// Swapped whole by [`Log::set_config`]; each operation reads one snapshot of it.
     config: RwLock<Arc<LogConfig>>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -201,8 +204,8 @@ struct DirLock {
 }
 
 impl DirLock {
-    fn acquire(dir: &Path) -> Result<Self, LogError> {
-        let path = dir.canonicalize().ctx(|| format!("resolve {}", dir.display()))?;
+    fn acquire(storage: &dyn Storage, dir: &Path) -> Result<Self, LogError> {
+        let path = storage.canonicalize(dir).ctx(|| format!("resolve {}", dir.display()))?;
         let mut open = OPEN_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !open.insert(path.clone()) {
             return Err(LogError::AlreadyOpen(path));
@@ -269,11 +272,37 @@ impl Log {
         config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Log, LogError> {
+        Self::open_with_storage(dir, config, clock, Arc::new(OsStorage))
+    }
+
+    /// [`Log::open_with_clock`] on another file system than the operating system's: every
+    /// file-system call of the log goes through `storage` (a simulated one in crash tests,
+    /// see [`Storage`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use strom_log::{Log, LogConfig, OsStorage, SystemClock};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open_with_storage(
+    ///     dir.path(),
+    ///     LogConfig::default(),
+    ///     Arc::new(SystemClock),
+    ///     Arc::new(OsStorage),
+    /// )
+    /// .unwrap();
+    /// assert_eq!(log.log_end_offset().get(), 0);
+    /// ```
+    pub fn open_with_storage(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Log, LogError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-        let dir_lock = DirLock::acquire(&dir)?;
-        let recovered = recovery::recover(&dir, &config, clock.as_ref())?;
+        storage.create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let dir_lock = DirLock::acquire(storage.as_ref(), &dir)?;
+        let recovered = recovery::recover(storage.as_ref(), &dir, &config, clock.as_ref())?;
         for segment in &recovered.segments {
             segment.set_gaps_to(recovered.cleaned_to);
         }
@@ -287,13 +316,15 @@ impl Log {
         };
         let (start, end) = (first.base(), last.next_offset());
         // Recovery fsynced what it kept, so everything below the end is durable.
-        recovery::write_recovery_point(&dir, end, true)?;
-        let epochs = LeaderEpochCache::open(&dir, &recovered.segments, start, end)?;
+        recovery::write_recovery_point(storage.as_ref(), &dir, end, true)?;
+        let epochs =
+            LeaderEpochCache::open(storage.clone(), &dir, &recovered.segments, start, end)?;
         let now = clock.now_ms();
         tracing::debug!(dir = %dir.display(), %start, %end, segments = recovered.segments.len(),
             "log opened");
         let log = Log {
             dir,
+            storage,
             config: RwLock::new(Arc::new(config)),
             clock,
             segments: RwLock::new(Arc::new(recovered.segments)),
@@ -689,10 +720,10 @@ impl Log {
     /// written before snapshots existed: older producers are forgotten, not misread.
     fn reload_producers(&self) -> Result<(), LogError> {
         let end = self.log_end_offset();
-        producer_snapshot::remove_above(&self.dir, end)?;
+        producer_snapshot::remove_above(self.storage(), &self.dir, end)?;
         let mut loaded = None;
-        for offset in producer_snapshot::list(&self.dir)?.into_iter().rev() {
-            match producer_snapshot::read(&self.dir, offset) {
+        for offset in producer_snapshot::list(self.storage(), &self.dir)?.into_iter().rev() {
+            match producer_snapshot::read(self.storage(), &self.dir, offset) {
                 Ok(state) => {
                     loaded = Some((offset, state));
                     break;
@@ -700,7 +731,7 @@ impl Log {
                 Err(e) => {
                     tracing::warn!(dir = %self.dir.display(), error = %e,
                         "deleting an unreadable producer-state snapshot");
-                    producer_snapshot::remove(&self.dir, offset)?;
+                    producer_snapshot::remove(self.storage(), &self.dir, offset)?;
                 }
             }
         }
@@ -756,7 +787,7 @@ impl Log {
                 state.apply(&batch);
             }
         }
-        if let Err(e) = producer_snapshot::write(&self.dir, offset, &state) {
+        if let Err(e) = producer_snapshot::write(self.storage(), &self.dir, offset, &state) {
             tracing::warn!(dir = %self.dir.display(), %offset, error = %e,
                 "could not write the producer-state snapshot");
         }
@@ -934,9 +965,9 @@ impl Log {
             old.flush()?;
             self.flushed.fetch_max(old.next_offset().get(), Ordering::AcqRel);
         }
-        let segment = Arc::new(LogSegment::create(&self.dir, base)?);
+        let segment = Arc::new(LogSegment::create(self.storage(), &self.dir, base)?);
         segment.set_gaps_to(self.first_dirty_offset());
-        sync_dir(&self.dir)?;
+        sync_dir(self.storage(), &self.dir)?;
         {
             let mut segments = self.segments.write();
             let mut list = Vec::with_capacity(segments.len() + 1);
@@ -1178,7 +1209,7 @@ impl Log {
         // Readers that load the end from here on do not look past `offset`.
         self.end.fetch_min(offset.get(), Ordering::AcqRel);
         for segment in removed.iter().rev() {
-            segment.delete_files()?;
+            segment.delete_files(self.storage())?;
         }
         let new_end = match holder.truncate_at(offset)? {
             Some((new_end, bytes_since)) => {
@@ -1188,7 +1219,7 @@ impl Log {
             None => holder.next_offset(),
         };
         holder.flush()?;
-        sync_dir(&self.dir)?;
+        sync_dir(self.storage(), &self.dir)?;
         debug_assert!(new_end <= offset);
         self.end.store(new_end.get(), Ordering::Release);
         self.flushed.fetch_min(new_end.get(), Ordering::AcqRel);
@@ -1236,22 +1267,24 @@ impl Log {
         // Start and end are `offset` even if a file operation failed part-way: no record is
         // left for an entry to describe (were old ones left, reopen would rebuild the file).
         // Every snapshot goes: one below `offset` describes the old history.
-        result
-            .and(self.epochs.clear())
-            .and(producer_snapshot::remove_above(&self.dir, Offset::new(-1)))
+        result.and(self.epochs.clear()).and(producer_snapshot::remove_above(
+            self.storage(),
+            &self.dir,
+            Offset::new(-1),
+        ))
     }
 
     fn recreate_at(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
         // First of all: from here a crash reopens at `offset` (recovery completes the
         // truncation), never at an old segment's base below it.
-        log_start::write(&self.dir, offset)?;
+        log_start::write(self.storage(), &self.dir, offset)?;
         let old = self.snapshot();
         self.end.store(offset.get(), Ordering::Release);
         self.start.store(offset.get(), Ordering::Release);
         let reused = old.iter().any(|s| s.base() == offset);
         if !reused {
-            let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
-            sync_dir(&self.dir)?;
+            let segment = Arc::new(LogSegment::create(self.storage(), &self.dir, offset)?);
+            sync_dir(self.storage(), &self.dir)?;
             *self.segments.write() = Arc::new(vec![segment]);
         }
         for segment in old.iter().rev() {
@@ -1259,17 +1292,17 @@ impl Log {
                 // Its file is about to be reused: readers of the old segment must retry.
                 segment.retire();
             } else {
-                segment.delete_files()?;
+                segment.delete_files(self.storage())?;
             }
         }
         if reused {
             // Truncates the same-named old segment in place; the fsync keeps its old bytes
             // from coming back after power loss.
-            let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
+            let segment = Arc::new(LogSegment::create(self.storage(), &self.dir, offset)?);
             segment.flush()?;
             *self.segments.write() = Arc::new(vec![segment]);
         }
-        sync_dir(&self.dir)?;
+        sync_dir(self.storage(), &self.dir)?;
         writer.bytes_since_index = 0;
         self.flushed.store(offset.get(), Ordering::Release);
         tracing::info!(dir = %self.dir.display(), %offset, "truncated the whole log");
@@ -1376,7 +1409,7 @@ impl Log {
         if !lower && value <= *last {
             return Ok(());
         }
-        recovery::write_recovery_point(&self.dir, value, lower)?;
+        recovery::write_recovery_point(self.storage(), &self.dir, value, lower)?;
         *last = value;
         Ok(())
     }
@@ -1428,16 +1461,17 @@ impl Log {
         debug_assert!(previous < new_first.base().get(), "the log start offset only grows");
         for segment in deleted {
             tracing::info!(segment = %segment.path().display(), "deleting segment by retention");
-            segment.delete_files()?;
+            segment.delete_files(self.storage())?;
         }
-        sync_dir(&self.dir)?;
-        if let Err(e) = log_start::write(&self.dir, new_first.base()) {
+        sync_dir(self.storage(), &self.dir)?;
+        if let Err(e) = log_start::write(self.storage(), &self.dir, new_first.base()) {
             // The segments already say where the log starts; the checkpoint only covers a
             // directory that later loses every segment. The next pass writes it again.
             tracing::warn!(dir = %self.dir.display(), error = %e,
                 "could not write the log-start-offset checkpoint after retention");
         }
-        if let Err(e) = producer_snapshot::remove_below(&self.dir, new_first.base()) {
+        if let Err(e) = producer_snapshot::remove_below(self.storage(), &self.dir, new_first.base())
+        {
             // Stale snapshots only cost disk; the next retention pass tries again.
             tracing::warn!(dir = %self.dir.display(), error = %e,
                 "could not delete producer-state snapshots after retention");
@@ -1531,7 +1565,7 @@ impl Log {
         // The next open replays nothing: the snapshot covers the whole log (without it, the
         // open replays from the last roll's: slower, not wrong).
         self.snapshot_producers(self.log_end_offset(), &[]);
-        recovery::write_clean_marker(&self.dir)?;
+        recovery::write_clean_marker(self.storage(), &self.dir)?;
         tracing::debug!(dir = %self.dir.display(), end = %self.log_end_offset(), "log closed");
         Ok(())
     }
@@ -1548,11 +1582,12 @@ impl Log {
     /// ```
     pub fn delete(self) -> Result<(), LogError> {
         let dir = self.dir.clone();
+        let storage = self.storage.clone();
         drop(self);
-        std::fs::remove_dir_all(&dir).ctx(|| format!("delete {}", dir.display()))?;
+        storage.remove_dir_all(&dir).ctx(|| format!("delete {}", dir.display()))?;
         if let Some(parent) = dir.parent() {
             // Best effort: the deletion is complete either way once the OS persists it.
-            if let Err(e) = sync_dir(parent) {
+            if let Err(e) = sync_dir(storage.as_ref(), parent) {
                 tracing::debug!(error = %e, "could not fsync the parent directory");
             }
         }
@@ -1560,6 +1595,11 @@ impl Log {
     }
 
     // ------------------------------------------------------------------------------ helpers
+
+    /// The file system the log's files live on.
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
 
     pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<LogSegment>>> {
         self.segments.read().clone()
