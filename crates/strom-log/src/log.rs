@@ -1689,10 +1689,20 @@ impl Log {
             self.write_checkpoint(point, true)?;
         }
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
-        if to < self.log_end_offset() {
+        // The active segment may reach past the log end: a write whose index entry failed
+        // after its batch was published in the segment (a full disk) never moved the end.
+        let reach = self.log_end_offset().max(self.active_segment().next_offset());
+        if to < reach {
             self.truncate_locked(writer, to)?;
         }
-        self.active_segment().discard_unpublished()?;
+        let active = self.active_segment();
+        active.discard_unpublished()?;
+        // The cut must be on disk before the log takes writes again, also when it was made by
+        // an earlier attempt whose fsync failed (the cut is then already in memory, so no
+        // truncation runs above): after a power cut the cut bytes would come back in a
+        // segment the log calls flushed, under the batches appended at their offsets since.
+        active.flush()?;
+        sync_dir(self.storage(), &self.dir)?;
         // An append that failed after recording its new epoch leaves it at the end.
         self.epochs.truncate_from_end(self.log_end_offset())
     }

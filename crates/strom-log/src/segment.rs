@@ -872,14 +872,13 @@ impl LogSegment {
         if pos == 0 {
             self.roll_basis_ms.store(NO_TIMESTAMP, Ordering::Release);
         }
-        let result = self
-            .offset_index
-            .file()
-            .truncate(keep)
-            .and_then(|()| self.time_index.file().truncate(keep))
-            .and_then(|()| {
-                self.log.set_len(pos).ctx(|| format!("truncate {}", self.path.display()))
-            });
+        // All three, whatever fails: each index cuts its entries in memory before its file,
+        // and a retried cut (`discard_unpublished`) brings the files back to memory, which
+        // must then agree between the two indexes.
+        let offsets = self.offset_index.file().truncate(keep);
+        let times = self.time_index.file().truncate(keep);
+        let data = self.log.set_len(pos).ctx(|| format!("truncate {}", self.path.display()));
+        let result = offsets.and(times).and(data);
         self.generation.fetch_add(1, Ordering::AcqRel);
         result?;
         Ok(Some((header.base, pos - start.pos)))
