@@ -234,7 +234,7 @@ pub(crate) fn recover_swaps(storage: &dyn Storage, dir: &Path) -> Result<(), Log
 /// headers only.
 fn next_offset_of(storage: &dyn Storage, path: &Path, base: Offset) -> Result<Offset, LogError> {
     let file = storage.open(path, OpenMode::Read).ctx(|| format!("open {}", path.display()))?;
-    let len = file.len().ctx(|| format!("stat {}", path.display()))?;
+    let len = file.size().ctx(|| format!("stat {}", path.display()))?;
     let mut pos = 0u64;
     let mut next = base;
     let mut header = [0u8; BATCH_HEADER_LEN];

@@ -57,7 +57,7 @@ impl<E: IndexEntry> IndexFile<E> {
     /// multiple of the entry size and entries in order. Never fails on content, only on I/O.
     pub(crate) fn load(storage: &dyn Storage, path: &Path) -> Result<Loaded<E>, LogError> {
         let file = open_append(storage, path, false)?;
-        let len = file.len().ctx(|| format!("stat {}", path.display()))?;
+        let len = file.size().ctx(|| format!("stat {}", path.display()))?;
         let empty =
             |file| IndexFile { path: path.to_path_buf(), file, entries: RwLock::new(vec![]) };
         if len > MAX_INDEX_FILE_BYTES {

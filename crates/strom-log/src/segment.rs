@@ -251,7 +251,7 @@ impl LogSegment {
         let path = dir.join(file_name(base, LOG_SUFFIX));
         let log =
             storage.open(&path, OpenMode::Append).ctx(|| format!("open {}", path.display()))?;
-        let len = log.len().ctx(|| format!("stat {}", path.display()))?;
+        let len = log.size().ctx(|| format!("stat {}", path.display()))?;
         let index_path = dir.join(file_name(base, INDEX_SUFFIX));
         let time_path = dir.join(file_name(base, TIME_INDEX_SUFFIX));
         let missing = [&index_path, &time_path].into_iter().find(|p| !storage.exists(p)).cloned();

@@ -283,7 +283,7 @@ impl State {
     }
 
     fn inode(&mut self, ino: u64) -> io::Result<&mut Inode> {
-        self.inodes.get_mut(&ino).ok_or_else(|| eio())
+        self.inodes.get_mut(&ino).ok_or_else(eio)
     }
 
     fn require_dir(&self, dir: &Path) -> io::Result<()> {
@@ -612,7 +612,7 @@ impl SimFile {
 }
 
 impl StorageFile for SimFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|s| Ok(s.inode(self.ino)?.data.len() as u64))
     }
 
@@ -724,7 +724,7 @@ mod tests {
             file.append_all(&mut [IoSlice::new(b"-more")]).unwrap();
             write(&storage, "/d/b", b"unsynced name");
             storage.crash();
-            assert!(file.len().is_err(), "old handles fail after a crash");
+            assert!(file.size().is_err(), "old handles fail after a crash");
             let a = storage.read_file(Path::new("/d/a")).unwrap();
             assert!(a.starts_with(b"durable"), "seed {seed}: {a:?}");
             assert!(a.len() <= b"durable-more".len());

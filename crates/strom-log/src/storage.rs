@@ -72,8 +72,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
 /// One open file. Shared between the log's writer and its readers: every method takes
 /// `&self`, and reads are positional, so readers never move a shared cursor.
 pub trait StorageFile: Send + Sync + fmt::Debug {
-    /// The file's current length.
-    fn len(&self) -> io::Result<u64>;
+    /// The file's current length in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// Reads at most `buf.len()` bytes at `pos`; `Ok(0)` at the end of the file.
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
     /// Appends exactly `len` bytes of the file at `pos` to `buf`, reading into its spare
@@ -128,7 +128,7 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
 
     /// The first `limit` bytes of the file at most (small checkpoint files).
     fn read_prefix(&self, limit: u64) -> io::Result<Vec<u8>> {
-        let len = usize::try_from(self.len()?.min(limit))
+        let len = usize::try_from(self.size()?.min(limit))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
         let mut buf = Vec::with_capacity(len);
         self.read_into_spare(&mut buf, len, 0)?;
@@ -212,7 +212,7 @@ impl Storage for OsStorage {
 }
 
 impl StorageFile for OsFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 

@@ -75,7 +75,7 @@ fn config(seed: u64) -> LogConfig {
             1 => FlushPolicy::EveryAppend,
             _ => FlushPolicy::EveryMessages(5),
         },
-        compact: seed % 2 == 0,
+        compact: seed.is_multiple_of(2),
         min_cleanable_dirty_ratio_permille: 0,
         ..LogConfig::default()
     }
