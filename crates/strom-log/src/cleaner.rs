@@ -585,14 +585,17 @@ impl Log {
         Offset::new(self.cleaned_to.load(Ordering::Acquire))
     }
 
-    /// Lowers the checkpoint to `offset` durably (a truncation below it): what is appended
-    /// after the cut must be dense again. Writer lock held.
-    pub(crate) fn lower_cleaned_to(&self, offset: Offset) -> Result<(), LogError> {
+    /// Lowers the checkpoint file to `offset` durably before a truncation below it (what is
+    /// appended after the cut must be dense again); `true` when it did. The caller applies
+    /// the new value in memory ([`Log::set_cleaned_to`]) once the cut is made: the walk to the
+    /// batch the cut starts at must still accept a cleaner's gap that spans `offset`. Writer
+    /// lock held.
+    pub(crate) fn lower_cleaned_to(&self, offset: Offset) -> Result<bool, LogError> {
         if self.cleaned_to.load(Ordering::Acquire) > offset.get() {
             write_checkpoint(self.storage(), &self.dir, offset)?;
-            self.set_cleaned_to(offset);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Raises the checkpoint durably to cover a gap a replicated append brings (a compacted
@@ -607,7 +610,7 @@ impl Log {
 
     /// The new first dirty offset, in the log and in every segment's read checks. Raised
     /// only after the checkpoint is durable, lowered only before gaps above it could exist.
-    fn set_cleaned_to(&self, offset: Offset) {
+    pub(crate) fn set_cleaned_to(&self, offset: Offset) {
         self.cleaned_to.store(offset.get(), Ordering::Release);
         for segment in self.snapshot().iter() {
             segment.set_gaps_to(offset);

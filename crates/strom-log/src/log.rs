@@ -1131,7 +1131,9 @@ impl Log {
     // ------------------------------------------------------------------------------ truncation
 
     /// Drops every record at or above `offset`; a batch holding `offset` is dropped whole, so
-    /// the log end offset becomes that batch's base offset. Later segments are deleted. An
+    /// the log end offset becomes that batch's base offset (on a compacted log whose cleaner
+    /// removed the records just before it, the offset after the last record kept, as a reopen
+    /// would find it). Later segments are deleted. An
     /// `offset` below the log start offset empties the log and restarts it at `offset`; one at
     /// or above the log end offset changes nothing.
     ///
@@ -1179,14 +1181,18 @@ impl Log {
         // range, so it deletes whatever does not continue the segments before it.
         let point = offset.min(self.flushed_offset());
         self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
-        // Gaps stay legal only below the cut: what is appended after it must be dense.
-        self.lower_cleaned_to(offset).map_err(|e| self.damaged_by(e, offset))?;
+        // Gaps stay legal only below the cut: what is appended after it must be dense. On
+        // disk first; in memory once the cut is made (see `lower_cleaned_to`).
+        let lowered = self.lower_cleaned_to(offset).map_err(|e| self.damaged_by(e, offset))?;
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
         let result = if restart {
             self.truncate_fully(&mut writer, offset)
         } else {
             self.truncate_locked(&mut writer, offset)
         };
+        if lowered {
+            self.set_cleaned_to(offset);
+        }
         result.map_err(|e| self.damaged_by(e, offset))
     }
 

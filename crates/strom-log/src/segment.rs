@@ -833,8 +833,9 @@ impl LogSegment {
     }
 
     /// Drops every batch from the one holding `offset` on. Returns the new next offset (the
-    /// base of that batch) and the bytes since the last remaining index entry, or `None` when
-    /// no committed batch holds `offset` (nothing to drop).
+    /// offset after the last batch kept: the base of the dropped batch, unless the cleaner left
+    /// a gap before it) and the bytes since the last remaining index entry, or `None` when no
+    /// committed batch holds `offset` (nothing to drop).
     pub(crate) fn truncate_at(&self, offset: Offset) -> Result<Option<(Offset, u64)>, LogError> {
         let size = self.size();
         let Some((pos, header)) = self.find_batch(offset, self.rel(offset), size)? else {
@@ -867,7 +868,9 @@ impl LogSegment {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.verified.fetch_min(pos, Ordering::AcqRel);
         self.size.store(pos, Ordering::Release);
-        self.next_offset.store(header.base.get(), Ordering::Release);
+        // The offset after the last batch kept, which is what the file says on a reopen: below
+        // the cut batch's base when the cleaner removed the records just before it.
+        self.next_offset.store(tail.next_offset.get(), Ordering::Release);
         self.max_timestamp.store(tail.max_ts, Ordering::Release);
         if pos == 0 {
             self.roll_basis_ms.store(NO_TIMESTAMP, Ordering::Release);
@@ -881,7 +884,7 @@ impl LogSegment {
         let result = offsets.and(times).and(data);
         self.generation.fetch_add(1, Ordering::AcqRel);
         result?;
-        Ok(Some((header.base, pos - start.pos)))
+        Ok(Some((tail.next_offset, pos - start.pos)))
     }
 
     /// Cuts the data file and both indexes back to what is published, dropping whatever a
