@@ -303,6 +303,9 @@ impl Log {
     ///
     /// [`LogConfig::compact`]: crate::LogConfig::compact
     pub fn clean(&self, upper: Offset, limits: &CleanerLimits) -> Result<CleanStats, LogError> {
+        if let Some(reason) = self.swap_broken.lock().as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
         let config = self.config();
         let mut stats = CleanStats {
             first_dirty: Offset::new(self.cleaned_to.load(Ordering::Acquire)),
@@ -522,6 +525,27 @@ impl Log {
             stats.stopped_at = Some(CleanStep::Cleaned);
             return Ok(None);
         }
+        let result = self.swap_files(group, &current, at, cleaned, limits, stats);
+        if let Err(e) = &result {
+            // From the first rename on, the disk holds `.swap` files a reopen completes; a
+            // later pass, truncation or retention must not change the segments under them.
+            let reason = format!("a cleaner swap failed part-way ({e}); reopen the log");
+            tracing::error!(dir = %self.dir.display(), %reason, "log refuses writes");
+            *self.swap_broken.lock() = Some(reason);
+        }
+        result
+    }
+
+    /// The file operations of a swap, from the commit point on (see `swap_in`).
+    fn swap_files(
+        &self,
+        group: &[Arc<LogSegment>],
+        current: &[Arc<LogSegment>],
+        at: usize,
+        cleaned: Cleaned,
+        limits: &CleanerLimits,
+        stats: &mut CleanStats,
+    ) -> Result<Option<u64>, LogError> {
         let tmp = self.dir.join(CLEANED_DIR);
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
             let from = tmp.join(file_name(cleaned.base, suffix));

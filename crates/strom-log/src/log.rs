@@ -149,6 +149,10 @@ pub struct Log {
     /// Set by a failed write or flush until the log is cut back to its last good end: while
     /// set, writes are refused. Leaf lock.
     damage: Mutex<Option<Damage>>,
+    /// Set when a cleaner swap failed after its commit point (`cleaner.rs`): the `.swap` files
+    /// on disk are what a reopen completes, so the log takes no write, truncation or other
+    /// pass until it is reopened (which completes the swap). Leaf lock.
+    pub(crate) swap_broken: Mutex<Option<String>>,
     /// Roll-backs done so far, so an append can tell whether its records survived a roll-back
     /// that ran between its write and its flush. Leaf lock.
     rollbacks: Mutex<Rollbacks>,
@@ -336,6 +340,7 @@ impl Log {
             flushed: AtomicI64::new(end.get()),
             last_flush_ms: AtomicI64::new(now),
             damage: Mutex::new(None),
+            swap_broken: Mutex::new(None),
             rollbacks: Mutex::new(Rollbacks::default()),
             epochs,
             producers: Mutex::new(ProducerStateManager::default()),
@@ -1620,7 +1625,10 @@ impl Log {
         }
     }
 
-    fn check_poison(&self) -> Result<(), LogError> {
+    pub(crate) fn check_poison(&self) -> Result<(), LogError> {
+        if let Some(reason) = self.swap_broken.lock().as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
         match self.damage.lock().as_ref() {
             Some(d) => Err(LogError::Poisoned(d.reason.clone())),
             None => Ok(()),
@@ -1636,7 +1644,8 @@ impl Log {
     /// assert_eq!(log.storage_error(), None);
     /// ```
     pub fn storage_error(&self) -> Option<String> {
-        self.damage.lock().as_ref().map(|d| d.reason.clone())
+        let broken = self.swap_broken.lock().clone();
+        broken.or_else(|| self.damage.lock().as_ref().map(|d| d.reason.clone()))
     }
 
     /// Records a failed write or flush: no write is taken until the log is cut back to
@@ -1655,6 +1664,9 @@ impl Log {
     /// Undoes a recorded failure: cuts the log back to its last good end and drops the bytes a
     /// failed write left past it; then the log takes writes again. A no-op on a healthy log.
     fn repair_if_damaged(&self) -> Result<(), LogError> {
+        if let Some(reason) = self.swap_broken.lock().as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
         if self.damage.lock().is_none() {
             return Ok(());
         }

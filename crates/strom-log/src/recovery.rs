@@ -116,7 +116,7 @@ pub(crate) fn recover(
         });
     }
     // Segments from the one holding the recovery point on may hold unflushed, torn writes.
-    let recover_from = if clean {
+    let mut recover_from = if clean {
         segments.len()
     } else {
         let point = recovery_point.unwrap_or(Offset::ZERO);
@@ -132,6 +132,25 @@ pub(crate) fn recover(
     let mut i = 0;
     let mut previous_next: Option<Offset> = None;
     while i < segments.len() {
+        // An empty segment that is not the last, inside the range the previous one reaches:
+        // the files of a roll that failed part-way (the log went on appending to the
+        // previous segment and rolled later, at a higher base). Not data: deleted.
+        let stray = segments.get(i).filter(|s| {
+            s.is_empty() && i + 1 < segments.len() && previous_next.is_some_and(|n| n > s.base())
+        });
+        if let Some(stray) = stray {
+            tracing::warn!(segment = %stray.path().display(),
+                "deleting an empty segment left inside the previous one by a failed roll");
+            stray.delete_files(storage)?;
+            segments.remove(i);
+            if i < problems.len() {
+                problems.remove(i);
+            }
+            if i < recover_from {
+                recover_from -= 1;
+            }
+            continue;
+        }
         let next_base = segments.get(i + 1).map(LogSegment::base);
         let is_last = next_base.is_none();
         let in_recovery = i >= recover_from;
@@ -183,7 +202,11 @@ pub(crate) fn recover(
             } else if let Some(n) = next_base.filter(|n| {
                 // A gap up to the cleaner's first dirty offset is the cleaner's doing.
                 let cleaner_gap = *n > next && *n <= cleaned_to;
-                !in_recovery && *n != next && !cleaner_gap
+                // Runs past an empty next segment, which the loop deletes as a stray.
+                let over_stray = next > *n
+                    && segments.get(i + 1).is_some_and(|s| s.is_empty())
+                    && i + 2 < segments.len();
+                !in_recovery && *n != next && !cleaner_gap && !over_stray
             }) {
                 // A hole before the next segment (a file cut at a batch boundary): reads of the
                 // missing offsets fail with LogError::Corrupt.
@@ -215,11 +238,15 @@ pub(crate) fn recover(
             }
             if let Some(n) = next_base {
                 let gap_ok = next < n && n <= cleaned_to;
-                if tail.invalid.is_none() && next != n && !gap_ok {
+                // Runs past an empty next segment, which the loop deletes as a stray (above).
+                let over_stray = next > n
+                    && segments.get(i + 1).is_some_and(|s| s.is_empty())
+                    && i + 2 < segments.len();
+                if tail.invalid.is_none() && next != n && !gap_ok && !over_stray {
                     tracing::error!(segment = %segment.path().display(), ends_at = %next,
                         next_segment = %n, "segments are not contiguous");
                 }
-                if !gap_ok {
+                if !gap_ok && !over_stray {
                     next = n;
                 }
             }

@@ -705,9 +705,17 @@ fn injected_write_and_fsync_failures_never_acknowledge_what_is_not_durable() {
 /// - 17 (fsync EIO): a roll-back whose fsync failed was retried with the cut already made in
 ///   memory, so nothing made it durable; a power cut brought the cut batches back in a
 ///   segment the log called flushed, overlapping the batches appended since.
+/// - 8476 (EIO, compacted): a cleaner swap that failed after its commit point left `.swap`
+///   files the running log went on without; a later reopen completed that stale swap over
+///   segments changed since (overlapping offsets). The log now refuses writes, truncations
+///   and passes until a reopen completes the swap.
+/// - 8701 (EIO): a roll that failed part-way left an empty segment file at the old end; the
+///   log appended on in the previous segment and rolled later at a higher base; recovery
+///   took the stray for a segment and deleted every later one, flushed records included.
+///   Recovery now deletes an empty, non-last segment inside the range of the one before.
 #[test]
 fn fault_seeds_that_found_bugs_stay_fixed() {
-    for seed in [1, 16, 17] {
+    for seed in [1, 16, 17, 8476, 8701] {
         fault_run(seed);
     }
 }
@@ -760,7 +768,16 @@ fn fault_run(seed: u64) -> usize {
                 }
             }
             if healed {
-                // The disk works again: the log takes writes without a reopen.
+                // The disk works again: the log takes writes without a reopen, unless a
+                // cleaner swap failed part-way (then only a reopen, which completes it, does).
+                if log.as_ref().unwrap().storage_error().is_some_and(|e| e.contains("reopen")) {
+                    drop(log.take());
+                    let reopened = work.open(&storage).unwrap_or_else(|e| {
+                        panic!("seed {seed}: reopen after a failed swap: {e}\n{}", replay(seed))
+                    });
+                    model.observe(&reopened);
+                    log = Some(reopened);
+                }
                 let l = log.as_ref().unwrap();
                 let built = work.batch();
                 let info = l.append_with_leader_epoch(built.clone(), LeaderEpoch::new(model.epoch));
