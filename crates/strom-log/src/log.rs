@@ -18,8 +18,10 @@ use crate::offset_index::OffsetEntry;
 use crate::producer_snapshot;
 use crate::producer_state::{ProducerBatch, ProducerStateManager, Verdict};
 use crate::recovery::{self, sync_dir};
-use crate::segment::{LogSegment, SegError};
-use crate::storage::{OsStorage, Storage};
+use crate::segment::{
+    INDEX_SUFFIX, LOG_SUFFIX, LogSegment, SegError, TIME_INDEX_SUFFIX, file_name,
+};
+use crate::storage::{OsStorage, Storage, remove_if_exists};
 use crate::time_index::TimeEntry;
 use crate::validate::{Origin, validate};
 use crate::{Clock, FlushPolicy, LogConfig, LogError, SystemClock, retention};
@@ -230,6 +232,10 @@ impl Drop for DirLock {
 pub(crate) struct Writer {
     /// Bytes appended to the active segment since its last index entry.
     bytes_since_index: u64,
+    /// The base of a roll that failed after creating some of its files: the roll-back
+    /// deletes them, or the log would append on in the active segment past a stray segment
+    /// file that a reopen takes for the next segment.
+    failed_roll: Option<Offset>,
 }
 
 /// A batch ready to write: its bytes and the base offset it gets.
@@ -332,7 +338,10 @@ impl Log {
             config: RwLock::new(Arc::new(config)),
             clock,
             segments: RwLock::new(Arc::new(recovered.segments)),
-            writer: Mutex::new(Writer { bytes_since_index: recovered.bytes_since_index }),
+            writer: Mutex::new(Writer {
+                bytes_since_index: recovered.bytes_since_index,
+                failed_roll: None,
+            }),
             flush_lock: Mutex::new(()),
             checkpoint: Mutex::new(end),
             start: AtomicI64::new(start.get()),
@@ -970,9 +979,16 @@ impl Log {
             old.flush()?;
             self.flushed.fetch_max(old.next_offset().get(), Ordering::AcqRel);
         }
-        let segment = Arc::new(LogSegment::create(self.storage(), &self.dir, base)?);
+        let created = LogSegment::create(self.storage(), &self.dir, base)
+            .and_then(|s| sync_dir(self.storage(), &self.dir).map(|()| s));
+        let segment = match created {
+            Ok(segment) => Arc::new(segment),
+            Err(e) => {
+                writer.failed_roll = Some(base);
+                return Err(e);
+            }
+        };
         segment.set_gaps_to(self.first_dirty_offset());
-        sync_dir(self.storage(), &self.dir)?;
         {
             let mut segments = self.segments.write();
             let mut list = Vec::with_capacity(segments.len() + 1);
@@ -1715,6 +1731,16 @@ impl Log {
         }
         let active = self.active_segment();
         active.discard_unpublished()?;
+        if let Some(base) = writer.failed_roll
+            && self.snapshot().iter().all(|s| s.base() != base)
+        {
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                let path = self.dir.join(file_name(base, suffix));
+                remove_if_exists(self.storage(), &path)
+                    .ctx(|| format!("delete {}", path.display()))?;
+            }
+        }
+        writer.failed_roll = None;
         // The cut must be on disk before the log takes writes again, also when it was made by
         // an earlier attempt whose fsync failed (the cut is then already in memory, so no
         // truncation runs above): after a power cut the cut bytes would come back in a
