@@ -2,7 +2,8 @@
 //! (fmt + clippy + test, as .ci/run), `cargo xtask bench` (criterion benches and the
 //! strom-bench end-to-end runs recorded in BENCHMARKS.md), `cargo xtask sim` (the quorum
 //! simulation over many seeds, or one replayed: `SEED=n cargo xtask sim --replay`; with
-//! `--replication`, the partition replication simulation), `cargo xtask bench-matrix` (the
+//! `--replication`, the partition replication simulation; with `--log`, strom-log's power-cut
+//! and fault test on the simulated file system), `cargo xtask bench-matrix` (the
 //! performance table: a release broker and strom-bench through every scenario).
 
 mod bench_matrix;
@@ -27,6 +28,7 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         "bench-matrix" => bench_matrix::run(rest, cargo),
         "cluster" => cluster(rest),
+        "sim" if rest.iter().any(|a| a == "--log") => log_sim(rest),
         "sim" => {
             // SEED (for --replay) and RUST_LOG pass through the environment.
             let mut args = vec!["run", "-q", "-p", "strom-sim", "--"];
@@ -47,11 +49,50 @@ fn main() -> Result<()> {
                  data and logs under ./strom-cluster/, Ctrl-C stops every node\n  \
                  sim    quorum simulation: --seeds N [--base B] [--voters 3|5] [--steps S];\n         \
                  SEED=n cargo xtask sim --replay [--voters V] replays one seed verbosely;\n         \
-                 --replication: the partition replication simulation (same options but --voters)"
+                 --replication: the partition replication simulation (same options but --voters);\n         \
+                 --log [--seeds N] [--base B]: strom-log's power-cut and fault test on the\n         \
+                 simulated file system (SEED=n replays one seed)"
             );
             if task == "help" { Ok(()) } else { bail!("unknown task {task}") }
         }
     }
+}
+
+/// `cargo xtask sim --log [--seeds N] [--base B]`: strom-log's seeded crash and fault test
+/// (`crates/strom-log/tests/sim_crash.rs`) over N seeds from B, instead of the fixed CI set.
+/// `SEED=n` (one seed) passes through the environment.
+fn log_sim(extra: &[String]) -> Result<()> {
+    let mut seeds = None;
+    let mut base = None;
+    let mut args = extra.iter().filter(|a| *a != "--log");
+    while let Some(arg) = args.next() {
+        let value = args.next().with_context(|| format!("{arg} needs a value"))?;
+        let number: u64 = value.parse().with_context(|| format!("{arg} takes a number"))?;
+        match arg.as_str() {
+            "--seeds" => seeds = Some(number),
+            "--base" => base = Some(number),
+            other => bail!("unknown option {other} for sim --log (use --seeds N, --base B)"),
+        }
+    }
+    // Read by the test; set for the cargo child only.
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(["test", "-p", "strom-log", "--test", "sim_crash", "--", "--nocapture"]);
+    if let Some(n) = seeds {
+        command.env("STROM_LOG_SIM_SEEDS", n.to_string());
+    }
+    if let Some(b) = base {
+        command.env("STROM_LOG_SIM_SEED_BASE", b.to_string());
+    }
+    eprintln!(
+        "$ STROM_LOG_SIM_SEEDS={} STROM_LOG_SIM_SEED_BASE={} cargo test -p strom-log --test sim_crash",
+        seeds.map_or("default".into(), |n| n.to_string()),
+        base.unwrap_or(0)
+    );
+    let status = command.status().context("running cargo test")?;
+    if !status.success() {
+        bail!("the strom-log simulation failed: {status} (the output names the seed to replay)");
+    }
+    Ok(())
 }
 
 /// The whole test suite. Binaries are built first so multi-process tests find them.

@@ -24,10 +24,8 @@
 //! - the swap happens under the writer lock after checking the group's segments (and the one
 //!   after them) are still the log's, so retention or truncation in between aborts it.
 
-use std::fs::{self, File};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,6 +44,7 @@ use crate::segment::{
     BatchHeader, INDEX_SUFFIX, LOG_SUFFIX, LogSegment, ScanStart, TIME_INDEX_SUFFIX, file_name,
     parse_file_name,
 };
+use crate::storage::{OpenMode, Storage, read_small, write_atomically};
 use crate::{Log, LogError};
 
 /// The first dirty offset: below it the log has been cleaned (and may have offset gaps).
@@ -140,34 +139,28 @@ pub struct CleanStats {
 }
 
 /// Reads the checkpoint; `None` when missing or unreadable (nothing cleaned: no gaps).
-pub(crate) fn read_checkpoint(dir: &Path) -> Option<Offset> {
-    let mut text = String::new();
-    File::open(dir.join(CHECKPOINT)).ok()?.take(256).read_to_string(&mut text).ok()?;
+pub(crate) fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> Option<Offset> {
+    let text = read_small(storage, &dir.join(CHECKPOINT), 256)?;
     let value = text.strip_prefix(CHECKPOINT_PREFIX)?.strip_suffix('\n')?;
     value.parse::<i64>().ok().filter(|v| *v >= 0).map(Offset::new)
 }
 
 /// Writes the checkpoint durably (temporary file, fsync, rename, directory fsync).
-pub(crate) fn write_checkpoint(dir: &Path, value: Offset) -> Result<(), LogError> {
-    let tmp = dir.join(CHECKPOINT_TMP);
-    let mut file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    file.write_all(format!("{CHECKPOINT_PREFIX}{value}\n").as_bytes())
-        .and_then(|()| file.sync_data())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, dir.join(CHECKPOINT)).ctx(|| format!("rename {}", tmp.display()))?;
-    sync_dir(dir)
+pub(crate) fn write_checkpoint(
+    storage: &dyn Storage,
+    dir: &Path,
+    value: Offset,
+) -> Result<(), LogError> {
+    let content = format!("{CHECKPOINT_PREFIX}{value}\n");
+    write_atomically(storage, dir, CHECKPOINT_TMP, CHECKPOINT, content.as_bytes(), true)
 }
 
-fn remove_if_exists(path: &Path) -> Result<bool, LogError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(LogError::io(format!("remove {}", path.display()), e)),
-    }
+fn remove_if_exists(storage: &dyn Storage, path: &Path) -> Result<bool, LogError> {
+    crate::storage::remove_if_exists(storage, path).ctx(|| format!("remove {}", path.display()))
 }
 
-fn rename_if_exists(from: &Path, to: &Path) -> Result<(), LogError> {
-    match fs::rename(from, to) {
+fn rename_if_exists(storage: &dyn Storage, from: &Path, to: &Path) -> Result<(), LogError> {
+    match storage.rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(LogError::io(format!("rename {}", from.display()), e)),
@@ -180,23 +173,21 @@ fn swap_name(base: Offset, suffix: &str) -> String {
 
 /// Recovery of a pass cut short (called by open before segments are listed): `.cleaned/` is
 /// discarded (the swap never began), every `<base>.log.swap` is completed.
-pub(crate) fn recover_swaps(dir: &Path) -> Result<(), LogError> {
+pub(crate) fn recover_swaps(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
     let cleaned = dir.join(CLEANED_DIR);
-    if cleaned.exists() {
+    if storage.exists(&cleaned) {
         tracing::info!(dir = %dir.display(), "discarding an unfinished cleaner pass");
-        fs::remove_dir_all(&cleaned).ctx(|| format!("remove {}", cleaned.display()))?;
+        storage.remove_dir_all(&cleaned).ctx(|| format!("remove {}", cleaned.display()))?;
     }
     let mut swaps = Vec::new();
     let mut stray = Vec::new();
     let mut logs = Vec::new();
-    for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for entry in storage.list_dir(dir).ctx(|| format!("list {}", dir.display()))? {
+        let name = entry.name.as_str();
         if let Some(stem) = name.strip_suffix(&format!(".{SWAP}")) {
             match parse_file_name(stem) {
                 Some((base, LOG_SUFFIX)) => swaps.push(base),
-                Some(_) => stray.push(entry.path()),
+                Some(_) => stray.push(dir.join(name)),
                 None => {}
             }
         } else if let Some((base, LOG_SUFFIX)) = parse_file_name(name) {
@@ -208,15 +199,16 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<(), LogError> {
     }
     for base in &swaps {
         let swap = dir.join(swap_name(*base, LOG_SUFFIX));
-        let next = next_offset_of(&swap, *base)?;
+        let next = next_offset_of(storage, &swap, *base)?;
         // Old segments the cleaned batches overlap go first; a crash repeats this.
         for old in logs.iter().filter(|o| **o > *base && **o < next) {
             for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                remove_if_exists(&dir.join(file_name(*old, suffix)))?;
+                remove_if_exists(storage, &dir.join(file_name(*old, suffix)))?;
             }
         }
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
             rename_if_exists(
+                storage,
                 &dir.join(swap_name(*base, suffix)),
                 &dir.join(file_name(*base, suffix)),
             )?;
@@ -227,22 +219,22 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<(), LogError> {
         // An index `.swap` without its `.log.swap`: the swap was completed but for it.
         let stem = path.file_stem().map(|s| path.with_file_name(s));
         match stem {
-            Some(final_path) if !swaps.is_empty() || final_path.exists() => {
-                rename_if_exists(&path, &final_path)?;
+            Some(final_path) if !swaps.is_empty() || storage.exists(&final_path) => {
+                rename_if_exists(storage, &path, &final_path)?;
             }
             _ => {
-                remove_if_exists(&path)?;
+                remove_if_exists(storage, &path)?;
             }
         }
     }
-    sync_dir(dir)
+    sync_dir(storage, dir)
 }
 
 /// The offset after the last whole batch of a segment file (its base when empty), reading
 /// headers only.
-fn next_offset_of(path: &Path, base: Offset) -> Result<Offset, LogError> {
-    let file = File::open(path).ctx(|| format!("open {}", path.display()))?;
-    let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+fn next_offset_of(storage: &dyn Storage, path: &Path, base: Offset) -> Result<Offset, LogError> {
+    let file = storage.open(path, OpenMode::Read).ctx(|| format!("open {}", path.display()))?;
+    let len = file.size().ctx(|| format!("stat {}", path.display()))?;
     let mut pos = 0u64;
     let mut next = base;
     let mut header = [0u8; BATCH_HEADER_LEN];
@@ -311,6 +303,9 @@ impl Log {
     ///
     /// [`LogConfig::compact`]: crate::LogConfig::compact
     pub fn clean(&self, upper: Offset, limits: &CleanerLimits) -> Result<CleanStats, LogError> {
+        if let Some(reason) = self.swap_broken.lock().as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
         let config = self.config();
         let mut stats = CleanStats {
             first_dirty: Offset::new(self.cleaned_to.load(Ordering::Acquire)),
@@ -362,7 +357,7 @@ impl Log {
         // Durable before any gap exists on disk: recovery must know the gaps are the cleaner's.
         if Offset::new(self.cleaned_to.load(Ordering::Acquire)) < mapped_to {
             let _writer = self.writer.lock();
-            write_checkpoint(&self.dir, mapped_to)?;
+            write_checkpoint(self.storage(), &self.dir, mapped_to)?;
             self.set_cleaned_to(mapped_to);
         }
         stats.first_dirty = mapped_to;
@@ -468,8 +463,8 @@ impl Log {
             return Err(LogError::InvalidConfig("cleaner: empty group".into()));
         };
         let tmp = self.dir.join(CLEANED_DIR);
-        fs::create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-        let out = LogSegment::create(&tmp, base)?;
+        self.storage().create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+        let out = LogSegment::create(self.storage(), &tmp, base)?;
         let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
         let mut size = 0u64;
         let start = base.max(self.log_start_offset());
@@ -495,7 +490,7 @@ impl Log {
         }
         out.replace_indexes(scan.offset_entries, scan.time_entries)?;
         out.flush()?;
-        sync_dir(&tmp)?;
+        sync_dir(self.storage(), &tmp)?;
         Ok(Cleaned { base, size, next: scan.next_offset, max_ts: scan.max_ts })
     }
 
@@ -530,19 +525,40 @@ impl Log {
             stats.stopped_at = Some(CleanStep::Cleaned);
             return Ok(None);
         }
+        let result = self.swap_files(group, &current, at, cleaned, limits, stats);
+        if let Err(e) = &result {
+            // From the first rename on, the disk holds `.swap` files a reopen completes; a
+            // later pass, truncation or retention must not change the segments under them.
+            let reason = format!("a cleaner swap failed part-way ({e}); reopen the log");
+            tracing::error!(dir = %self.dir.display(), %reason, "log refuses writes");
+            *self.swap_broken.lock() = Some(reason);
+        }
+        result
+    }
+
+    /// The file operations of a swap, from the commit point on (see `swap_in`).
+    fn swap_files(
+        &self,
+        group: &[Arc<LogSegment>],
+        current: &[Arc<LogSegment>],
+        at: usize,
+        cleaned: Cleaned,
+        limits: &CleanerLimits,
+        stats: &mut CleanStats,
+    ) -> Result<Option<u64>, LogError> {
         let tmp = self.dir.join(CLEANED_DIR);
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
             let from = tmp.join(file_name(cleaned.base, suffix));
             let to = self.dir.join(swap_name(cleaned.base, suffix));
-            fs::rename(&from, &to).ctx(|| format!("rename {}", from.display()))?;
+            self.storage().rename(&from, &to).ctx(|| format!("rename {}", from.display()))?;
         }
-        sync_dir(&self.dir)?;
+        sync_dir(self.storage(), &self.dir)?;
         if limits.stop_after == Some(CleanStep::Swapped) {
             stats.stopped_at = Some(CleanStep::Swapped);
             return Ok(None);
         }
         for old in group.iter().skip(1) {
-            old.delete_files()?;
+            old.delete_files(self.storage())?;
         }
         if limits.stop_after == Some(CleanStep::OldDeleted) {
             stats.stopped_at = Some(CleanStep::OldDeleted);
@@ -552,10 +568,10 @@ impl Log {
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
             let from = self.dir.join(swap_name(cleaned.base, suffix));
             let to = self.dir.join(file_name(cleaned.base, suffix));
-            fs::rename(&from, &to).ctx(|| format!("rename {}", from.display()))?;
+            self.storage().rename(&from, &to).ctx(|| format!("rename {}", from.display()))?;
         }
-        sync_dir(&self.dir)?;
-        let (segment, problem) = LogSegment::open(&self.dir, cleaned.base)?;
+        sync_dir(self.storage(), &self.dir)?;
+        let (segment, problem) = LogSegment::open(self.storage(), &self.dir, cleaned.base)?;
         if let Some(why) = problem {
             // Only costs lookups a scan: the data is what was just written.
             tracing::warn!(dir = %self.dir.display(), %why, "cleaned segment's indexes");
@@ -575,7 +591,7 @@ impl Log {
             "cleaner: segments changed during the pass; discarding its output");
         let tmp = self.dir.join(CLEANED_DIR);
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
-            remove_if_exists(&tmp.join(file_name(base, suffix)))?;
+            remove_if_exists(self.storage(), &tmp.join(file_name(base, suffix)))?;
         }
         Ok(None)
     }
@@ -593,21 +609,24 @@ impl Log {
         Offset::new(self.cleaned_to.load(Ordering::Acquire))
     }
 
-    /// Lowers the checkpoint to `offset` durably (a truncation below it): what is appended
-    /// after the cut must be dense again. Writer lock held.
-    pub(crate) fn lower_cleaned_to(&self, offset: Offset) -> Result<(), LogError> {
+    /// Lowers the checkpoint file to `offset` durably before a truncation below it (what is
+    /// appended after the cut must be dense again); `true` when it did. The caller applies
+    /// the new value in memory ([`Log::set_cleaned_to`]) once the cut is made: the walk to the
+    /// batch the cut starts at must still accept a cleaner's gap that spans `offset`. Writer
+    /// lock held.
+    pub(crate) fn lower_cleaned_to(&self, offset: Offset) -> Result<bool, LogError> {
         if self.cleaned_to.load(Ordering::Acquire) > offset.get() {
-            write_checkpoint(&self.dir, offset)?;
-            self.set_cleaned_to(offset);
+            write_checkpoint(self.storage(), &self.dir, offset)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Raises the checkpoint durably to cover a gap a replicated append brings (a compacted
     /// leader's batches), before it is written. Writer lock held.
     pub(crate) fn raise_cleaned_to(&self, offset: Offset) -> Result<(), LogError> {
         if self.cleaned_to.load(Ordering::Acquire) < offset.get() {
-            write_checkpoint(&self.dir, offset)?;
+            write_checkpoint(self.storage(), &self.dir, offset)?;
             self.set_cleaned_to(offset);
         }
         Ok(())
@@ -615,7 +634,7 @@ impl Log {
 
     /// The new first dirty offset, in the log and in every segment's read checks. Raised
     /// only after the checkpoint is durable, lowered only before gaps above it could exist.
-    fn set_cleaned_to(&self, offset: Offset) {
+    pub(crate) fn set_cleaned_to(&self, offset: Offset) {
         self.cleaned_to.store(offset.get(), Ordering::Release);
         for segment in self.snapshot().iter() {
             segment.set_gaps_to(offset);

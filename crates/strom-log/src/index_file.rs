@@ -4,14 +4,14 @@
 //! Only the log's writer (holding the writer lock) appends or truncates; readers look entries up
 //! under a short `RwLock` read that never spans I/O.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
 
 use crate::LogError;
 use crate::error::IoContext;
+use crate::storage::{OpenMode, Storage, StorageFile};
 
 /// Largest index file loaded; anything larger is treated as corrupt and rebuilt from the
 /// segment. Kafka caps an index at 10 MiB by default; the log rolls long before this.
@@ -33,7 +33,7 @@ pub(crate) trait IndexEntry: Copy + std::fmt::Debug {
 #[derive(Debug)]
 pub(crate) struct IndexFile<E: IndexEntry> {
     path: PathBuf,
-    file: File,
+    file: Box<dyn StorageFile>,
     entries: RwLock<Vec<E>>,
 }
 
@@ -48,16 +48,16 @@ pub(crate) enum Loaded<E: IndexEntry> {
 
 impl<E: IndexEntry> IndexFile<E> {
     /// Creates an empty index, truncating whatever file was at `path`.
-    pub(crate) fn create(path: &Path) -> Result<Self, LogError> {
-        let file = open_append(path, true)?;
+    pub(crate) fn create(storage: &dyn Storage, path: &Path) -> Result<Self, LogError> {
+        let file = open_append(storage, path, true)?;
         Ok(IndexFile { path: path.to_path_buf(), file, entries: RwLock::new(Vec::new()) })
     }
 
     /// Opens (or creates) the index at `path` and loads it, checking its shape: length a
     /// multiple of the entry size and entries in order. Never fails on content, only on I/O.
-    pub(crate) fn load(path: &Path) -> Result<Loaded<E>, LogError> {
-        let mut file = open_append(path, false)?;
-        let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+    pub(crate) fn load(storage: &dyn Storage, path: &Path) -> Result<Loaded<E>, LogError> {
+        let file = open_append(storage, path, false)?;
+        let len = file.size().ctx(|| format!("stat {}", path.display()))?;
         let empty =
             |file| IndexFile { path: path.to_path_buf(), file, entries: RwLock::new(vec![]) };
         if len > MAX_INDEX_FILE_BYTES {
@@ -67,8 +67,7 @@ impl<E: IndexEntry> IndexFile<E> {
             let why = format!("length {len} is not a multiple of {}", E::LEN);
             return Ok(Loaded::NeedsRebuild(empty(file), why));
         }
-        let mut buf = Vec::with_capacity(len as usize);
-        (&mut file).take(len).read_to_end(&mut buf).ctx(|| format!("read {}", path.display()))?;
+        let buf = file.read_prefix(len).ctx(|| format!("read {}", path.display()))?;
         let mut entries = Vec::with_capacity(buf.len() / E::LEN);
         for chunk in buf.chunks_exact(E::LEN) {
             let entry = E::decode(chunk);
@@ -119,7 +118,9 @@ impl<E: IndexEntry> IndexFile<E> {
     pub(crate) fn append(&self, entry: E) -> Result<(), LogError> {
         let mut buf = Vec::with_capacity(E::LEN);
         entry.encode(&mut buf);
-        (&self.file).write_all(&buf).ctx(|| format!("append to {}", self.path.display()))?;
+        self.file
+            .append_all(&mut [IoSlice::new(&buf)])
+            .ctx(|| format!("append to {}", self.path.display()))?;
         let mut entries = self.entries.write();
         debug_assert!(entries.last().is_none_or(|prev| E::follows(prev, &entry)));
         entries.push(entry);
@@ -147,7 +148,9 @@ impl<E: IndexEntry> IndexFile<E> {
         for entry in &new {
             entry.encode(&mut buf);
         }
-        (&self.file).write_all(&buf).ctx(|| format!("rewrite {}", self.path.display()))?;
+        self.file
+            .append_all(&mut [IoSlice::new(&buf)])
+            .ctx(|| format!("rewrite {}", self.path.display()))?;
         *self.entries.write() = new;
         Ok(())
     }
@@ -159,12 +162,11 @@ impl<E: IndexEntry> IndexFile<E> {
 }
 
 /// Opens a file for appending (creating it), optionally truncating it.
-pub(crate) fn open_append(path: &Path, truncate: bool) -> Result<File, LogError> {
-    let mut options = OpenOptions::new();
-    options.read(true).append(true).create(true);
-    let file = options.open(path).ctx(|| format!("open {}", path.display()))?;
-    if truncate {
-        file.set_len(0).ctx(|| format!("truncate {}", path.display()))?;
-    }
-    Ok(file)
+fn open_append(
+    storage: &dyn Storage,
+    path: &Path,
+    truncate: bool,
+) -> Result<Box<dyn StorageFile>, LogError> {
+    let mode = if truncate { OpenMode::Truncate } else { OpenMode::AppendOrCreate };
+    storage.open(path, mode).ctx(|| format!("open {}", path.display()))
 }

@@ -11,8 +11,7 @@
 //! are written, and dropped after the records it describes are cut, so the file can only hold
 //! entries at or above the log end after a crash, which [`LeaderEpochCache::open`] drops.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::RwLock;
 use strom_format::{LeaderEpoch, Offset};
 
-use crate::error::IoContext;
-use crate::recovery::sync_dir;
 use crate::segment::LogSegment;
+use crate::storage::{OpenMode, Storage, remove_if_exists, write_atomically};
 use crate::{Log, LogError};
 
 /// The checkpoint file, in Kafka's text format: `0` (version), the entry count, then one
@@ -192,6 +190,7 @@ impl EpochEntries {
 /// The cache of one log: published entries for lock-free-ish readers, and the file.
 #[derive(Debug)]
 pub(crate) struct LeaderEpochCache {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     /// What readers see; replaced whole (copy-on-write) by the writer.
     entries: RwLock<Arc<EpochEntries>>,
@@ -214,13 +213,14 @@ impl LeaderEpochCache {
     /// crash) go, the first is moved to `start`, and the file is rewritten if that changed
     /// it. Fails only when the file cannot be written.
     pub(crate) fn open(
+        storage: Arc<dyn Storage>,
         dir: &Path,
         segments: &[Arc<LogSegment>],
         start: Offset,
         end: Offset,
     ) -> Result<Self, LogError> {
-        remove_stale_tmp(dir);
-        let stored = read_checkpoint(dir);
+        remove_stale_tmp(storage.as_ref(), dir);
+        let stored = read_checkpoint(storage.as_ref(), dir);
         let (mut entries, on_disk) = match stored {
             Stored::Entries(e) => (e.clone(), Some(e)),
             Stored::Missing => {
@@ -246,9 +246,10 @@ impl LeaderEpochCache {
         entries.truncate_from_start(start);
         entries.truncate_from_end(end);
         if on_disk.as_ref() != Some(&entries) {
-            write_checkpoint(dir, &entries)?;
+            write_checkpoint(storage.as_ref(), dir, &entries)?;
         }
         Ok(LeaderEpochCache {
+            storage,
             dir: dir.to_path_buf(),
             entries: RwLock::new(Arc::new(entries)),
             stale: AtomicBool::new(false),
@@ -327,7 +328,7 @@ impl LeaderEpochCache {
 
     fn write(&self, entries: &EpochEntries) -> Result<(), LogError> {
         debug_assert!(entries.holds_invariant(), "{entries:?}");
-        write_checkpoint(&self.dir, entries)
+        write_checkpoint(self.storage.as_ref(), &self.dir, entries)
     }
 }
 
@@ -439,17 +440,18 @@ fn last_batch_epoch(segments: &[Arc<LogSegment>]) -> Option<LeaderEpoch> {
     }
 }
 
-fn read_checkpoint(dir: &Path) -> Stored {
+fn read_checkpoint(storage: &dyn Storage, dir: &Path) -> Stored {
     let path = dir.join(CHECKPOINT);
-    let file = match File::open(&path) {
+    let file = match storage.open(&path, OpenMode::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Stored::Missing,
         Err(e) => return Stored::Corrupt(format!("open {}: {e}", path.display())),
     };
-    let mut text = String::new();
-    if let Err(e) = file.take(MAX_CHECKPOINT_BYTES).read_to_string(&mut text) {
-        return Stored::Corrupt(format!("read {}: {e}", path.display()));
-    }
+    let text = match file.read_prefix(MAX_CHECKPOINT_BYTES).map(String::from_utf8) {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => return Stored::Corrupt(format!("read {}: {e}", path.display())),
+        Err(e) => return Stored::Corrupt(format!("read {}: {e}", path.display())),
+    };
     match EpochEntries::decode(&text) {
         Ok(entries) => Stored::Entries(entries),
         Err(why) => Stored::Corrupt(why),
@@ -458,22 +460,18 @@ fn read_checkpoint(dir: &Path) -> Stored {
 
 /// Writes the checkpoint through a temporary file, fsynced, renamed over the old one, and
 /// the directory fsynced: a crash leaves the old or the new file whole.
-fn write_checkpoint(dir: &Path, entries: &EpochEntries) -> Result<(), LogError> {
-    let tmp = dir.join(CHECKPOINT_TMP);
-    let mut file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    file.write_all(entries.encode().as_bytes())
-        .and_then(|()| file.sync_data())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, dir.join(CHECKPOINT)).ctx(|| format!("rename {}", tmp.display()))?;
-    sync_dir(dir)
+fn write_checkpoint(
+    storage: &dyn Storage,
+    dir: &Path,
+    entries: &EpochEntries,
+) -> Result<(), LogError> {
+    write_atomically(storage, dir, CHECKPOINT_TMP, CHECKPOINT, entries.encode().as_bytes(), true)
 }
 
-fn remove_stale_tmp(dir: &Path) {
+fn remove_stale_tmp(storage: &dyn Storage, dir: &Path) {
     let tmp = dir.join(CHECKPOINT_TMP);
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::debug!(file = %tmp.display(), error = %e, "could not remove"),
+    if let Err(e) = remove_if_exists(storage, &tmp) {
+        tracing::debug!(file = %tmp.display(), error = %e, "could not remove");
     }
 }
 

@@ -92,6 +92,14 @@
 //! rebuilds the same way. Producers idle for [`LogConfig::producer_id_expiration_ms`] are
 //! forgotten. Batches without a producer id cost one header read.
 //!
+//! # Storage
+//!
+//! Every file-system call goes through a [`Storage`] (and the [`StorageFile`]s it opens):
+//! [`OsStorage`], the operating system's, unless the log is opened with
+//! [`Log::open_with_storage`]. With the cargo feature `sim`, `SimStorage` is an in-memory,
+//! seeded file system that loses what was not fsynced on a simulated power cut, tears the
+//! last write, and fails writes or fsyncs on demand: the crash tests run the log on it.
+//!
 //! # Concurrency
 //!
 //! [`Log`] is `Send + Sync` and every method takes `&self`. Appends, truncations, retention and
@@ -115,6 +123,9 @@ pub mod producer_state;
 mod recovery;
 mod retention;
 mod segment;
+#[cfg(any(test, feature = "sim"))]
+mod sim_storage;
+mod storage;
 mod time_index;
 mod validate;
 
@@ -124,3 +135,6 @@ pub use config::{FlushPolicy, LogConfig};
 pub use error::LogError;
 pub use leader_epoch_cache::EpochEntry;
 pub use log::{AppendInfo, Log, ReadResult};
+#[cfg(any(test, feature = "sim"))]
+pub use sim_storage::{SimFault, SimStorage};
+pub use storage::{DirEntry, OpenMode, OsStorage, Storage, StorageFile};

@@ -18,7 +18,10 @@ use crate::offset_index::OffsetEntry;
 use crate::producer_snapshot;
 use crate::producer_state::{ProducerBatch, ProducerStateManager, Verdict};
 use crate::recovery::{self, sync_dir};
-use crate::segment::{LogSegment, SegError};
+use crate::segment::{
+    INDEX_SUFFIX, LOG_SUFFIX, LogSegment, SegError, TIME_INDEX_SUFFIX, file_name,
+};
+use crate::storage::{OsStorage, Storage, remove_if_exists};
 use crate::time_index::TimeEntry;
 use crate::validate::{Origin, validate};
 use crate::{Clock, FlushPolicy, LogConfig, LogError, SystemClock, retention};
@@ -127,6 +130,8 @@ pub struct ReadResult {
 #[derive(Debug)]
 pub struct Log {
     pub(crate) dir: PathBuf,
+    /// Every file-system call goes through it ([`OsStorage`] unless opened with another).
+    storage: Arc<dyn Storage>,
     /// Swapped whole by [`Log::set_config`]; each operation reads one snapshot of it.
     config: RwLock<Arc<LogConfig>>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -146,6 +151,10 @@ pub struct Log {
     /// Set by a failed write or flush until the log is cut back to its last good end: while
     /// set, writes are refused. Leaf lock.
     damage: Mutex<Option<Damage>>,
+    /// Set when a cleaner swap failed after its commit point (`cleaner.rs`): the `.swap` files
+    /// on disk are what a reopen completes, so the log takes no write, truncation or other
+    /// pass until it is reopened (which completes the swap). Leaf lock.
+    pub(crate) swap_broken: Mutex<Option<String>>,
     /// Roll-backs done so far, so an append can tell whether its records survived a roll-back
     /// that ran between its write and its flush. Leaf lock.
     rollbacks: Mutex<Rollbacks>,
@@ -201,8 +210,8 @@ struct DirLock {
 }
 
 impl DirLock {
-    fn acquire(dir: &Path) -> Result<Self, LogError> {
-        let path = dir.canonicalize().ctx(|| format!("resolve {}", dir.display()))?;
+    fn acquire(storage: &dyn Storage, dir: &Path) -> Result<Self, LogError> {
+        let path = storage.canonicalize(dir).ctx(|| format!("resolve {}", dir.display()))?;
         let mut open = OPEN_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !open.insert(path.clone()) {
             return Err(LogError::AlreadyOpen(path));
@@ -223,6 +232,10 @@ impl Drop for DirLock {
 pub(crate) struct Writer {
     /// Bytes appended to the active segment since its last index entry.
     bytes_since_index: u64,
+    /// The base of a roll that failed after creating some of its files: the roll-back
+    /// deletes them, or the log would append on in the active segment past a stray segment
+    /// file that a reopen takes for the next segment.
+    failed_roll: Option<Offset>,
 }
 
 /// A batch ready to write: its bytes and the base offset it gets.
@@ -269,11 +282,37 @@ impl Log {
         config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Log, LogError> {
+        Self::open_with_storage(dir, config, clock, Arc::new(OsStorage))
+    }
+
+    /// [`Log::open_with_clock`] on another file system than the operating system's: every
+    /// file-system call of the log goes through `storage` (a simulated one in crash tests,
+    /// see [`Storage`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use strom_log::{Log, LogConfig, OsStorage, SystemClock};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open_with_storage(
+    ///     dir.path(),
+    ///     LogConfig::default(),
+    ///     Arc::new(SystemClock),
+    ///     Arc::new(OsStorage),
+    /// )
+    /// .unwrap();
+    /// assert_eq!(log.log_end_offset().get(), 0);
+    /// ```
+    pub fn open_with_storage(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Log, LogError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-        let dir_lock = DirLock::acquire(&dir)?;
-        let recovered = recovery::recover(&dir, &config, clock.as_ref())?;
+        storage.create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let dir_lock = DirLock::acquire(storage.as_ref(), &dir)?;
+        let recovered = recovery::recover(storage.as_ref(), &dir, &config, clock.as_ref())?;
         for segment in &recovered.segments {
             segment.set_gaps_to(recovered.cleaned_to);
         }
@@ -287,17 +326,22 @@ impl Log {
         };
         let (start, end) = (first.base(), last.next_offset());
         // Recovery fsynced what it kept, so everything below the end is durable.
-        recovery::write_recovery_point(&dir, end, true)?;
-        let epochs = LeaderEpochCache::open(&dir, &recovered.segments, start, end)?;
+        recovery::write_recovery_point(storage.as_ref(), &dir, end, true)?;
+        let epochs =
+            LeaderEpochCache::open(storage.clone(), &dir, &recovered.segments, start, end)?;
         let now = clock.now_ms();
         tracing::debug!(dir = %dir.display(), %start, %end, segments = recovered.segments.len(),
             "log opened");
         let log = Log {
             dir,
+            storage,
             config: RwLock::new(Arc::new(config)),
             clock,
             segments: RwLock::new(Arc::new(recovered.segments)),
-            writer: Mutex::new(Writer { bytes_since_index: recovered.bytes_since_index }),
+            writer: Mutex::new(Writer {
+                bytes_since_index: recovered.bytes_since_index,
+                failed_roll: None,
+            }),
             flush_lock: Mutex::new(()),
             checkpoint: Mutex::new(end),
             start: AtomicI64::new(start.get()),
@@ -305,6 +349,7 @@ impl Log {
             flushed: AtomicI64::new(end.get()),
             last_flush_ms: AtomicI64::new(now),
             damage: Mutex::new(None),
+            swap_broken: Mutex::new(None),
             rollbacks: Mutex::new(Rollbacks::default()),
             epochs,
             producers: Mutex::new(ProducerStateManager::default()),
@@ -689,10 +734,10 @@ impl Log {
     /// written before snapshots existed: older producers are forgotten, not misread.
     fn reload_producers(&self) -> Result<(), LogError> {
         let end = self.log_end_offset();
-        producer_snapshot::remove_above(&self.dir, end)?;
+        producer_snapshot::remove_above(self.storage(), &self.dir, end)?;
         let mut loaded = None;
-        for offset in producer_snapshot::list(&self.dir)?.into_iter().rev() {
-            match producer_snapshot::read(&self.dir, offset) {
+        for offset in producer_snapshot::list(self.storage(), &self.dir)?.into_iter().rev() {
+            match producer_snapshot::read(self.storage(), &self.dir, offset) {
                 Ok(state) => {
                     loaded = Some((offset, state));
                     break;
@@ -700,7 +745,7 @@ impl Log {
                 Err(e) => {
                     tracing::warn!(dir = %self.dir.display(), error = %e,
                         "deleting an unreadable producer-state snapshot");
-                    producer_snapshot::remove(&self.dir, offset)?;
+                    producer_snapshot::remove(self.storage(), &self.dir, offset)?;
                 }
             }
         }
@@ -756,7 +801,7 @@ impl Log {
                 state.apply(&batch);
             }
         }
-        if let Err(e) = producer_snapshot::write(&self.dir, offset, &state) {
+        if let Err(e) = producer_snapshot::write(self.storage(), &self.dir, offset, &state) {
             tracing::warn!(dir = %self.dir.display(), %offset, error = %e,
                 "could not write the producer-state snapshot");
         }
@@ -934,9 +979,16 @@ impl Log {
             old.flush()?;
             self.flushed.fetch_max(old.next_offset().get(), Ordering::AcqRel);
         }
-        let segment = Arc::new(LogSegment::create(&self.dir, base)?);
+        let created = LogSegment::create(self.storage(), &self.dir, base)
+            .and_then(|s| sync_dir(self.storage(), &self.dir).map(|()| s));
+        let segment = match created {
+            Ok(segment) => Arc::new(segment),
+            Err(e) => {
+                writer.failed_roll = Some(base);
+                return Err(e);
+            }
+        };
         segment.set_gaps_to(self.first_dirty_offset());
-        sync_dir(&self.dir)?;
         {
             let mut segments = self.segments.write();
             let mut list = Vec::with_capacity(segments.len() + 1);
@@ -1100,7 +1152,9 @@ impl Log {
     // ------------------------------------------------------------------------------ truncation
 
     /// Drops every record at or above `offset`; a batch holding `offset` is dropped whole, so
-    /// the log end offset becomes that batch's base offset. Later segments are deleted. An
+    /// the log end offset becomes that batch's base offset (on a compacted log whose cleaner
+    /// removed the records just before it, the offset after the last record kept, as a reopen
+    /// would find it). Later segments are deleted. An
     /// `offset` below the log start offset empties the log and restarts it at `offset`; one at
     /// or above the log end offset changes nothing.
     ///
@@ -1148,14 +1202,18 @@ impl Log {
         // range, so it deletes whatever does not continue the segments before it.
         let point = offset.min(self.flushed_offset());
         self.write_checkpoint(point, true).map_err(|e| self.damaged_by(e, offset))?;
-        // Gaps stay legal only below the cut: what is appended after it must be dense.
-        self.lower_cleaned_to(offset).map_err(|e| self.damaged_by(e, offset))?;
+        // Gaps stay legal only below the cut: what is appended after it must be dense. On
+        // disk first; in memory once the cut is made (see `lower_cleaned_to`).
+        let lowered = self.lower_cleaned_to(offset).map_err(|e| self.damaged_by(e, offset))?;
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
         let result = if restart {
             self.truncate_fully(&mut writer, offset)
         } else {
             self.truncate_locked(&mut writer, offset)
         };
+        if lowered {
+            self.set_cleaned_to(offset);
+        }
         result.map_err(|e| self.damaged_by(e, offset))
     }
 
@@ -1178,7 +1236,7 @@ impl Log {
         // Readers that load the end from here on do not look past `offset`.
         self.end.fetch_min(offset.get(), Ordering::AcqRel);
         for segment in removed.iter().rev() {
-            segment.delete_files()?;
+            segment.delete_files(self.storage())?;
         }
         let new_end = match holder.truncate_at(offset)? {
             Some((new_end, bytes_since)) => {
@@ -1188,7 +1246,7 @@ impl Log {
             None => holder.next_offset(),
         };
         holder.flush()?;
-        sync_dir(&self.dir)?;
+        sync_dir(self.storage(), &self.dir)?;
         debug_assert!(new_end <= offset);
         self.end.store(new_end.get(), Ordering::Release);
         self.flushed.fetch_min(new_end.get(), Ordering::AcqRel);
@@ -1236,22 +1294,24 @@ impl Log {
         // Start and end are `offset` even if a file operation failed part-way: no record is
         // left for an entry to describe (were old ones left, reopen would rebuild the file).
         // Every snapshot goes: one below `offset` describes the old history.
-        result
-            .and(self.epochs.clear())
-            .and(producer_snapshot::remove_above(&self.dir, Offset::new(-1)))
+        result.and(self.epochs.clear()).and(producer_snapshot::remove_above(
+            self.storage(),
+            &self.dir,
+            Offset::new(-1),
+        ))
     }
 
     fn recreate_at(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
         // First of all: from here a crash reopens at `offset` (recovery completes the
         // truncation), never at an old segment's base below it.
-        log_start::write(&self.dir, offset)?;
+        log_start::write(self.storage(), &self.dir, offset)?;
         let old = self.snapshot();
         self.end.store(offset.get(), Ordering::Release);
         self.start.store(offset.get(), Ordering::Release);
         let reused = old.iter().any(|s| s.base() == offset);
         if !reused {
-            let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
-            sync_dir(&self.dir)?;
+            let segment = Arc::new(LogSegment::create(self.storage(), &self.dir, offset)?);
+            sync_dir(self.storage(), &self.dir)?;
             *self.segments.write() = Arc::new(vec![segment]);
         }
         for segment in old.iter().rev() {
@@ -1259,17 +1319,17 @@ impl Log {
                 // Its file is about to be reused: readers of the old segment must retry.
                 segment.retire();
             } else {
-                segment.delete_files()?;
+                segment.delete_files(self.storage())?;
             }
         }
         if reused {
             // Truncates the same-named old segment in place; the fsync keeps its old bytes
             // from coming back after power loss.
-            let segment = Arc::new(LogSegment::create(&self.dir, offset)?);
+            let segment = Arc::new(LogSegment::create(self.storage(), &self.dir, offset)?);
             segment.flush()?;
             *self.segments.write() = Arc::new(vec![segment]);
         }
-        sync_dir(&self.dir)?;
+        sync_dir(self.storage(), &self.dir)?;
         writer.bytes_since_index = 0;
         self.flushed.store(offset.get(), Ordering::Release);
         tracing::info!(dir = %self.dir.display(), %offset, "truncated the whole log");
@@ -1376,7 +1436,7 @@ impl Log {
         if !lower && value <= *last {
             return Ok(());
         }
-        recovery::write_recovery_point(&self.dir, value, lower)?;
+        recovery::write_recovery_point(self.storage(), &self.dir, value, lower)?;
         *last = value;
         Ok(())
     }
@@ -1428,16 +1488,17 @@ impl Log {
         debug_assert!(previous < new_first.base().get(), "the log start offset only grows");
         for segment in deleted {
             tracing::info!(segment = %segment.path().display(), "deleting segment by retention");
-            segment.delete_files()?;
+            segment.delete_files(self.storage())?;
         }
-        sync_dir(&self.dir)?;
-        if let Err(e) = log_start::write(&self.dir, new_first.base()) {
+        sync_dir(self.storage(), &self.dir)?;
+        if let Err(e) = log_start::write(self.storage(), &self.dir, new_first.base()) {
             // The segments already say where the log starts; the checkpoint only covers a
             // directory that later loses every segment. The next pass writes it again.
             tracing::warn!(dir = %self.dir.display(), error = %e,
                 "could not write the log-start-offset checkpoint after retention");
         }
-        if let Err(e) = producer_snapshot::remove_below(&self.dir, new_first.base()) {
+        if let Err(e) = producer_snapshot::remove_below(self.storage(), &self.dir, new_first.base())
+        {
             // Stale snapshots only cost disk; the next retention pass tries again.
             tracing::warn!(dir = %self.dir.display(), error = %e,
                 "could not delete producer-state snapshots after retention");
@@ -1531,7 +1592,7 @@ impl Log {
         // The next open replays nothing: the snapshot covers the whole log (without it, the
         // open replays from the last roll's: slower, not wrong).
         self.snapshot_producers(self.log_end_offset(), &[]);
-        recovery::write_clean_marker(&self.dir)?;
+        recovery::write_clean_marker(self.storage(), &self.dir)?;
         tracing::debug!(dir = %self.dir.display(), end = %self.log_end_offset(), "log closed");
         Ok(())
     }
@@ -1548,11 +1609,12 @@ impl Log {
     /// ```
     pub fn delete(self) -> Result<(), LogError> {
         let dir = self.dir.clone();
+        let storage = self.storage.clone();
         drop(self);
-        std::fs::remove_dir_all(&dir).ctx(|| format!("delete {}", dir.display()))?;
+        storage.remove_dir_all(&dir).ctx(|| format!("delete {}", dir.display()))?;
         if let Some(parent) = dir.parent() {
             // Best effort: the deletion is complete either way once the OS persists it.
-            if let Err(e) = sync_dir(parent) {
+            if let Err(e) = sync_dir(storage.as_ref(), parent) {
                 tracing::debug!(error = %e, "could not fsync the parent directory");
             }
         }
@@ -1560,6 +1622,11 @@ impl Log {
     }
 
     // ------------------------------------------------------------------------------ helpers
+
+    /// The file system the log's files live on.
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
 
     pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<LogSegment>>> {
         self.segments.read().clone()
@@ -1574,7 +1641,10 @@ impl Log {
         }
     }
 
-    fn check_poison(&self) -> Result<(), LogError> {
+    pub(crate) fn check_poison(&self) -> Result<(), LogError> {
+        if let Some(reason) = self.swap_broken.lock().as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
         match self.damage.lock().as_ref() {
             Some(d) => Err(LogError::Poisoned(d.reason.clone())),
             None => Ok(()),
@@ -1590,7 +1660,8 @@ impl Log {
     /// assert_eq!(log.storage_error(), None);
     /// ```
     pub fn storage_error(&self) -> Option<String> {
-        self.damage.lock().as_ref().map(|d| d.reason.clone())
+        let broken = self.swap_broken.lock().clone();
+        broken.or_else(|| self.damage.lock().as_ref().map(|d| d.reason.clone()))
     }
 
     /// Records a failed write or flush: no write is taken until the log is cut back to
@@ -1609,6 +1680,9 @@ impl Log {
     /// Undoes a recorded failure: cuts the log back to its last good end and drops the bytes a
     /// failed write left past it; then the log takes writes again. A no-op on a healthy log.
     fn repair_if_damaged(&self) -> Result<(), LogError> {
+        if let Some(reason) = self.swap_broken.lock().as_ref() {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
         if self.damage.lock().is_none() {
             return Ok(());
         }
@@ -1649,10 +1723,30 @@ impl Log {
             self.write_checkpoint(point, true)?;
         }
         self.flushed.fetch_min(point.get(), Ordering::AcqRel);
-        if to < self.log_end_offset() {
+        // The active segment may reach past the log end: a write whose index entry failed
+        // after its batch was published in the segment (a full disk) never moved the end.
+        let reach = self.log_end_offset().max(self.active_segment().next_offset());
+        if to < reach {
             self.truncate_locked(writer, to)?;
         }
-        self.active_segment().discard_unpublished()?;
+        let active = self.active_segment();
+        active.discard_unpublished()?;
+        if let Some(base) = writer.failed_roll
+            && self.snapshot().iter().all(|s| s.base() != base)
+        {
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                let path = self.dir.join(file_name(base, suffix));
+                remove_if_exists(self.storage(), &path)
+                    .ctx(|| format!("delete {}", path.display()))?;
+            }
+        }
+        writer.failed_roll = None;
+        // The cut must be on disk before the log takes writes again, also when it was made by
+        // an earlier attempt whose fsync failed (the cut is then already in memory, so no
+        // truncation runs above): after a power cut the cut bytes would come back in a
+        // segment the log calls flushed, under the batches appended at their offsets since.
+        active.flush()?;
+        sync_dir(self.storage(), &self.dir)?;
         // An append that failed after recording its new epoch leaves it at the end.
         self.epochs.truncate_from_end(self.log_end_offset())
     }

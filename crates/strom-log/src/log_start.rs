@@ -10,16 +10,14 @@
 //! the interrupted operation instead (`apply` below); and a directory that lost every segment
 //! reopens empty at the checkpointed start rather than at 0.
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::path::Path;
 
 use strom_format::Offset;
 
 use crate::LogError;
-use crate::error::IoContext;
 use crate::recovery::sync_dir;
 use crate::segment::LogSegment;
+use crate::storage::{Storage, read_small, write_atomically};
 
 /// The checkpoint's file name in the log directory.
 pub(crate) const LOG_START_OFFSET: &str = "log-start-offset";
@@ -27,23 +25,17 @@ pub(crate) const LOG_START_OFFSET_TMP: &str = "log-start-offset.tmp";
 const PREFIX: &str = "strom-log-start-offset v1 ";
 
 /// Reads the checkpoint; `None` when it is missing or unreadable (the segments decide).
-pub(crate) fn read(dir: &Path) -> Option<Offset> {
-    let mut text = String::new();
-    File::open(dir.join(LOG_START_OFFSET)).ok()?.take(256).read_to_string(&mut text).ok()?;
+pub(crate) fn read(storage: &dyn Storage, dir: &Path) -> Option<Offset> {
+    let text = read_small(storage, &dir.join(LOG_START_OFFSET), 256)?;
     let value = text.strip_prefix(PREFIX)?.strip_suffix('\n')?;
     value.parse::<i64>().ok().filter(|v| *v >= 0).map(Offset::new)
 }
 
 /// Writes the checkpoint durably (temporary file, fsync, rename, directory fsync): when it
 /// returns, a crash reopens with this value.
-pub(crate) fn write(dir: &Path, value: Offset) -> Result<(), LogError> {
-    let tmp = dir.join(LOG_START_OFFSET_TMP);
-    let mut file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    file.write_all(format!("{PREFIX}{value}\n").as_bytes())
-        .and_then(|()| file.sync_data())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, dir.join(LOG_START_OFFSET)).ctx(|| format!("rename {}", tmp.display()))?;
-    sync_dir(dir)
+pub(crate) fn write(storage: &dyn Storage, dir: &Path, value: Offset) -> Result<(), LogError> {
+    let content = format!("{PREFIX}{value}\n");
+    write_atomically(storage, dir, LOG_START_OFFSET_TMP, LOG_START_OFFSET, content.as_bytes(), true)
 }
 
 /// Brings freshly opened segments (oldest first, before their recovery) in line with the
@@ -57,6 +49,7 @@ pub(crate) fn write(dir: &Path, value: Offset) -> Result<(), LogError> {
 /// Returns how many of the leading segments were deleted, and whether the log was restarted
 /// (then `segments` holds the one new empty segment).
 pub(crate) fn apply(
+    storage: &dyn Storage,
     dir: &Path,
     start: Offset,
     segments: &mut Vec<LogSegment>,
@@ -65,19 +58,19 @@ pub(crate) fn apply(
     for segment in segments.drain(..below) {
         tracing::warn!(segment = %segment.path().display(), %start,
             "deleting a segment below the checkpointed log start (an interrupted retention or truncation)");
-        segment.delete_files()?;
+        segment.delete_files(storage)?;
     }
     let restart = segments.first().is_none_or(|s| s.base() < start);
     if restart {
         while let Some(segment) = segments.pop() {
             tracing::warn!(segment = %segment.path().display(), %start,
                 "completing an interrupted full truncation: deleting the old segment");
-            segment.delete_files()?;
+            segment.delete_files(storage)?;
         }
-        segments.push(LogSegment::create(dir, start)?);
+        segments.push(LogSegment::create(storage, dir, start)?);
     }
     if below > 0 || restart {
-        sync_dir(dir)?;
+        sync_dir(storage, dir)?;
     }
     Ok((below, restart))
 }
@@ -87,8 +80,19 @@ mod tests {
     use bytes::Bytes;
     use strom_format::{BatchBuilder, Compression};
 
+    use std::fs;
+
     use super::*;
+    use crate::storage::OsStorage;
     use crate::{Log, LogConfig};
+
+    fn write(dir: &Path, value: Offset) -> Result<(), LogError> {
+        super::write(&OsStorage, dir, value)
+    }
+
+    fn read(dir: &Path) -> Option<Offset> {
+        super::read(&OsStorage, dir)
+    }
 
     fn batch(n: usize) -> Bytes {
         let mut b = BatchBuilder::new(Compression::None);
@@ -129,7 +133,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = four_segments(dir.path());
         write(dir.path(), Offset::new(500)).expect("checkpoint");
-        LogSegment::create(dir.path(), Offset::new(500)).expect("the new segment");
+        LogSegment::create(&OsStorage, dir.path(), Offset::new(500)).expect("the new segment");
         let log = Log::open(dir.path(), config).expect("reopen");
         assert_eq!(bounds(&log), (500, 500, 1));
     }

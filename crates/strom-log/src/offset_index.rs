@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crate::LogError;
 use crate::index_file::{IndexEntry, IndexFile, Loaded};
+use crate::storage::Storage;
 
 /// One offset index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +50,16 @@ pub(crate) struct OffsetIndex {
 
 impl OffsetIndex {
     /// An empty index at `path` (truncating any file there).
-    pub(crate) fn create(path: &Path) -> Result<Self, LogError> {
-        Ok(OffsetIndex { file: IndexFile::create(path)? })
+    pub(crate) fn create(storage: &dyn Storage, path: &Path) -> Result<Self, LogError> {
+        Ok(OffsetIndex { file: IndexFile::create(storage, path)? })
     }
 
     /// Loads the index at `path`; `Err(reason)` in the second field when it must be rebuilt.
-    pub(crate) fn load(path: &Path) -> Result<(Self, Option<String>), LogError> {
-        Ok(match IndexFile::load(path)? {
+    pub(crate) fn load(
+        storage: &dyn Storage,
+        path: &Path,
+    ) -> Result<(Self, Option<String>), LogError> {
+        Ok(match IndexFile::load(storage, path)? {
             Loaded::Ok(file) => {
                 let first: Option<OffsetEntry> = file.get(0);
                 let bad = first

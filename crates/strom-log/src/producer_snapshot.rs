@@ -6,8 +6,6 @@
 //! log does not hold; snapshots above the log end (a crash cut the log after one was written,
 //! or a truncation) are deleted before any is loaded.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use strom_format::Offset;
@@ -16,6 +14,7 @@ use crate::LogError;
 use crate::error::IoContext;
 use crate::producer_state::ProducerStateManager;
 use crate::recovery::sync_dir;
+use crate::storage::{OpenMode, Storage, remove_if_exists};
 
 const SUFFIX: &str = "snapshot";
 const TMP: &str = "producer.snapshot.tmp";
@@ -25,12 +24,10 @@ fn path(dir: &Path, offset: Offset) -> PathBuf {
 }
 
 /// Offsets of the snapshot files in `dir`, ascending.
-pub(crate) fn list(dir: &Path) -> Result<Vec<Offset>, LogError> {
+pub(crate) fn list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Offset>, LogError> {
     let mut offsets = Vec::new();
-    for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some((stem, suffix)) = name.to_str().and_then(|n| n.split_once('.')) else {
+    for entry in storage.list_dir(dir).ctx(|| format!("list {}", dir.display()))? {
+        let Some((stem, suffix)) = entry.name.split_once('.') else {
             continue;
         };
         if suffix == SUFFIX
@@ -48,37 +45,43 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<Offset>, LogError> {
 /// Writes `state` as the snapshot at `offset` (temporary file, fsync, rename, directory
 /// fsync: a crash leaves no snapshot or a whole one).
 pub(crate) fn write(
+    storage: &dyn Storage,
     dir: &Path,
     offset: Offset,
     state: &ProducerStateManager,
 ) -> Result<(), LogError> {
-    let tmp = dir.join(TMP);
-    let mut file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    file.write_all(&state.encode())
-        .and_then(|()| file.sync_data())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    let target = path(dir, offset);
-    fs::rename(&tmp, &target).ctx(|| format!("rename {}", tmp.display()))?;
-    sync_dir(dir)
+    let name = format!("{:020}.{SUFFIX}", offset.get());
+    crate::storage::write_atomically(storage, dir, TMP, &name, &state.encode(), true)
 }
 
 /// Deletes the snapshots below `start` (retention deleted their segments), keeping the latest
 /// of them when none is at or above `start`, so a reload still finds a base.
-pub(crate) fn remove_below(dir: &Path, start: Offset) -> Result<(), LogError> {
-    let all = list(dir)?;
+pub(crate) fn remove_below(
+    storage: &dyn Storage,
+    dir: &Path,
+    start: Offset,
+) -> Result<(), LogError> {
+    let all = list(storage, dir)?;
     let below = all.partition_point(|o| *o < start);
     let keep_one = below == all.len();
     let doomed = all.get(..below.saturating_sub(usize::from(keep_one))).unwrap_or_default();
     for offset in doomed {
-        remove(dir, *offset)?;
+        remove(storage, dir, *offset)?;
     }
     Ok(())
 }
 
 /// Reads the snapshot at `offset`; a damaged one is an error naming the file.
-pub(crate) fn read(dir: &Path, offset: Offset) -> Result<ProducerStateManager, LogError> {
+pub(crate) fn read(
+    storage: &dyn Storage,
+    dir: &Path,
+    offset: Offset,
+) -> Result<ProducerStateManager, LogError> {
     let p = path(dir, offset);
-    let bytes = fs::read(&p).ctx(|| format!("read {}", p.display()))?;
+    let bytes = storage
+        .open(&p, OpenMode::Read)
+        .and_then(|f| f.read_prefix(u64::MAX))
+        .ctx(|| format!("read {}", p.display()))?;
     ProducerStateManager::decode(&bytes).map_err(|reason| LogError::Corrupt {
         path: p,
         position: 0,
@@ -87,22 +90,18 @@ pub(crate) fn read(dir: &Path, offset: Offset) -> Result<ProducerStateManager, L
 }
 
 /// Deletes the snapshot at `offset` (absent is fine).
-pub(crate) fn remove(dir: &Path, offset: Offset) -> Result<(), LogError> {
+pub(crate) fn remove(storage: &dyn Storage, dir: &Path, offset: Offset) -> Result<(), LogError> {
     let p = path(dir, offset);
-    match fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LogError::io(format!("remove {}", p.display()), e)),
-    }
+    remove_if_exists(storage, &p).map(drop).ctx(|| format!("remove {}", p.display()))
 }
 
 /// Deletes every snapshot above `end`: they describe batches the log no longer holds.
-pub(crate) fn remove_above(dir: &Path, end: Offset) -> Result<(), LogError> {
-    let stale: Vec<Offset> = list(dir)?.into_iter().filter(|o| *o > end).collect();
+pub(crate) fn remove_above(storage: &dyn Storage, dir: &Path, end: Offset) -> Result<(), LogError> {
+    let stale: Vec<Offset> = list(storage, dir)?.into_iter().filter(|o| *o > end).collect();
     for offset in &stale {
-        remove(dir, *offset)?;
+        remove(storage, dir, *offset)?;
     }
     // Durably gone: a snapshot coming back after a crash could describe other batches than
     // the ones later written at its offsets.
-    if stale.is_empty() { Ok(()) } else { sync_dir(dir) }
+    if stale.is_empty() { Ok(()) } else { sync_dir(storage, dir) }
 }

@@ -3,8 +3,6 @@
 //! the active segment's tail after a clean shutdown), truncation at the first torn or corrupt
 //! batch, and index rebuilds.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +11,7 @@ use strom_format::Offset;
 use crate::cleaner;
 use crate::error::IoContext;
 use crate::segment::{LOG_SUFFIX, LogSegment, ScanStart, parse_file_name};
+use crate::storage::{OpenMode, Storage, read_small, remove_if_exists, write_atomically};
 use crate::{Clock, LogConfig, LogError};
 
 /// Written by a clean close, removed on open.
@@ -33,14 +32,13 @@ pub(crate) struct Recovered {
 }
 
 /// fsyncs a directory, making file creations, deletions and renames in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("fsync directory {}", dir.display()))
+pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
+    storage.sync_dir(dir).ctx(|| format!("fsync directory {}", dir.display()))
 }
 
 /// Reads the recovery point; `None` when it is missing or unreadable (recover everything).
-pub(crate) fn read_recovery_point(dir: &Path) -> Option<Offset> {
-    let mut text = String::new();
-    File::open(dir.join(RECOVERY_POINT)).ok()?.take(256).read_to_string(&mut text).ok()?;
+pub(crate) fn read_recovery_point(storage: &dyn Storage, dir: &Path) -> Option<Offset> {
+    let text = read_small(storage, &dir.join(RECOVERY_POINT), 256)?;
     let value = text.strip_prefix(RECOVERY_POINT_PREFIX)?.strip_suffix('\n')?;
     value.parse::<i64>().ok().filter(|v| *v >= 0).map(Offset::new)
 }
@@ -48,56 +46,53 @@ pub(crate) fn read_recovery_point(dir: &Path) -> Option<Offset> {
 /// Writes the recovery point through a temporary file and a rename, so the file always holds
 /// either the old or the new value. With `durable` the rename is fsynced too.
 pub(crate) fn write_recovery_point(
+    storage: &dyn Storage,
     dir: &Path,
     value: Offset,
     durable: bool,
 ) -> Result<(), LogError> {
-    let tmp = dir.join(RECOVERY_POINT_TMP);
-    let mut file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    file.write_all(format!("{RECOVERY_POINT_PREFIX}{value}\n").as_bytes())
-        .and_then(|()| file.sync_data())
-        .ctx(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, dir.join(RECOVERY_POINT)).ctx(|| format!("rename {}", tmp.display()))?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    let content = format!("{RECOVERY_POINT_PREFIX}{value}\n");
+    write_atomically(storage, dir, RECOVERY_POINT_TMP, RECOVERY_POINT, content.as_bytes(), durable)
 }
 
 /// Writes the clean-shutdown marker durably.
-pub(crate) fn write_clean_marker(dir: &Path) -> Result<(), LogError> {
+pub(crate) fn write_clean_marker(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
     let path = dir.join(CLEAN_SHUTDOWN);
-    File::create(&path).and_then(|f| f.sync_all()).ctx(|| format!("create {}", path.display()))?;
-    sync_dir(dir)
+    storage
+        .open(&path, OpenMode::Truncate)
+        .and_then(|f| f.sync_data())
+        .ctx(|| format!("create {}", path.display()))?;
+    sync_dir(storage, dir)
 }
 
 /// Loads and repairs every segment of `dir`.
 pub(crate) fn recover(
+    storage: &dyn Storage,
     dir: &Path,
     config: &LogConfig,
     clock: &dyn Clock,
 ) -> Result<Recovered, LogError> {
     let marker = dir.join(CLEAN_SHUTDOWN);
-    let clean = marker.exists();
+    let clean = storage.exists(&marker);
     if clean {
         // Removed before anything changes, so a crash during this open recovers fully.
-        fs::remove_file(&marker).ctx(|| format!("remove {}", marker.display()))?;
+        storage.remove_file(&marker).ctx(|| format!("remove {}", marker.display()))?;
     }
-    let recovery_point = if clean { None } else { read_recovery_point(dir) };
+    let recovery_point = if clean { None } else { read_recovery_point(storage, dir) };
     // A cleaner pass cut short: discard its unfinished output, finish a committed swap.
-    cleaner::recover_swaps(dir)?;
-    let cleaned_to = cleaner::read_checkpoint(dir).unwrap_or(Offset::ZERO);
+    cleaner::recover_swaps(storage, dir)?;
+    let cleaned_to = cleaner::read_checkpoint(storage, dir).unwrap_or(Offset::ZERO);
 
-    let bases = list_segments(dir)?;
+    let bases = list_segments(storage, dir)?;
     let mut segments = Vec::with_capacity(bases.len());
     let mut problems = Vec::with_capacity(bases.len());
     for base in bases {
-        let (segment, problem) = LogSegment::open(dir, base)?;
+        let (segment, problem) = LogSegment::open(storage, dir, base)?;
         segments.push(segment);
         problems.push(problem);
     }
-    if let Some(start) = crate::log_start::read(dir) {
-        let (deleted, restarted) = crate::log_start::apply(dir, start, &mut segments)?;
+    if let Some(start) = crate::log_start::read(storage, dir) {
+        let (deleted, restarted) = crate::log_start::apply(storage, dir, start, &mut segments)?;
         problems.drain(..deleted);
         if restarted {
             return Ok(Recovered {
@@ -111,9 +106,9 @@ pub(crate) fn recover(
     if segments.is_empty() {
         // Every segment is gone (a new log, or files lost): start where flushed records
         // ended, if the directory says, so offsets never go back under readers.
-        let base = read_recovery_point(dir).unwrap_or(Offset::ZERO);
-        let segment = LogSegment::create(dir, base)?;
-        sync_dir(dir)?;
+        let base = read_recovery_point(storage, dir).unwrap_or(Offset::ZERO);
+        let segment = LogSegment::create(storage, dir, base)?;
+        sync_dir(storage, dir)?;
         return Ok(Recovered {
             segments: vec![Arc::new(segment)],
             bytes_since_index: 0,
@@ -121,7 +116,7 @@ pub(crate) fn recover(
         });
     }
     // Segments from the one holding the recovery point on may hold unflushed, torn writes.
-    let recover_from = if clean {
+    let mut recover_from = if clean {
         segments.len()
     } else {
         let point = recovery_point.unwrap_or(Offset::ZERO);
@@ -137,6 +132,25 @@ pub(crate) fn recover(
     let mut i = 0;
     let mut previous_next: Option<Offset> = None;
     while i < segments.len() {
+        // An empty segment that is not the last, inside the range the previous one reaches:
+        // the files of a roll that failed part-way (the log went on appending to the
+        // previous segment and rolled later, at a higher base). Not data: deleted.
+        let stray = segments.get(i).filter(|s| {
+            s.is_empty() && i + 1 < segments.len() && previous_next.is_some_and(|n| n > s.base())
+        });
+        if let Some(stray) = stray {
+            tracing::warn!(segment = %stray.path().display(),
+                "deleting an empty segment left inside the previous one by a failed roll");
+            stray.delete_files(storage)?;
+            segments.remove(i);
+            if i < problems.len() {
+                problems.remove(i);
+            }
+            if i < recover_from {
+                recover_from -= 1;
+            }
+            continue;
+        }
         let next_base = segments.get(i + 1).map(LogSegment::base);
         let is_last = next_base.is_none();
         let in_recovery = i >= recover_from;
@@ -149,7 +163,7 @@ pub(crate) fn recover(
         if in_recovery && previous_next.is_some_and(|n| !continues(n)) {
             tracing::warn!(segment = %segment.path().display(), expected = ?previous_next,
                 "segment does not continue the previous one; deleting it and every later one");
-            drop_from(&mut segments, i)?;
+            drop_from(storage, &mut segments, i)?;
             break;
         }
         let problem = problems
@@ -188,7 +202,11 @@ pub(crate) fn recover(
             } else if let Some(n) = next_base.filter(|n| {
                 // A gap up to the cleaner's first dirty offset is the cleaner's doing.
                 let cleaner_gap = *n > next && *n <= cleaned_to;
-                !in_recovery && *n != next && !cleaner_gap
+                // Runs past an empty next segment, which the loop deletes as a stray.
+                let over_stray = next > *n
+                    && segments.get(i + 1).is_some_and(|s| s.is_empty())
+                    && i + 2 < segments.len();
+                !in_recovery && *n != next && !cleaner_gap && !over_stray
             }) {
                 // A hole before the next segment (a file cut at a batch boundary): reads of the
                 // missing offsets fail with LogError::Corrupt.
@@ -220,11 +238,15 @@ pub(crate) fn recover(
             }
             if let Some(n) = next_base {
                 let gap_ok = next < n && n <= cleaned_to;
-                if tail.invalid.is_none() && next != n && !gap_ok {
+                // Runs past an empty next segment, which the loop deletes as a stray (above).
+                let over_stray = next > n
+                    && segments.get(i + 1).is_some_and(|s| s.is_empty())
+                    && i + 2 < segments.len();
+                if tail.invalid.is_none() && next != n && !gap_ok && !over_stray {
                     tracing::error!(segment = %segment.path().display(), ends_at = %next,
                         next_segment = %n, "segments are not contiguous");
                 }
-                if !gap_ok {
+                if !gap_ok && !over_stray {
                     next = n;
                 }
             }
@@ -239,11 +261,11 @@ pub(crate) fn recover(
         }
         previous_next = Some(segment.next_offset());
         if drop_later {
-            drop_from(&mut segments, i + 1)?;
+            drop_from(storage, &mut segments, i + 1)?;
         }
         i += 1;
     }
-    sync_dir(dir)?;
+    sync_dir(storage, dir)?;
     Ok(Recovered {
         segments: segments.into_iter().map(Arc::new).collect(),
         bytes_since_index,
@@ -260,11 +282,15 @@ fn reopened_roll_basis(segment: &LogSegment, clock: &dyn Clock) -> i64 {
 }
 
 /// Deletes segments `from..` (newest first, so a crash leaves a dense prefix).
-fn drop_from(segments: &mut Vec<LogSegment>, from: usize) -> Result<(), LogError> {
+fn drop_from(
+    storage: &dyn Storage,
+    segments: &mut Vec<LogSegment>,
+    from: usize,
+) -> Result<(), LogError> {
     while segments.len() > from {
         if let Some(segment) = segments.pop() {
             tracing::warn!(segment = %segment.path().display(), "deleting segment during recovery");
-            segment.delete_files()?;
+            segment.delete_files(storage)?;
         }
     }
     Ok(())
@@ -272,22 +298,19 @@ fn drop_from(segments: &mut Vec<LogSegment>, from: usize) -> Result<(), LogError
 
 /// Base offsets of the `.log` files in `dir`, sorted. Index files without a `.log` and stale
 /// temporary files are removed; every other name is ignored.
-fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
+fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<Offset>, LogError> {
     let mut logs = Vec::new();
     let mut indexes = Vec::new();
-    let entries = fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
+    let entries = storage.list_dir(dir).ctx(|| format!("list {}", dir.display()))?;
     for entry in entries {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+        let name = entry.name.as_str();
         if name == RECOVERY_POINT_TMP || name == crate::log_start::LOG_START_OFFSET_TMP {
-            remove_if_exists(&entry.path())?;
+            remove(storage, &dir.join(name))?;
             continue;
         }
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         match parse_file_name(name) {
-            Some((base, LOG_SUFFIX)) if is_file => logs.push(base),
-            Some((base, _)) if is_file => indexes.push((base, entry.path())),
+            Some((base, LOG_SUFFIX)) if entry.is_file => logs.push(base),
+            Some((base, _)) if entry.is_file => indexes.push((base, dir.join(name))),
             _ => {}
         }
     }
@@ -295,16 +318,12 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
     for (base, path) in indexes {
         if logs.binary_search(&base).is_err() {
             tracing::warn!(file = %path.display(), "removing an index without a segment");
-            remove_if_exists(&path)?;
+            remove(storage, &path)?;
         }
     }
     Ok(logs)
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), LogError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LogError::io(format!("remove {}", path.display()), e)),
-    }
+fn remove(storage: &dyn Storage, path: &Path) -> Result<(), LogError> {
+    remove_if_exists(storage, path).map(drop).ctx(|| format!("remove {}", path.display()))
 }

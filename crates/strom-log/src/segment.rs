@@ -8,9 +8,7 @@
 //! bumps `generation` before and after; a reader that saw the generation change retries, so it
 //! never mixes bytes from before and after a truncation.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::FileExt;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -22,6 +20,7 @@ use strom_format::{
 use crate::LogError;
 use crate::error::IoContext;
 use crate::offset_index::{OffsetEntry, OffsetIndex};
+use crate::storage::{OpenMode, Storage, StorageFile, remove_if_exists};
 use crate::time_index::{TimeEntry, TimeIndex};
 
 /// Suffix of segment data files.
@@ -191,7 +190,7 @@ impl From<LogError> for SegError {
 pub(crate) struct LogSegment {
     base: Offset,
     path: PathBuf,
-    log: File,
+    log: Box<dyn StorageFile>,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
     /// Committed bytes: every byte below is part of a whole, fully written batch.
@@ -215,11 +214,16 @@ pub(crate) struct LogSegment {
 
 impl LogSegment {
     /// Creates an empty segment (truncating stray files of the same name).
-    pub(crate) fn create(dir: &Path, base: Offset) -> Result<Self, LogError> {
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        base: Offset,
+    ) -> Result<Self, LogError> {
         let path = dir.join(file_name(base, LOG_SUFFIX));
-        let log = open_log(&path, true)?;
-        let offset_index = OffsetIndex::create(&dir.join(file_name(base, INDEX_SUFFIX)))?;
-        let time_index = TimeIndex::create(&dir.join(file_name(base, TIME_INDEX_SUFFIX)))?;
+        let log =
+            storage.open(&path, OpenMode::Truncate).ctx(|| format!("open {}", path.display()))?;
+        let offset_index = OffsetIndex::create(storage, &dir.join(file_name(base, INDEX_SUFFIX)))?;
+        let time_index = TimeIndex::create(storage, &dir.join(file_name(base, TIME_INDEX_SUFFIX)))?;
         Ok(LogSegment {
             base,
             path,
@@ -239,15 +243,20 @@ impl LogSegment {
     /// Opens an existing segment. Its committed size is the file's size and its next offset
     /// is unknown (`base`) until recovery sets it. The second field says why the indexes must
     /// be rebuilt, if they must.
-    pub(crate) fn open(dir: &Path, base: Offset) -> Result<(Self, Option<String>), LogError> {
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        dir: &Path,
+        base: Offset,
+    ) -> Result<(Self, Option<String>), LogError> {
         let path = dir.join(file_name(base, LOG_SUFFIX));
-        let log = open_log(&path, false)?;
-        let len = log.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+        let log =
+            storage.open(&path, OpenMode::Append).ctx(|| format!("open {}", path.display()))?;
+        let len = log.size().ctx(|| format!("stat {}", path.display()))?;
         let index_path = dir.join(file_name(base, INDEX_SUFFIX));
         let time_path = dir.join(file_name(base, TIME_INDEX_SUFFIX));
-        let missing = [&index_path, &time_path].into_iter().find(|p| !p.exists()).cloned();
-        let (offset_index, bad_offsets) = OffsetIndex::load(&index_path)?;
-        let (time_index, bad_times) = TimeIndex::load(&time_path)?;
+        let missing = [&index_path, &time_path].into_iter().find(|p| !storage.exists(p)).cloned();
+        let (offset_index, bad_offsets) = OffsetIndex::load(storage, &index_path)?;
+        let (time_index, bad_times) = TimeIndex::load(storage, &time_path)?;
         let problem = missing
             .map(|p| format!("{} is missing", p.display()))
             .or(bad_offsets.map(|why| format!("{}: {why}", index_path.display())))
@@ -419,9 +428,7 @@ impl LogSegment {
     /// When the data file was created (its birth time), in milliseconds since the epoch, where
     /// the file system records it.
     pub(crate) fn created_ms(&self) -> Option<i64> {
-        let created = self.log.metadata().ok()?.created().ok()?;
-        let ms = created.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
-        i64::try_from(ms).ok()
+        self.log.created_ms()
     }
 
     /// Walks the batches from `start` up to file position `limit`, checking each header (and,
@@ -539,7 +546,8 @@ impl LogSegment {
     fn read_bytes(&self, pos: u64, len: u64) -> Result<Bytes, LogError> {
         let len = usize::try_from(len).map_err(|_| self.corrupt(pos, "read too large"))?;
         let mut buf = Vec::with_capacity(len);
-        read_exact_at_uninit(&self.log, &mut buf, len, pos)
+        self.log
+            .read_into_spare(&mut buf, len, pos)
             .ctx(|| format!("read {len} bytes at {pos} of {}", self.path.display()))?;
         Ok(Bytes::from(buf))
     }
@@ -790,21 +798,8 @@ impl LogSegment {
 
     /// Writes `slices` at the end of the file with vectored writes, handling short writes.
     /// Nothing is published; the caller does that with [`LogSegment::publish`].
-    pub(crate) fn write_vectored(&self, mut slices: &mut [IoSlice<'_>]) -> Result<(), LogError> {
-        while !slices.is_empty() {
-            match (&self.log).write_vectored(slices) {
-                Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes");
-                    return Err(LogError::io(format!("append to {}", self.path.display()), e));
-                }
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(LogError::io(format!("append to {}", self.path.display()), e));
-                }
-            }
-        }
-        Ok(())
+    pub(crate) fn write_vectored(&self, slices: &mut [IoSlice<'_>]) -> Result<(), LogError> {
+        self.log.append_all(slices).ctx(|| format!("append to {}", self.path.display()))
     }
 
     /// Makes appended bytes visible to readers: size and next offset first, then index entries
@@ -838,8 +833,9 @@ impl LogSegment {
     }
 
     /// Drops every batch from the one holding `offset` on. Returns the new next offset (the
-    /// base of that batch) and the bytes since the last remaining index entry, or `None` when
-    /// no committed batch holds `offset` (nothing to drop).
+    /// offset after the last batch kept: the base of the dropped batch, unless the cleaner left
+    /// a gap before it) and the bytes since the last remaining index entry, or `None` when no
+    /// committed batch holds `offset` (nothing to drop).
     pub(crate) fn truncate_at(&self, offset: Offset) -> Result<Option<(Offset, u64)>, LogError> {
         let size = self.size();
         let Some((pos, header)) = self.find_batch(offset, self.rel(offset), size)? else {
@@ -872,22 +868,23 @@ impl LogSegment {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.verified.fetch_min(pos, Ordering::AcqRel);
         self.size.store(pos, Ordering::Release);
-        self.next_offset.store(header.base.get(), Ordering::Release);
+        // The offset after the last batch kept, which is what the file says on a reopen: below
+        // the cut batch's base when the cleaner removed the records just before it.
+        self.next_offset.store(tail.next_offset.get(), Ordering::Release);
         self.max_timestamp.store(tail.max_ts, Ordering::Release);
         if pos == 0 {
             self.roll_basis_ms.store(NO_TIMESTAMP, Ordering::Release);
         }
-        let result = self
-            .offset_index
-            .file()
-            .truncate(keep)
-            .and_then(|()| self.time_index.file().truncate(keep))
-            .and_then(|()| {
-                self.log.set_len(pos).ctx(|| format!("truncate {}", self.path.display()))
-            });
+        // All three, whatever fails: each index cuts its entries in memory before its file,
+        // and a retried cut (`discard_unpublished`) brings the files back to memory, which
+        // must then agree between the two indexes.
+        let offsets = self.offset_index.file().truncate(keep);
+        let times = self.time_index.file().truncate(keep);
+        let data = self.log.set_len(pos).ctx(|| format!("truncate {}", self.path.display()));
+        let result = offsets.and(times).and(data);
         self.generation.fetch_add(1, Ordering::AcqRel);
         result?;
-        Ok(Some((header.base, pos - start.pos)))
+        Ok(Some((tail.next_offset, pos - start.pos)))
     }
 
     /// Cuts the data file and both indexes back to what is published, dropping whatever a
@@ -914,74 +911,14 @@ impl LogSegment {
 
     /// Removes the segment's files (a missing file is not an error). Open handles stay
     /// readable until dropped, so concurrent readers of this segment still get valid data.
-    pub(crate) fn delete_files(&self) -> Result<(), LogError> {
+    pub(crate) fn delete_files(&self, storage: &dyn Storage) -> Result<(), LogError> {
         let paths =
             [self.path.as_path(), self.offset_index.file().path(), self.time_index.file().path()];
         for path in paths {
-            match fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(format!("delete {}", path.display()), e)),
-            }
+            remove_if_exists(storage, path).ctx(|| format!("delete {}", path.display()))?;
         }
         Ok(())
     }
-}
-
-/// Opens a segment data file for positional reads and appends.
-fn open_log(path: &Path, create: bool) -> Result<File, LogError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(create)
-        .open(path)
-        .ctx(|| format!("open {}", path.display()))?;
-    if create {
-        file.set_len(0).ctx(|| format!("truncate {}", path.display()))?;
-    }
-    Ok(file)
-}
-
-/// Appends exactly `len` bytes of `file` at `pos` to `buf`, reading into its spare capacity
-/// without initialising it first. Fails with `UnexpectedEof` when the file ends before.
-fn read_exact_at_uninit(
-    file: &File,
-    buf: &mut Vec<u8>,
-    len: usize,
-    mut pos: u64,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    buf.reserve(len);
-    let target = buf.len() + len;
-    while buf.len() < target {
-        let missing = target - buf.len();
-        let spare = buf.spare_capacity_mut();
-        let want = missing.min(spare.len()).min(isize::MAX as usize);
-        let offset = libc::off_t::try_from(pos).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "file position out of range")
-        })?;
-        // SAFETY: `spare` is memory owned by `buf`, valid for writes of `spare.len() >= want`
-        // bytes and not aliased while this call runs; pread writes at most `want` bytes into
-        // it and never reads it, so its being uninitialised does not matter.
-        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) };
-        match usize::try_from(n) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                let filled = buf.len() + n.min(want);
-                // SAFETY: pread initialised the first `n <= want` bytes of the spare capacity,
-                // so every byte below `filled` is initialised, and `filled <= capacity`.
-                unsafe { buf.set_len(filled) };
-                pos += n as u64;
-            }
-            Err(_) => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use crate::LogError;
 use crate::index_file::{IndexEntry, IndexFile, Loaded};
+use crate::storage::Storage;
 
 /// One time index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +52,16 @@ pub(crate) struct TimeIndex {
 
 impl TimeIndex {
     /// An empty index at `path` (truncating any file there).
-    pub(crate) fn create(path: &Path) -> Result<Self, LogError> {
-        Ok(TimeIndex { file: IndexFile::create(path)? })
+    pub(crate) fn create(storage: &dyn Storage, path: &Path) -> Result<Self, LogError> {
+        Ok(TimeIndex { file: IndexFile::create(storage, path)? })
     }
 
     /// Loads the index at `path`; `Err(reason)` in the second field when it must be rebuilt.
-    pub(crate) fn load(path: &Path) -> Result<(Self, Option<String>), LogError> {
-        Ok(match IndexFile::load(path)? {
+    pub(crate) fn load(
+        storage: &dyn Storage,
+        path: &Path,
+    ) -> Result<(Self, Option<String>), LogError> {
+        Ok(match IndexFile::load(storage, path)? {
             Loaded::Ok(file) => (TimeIndex { file }, None),
             Loaded::NeedsRebuild(file, why) => (TimeIndex { file }, Some(why)),
         })
