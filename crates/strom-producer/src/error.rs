@@ -16,7 +16,7 @@ use strom_format::{FormatError, PartitionId};
 /// match producer.send(ProducerRecord::new("orders").value("v")).await {
 ///     Ok(pending) => match pending.await {
 ///         Ok(meta) => println!("stored at {:?}", meta.offset),
-///         Err(ProducerError::DeliveryTimeout { last_error, .. }) => eprintln!("gave up: {last_error}"),
+///         Err(e @ ProducerError::DeliveryTimeout { .. }) => eprintln!("gave up: {e}"),
 ///         Err(e) => eprintln!("failed: {e}"),
 ///     },
 ///     Err(ProducerError::UnknownTopic(t)) => eprintln!("create {t} first"),
@@ -69,7 +69,10 @@ pub enum ProducerError {
         message: String,
     },
     /// The record was not acknowledged within `delivery_timeout`.
-    #[error("{topic}-{partition}: not delivered within {timeout:?}; last error: {last_error}")]
+    #[error(
+        "{topic}-{partition}: not delivered within {timeout:?}; last error: {}",
+        last_error_text(.last_error)
+    )]
     DeliveryTimeout {
         /// The topic.
         topic: String,
@@ -77,8 +80,11 @@ pub enum ProducerError {
         partition: PartitionId,
         /// The configured delivery timeout.
         timeout: Duration,
-        /// The error of the last attempt.
-        last_error: String,
+        /// The error of the last attempt; `None` if the record was never sent. It is also
+        /// the error's [`source`](std::error::Error::source) (an `Arc<ProducerError>`), so
+        /// an error chain prints it and the transport error behind it.
+        #[source]
+        last_error: Option<Arc<ProducerError>>,
     },
     /// `send` waited `max_block` for buffer memory or metadata.
     #[error("timed out after {0:?} waiting for buffer memory or metadata")]
@@ -89,6 +95,10 @@ pub enum ProducerError {
     /// The producer was closed (or dropped) before the record was sent.
     #[error("producer closed")]
     Closed,
+}
+
+fn last_error_text(last: &Option<Arc<ProducerError>>) -> String {
+    last.as_ref().map_or_else(|| "never sent".to_owned(), ToString::to_string)
 }
 
 impl From<ClientError> for ProducerError {

@@ -164,12 +164,11 @@ fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
                 continue;
             }
             if now.saturating_duration_since(b.created) >= cfg.delivery_timeout {
-                let last = b.last_error.take().unwrap_or_else(|| "never sent".to_owned());
                 let err = ProducerError::DeliveryTimeout {
                     topic: d.topic.to_string(),
                     partition: d.partition,
                     timeout: cfg.delivery_timeout,
-                    last_error: last,
+                    last_error: b.last_error.take(),
                 };
                 abandon(inner, &b);
                 b.completer.fail(err);
@@ -447,6 +446,8 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
         NonRetriable(f) => (f, false),
     };
     let message = failure.describe();
+    // One allocation per failed attempt, shared by its batches' delivery-timeout errors.
+    let last = Arc::new(failure.to_error(&d.topic, d.partition));
     let refused = matches!(failure, Failure::Broker(code, _) if is_sequence_error(code));
     let mut keep = Vec::with_capacity(d.batches.len());
     for mut b in d.batches {
@@ -467,11 +468,11 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
                 topic: d.topic.to_string(),
                 partition: d.partition,
                 timeout: cfg.delivery_timeout,
-                last_error: message.clone(),
+                last_error: Some(Arc::clone(&last)),
             });
         } else {
             b.retry_at = Some(now + backoff);
-            b.last_error = Some(message.clone());
+            b.last_error = Some(Arc::clone(&last));
             keep.push(b);
         }
     }

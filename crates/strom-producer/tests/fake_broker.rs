@@ -343,8 +343,14 @@ async fn delivery_timeout_bounds_retries() {
     let producer = Producer::new(cfg).await.unwrap();
     let f = producer.send(ProducerRecord::new("t").value("x")).await.unwrap();
     match f.await {
-        Err(ProducerError::DeliveryTimeout { last_error, .. }) => {
-            assert!(last_error.contains("NOT_LEADER_OR_FOLLOWER"), "{last_error}");
+        Err(e @ ProducerError::DeliveryTimeout { .. }) => {
+            assert!(e.is_timeout());
+            // The last attempt's error, by type, and as the error's source.
+            assert!(std::error::Error::source(&e).is_some());
+            let ProducerError::DeliveryTimeout { last_error: Some(last), .. } = &e else {
+                panic!("no last error in {e}");
+            };
+            assert_eq!(last.code(), Some(ErrorCode::NotLeaderOrFollower), "{e}");
         }
         other => panic!("expected a delivery timeout, got {other:?}"),
     }
