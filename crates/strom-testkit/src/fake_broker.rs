@@ -142,8 +142,8 @@ pub fn partition_metadata(partition: i32, leader: i32) -> PartitionMetadata {
     }
 }
 
-/// Forwards the data and admin planes to a real broker, so a test can put its own service
-/// (a scripted group coordinator) in front of real storage.
+/// Forwards every data-plane and admin call to a real broker, so a test can put its own
+/// service (a scripted group coordinator) in front of real storage.
 #[derive(Clone, Debug)]
 pub struct Forward {
     broker: BrokerClient<Channel>,
@@ -166,21 +166,21 @@ impl Forward {
 impl Admin for Forward {
     async fn alter_configs(
         &self,
-        _: Request<AlterConfigsRequest>,
+        r: Request<AlterConfigsRequest>,
     ) -> Result<Response<AlterConfigsResponse>, Status> {
-        not_faked("AlterConfigs")
+        self.admin.clone().alter_configs(r.into_inner()).await
     }
     async fn create_partitions(
         &self,
-        _: Request<CreatePartitionsRequest>,
+        r: Request<CreatePartitionsRequest>,
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
-        not_faked("CreatePartitions")
+        self.admin.clone().create_partitions(r.into_inner()).await
     }
     async fn describe_cluster(
         &self,
-        _: Request<DescribeClusterRequest>,
+        r: Request<DescribeClusterRequest>,
     ) -> Result<Response<DescribeClusterResponse>, Status> {
-        not_faked("DescribeCluster")
+        self.admin.clone().describe_cluster(r.into_inner()).await
     }
     async fn create_topics(
         &self,
