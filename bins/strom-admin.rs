@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use strom_client::proto::v1::{
-    BrokerInfo, DescribeClusterRequest, DescribeGroupsRequest, ErrorCode, FindCoordinatorRequest,
+    BrokerInfo, DescribeClusterRequest, DescribeGroupsRequest, FindCoordinatorRequest,
     GroupDescription, ListGroupsRequest, OffsetFetchRequest, TopicDescription,
 };
-use strom_client::{Client, ClientConfig, ClientError, OffsetSpec, check_code};
+use strom_client::{Client, ClientConfig, ClientError, ErrorCode, OffsetSpec, check_code};
 use strom_coordinator::consumer_protocol::Assignment;
 use strom_format::PartitionId;
 
@@ -218,9 +218,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = ClientConfig::new(args.bootstrap.clone());
-    config.client_id = "strom-admin".to_owned();
-    config.request_timeout = Duration::from_millis(args.timeout_ms);
+    let config = ClientConfig::builder(args.bootstrap.clone())
+        .client_id("strom-admin")
+        .request_timeout(Duration::from_millis(args.timeout_ms))
+        .build()
+        .context("invalid settings")?;
     let client = Client::connect(config)
         .await
         .with_context(|| format!("cannot reach the cluster at {}", args.bootstrap))?;
@@ -403,7 +405,7 @@ async fn describe_group(client: &Client, group: &str, output: Output) -> anyhow:
         .into_iter()
         .find(|g| g.group_id == group)
         .with_context(|| format!("the coordinator did not describe group {group:?}"))?;
-    if description.error_code == ErrorCode::GroupIdNotFound as i32 || description.state == "Dead" {
+    if description.error_code == ErrorCode::GroupIdNotFound.code() || description.state == "Dead" {
         bail!("group {group:?} does not exist");
     }
     check_code(description.error_code, &description.error_message).map_err(|e| explain(e, ""))?;
@@ -728,10 +730,10 @@ fn explain(e: ClientError, topic: &str) -> anyhow::Error {
             anyhow::anyhow!("topic {topic:?} does not exist")
         }
         ClientError::Broker { code, message } if message.is_empty() => {
-            anyhow::anyhow!("{} ({code:?})", code.as_str_name())
+            anyhow::anyhow!("{} ({code:?})", code.name())
         }
         ClientError::Broker { code, message } => {
-            anyhow::anyhow!("{message} ({})", code.as_str_name())
+            anyhow::anyhow!("{message} ({})", code.name())
         }
         _ => anyhow::Error::new(e),
     }

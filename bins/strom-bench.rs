@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use strom_client::ErrorCode;
 use strom_client::OffsetSpec;
-use strom_client::proto::v1::ErrorCode;
 use strom_client::{Client, ClientError};
 use strom_consumer::{Consumer, ConsumerConfig, OffsetReset, SeekTo};
 use strom_format::Compression;
@@ -393,14 +393,14 @@ async fn produce(args: ProduceArgs, e2e: bool) -> anyhow::Result<()> {
     if e2e && args.record_size < 8 {
         bail!("e2e needs --record-size of at least 8 (the send instant travels in the value)");
     }
-    let config = ProducerConfig {
-        acks,
-        enable_idempotence: args.enable_idempotence,
-        compression,
-        batch_size: args.batch_size,
-        linger: Duration::from_millis(args.linger_ms),
-        ..ProducerConfig::new(common.bootstrap.clone())
-    };
+    let config = ProducerConfig::builder(common.bootstrap.clone())
+        .acks(acks)
+        .enable_idempotence(args.enable_idempotence)
+        .compression(compression)
+        .batch_size(args.batch_size)
+        .linger(Duration::from_millis(args.linger_ms))
+        .build()
+        .context("invalid producer settings")?;
     let producer = Producer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", common.bootstrap))?;
@@ -496,10 +496,10 @@ async fn start_receiver(
     common: &Common,
     origin: Instant,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>> {
-    let config = ConsumerConfig {
-        auto_offset_reset: OffsetReset::Earliest,
-        ..ConsumerConfig::new(common.bootstrap.clone())
-    };
+    let config = ConsumerConfig::builder(common.bootstrap.clone())
+        .auto_offset_reset(OffsetReset::Earliest)
+        .build()
+        .context("invalid consumer settings")?;
     let mut consumer = Consumer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", common.bootstrap))?;
@@ -573,10 +573,10 @@ async fn collect_acks(
 
 async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let common = &args.common;
-    let config = ConsumerConfig {
-        auto_offset_reset: OffsetReset::Earliest,
-        ..ConsumerConfig::new(common.bootstrap.clone())
-    };
+    let config = ConsumerConfig::builder(common.bootstrap.clone())
+        .auto_offset_reset(OffsetReset::Earliest)
+        .build()
+        .context("invalid consumer settings")?;
     let mut consumer = Consumer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", common.bootstrap))?;

@@ -94,20 +94,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = ConsumerConfig {
-        auto_offset_reset: if args.from_beginning {
+    let session_timeout = Duration::from_millis(args.session_timeout_ms);
+    let config = ConsumerConfig::builder(args.bootstrap.clone())
+        .client_id("strom-consumer")
+        .auto_offset_reset(if args.from_beginning {
             OffsetReset::Earliest
         } else {
             OffsetReset::Latest
-        },
-        group_id: args.group.clone(),
-        ..ConsumerConfig::new(args.bootstrap.clone())
-    };
-    config.client.client_id = "strom-consumer".to_owned();
-    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
-    config.group_instance_id.clone_from(&args.group_instance_id);
-    config.heartbeat_interval = config.session_timeout / 3;
-    config.storage_error_timeout = storage_error_timeout(&args);
+        })
+        .group(args.group.clone())
+        .group_instance_id(args.group_instance_id.clone())
+        .session_timeout(session_timeout)
+        .heartbeat_interval(session_timeout / 3)
+        .storage_error_timeout(storage_error_timeout(&args))
+        .build()
+        .context("invalid settings")?;
     let mut consumer = Consumer::new(config)
         .await
         .with_context(|| format!("cannot connect to {}", args.bootstrap))?;

@@ -136,18 +136,19 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     if args.key_separator.as_deref() == Some("") {
         bail!("--key-separator must not be empty");
     }
-    let mut config = ProducerConfig::new(args.bootstrap.clone());
-    config.client.client_id = "strom-producer".to_owned();
-    config.acks = args.acks;
-    config.compression = args.compression;
-    config.enable_idempotence = args.enable_idempotence;
-    config.linger = Duration::from_millis(args.linger_ms);
-    config.batch_size = args.batch_size;
-    config.max_request_size = args.max_request_size;
-    config.delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
-    config.request_timeout = Duration::from_millis(args.request_timeout_ms);
     // Settings first: a bad value is the user's to fix, not a cluster that cannot be reached.
-    config.validate().context("invalid settings")?;
+    let config = ProducerConfig::builder(args.bootstrap.clone())
+        .client_id("strom-producer")
+        .acks(args.acks)
+        .compression(args.compression)
+        .enable_idempotence(args.enable_idempotence)
+        .linger(Duration::from_millis(args.linger_ms))
+        .batch_size(args.batch_size)
+        .max_request_size(args.max_request_size)
+        .delivery_timeout(Duration::from_millis(args.delivery_timeout_ms))
+        .request_timeout(Duration::from_millis(args.request_timeout_ms))
+        .build()
+        .context("invalid settings")?;
     let mut failures = Failures::open(args.failed_output.as_deref())?;
     let producer = Producer::new(config)
         .await

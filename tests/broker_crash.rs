@@ -41,11 +41,13 @@ fn acknowledged_records_survive_sigkill() {
 
     // (partition, offset) -> value of every acknowledged record.
     let acked: HashMap<(i32, i64), String> = rt.block_on(async {
-        let mut config = ProducerConfig::new(addr.clone());
-        config.acks = Acks::All;
-        config.linger = Duration::from_millis(1);
-        config.delivery_timeout = Duration::from_secs(5);
-        config.request_timeout = Duration::from_secs(2);
+        let config = ProducerConfig::builder(addr.clone())
+            .acks(Acks::All)
+            .linger(Duration::from_millis(1))
+            .delivery_timeout(Duration::from_secs(5))
+            .request_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
         let producer = Producer::new(config).await.unwrap();
         let mut acked = HashMap::new();
         let mut pending = std::collections::VecDeque::new();

@@ -32,9 +32,8 @@ fn corruption_is_loud() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut config = ProducerConfig::new(addr.clone());
         // Small batches, so the damage sits in the middle of the segment.
-        config.batch_size = 1024;
+        let config = ProducerConfig::builder(addr.clone()).batch_size(1024_usize).build().unwrap();
         let producer = Producer::new(config).await.unwrap();
         let mut pending = Vec::new();
         for i in 0..RECORDS {

@@ -59,9 +59,11 @@ fn settled_assignments(
             let (views, stop) = (views.clone(), stop.clone());
             let (addr, topic, group) = (addr.to_string(), topic.to_string(), group.to_string());
             tasks.push(tokio::spawn(async move {
-                let mut config = ConsumerConfig::new(addr);
-                config.group_id = Some(group);
-                config.auto_offset_reset = OffsetReset::Earliest;
+                let config = ConsumerConfig::builder(addr)
+                    .group_id(group)
+                    .auto_offset_reset(OffsetReset::Earliest)
+                    .build()
+                    .unwrap();
                 let mut consumer = Consumer::new(config).await.unwrap();
                 consumer.subscribe(vec![topic], None).unwrap();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {

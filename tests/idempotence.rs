@@ -44,10 +44,12 @@ fn idempotent_producer_retries_across_broker_kills_store_each_record_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     let (kills, failed) = rt.block_on(async {
-        let mut config = ProducerConfig::new(addr.clone());
-        config.linger = Duration::from_millis(2);
-        config.request_timeout = Duration::from_secs(3);
-        config.delivery_timeout = Duration::from_secs(60);
+        let config = ProducerConfig::builder(addr.clone())
+            .linger(Duration::from_millis(2))
+            .request_timeout(Duration::from_secs(3))
+            .delivery_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
         assert!(config.enable_idempotence, "idempotence is the default");
         let producer = Producer::new(config).await.unwrap();
         let mut pending = VecDeque::new();

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, admin_json, all_active, wait_for};
 use common::run_ok;
 use strom_consumer::{Consumer, ConsumerConfig, SeekTo, TopicPartition};
-use strom_producer::{Acks, PartitionId, Producer, ProducerConfig, ProducerRecord};
+use strom_producer::{
+    Acks, PartitionId, Producer, ProducerConfig, ProducerConfigBuilder, ProducerRecord,
+};
 
 const TOPIC: &str = "acked";
 const KILLS: usize = 20;
@@ -82,16 +84,20 @@ async fn produce(
 
 /// An acks=all producer with a 5 s request timeout (a frozen leader is given up on quickly).
 fn producer_config(bootstrap: &str) -> ProducerConfig {
-    let mut config = ProducerConfig::new(bootstrap);
-    config.acks = Acks::All;
-    config.request_timeout = Duration::from_secs(5);
-    config
+    producer_builder(bootstrap).build().expect("valid producer config")
+}
+
+/// The settings of [`producer_config`], to adjust before building.
+fn producer_builder(bootstrap: &str) -> ProducerConfigBuilder {
+    ProducerConfig::builder(bootstrap).acks(Acks::All).request_timeout(Duration::from_secs(5))
 }
 
 /// Every record of partition 0 from the beginning up to `end`, as (offset, value).
 async fn read_all(bootstrap: String, end: i64) -> Vec<(i64, String)> {
-    let mut config = ConsumerConfig::new(bootstrap);
-    config.fetch_max_wait = Duration::from_millis(100);
+    let config = ConsumerConfig::builder(bootstrap)
+        .fetch_max_wait(Duration::from_millis(100))
+        .build()
+        .expect("valid consumer config");
     let mut consumer = Consumer::new(config).await.expect("consumer");
     let tp = TopicPartition::new(TOPIC, PartitionId::new(0));
     consumer.assign(vec![tp.clone()]);
@@ -176,8 +182,10 @@ fn acknowledged_records_survive_leader_kills_follower_kill_and_a_frozen_leader()
         .enable_all()
         .build()
         .expect("runtime");
-    let mut config = producer_config(&bootstrap);
-    config.linger = Duration::from_millis(1);
+    let config = producer_builder(&bootstrap)
+        .linger(Duration::from_millis(1))
+        .build()
+        .expect("valid producer config");
     let producer = runtime.spawn(produce(config, stop.clone(), acked.clone(), false, |i| {
         let value = format!("v{i}");
         (value.clone(), ProducerRecord::new(TOPIC).partition(PartitionId::new(0)).value(value))
@@ -303,13 +311,13 @@ async fn consume(
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<std::collections::HashSet<String>>>,
 ) {
-    let config = ConsumerConfig {
-        group_id: Some("riders".into()),
-        enable_auto_commit: false,
-        auto_offset_reset: strom_consumer::OffsetReset::Earliest,
-        fetch_max_wait: Duration::from_millis(100),
-        ..ConsumerConfig::new(bootstrap)
-    };
+    let config = ConsumerConfig::builder(bootstrap)
+        .group_id("riders")
+        .enable_auto_commit(false)
+        .auto_offset_reset(strom_consumer::OffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_millis(100))
+        .build()
+        .expect("valid consumer config");
     let mut consumer = Consumer::new(config).await.expect("consumer");
     consumer.subscribe(vec!["events".into()], None).expect("subscribe");
     while !stop.load(Ordering::Acquire) {

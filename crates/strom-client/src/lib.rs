@@ -30,13 +30,17 @@ use tracing::{debug, warn};
 
 pub use strom_proto as proto;
 
+use proto::v1::BrokerInfo;
 use proto::v1::admin_client::AdminClient;
 use proto::v1::broker_client::BrokerClient;
 use proto::v1::group_client::GroupClient;
-use proto::v1::{BrokerInfo, ErrorCode};
 
-/// Default bootstrap address: a single local broker's gRPC listener.
-pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9095";
+mod error;
+
+mod config;
+
+pub use config::{ClientConfig, ClientConfigBuilder, DEFAULT_BOOTSTRAP};
+pub use error::{ClientError, ConnectError, ErrorCode, RpcError, check_code};
 
 /// How long one broker gets to answer a Metadata request before the next one is asked.
 const METADATA_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,58 +48,6 @@ const METADATA_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bound on the number of bootstrap addresses tried, so a pathological string cannot make
 /// `connect` dial forever.
 const MAX_BOOTSTRAP_ADDRS: usize = 64;
-
-/// How to reach a cluster and how long to wait for it.
-///
-/// ```
-/// use std::time::Duration;
-/// use strom_client::ClientConfig;
-///
-/// let mut config = ClientConfig::new("10.0.0.1:9095,10.0.0.2:9095");
-/// config.request_timeout = Duration::from_secs(5);
-/// assert_eq!(config.client_id, "strom");
-/// ```
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// Comma-separated `host:port` list; each is tried in turn until one answers.
-    pub bootstrap: String,
-    /// Name reported to brokers (group membership, logs).
-    pub client_id: String,
-    /// Deadline of each RPC; long-poll RPCs add their own wait on top.
-    pub request_timeout: Duration,
-    /// Deadline of establishing one TCP/HTTP2 connection.
-    pub connect_timeout: Duration,
-    /// Largest gRPC message encoded or decoded, in bytes.
-    pub max_message_bytes: usize,
-    /// Cached topic metadata older than this is fetched again on next use, so new partitions
-    /// and moved leaders are seen without an error first (Kafka's `metadata.max.age.ms`).
-    pub metadata_max_age: Duration,
-}
-
-impl ClientConfig {
-    /// A configuration with defaults for everything but the bootstrap list.
-    ///
-    /// ```
-    /// let config = strom_client::ClientConfig::new("127.0.0.1:9095");
-    /// assert_eq!(config.bootstrap, "127.0.0.1:9095");
-    /// ```
-    pub fn new(bootstrap: impl Into<String>) -> Self {
-        ClientConfig { bootstrap: bootstrap.into(), ..ClientConfig::default() }
-    }
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            bootstrap: DEFAULT_BOOTSTRAP.to_owned(),
-            client_id: "strom".to_owned(),
-            request_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(10),
-            max_message_bytes: 100 * 1024 * 1024,
-            metadata_max_age: Duration::from_secs(5 * 60),
-        }
-    }
-}
 
 /// What the client knows of one topic: its partitions and their leaders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,175 +99,6 @@ pub enum OffsetSpec {
     Latest,
     /// The first offset whose record timestamp (ms) is at or after this one.
     Timestamp(i64),
-}
-
-/// Every way a client operation can fail.
-#[derive(thiserror::Error, Debug)]
-pub enum ClientError {
-    /// No connection could be established to `addr`.
-    #[error("cannot connect to {addr}")]
-    Connect {
-        /// The address dialled.
-        addr: String,
-        /// Why it failed.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The RPC itself failed (transport, deadline, or a gRPC status from the server).
-    #[error("rpc failed ({:?}): {}", .0.code(), .0.message())]
-    Rpc(tonic::Status),
-    /// The broker answered with a topic or partition error code.
-    #[error("broker error {code:?}: {message}")]
-    Broker {
-        /// The code, with Kafka's number.
-        code: ErrorCode,
-        /// The broker's explanation.
-        message: String,
-    },
-    /// The topic does not exist.
-    #[error("unknown topic {0:?}")]
-    UnknownTopic(String),
-    /// The caller passed something unusable (bad address, bad partition count...).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// The operation did not complete within its deadline.
-    #[error("request timed out")]
-    Timeout,
-    /// The client (or the component using it) has shut down.
-    #[error("client closed")]
-    Closed,
-    /// Record data could not be encoded or decoded.
-    #[error("record format error: {0}")]
-    Format(#[from] strom_format::FormatError),
-}
-
-// By hand rather than `#[from]`: a `Status` as error source would print its debug-like
-// `Display` once more in every error chain.
-impl From<tonic::Status> for ClientError {
-    fn from(status: tonic::Status) -> Self {
-        ClientError::Rpc(status)
-    }
-}
-
-impl ClientError {
-    /// Whether retrying the same operation later (after a metadata refresh) may succeed.
-    ///
-    /// ```
-    /// use strom_client::{ClientError, proto::v1::ErrorCode};
-    /// let e = ClientError::Broker { code: ErrorCode::NotLeaderOrFollower, message: String::new() };
-    /// assert!(e.is_retriable());
-    /// assert!(!ClientError::UnknownTopic("t".into()).is_retriable());
-    /// ```
-    pub fn is_retriable(&self) -> bool {
-        match self {
-            ClientError::Connect { .. } | ClientError::Timeout => true,
-            ClientError::Rpc(status) => {
-                matches!(
-                    status.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Cancelled
-                ) || is_transport_failure(status)
-            }
-            ClientError::Broker { code, .. } => is_retriable_code(*code),
-            ClientError::UnknownTopic(_)
-            | ClientError::InvalidArgument(_)
-            | ClientError::Closed
-            | ClientError::Format(_) => false,
-        }
-    }
-
-    /// The broker error code, if this error carries one.
-    ///
-    /// ```
-    /// use strom_client::{ClientError, proto::v1::ErrorCode};
-    /// let e = ClientError::UnknownTopic("t".into());
-    /// assert_eq!(e.code(), Some(ErrorCode::UnknownTopicOrPartition));
-    /// ```
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Broker { code, .. } => Some(*code),
-            ClientError::UnknownTopic(_) => Some(ErrorCode::UnknownTopicOrPartition),
-            ClientError::Timeout => Some(ErrorCode::RequestTimedOut),
-            _ => None,
-        }
-    }
-
-    /// Maps a gRPC status, turning tonic's client-side deadline into [`ClientError::Timeout`].
-    fn from_status(status: tonic::Status) -> Self {
-        if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" {
-            ClientError::Timeout
-        } else {
-            ClientError::Rpc(status)
-        }
-    }
-}
-
-/// Whether a gRPC status reports a broken or refused connection rather than an answer.
-///
-/// tonic turns a connection reset, a refused dial or an HTTP/2 `GOAWAY` mid-call into a status
-/// with code `Unknown` ("transport error") or `Internal` ("h2 protocol error") and keeps the
-/// local error as its source. A status the server sent is parsed from response headers and never
-/// carries a source, so "has a source" separates the two without matching on message text.
-/// The request may or may not have reached the broker: callers retry only what is safe to
-/// repeat (every read, and produce, whose retries Kafka's at-least-once semantics allow).
-///
-/// ```
-/// assert!(!strom_client::is_transport_failure(&tonic::Status::unknown("from the server")));
-/// ```
-pub fn is_transport_failure(status: &tonic::Status) -> bool {
-    use std::error::Error as _;
-    matches!(
-        status.code(),
-        tonic::Code::Unknown
-            | tonic::Code::Internal
-            | tonic::Code::Unavailable
-            | tonic::Code::Cancelled
-    ) && status.source().is_some()
-}
-
-/// Whether a broker error code names a transient condition.
-///
-/// ```
-/// use strom_client::{is_retriable_code, proto::v1::ErrorCode};
-/// assert!(is_retriable_code(ErrorCode::LeaderNotAvailable));
-/// assert!(!is_retriable_code(ErrorCode::MessageTooLarge));
-/// ```
-pub fn is_retriable_code(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::LeaderNotAvailable
-            | ErrorCode::NotLeaderOrFollower
-            | ErrorCode::RequestTimedOut
-            | ErrorCode::NotEnoughReplicas
-            | ErrorCode::CoordinatorNotAvailable
-            | ErrorCode::NotCoordinator
-            | ErrorCode::KafkaStorageError
-            | ErrorCode::NotController
-            | ErrorCode::FencedLeaderEpoch
-            | ErrorCode::UnknownLeaderEpoch
-    )
-}
-
-/// Turns a proto `i32` error code into `Ok(())` for `NONE` and [`ClientError::Broker`] otherwise.
-/// Codes this client does not know map to `UNKNOWN_SERVER_ERROR`, keeping the number in the
-/// message.
-///
-/// ```
-/// use strom_client::{check_code, proto::v1::ErrorCode};
-/// assert!(check_code(0, "").is_ok());
-/// let err = check_code(ErrorCode::TopicAlreadyExists as i32, "exists").unwrap_err();
-/// assert_eq!(err.code(), Some(ErrorCode::TopicAlreadyExists));
-/// ```
-pub fn check_code(code: i32, message: &str) -> Result<(), ClientError> {
-    match ErrorCode::try_from(code) {
-        Ok(ErrorCode::None) => Ok(()),
-        Ok(code) => Err(ClientError::Broker { code, message: message.to_owned() }),
-        Err(_) => Err(ClientError::Broker {
-            code: ErrorCode::UnknownServerError,
-            message: format!("unknown error code {code}: {message}"),
-        }),
-    }
 }
 
 /// A handle on a Strom cluster. Cheap to clone: all clones share connections and metadata.
@@ -372,7 +155,7 @@ impl Client {
                     Ok(Ok(channel)) => channel,
                     Ok(Err(source)) => {
                         debug!(%addr, error = %source, "bootstrap address unreachable");
-                        last_err = Some(ClientError::Connect { addr, source });
+                        last_err = Some(ClientError::connect(addr, source));
                         continue;
                     }
                     Err(_) => {
@@ -911,7 +694,7 @@ fn topic_info(meta: proto::v1::TopicMetadata) -> TopicInfo {
         .map(|p| PartitionInfo {
             id: PartitionId::new(p.partition),
             // A partition-level error (e.g. LEADER_NOT_AVAILABLE) means no usable leader.
-            leader: if p.error_code == ErrorCode::None as i32 { p.leader_id } else { -1 },
+            leader: if p.error_code == ErrorCode::None.code() { p.leader_id } else { -1 },
             leader_epoch: LeaderEpoch::new(p.leader_epoch),
         })
         .collect();
@@ -933,49 +716,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn check_code_maps_codes() {
-        assert!(check_code(0, "").is_ok());
-        let e = check_code(ErrorCode::NotLeaderOrFollower as i32, "moved").unwrap_err();
-        assert!(e.is_retriable());
-        assert_eq!(e.code(), Some(ErrorCode::NotLeaderOrFollower));
-        let e = check_code(9999, "weird").unwrap_err();
-        assert_eq!(e.code(), Some(ErrorCode::UnknownServerError));
-        assert!(!e.is_retriable());
-    }
-
-    #[test]
-    fn retriable_classification() {
-        let retriable = [
-            ErrorCode::LeaderNotAvailable,
-            ErrorCode::NotLeaderOrFollower,
-            ErrorCode::RequestTimedOut,
-            ErrorCode::NotEnoughReplicas,
-            ErrorCode::CoordinatorNotAvailable,
-            ErrorCode::NotCoordinator,
-            ErrorCode::KafkaStorageError,
-        ];
-        for code in retriable {
-            assert!(ClientError::Broker { code, message: String::new() }.is_retriable());
-        }
-        for code in [ErrorCode::MessageTooLarge, ErrorCode::CorruptMessage, ErrorCode::None] {
-            assert!(!ClientError::Broker { code, message: String::new() }.is_retriable());
-        }
-        assert!(ClientError::Rpc(tonic::Status::unavailable("down")).is_retriable());
-        assert!(!ClientError::Rpc(tonic::Status::invalid_argument("bad")).is_retriable());
-        // A server-sent UNKNOWN is an answer; a local transport error is a lost connection.
-        assert!(!ClientError::Rpc(tonic::Status::unknown("server bug")).is_retriable());
-        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
-        let lost = tonic::Status::from_error(Box::new(reset));
-        assert_eq!(lost.code(), tonic::Code::Unknown);
-        assert!(ClientError::Rpc(lost).is_retriable());
-        assert!(ClientError::Timeout.is_retriable());
-        assert!(matches!(
-            ClientError::from_status(tonic::Status::cancelled("Timeout expired")),
-            ClientError::Timeout
-        ));
-    }
-
-    #[test]
     fn topic_info_sorts_and_hides_errored_leaders() {
         let meta = proto::v1::TopicMetadata {
             name: "t".into(),
@@ -984,7 +724,7 @@ mod tests {
             partitions: vec![
                 proto::v1::PartitionMetadata {
                     partition: 1,
-                    error_code: ErrorCode::LeaderNotAvailable as i32,
+                    error_code: ErrorCode::LeaderNotAvailable.code(),
                     leader_id: 3,
                     leader_epoch: 2,
                     replicas: vec![],

@@ -3,27 +3,15 @@
 
 use std::collections::HashMap;
 
-use strom_broker::{BrokerConfig, BrokerServer};
-use strom_client::proto::v1::ErrorCode;
-use strom_client::{Client, ClientConfig, ClientError, OffsetSpec};
+use strom_client::{Client, ClientConfig, ClientError, ErrorCode, OffsetSpec};
 use strom_format::{Offset, PartitionId};
-
-async fn start() -> (BrokerServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = BrokerConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        data_dir: dir.path().to_path_buf(),
-        ..BrokerConfig::default()
-    };
-    let server = BrokerServer::start(config).await.expect("broker starts");
-    (server, dir)
-}
+use strom_testkit::broker::TestBroker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_round_trip_and_error_mapping() {
-    let (server, _dir) = start().await;
+    let broker = TestBroker::start().await;
     // The first address is dead: bootstrap moves on to the next.
-    let bootstrap = format!("127.0.0.1:1,{}", server.local_addr());
+    let bootstrap = format!("127.0.0.1:1,{}", broker.local_addr());
     let client = Client::connect(ClientConfig::new(bootstrap)).await.unwrap();
 
     let configs = HashMap::from([("retention.ms".to_owned(), "3600000".to_owned())]);
@@ -68,5 +56,5 @@ async fn admin_round_trip_and_error_mapping() {
     assert!(matches!(client.delete_topic("orders").await, Err(ClientError::UnknownTopic(_))));
     assert!(matches!(client.refresh_metadata("orders").await, Err(ClientError::UnknownTopic(_))));
 
-    server.shutdown().await.unwrap();
+    broker.server.shutdown().await.unwrap();
 }

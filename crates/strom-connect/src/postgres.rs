@@ -81,14 +81,9 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> Failure {
         Some(code) if code.starts_with("22") || code.starts_with("23") => Failure::Data(message),
         Some(_) => Failure::Other(message),
         // No SQLSTATE: a closed connection, the socket, a connect timeout pass; a parameter
-        // that does not serialize does not.
-        None if e.is_closed()
-            || io_source(e)
-            || message.contains("timeout")
-            || message.contains("connect") =>
-        {
-            Failure::Unavailable(message)
-        }
+        // that does not serialize does not. Decided by type, not by the message: every
+        // connect failure and connect timeout of tokio-postgres carries an io::Error.
+        None if e.is_closed() || io_source(e) => Failure::Unavailable(message),
         None => Failure::Other(message),
     }
 }

@@ -227,22 +227,21 @@ impl<S: Sink> Runner<S> {
             }
         }
         let session = Duration::from_millis(config.session_timeout_ms);
-        let consumer_config = ConsumerConfig {
-            group_id: Some(config.group.clone()),
-            enable_auto_commit: false,
-            auto_offset_reset: OffsetReset::Earliest,
-            session_timeout: session,
-            heartbeat_interval: session / 3,
-            max_poll_records: config.batch.max_rows.clamp(1, MAX_POLL_RECORDS),
-            ..ConsumerConfig::new(config.bootstrap.clone())
-        };
+        let consumer_config = ConsumerConfig::builder(config.bootstrap.clone())
+            .group_id(config.group.clone())
+            .enable_auto_commit(false)
+            .auto_offset_reset(OffsetReset::Earliest)
+            .session_timeout(session)
+            .heartbeat_interval(session / 3)
+            .max_poll_records(config.batch.max_rows.clamp(1, MAX_POLL_RECORDS))
+            .build()?;
         let mut consumer = Consumer::new(consumer_config).await?;
         let events = Arc::new(Mutex::new(Events::default()));
         consumer.subscribe(config.topics.clone(), Some(Box::new(Recorder(events.clone()))))?;
         let dlq = match &config.dlq_topic {
             Some(_) => {
-                let mut producer_config = ProducerConfig::new(config.bootstrap.clone());
-                producer_config.acks = Acks::All;
+                let producer_config =
+                    ProducerConfig::builder(config.bootstrap.clone()).acks(Acks::All).build()?;
                 Some(Producer::new(producer_config).await?)
             }
             None => None,

@@ -1,5 +1,6 @@
 //! Consumer configuration: how much to fetch, how long to long-poll, where to start, and how
-//! the consumer takes part in a consumer group.
+//! the consumer takes part in a consumer group; built with [`ConsumerConfig::builder`], which
+//! validates what it builds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -91,26 +92,29 @@ impl FromStr for AssignmentStrategy {
 
 /// Settings of a [`Consumer`](crate::Consumer), with Kafka's defaults.
 ///
+/// Built with [`ConsumerConfig::builder`] (validated) or [`ConsumerConfig::new`] (defaults);
+/// fields stay readable. `#[non_exhaustive]`: new settings can come without breaking callers.
+///
 /// ```
 /// use std::time::Duration;
 /// use strom_consumer::{ConsumerConfig, OffsetReset};
 ///
-/// let config = ConsumerConfig {
-///     auto_offset_reset: OffsetReset::Earliest,
-///     fetch_max_wait: Duration::from_millis(100),
-///     ..ConsumerConfig::new("127.0.0.1:9095")
-/// };
+/// let config = ConsumerConfig::builder("127.0.0.1:9095")
+///     .auto_offset_reset(OffsetReset::Earliest)
+///     .fetch_max_wait(Duration::from_millis(100))
+///     .build()?;
 /// assert_eq!(config.max_poll_records, 500);
 ///
 /// // A member of the consumer group "billing", committing by hand.
-/// let config = ConsumerConfig {
-///     group_id: Some("billing".into()),
-///     enable_auto_commit: false,
-///     ..ConsumerConfig::new("127.0.0.1:9095")
-/// };
+/// let config = ConsumerConfig::builder("127.0.0.1:9095")
+///     .group_id("billing")
+///     .enable_auto_commit(false)
+///     .build()?;
 /// assert_eq!(config.session_timeout, Duration::from_secs(10));
+/// # Ok::<(), strom_consumer::ConsumerError>(())
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// Bootstrap address, timeouts and limits of the underlying client.
     pub client: ClientConfig,
@@ -189,9 +193,32 @@ impl ConsumerConfig {
         ConsumerConfig { client: ClientConfig::new(bootstrap), ..ConsumerConfig::default() }
     }
 
+    /// A builder starting from the defaults, bootstrapping from `bootstrap`
+    /// (`host:port[,host:port...]`); [`ConsumerConfigBuilder::build`] validates.
+    ///
+    /// ```
+    /// let config = strom_consumer::ConsumerConfig::builder("127.0.0.1:9095")
+    ///     .group_id("billing")
+    ///     .build()?;
+    /// assert_eq!(config.group_id.as_deref(), Some("billing"));
+    /// # Ok::<(), strom_consumer::ConsumerError>(())
+    /// ```
+    pub fn builder(bootstrap: impl Into<String>) -> ConsumerConfigBuilder {
+        ConsumerConfigBuilder { config: ConsumerConfig::new(bootstrap) }
+    }
+
     /// Rejects settings that cannot work, before anything touches the network.
-    pub(crate) fn validate(&self) -> Result<(), ConsumerError> {
+    ///
+    /// ```
+    /// let mut config = strom_consumer::ConsumerConfig::new("127.0.0.1:9095");
+    /// config.max_poll_records = 0;
+    /// assert!(config.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), ConsumerError> {
         let invalid = |what: &str| Err(ConsumerError::InvalidConfig(what.to_string()));
+        if let Err(e) = self.client.validate() {
+            return invalid(&e.to_string());
+        }
         if self.fetch_max_bytes == 0 {
             return invalid("fetch_max_bytes must be positive");
         }
@@ -274,6 +301,152 @@ impl Default for ConsumerConfig {
             ],
             metadata_max_age: Duration::from_secs(30),
         }
+    }
+}
+
+/// Builds a [`ConsumerConfig`] from the defaults; [`build`](ConsumerConfigBuilder::build)
+/// validates it.
+///
+/// ```
+/// use std::time::Duration;
+/// use strom_consumer::{AssignmentStrategy, ConsumerConfig};
+/// let config = ConsumerConfig::builder("127.0.0.1:9095")
+///     .group_id("billing")
+///     .assignment_strategies(vec![AssignmentStrategy::CooperativeSticky])
+///     .session_timeout(Duration::from_secs(30))
+///     .build()?;
+/// assert!(ConsumerConfig::builder("127.0.0.1:9095").max_poll_records(0_usize).build().is_err());
+/// # Ok::<(), strom_consumer::ConsumerError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ConsumerConfigBuilder {
+    config: ConsumerConfig,
+}
+
+/// One setter per field: `$field(value)` sets [`ConsumerConfig::$field`], with a doctest each.
+macro_rules! consumer_setters {
+    ($( $field:ident: $ty:ty = $example:expr; )*) => {
+        $(
+            #[doc = concat!("Sets [`ConsumerConfig::", stringify!($field), "`].")]
+            ///
+            /// ```
+            #[doc = concat!(
+                "let config = strom_consumer::ConsumerConfig::builder(\"127.0.0.1:9095\")\n",
+                "    .", stringify!($field), "(", stringify!($example), ")\n",
+                "    .build()?;\n",
+                "# Ok::<(), strom_consumer::ConsumerError>(())"
+            )]
+            /// ```
+            pub fn $field(mut self, value: $ty) -> Self {
+                self.config.$field = value;
+                self
+            }
+        )*
+    };
+}
+
+impl ConsumerConfigBuilder {
+    consumer_setters! {
+        fetch_min_bytes: u32 = 1024_u32;
+        fetch_max_wait: Duration = std::time::Duration::from_millis(100);
+        fetch_max_bytes: u32 = 8_u32 * 1024 * 1024;
+        max_partition_fetch_bytes: u32 = 256_u32 * 1024;
+        auto_offset_reset: OffsetReset = strom_consumer::OffsetReset::Earliest;
+        max_poll_records: usize = 100_usize;
+        retry_backoff: Duration = std::time::Duration::from_millis(50);
+        storage_error_timeout: Duration = std::time::Duration::from_secs(30);
+        session_timeout: Duration = std::time::Duration::from_secs(30);
+        heartbeat_interval: Duration = std::time::Duration::from_secs(1);
+        max_poll_interval: Duration = std::time::Duration::from_secs(120);
+        enable_auto_commit: bool = false;
+        auto_commit_interval: Duration = std::time::Duration::from_secs(1);
+        assignment_strategies: Vec<AssignmentStrategy> =
+            vec![strom_consumer::AssignmentStrategy::RoundRobin];
+        metadata_max_age: Duration = std::time::Duration::from_secs(10);
+    }
+
+    /// Joins the consumer group `group_id` ([`ConsumerConfig::group_id`]).
+    ///
+    /// ```
+    /// let config = strom_consumer::ConsumerConfig::builder("127.0.0.1:9095")
+    ///     .group_id("billing")
+    ///     .build()?;
+    /// # Ok::<(), strom_consumer::ConsumerError>(())
+    /// ```
+    pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.config.group_id = Some(group_id.into());
+        self
+    }
+
+    /// Sets or clears the consumer group ([`ConsumerConfig::group_id`]).
+    ///
+    /// ```
+    /// let group: Option<String> = None;
+    /// let config = strom_consumer::ConsumerConfig::builder("127.0.0.1:9095")
+    ///     .group(group)
+    ///     .build()?;
+    /// assert!(config.group_id.is_none());
+    /// # Ok::<(), strom_consumer::ConsumerError>(())
+    /// ```
+    pub fn group(mut self, group_id: Option<String>) -> Self {
+        self.config.group_id = group_id;
+        self
+    }
+
+    /// Sets or clears the KIP-345 static member name
+    /// ([`ConsumerConfig::group_instance_id`]).
+    ///
+    /// ```
+    /// let config = strom_consumer::ConsumerConfig::builder("127.0.0.1:9095")
+    ///     .group_id("billing")
+    ///     .group_instance_id(Some("pod-0".to_string()))
+    ///     .build()?;
+    /// # Ok::<(), strom_consumer::ConsumerError>(())
+    /// ```
+    pub fn group_instance_id(mut self, instance: Option<String>) -> Self {
+        self.config.group_instance_id = instance;
+        self
+    }
+
+    /// Replaces the connection settings ([`ConsumerConfig::client`]), bootstrap list included.
+    ///
+    /// ```
+    /// use strom_consumer::{ClientConfig, ConsumerConfig};
+    /// let client = ClientConfig::builder("10.0.0.1:9095").client_id("billing").build()?;
+    /// let config = ConsumerConfig::builder("127.0.0.1:9095").client(client).build()?;
+    /// assert_eq!(config.client.bootstrap, "10.0.0.1:9095");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client(mut self, client: ClientConfig) -> Self {
+        self.config.client = client;
+        self
+    }
+
+    /// Sets the client id reported to brokers ([`ClientConfig::client_id`]).
+    ///
+    /// ```
+    /// let config = strom_consumer::ConsumerConfig::builder("127.0.0.1:9095")
+    ///     .client_id("billing-reader")
+    ///     .build()?;
+    /// # Ok::<(), strom_consumer::ConsumerError>(())
+    /// ```
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.config.client.client_id = client_id.into();
+        self
+    }
+
+    /// Validates and returns the configuration.
+    ///
+    /// ```
+    /// let err = strom_consumer::ConsumerConfig::builder("127.0.0.1:9095")
+    ///     .group_id("")
+    ///     .build();
+    /// assert!(err.is_err());
+    /// ```
+    pub fn build(self) -> Result<ConsumerConfig, ConsumerError> {
+        self.config.validate()?;
+        Ok(self.config)
     }
 }
 

@@ -50,10 +50,8 @@ pub enum SeekTo {
 /// use std::time::Duration;
 /// use strom_consumer::{Consumer, ConsumerConfig, OffsetReset, TopicPartition};
 ///
-/// let config = ConsumerConfig {
-///     auto_offset_reset: OffsetReset::Earliest,
-///     ..ConsumerConfig::new("127.0.0.1:9095")
-/// };
+/// let config =
+///     ConsumerConfig::builder("127.0.0.1:9095").auto_offset_reset(OffsetReset::Earliest).build()?;
 /// let mut consumer = Consumer::new(config).await?;
 /// let partitions = consumer.partitions_for("orders").await?;
 /// consumer.assign(partitions);
@@ -80,10 +78,7 @@ pub enum SeekTo {
 /// use std::time::Duration;
 /// use strom_consumer::{Consumer, ConsumerConfig};
 ///
-/// let config = ConsumerConfig {
-///     group_id: Some("billing".into()),
-///     ..ConsumerConfig::new("127.0.0.1:9095")
-/// };
+/// let config = ConsumerConfig::builder("127.0.0.1:9095").group_id("billing").build()?;
 /// let mut consumer = Consumer::new(config).await?;
 /// consumer.subscribe(vec!["orders".into()], None)?;
 /// for _ in 0..100 {

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use strom_client::{Client, ClientError, check_code};
+use strom_client::{Client, ClientError, ErrorCode, check_code};
 use strom_proto::v1::group_client::GroupClient;
 use strom_proto::v1::{
-    ErrorCode, FindCoordinatorRequest, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    FindCoordinatorRequest, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
@@ -204,8 +204,8 @@ impl GroupRpc {
                 }
             })
             .await?;
-        match ErrorCode::try_from(response.error_code) {
-            Ok(ErrorCode::None | ErrorCode::UnknownMemberId) => Ok(()),
+        match ErrorCode::from_i32(response.error_code) {
+            ErrorCode::None | ErrorCode::UnknownMemberId => Ok(()),
             _ => check_code(response.error_code, &response.error_message),
         }
     }
@@ -224,7 +224,7 @@ impl GroupRpc {
                 let r = bounded(c.offset_commit(req), limit).await?;
                 let moved = r.topics.iter().flat_map(|t| &t.partitions).find(|p| {
                     is_coordinator_code(p.error_code)
-                        || p.error_code == ErrorCode::KafkaStorageError as i32
+                        || p.error_code == ErrorCode::KafkaStorageError.code()
                 });
                 if let Some(p) = moved {
                     check_code(p.error_code, &p.error_message)?;
@@ -267,7 +267,10 @@ async fn bounded<T>(
 }
 
 fn is_coordinator_code(code: i32) -> bool {
-    code == ErrorCode::CoordinatorNotAvailable as i32 || code == ErrorCode::NotCoordinator as i32
+    matches!(
+        ErrorCode::from_i32(code),
+        ErrorCode::CoordinatorNotAvailable | ErrorCode::NotCoordinator
+    )
 }
 
 /// Turns the codes that mean "ask another coordinator" into retriable errors; the rest stay in
@@ -282,11 +285,11 @@ mod tests {
 
     #[test]
     fn coordinator_codes_are_retriable_errors_and_others_pass() {
-        let e = coordinator_code(ErrorCode::NotCoordinator as i32, "moved").unwrap_err();
+        let e = coordinator_code(ErrorCode::NotCoordinator.code(), "moved").unwrap_err();
         assert!(e.is_retriable());
-        let e = coordinator_code(ErrorCode::CoordinatorNotAvailable as i32, "").unwrap_err();
+        let e = coordinator_code(ErrorCode::CoordinatorNotAvailable.code(), "").unwrap_err();
         assert!(e.is_retriable());
-        assert!(coordinator_code(ErrorCode::RebalanceInProgress as i32, "").is_ok());
-        assert!(coordinator_code(ErrorCode::None as i32, "").is_ok());
+        assert!(coordinator_code(ErrorCode::RebalanceInProgress.code(), "").is_ok());
+        assert!(coordinator_code(ErrorCode::None.code(), "").is_ok());
     }
 }

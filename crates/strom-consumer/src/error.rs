@@ -1,8 +1,7 @@
 //! The error type of the consumer SDK.
 
-use strom_client::ClientError;
+use strom_client::{ClientError, ErrorCode};
 use strom_format::{FormatError, Offset};
-use strom_proto::v1::ErrorCode;
 
 use crate::TopicPartition;
 
@@ -19,6 +18,7 @@ use crate::TopicPartition;
 /// assert_eq!(err.to_string(), "partition orders-3 is not assigned to this consumer");
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumerError {
     /// A setting of [`ConsumerConfig`](crate::ConsumerConfig) cannot work.
     #[error("invalid consumer configuration: {0}")]
@@ -82,7 +82,7 @@ pub enum ConsumerError {
         message: String,
     },
     /// The broker answered a fetch of the partition with an error that retrying will not fix.
-    #[error("broker error {code:?} for {partition}: {message}")]
+    #[error("broker error {code} for {partition}: {message}")]
     Broker {
         /// The partition.
         partition: TopicPartition,
@@ -101,7 +101,7 @@ pub enum ConsumerError {
     /// The group coordinator refused to let this consumer take part in its group (an invalid
     /// session timeout, no assignment strategy in common with the other members, a full
     /// group...), or answered a group request with an error retrying will not fix.
-    #[error("group coordinator refused ({code:?}): {message}")]
+    #[error("group coordinator refused ({code}): {message}")]
     Group {
         /// The coordinator's error code.
         code: ErrorCode,
@@ -111,7 +111,7 @@ pub enum ConsumerError {
     /// An offset commit was rejected because the group rebalanced or this member is no longer
     /// part of its generation (Kafka's `CommitFailedException`). Nothing was committed; the
     /// partitions may already belong to another member, which resumes from the last commit.
-    #[error("offset commit failed ({code:?}): {message}")]
+    #[error("offset commit failed ({code}): {message}")]
     CommitFailed {
         /// ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS, or another
         /// per-partition error of the commit.
@@ -119,4 +119,41 @@ pub enum ConsumerError {
         /// The coordinator's message.
         message: String,
     },
+}
+
+impl ConsumerError {
+    /// Whether the failure was a deadline running out (a request deadline, or a broker's
+    /// `REQUEST_TIMED_OUT`). Decided by type, never by the message.
+    ///
+    /// ```
+    /// use strom_consumer::{ClientError, ConsumerError};
+    /// assert!(ConsumerError::Client(ClientError::Timeout).is_timeout());
+    /// assert!(!ConsumerError::NoGroupId.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ConsumerError::Client(e) => e.is_timeout(),
+            ConsumerError::Broker { code, .. }
+            | ConsumerError::Group { code, .. }
+            | ConsumerError::CommitFailed { code, .. } => *code == ErrorCode::RequestTimedOut,
+            _ => false,
+        }
+    }
+
+    /// The broker's or coordinator's error code, if the failure carries one.
+    ///
+    /// ```
+    /// use strom_consumer::{ConsumerError, ErrorCode};
+    /// let e = ConsumerError::Group { code: ErrorCode::InvalidSessionTimeout, message: String::new() };
+    /// assert_eq!(e.code(), Some(ErrorCode::InvalidSessionTimeout));
+    /// ```
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ConsumerError::Client(e) => e.code(),
+            ConsumerError::Broker { code, .. }
+            | ConsumerError::Group { code, .. }
+            | ConsumerError::CommitFailed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
 }

@@ -18,11 +18,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use strom_client::{Client, ClientError, TopicInfo};
+use strom_client::{Client, ClientError, ErrorCode, TopicInfo};
 use strom_format::{Offset, PartitionId};
 use strom_proto::v1::broker_client::BrokerClient;
 use strom_proto::v1::{
-    ErrorCode, FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
+    FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
     ListOffsetsRequest, ListOffsetsTopic,
 };
 use tokio::sync::Notify;
@@ -904,7 +904,7 @@ impl Fetcher {
 
     fn on_partition_error(&mut self, p: &Planned, code: i32, message: String) {
         let Some(state) = self.partitions.get_mut(&p.tp) else { return };
-        let code = ErrorCode::try_from(code).unwrap_or(ErrorCode::UnknownServerError);
+        let code = ErrorCode::from_i32(code);
         if code == ErrorCode::OffsetOutOfRange {
             if self.settings.reset == OffsetReset::None {
                 state.buffered = true;
@@ -1012,7 +1012,7 @@ fn retriable(error: &ClientError) -> bool {
 }
 
 fn code_retriable(code: ErrorCode) -> bool {
-    strom_client::is_retriable_code(code) || code == ErrorCode::UnknownTopicOrPartition
+    code.is_retriable() || code == ErrorCode::UnknownTopicOrPartition
 }
 
 fn build_request(plan: &[Planned], settings: &Settings, max_bytes: u32) -> FetchRequest {
@@ -1047,7 +1047,7 @@ async fn fetch(
 ) -> TaskOutput {
     let response = match tokio::time::timeout(deadline, broker.fetch(request)).await {
         Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return TaskOutput::Fetch(Err(ClientError::Rpc(status))),
+        Ok(Err(status)) => return TaskOutput::Fetch(Err(ClientError::from(status))),
         Err(_) => return TaskOutput::Fetch(Err(ClientError::Timeout)),
     };
     TaskOutput::Fetch(Ok(match_response(&targets, response)))
@@ -1070,7 +1070,7 @@ fn match_response(
             else {
                 continue;
             };
-            *slot = if part.error_code != ErrorCode::None as i32 {
+            *slot = if !ErrorCode::from_i32(part.error_code).is_none() {
                 PartitionOutcome::Error { code: part.error_code, message: part.error_message }
             } else {
                 PartitionOutcome::Data(decode_partition(name, *partition, *offset, part.records))

@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use strom_client::ErrorCode;
 use strom_format::{Offset, PartitionId};
 use strom_proto::v1::{
-    ErrorCode, OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic, OffsetFetchRequest,
+    OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic, OffsetFetchRequest,
     OffsetFetchTopic,
 };
 use tokio::task::JoinHandle;
@@ -328,13 +329,11 @@ impl GroupCtx {
             for p in topic.partitions {
                 let Some(offset) = sent.get(&(topic.name.as_str(), p.partition)) else { continue };
                 let tp = TopicPartition::new(topic.name.clone(), PartitionId::new(p.partition));
-                if p.error_code == ErrorCode::None as i32 {
+                if ErrorCode::from_i32(p.error_code).is_none() {
                     self.committed.insert(tp, *offset);
                 } else if failure.is_none() {
-                    let code =
-                        ErrorCode::try_from(p.error_code).unwrap_or(ErrorCode::UnknownServerError);
                     failure = Some(ConsumerError::CommitFailed {
-                        code,
+                        code: ErrorCode::from_i32(p.error_code),
                         message: format!("{tp}: {}", p.error_message),
                     });
                 }

@@ -34,11 +34,10 @@
 //! use std::time::Duration;
 //! use strom_consumer::{Consumer, ConsumerConfig, RebalanceCallbacks};
 //!
-//! let config = ConsumerConfig {
-//!     group_id: Some("billing".into()),
-//!     enable_auto_commit: false,
-//!     ..ConsumerConfig::new("127.0.0.1:9095")
-//! };
+//! let config = ConsumerConfig::builder("127.0.0.1:9095")
+//!     .group_id("billing")
+//!     .enable_auto_commit(false)
+//!     .build()?;
 //! let mut consumer = Consumer::new(config).await?;
 //! let listener = RebalanceCallbacks::new().on_assigned(|tps| println!("now reading {tps:?}"));
 //! consumer.subscribe(vec!["orders".into()], Some(Box::new(listener)))?;
@@ -66,13 +65,13 @@ mod listener;
 mod membership;
 mod record;
 
-pub use config::{AssignmentStrategy, ConsumerConfig, OffsetReset};
+pub use config::{AssignmentStrategy, ConsumerConfig, ConsumerConfigBuilder, OffsetReset};
 pub use consumer::{Consumer, SeekTo};
 pub use error::ConsumerError;
 pub use group::GroupMetadata;
 pub use listener::{RebalanceCallbacks, RebalanceListener, RevokeContext};
 pub use record::{ConsumerRecord, TopicPartition};
-pub use strom_client::ClientConfig;
+pub use strom_client::{ClientConfig, ClientError, ErrorCode};
 pub use strom_format::{Header, Offset, PartitionId};
 
 #[cfg(test)]

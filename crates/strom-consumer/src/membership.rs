@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use strom_client::ClientError;
+use strom_client::ErrorCode;
 use strom_coordinator::assignor::{self, MemberSubscription};
 use strom_coordinator::consumer_protocol::{
     Assignment, Subscription, TopicPartitions, group_by_topic,
 };
 use strom_format::PartitionId;
 use strom_proto::v1::{
-    ErrorCode, HeartbeatRequest, JoinGroupMember, JoinGroupProtocol, JoinGroupRequest,
-    SyncGroupAssignment, SyncGroupRequest,
+    HeartbeatRequest, JoinGroupMember, JoinGroupProtocol, JoinGroupRequest, SyncGroupAssignment,
+    SyncGroupRequest,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -464,7 +465,7 @@ fn to_partitions(topics: &[TopicPartitions]) -> Vec<TopicPartition> {
 }
 
 fn code(code: i32) -> ErrorCode {
-    ErrorCode::try_from(code).unwrap_or(ErrorCode::UnknownServerError)
+    ErrorCode::from_i32(code)
 }
 
 fn group_error(code: ErrorCode, message: impl Into<String>) -> ConsumerError {

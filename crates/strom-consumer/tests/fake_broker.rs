@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strom_consumer::{
-    Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, OffsetReset, SeekTo, TopicPartition,
+    Consumer, ConsumerConfig, ConsumerConfigBuilder, ConsumerError, ConsumerRecord, ErrorCode,
+    OffsetReset, SeekTo, TopicPartition,
 };
 use strom_format::{BatchBuilder, Compression, Offset, PartitionId, RecordBatch, set_base_offset};
-use strom_proto::v1::admin_server::{Admin, AdminServer};
+use strom_proto::v1::admin_server::AdminServer;
 use strom_proto::v1::broker_server::{Broker, BrokerServer};
 use strom_proto::v1::*;
-use tokio_stream::wrappers::TcpListenerStream;
+use strom_testkit::fake_broker::{
+    MetadataAdmin, listen, partition_metadata, serve, single_node_metadata,
+};
 use tonic::{Request, Response, Status};
 
 const TOPIC: &str = "t";
@@ -95,19 +98,32 @@ struct Fake {
 
 impl Fake {
     async fn start(partitions: i32) -> Fake {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, addr) = listen().await;
+        let port = addr.port();
         let mut script = Script { leader: 1, ..Script::default() };
         for p in 0..partitions {
             script.partitions.insert(p, FakePartition::default());
         }
         let fake = Fake { script: Arc::new(Mutex::new(script)), stats: Arc::default(), port };
-        let server = tonic::transport::Server::builder()
+        let metadata = {
+            let fake = fake.clone();
+            MetadataAdmin::new(move |_| fake.metadata())
+        };
+        let router = tonic::transport::Server::builder()
             .add_service(BrokerServer::new(fake.clone()))
-            .add_service(AdminServer::new(fake.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener));
-        tokio::spawn(server);
+            .add_service(AdminServer::new(metadata));
+        serve(listener, router);
         fake
+    }
+
+    /// The Metadata answer: the one topic, its partitions led by the scripted leader.
+    fn metadata(&self) -> MetadataResponse {
+        self.stats.metadata_calls.fetch_add(1, Ordering::SeqCst);
+        let script = self.script.lock().unwrap();
+        let partitions =
+            script.partitions.keys().map(|&p| partition_metadata(p, script.leader)).collect();
+        let topic = TopicMetadata { name: TOPIC.into(), partitions, ..Default::default() };
+        single_node_metadata(self.port, vec![topic])
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Script) -> R) -> R {
@@ -115,12 +131,15 @@ impl Fake {
     }
 
     fn config(&self, reset: OffsetReset) -> ConsumerConfig {
-        ConsumerConfig {
-            auto_offset_reset: reset,
-            fetch_max_wait: Duration::from_millis(50),
-            retry_backoff: Duration::from_millis(5),
-            ..ConsumerConfig::new(format!("127.0.0.1:{}", self.port))
-        }
+        self.builder(reset).build().unwrap()
+    }
+
+    /// The settings of [`Fake::config`], to adjust before building.
+    fn builder(&self, reset: OffsetReset) -> ConsumerConfigBuilder {
+        ConsumerConfig::builder(format!("127.0.0.1:{}", self.port))
+            .auto_offset_reset(reset)
+            .fetch_max_wait(Duration::from_millis(50))
+            .retry_backoff(Duration::from_millis(5))
     }
 
     fn serve_partition(
@@ -131,7 +150,7 @@ impl Fake {
         let mut script = self.script.lock().unwrap();
         let error = |code: ErrorCode| FetchPartitionResponse {
             partition: req.partition,
-            error_code: code as i32,
+            error_code: code.code(),
             error_message: format!("{code:?}"),
             ..Default::default()
         };
@@ -221,7 +240,7 @@ impl Broker for Fake {
                     } else {
                         FetchPartitionResponse {
                             partition: p.partition,
-                            error_code: ErrorCode::UnknownTopicOrPartition as i32,
+                            error_code: ErrorCode::UnknownTopicOrPartition.code(),
                             ..Default::default()
                         }
                     };
@@ -281,83 +300,6 @@ fn first_offset_at(log: &FakePartition, ts: i64) -> i64 {
         }
     }
     -1
-}
-
-#[tonic::async_trait]
-impl Admin for Fake {
-    async fn alter_configs(
-        &self,
-        _: Request<strom_client::proto::v1::AlterConfigsRequest>,
-    ) -> Result<Response<strom_client::proto::v1::AlterConfigsResponse>, Status> {
-        Err(Status::unimplemented("AlterConfigs is not part of this fake"))
-    }
-
-    async fn create_partitions(
-        &self,
-        _: Request<strom_client::proto::v1::CreatePartitionsRequest>,
-    ) -> Result<Response<strom_client::proto::v1::CreatePartitionsResponse>, Status> {
-        Err(Status::unimplemented("CreatePartitions is not part of this fake"))
-    }
-
-    async fn describe_cluster(
-        &self,
-        _: Request<strom_client::proto::v1::DescribeClusterRequest>,
-    ) -> Result<Response<strom_client::proto::v1::DescribeClusterResponse>, Status> {
-        Err(Status::unimplemented("DescribeCluster is not part of this fake"))
-    }
-
-    async fn create_topics(
-        &self,
-        _: Request<CreateTopicsRequest>,
-    ) -> Result<Response<CreateTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn delete_topics(
-        &self,
-        _: Request<DeleteTopicsRequest>,
-    ) -> Result<Response<DeleteTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_topics(
-        &self,
-        _: Request<ListTopicsRequest>,
-    ) -> Result<Response<ListTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn describe_topics(
-        &self,
-        _: Request<DescribeTopicsRequest>,
-    ) -> Result<Response<DescribeTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn metadata(
-        &self,
-        _: Request<MetadataRequest>,
-    ) -> Result<Response<MetadataResponse>, Status> {
-        self.stats.metadata_calls.fetch_add(1, Ordering::SeqCst);
-        let script = self.script.lock().unwrap();
-        let partitions = script
-            .partitions
-            .keys()
-            .map(|&p| PartitionMetadata {
-                partition: p,
-                leader_id: script.leader,
-                replicas: vec![1],
-                isr: vec![1],
-                ..Default::default()
-            })
-            .collect();
-        Ok(Response::new(MetadataResponse {
-            cluster_id: "fake".into(),
-            controller_id: 1,
-            brokers: vec![BrokerInfo {
-                node_id: 1,
-                host: "127.0.0.1".into(),
-                port: self.port.into(),
-            }],
-            topics: vec![TopicMetadata { name: TOPIC.into(), partitions, ..Default::default() }],
-        }))
-    }
 }
 
 fn tp(p: i32) -> TopicPartition {
@@ -420,7 +362,7 @@ async fn reads_every_partition_in_order_with_one_fetch_in_flight_per_broker() {
             log.fill(*p, 200, 7);
         }
     });
-    let config = ConsumerConfig { max_poll_records: 13, ..fake.config(OffsetReset::Earliest) };
+    let config = fake.builder(OffsetReset::Earliest).max_poll_records(13).build().unwrap();
     let mut consumer = Consumer::new(config).await.unwrap();
     consumer.assign(vec![tp(2), tp(0), tp(1), tp(0)]);
     assert_eq!(consumer.assignment(), &[tp(0), tp(1), tp(2)]);
@@ -546,7 +488,7 @@ async fn batches_cut_by_the_partition_limit_are_neither_skipped_nor_repeated() {
     });
     // Small enough that most responses end in a partial batch.
     let config =
-        ConsumerConfig { max_partition_fetch_bytes: 500, ..fake.config(OffsetReset::Earliest) };
+        fake.builder(OffsetReset::Earliest).max_partition_fetch_bytes(500).build().unwrap();
     let mut consumer = Consumer::new(config).await.unwrap();
     consumer.assign(vec![tp(0), tp(1)]);
     let records = poll_n(&mut consumer, 600).await;
@@ -565,7 +507,7 @@ async fn a_batch_larger_than_the_partition_limit_raises_the_limit() {
         log.fill(0, 2, 2);
     });
     let config =
-        ConsumerConfig { max_partition_fetch_bytes: 200, ..fake.config(OffsetReset::Earliest) };
+        fake.builder(OffsetReset::Earliest).max_partition_fetch_bytes(200).build().unwrap();
     let mut consumer = Consumer::new(config).await.unwrap();
     consumer.assign(vec![tp(0)]);
     assert_dense(&poll_n(&mut consumer, 104).await, 0, 0, 104);
@@ -661,7 +603,7 @@ async fn non_retriable_broker_errors_reach_the_application() {
 async fn seek_discards_buffered_records_and_rereads() {
     let fake = Fake::start(1).await;
     fake.with(|s| s.partitions.get_mut(&0).unwrap().fill(0, 50, 50));
-    let config = ConsumerConfig { max_poll_records: 10, ..fake.config(OffsetReset::Earliest) };
+    let config = fake.builder(OffsetReset::Earliest).max_poll_records(10).build().unwrap();
     let mut consumer = Consumer::new(config).await.unwrap();
     consumer.assign(vec![tp(0)]);
     assert_dense(&poll_n(&mut consumer, 10).await, 0, 0, 10);
@@ -699,7 +641,7 @@ async fn reassigning_keeps_positions_of_partitions_that_stay() {
             log.fill(*p, 20, 20);
         }
     });
-    let config = ConsumerConfig { max_poll_records: 5, ..fake.config(OffsetReset::Earliest) };
+    let config = fake.builder(OffsetReset::Earliest).max_poll_records(5).build().unwrap();
     let mut consumer = Consumer::new(config).await.unwrap();
     consumer.assign(vec![tp(0)]);
     assert_dense(&poll_n(&mut consumer, 5).await, 0, 0, 5);
@@ -731,6 +673,10 @@ async fn compressed_batches_are_decoded() {
 
 #[tokio::test]
 async fn invalid_configuration_is_rejected_before_connecting() {
-    let config = ConsumerConfig { max_poll_records: 0, ..ConsumerConfig::new("127.0.0.1:1") };
+    let built = ConsumerConfig::builder("127.0.0.1:1").max_poll_records(0).build();
+    assert!(matches!(built, Err(ConsumerError::InvalidConfig(_))));
+    // A config changed after it was built is checked again by the consumer.
+    let mut config = ConsumerConfig::new("127.0.0.1:1");
+    config.max_poll_records = 0;
     assert!(matches!(Consumer::new(config).await, Err(ConsumerError::InvalidConfig(_))));
 }

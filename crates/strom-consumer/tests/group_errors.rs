@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use strom_consumer::ErrorCode;
 use strom_consumer::{ConsumerError, Offset};
 use strom_coordinator::{CoordinatorConfig, GroupState};
-use strom_proto::v1::ErrorCode;
 use tokio::time::Instant;
 
 const TOPIC: &str = "jobs";

@@ -116,11 +116,7 @@ async fn a_closing_consumer_hands_all_its_partitions_to_the_other() {
 async fn cooperative_rebalancing_moves_only_what_must_move() {
     let cluster = Cluster::start().await;
     cluster.create_topic(TOPIC, 4).await;
-    let config = || {
-        let mut c = cluster.config("coop");
-        c.assignment_strategies = cooperative();
-        c
-    };
+    let config = || cluster.builder("coop").assignment_strategies(cooperative()).build().unwrap();
     let a = Running::subscribe(cluster.consumer(config()).await, &[TOPIC]);
     wait_for(&[&a], "A to own all partitions", |s| balanced(s, &all(4))).await;
     for p in 0..4 {
@@ -177,11 +173,8 @@ async fn cooperative_rebalancing_moves_only_what_must_move() {
 async fn a_consumer_that_stops_polling_leaves_and_loses_its_partitions() {
     let cluster = Cluster::start().await;
     cluster.create_topic(TOPIC, 2).await;
-    let config = || {
-        let mut c = cluster.config("slow");
-        c.max_poll_interval = Duration::from_secs(2);
-        c
-    };
+    let config =
+        || cluster.builder("slow").max_poll_interval(Duration::from_secs(2)).build().unwrap();
     let a = Running::subscribe(cluster.consumer(config()).await, &[TOPIC]);
     let b = Running::subscribe(cluster.consumer(config()).await, &[TOPIC]);
     wait_for(&[&a, &b], "a balanced group", |s| {
@@ -207,8 +200,8 @@ async fn a_consumer_that_stops_polling_leaves_and_loses_its_partitions() {
 async fn the_leader_rebalances_when_a_subscribed_topic_appears() {
     let cluster = Cluster::start().await;
     cluster.create_topic(TOPIC, 2).await;
-    let mut config = cluster.config("meta");
-    config.metadata_max_age = Duration::from_millis(200);
+    let config =
+        cluster.builder("meta").metadata_max_age(Duration::from_millis(200)).build().unwrap();
     let a = Running::subscribe(cluster.consumer(config).await, &[TOPIC, "later"]);
     wait_for(&[&a], "A to own the existing topic", |s| balanced(s, &all(2))).await;
     // The leader notices the new topic on its periodic metadata check and rebalances.

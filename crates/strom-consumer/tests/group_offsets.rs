@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use strom_consumer::ErrorCode;
 use strom_consumer::{ConsumerError, Offset, SeekTo};
-use strom_proto::v1::ErrorCode;
 
 const TOPIC: &str = "events";
 
@@ -21,8 +21,7 @@ async fn a_new_member_resumes_from_the_committed_offset() {
     for p in 0..2 {
         cluster.produce(TOPIC, p, 0, 10).await;
     }
-    let mut config = cluster.config("resume");
-    config.enable_auto_commit = false;
+    let config = cluster.builder("resume").enable_auto_commit(false).build().unwrap();
     let mut first = cluster.consumer(config.clone()).await;
     first.subscribe(vec![TOPIC.into()], None).unwrap();
     let records = poll_records(&mut first, 20).await;
@@ -57,9 +56,9 @@ async fn auto_commit_commits_periodically_and_on_close() {
     let cluster = Cluster::start().await;
     cluster.create_topic(TOPIC, 1).await;
     cluster.produce(TOPIC, 0, 0, 10).await;
-    let mut config = cluster.config("auto");
-    config.auto_commit_interval = Duration::from_millis(100);
-    let mut consumer = cluster.consumer(config.clone()).await;
+    let config =
+        cluster.builder("auto").auto_commit_interval(Duration::from_millis(100)).build().unwrap();
+    let mut consumer = cluster.consumer(config).await;
     consumer.subscribe(vec![TOPIC.into()], None).unwrap();
     poll_records(&mut consumer, 10).await;
     // The periodic commit happens inside poll.
@@ -70,7 +69,8 @@ async fn auto_commit_commits_periodically_and_on_close() {
     }
 
     // With a long interval, only close commits.
-    config.auto_commit_interval = Duration::from_secs(3600);
+    let config =
+        cluster.builder("auto").auto_commit_interval(Duration::from_secs(3600)).build().unwrap();
     cluster.produce(TOPIC, 0, 10, 13).await;
     let mut consumer2 = cluster.consumer(config).await;
     consumer.close().await.unwrap();
@@ -88,8 +88,7 @@ async fn manual_assignment_commits_outside_the_group_and_starts_from_its_offsets
     let cluster = Cluster::start().await;
     cluster.create_topic(TOPIC, 1).await;
     cluster.produce(TOPIC, 0, 0, 10).await;
-    let mut config = cluster.config("simple");
-    config.enable_auto_commit = false;
+    let config = cluster.builder("simple").enable_auto_commit(false).build().unwrap();
     let mut consumer = cluster.consumer(config.clone()).await;
     consumer.assign(vec![tp(TOPIC, 0)]);
     // No committed offset yet: auto_offset_reset (earliest) applies.
@@ -119,9 +118,12 @@ async fn a_member_dropped_from_the_group_cannot_commit_and_rejoins() {
     for p in 0..2 {
         cluster.produce(TOPIC, p, 0, 5).await;
     }
-    let mut config = cluster.config("stale");
-    config.enable_auto_commit = false;
-    config.max_poll_interval = Duration::from_secs(2);
+    let config = cluster
+        .builder("stale")
+        .enable_auto_commit(false)
+        .max_poll_interval(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let mut a = cluster.consumer(config.clone()).await;
     a.subscribe(vec![TOPIC.into()], None).unwrap();
     poll_records(&mut a, 10).await;
@@ -163,8 +165,7 @@ fn pid(p: i32) -> strom_format::PartitionId {
 async fn commit_needs_a_group_and_a_member_commit_needs_a_generation() {
     let cluster = Cluster::start().await;
     cluster.create_topic(TOPIC, 1).await;
-    let mut config = cluster.config("x");
-    config.group_id = None;
+    let config = cluster.builder("x").group(None).build().unwrap();
     let mut plain = cluster.consumer(config).await;
     assert!(matches!(plain.commit_sync().await, Err(ConsumerError::NoGroupId)));
     assert!(matches!(

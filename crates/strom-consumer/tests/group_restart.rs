@@ -51,15 +51,15 @@ async fn a_two_member_group_consumes_again_soon_after_its_broker_restarts() {
     let addr = server.local_addr();
     let client = Client::connect(ClientConfig::new(addr.to_string())).await.unwrap();
     client.create_topic(TOPIC, 2, 1, HashMap::new()).await.unwrap();
-    let consumer_config = ConsumerConfig {
-        group_id: Some("survivors".into()),
-        auto_offset_reset: OffsetReset::Earliest,
-        fetch_max_wait: Duration::from_millis(50),
-        retry_backoff: Duration::from_millis(20),
-        session_timeout: SESSION,
-        heartbeat_interval: Duration::from_millis(500),
-        ..ConsumerConfig::new(addr.to_string())
-    };
+    let consumer_config = ConsumerConfig::builder(addr.to_string())
+        .group_id("survivors")
+        .auto_offset_reset(OffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_millis(50))
+        .retry_backoff(Duration::from_millis(20))
+        .session_timeout(SESSION)
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()
+        .unwrap();
     let a = Running::subscribe(Consumer::new(consumer_config.clone()).await.unwrap(), &[TOPIC]);
     let b = Running::subscribe(Consumer::new(consumer_config).await.unwrap(), &[TOPIC]);
     let all = [tp(TOPIC, 0), tp(TOPIC, 1)];

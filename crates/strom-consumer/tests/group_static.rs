@@ -21,7 +21,7 @@ fn all(topic: &str, n: i32) -> Vec<TopicPartition> {
 }
 
 fn static_config(cluster: &Cluster, group: &str, instance: &str) -> ConsumerConfig {
-    ConsumerConfig { group_instance_id: Some(instance.into()), ..cluster.config(group) }
+    cluster.builder(group).group_instance_id(Some(instance.into())).build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,11 +85,12 @@ async fn offsets_committed_in_on_partitions_revoked_let_the_next_member_resume_e
     for p in 0..2 {
         cluster.produce(TOPIC, p, 0, 50).await;
     }
-    let manual = ConsumerConfig {
-        enable_auto_commit: false,
-        assignment_strategies: vec![AssignmentStrategy::Range],
-        ..cluster.config("manual")
-    };
+    let manual = cluster
+        .builder("manual")
+        .enable_auto_commit(false)
+        .assignment_strategies(vec![AssignmentStrategy::Range])
+        .build()
+        .unwrap();
 
     // a commits nothing on its own: only what it processed, when its partitions are revoked.
     let seen = Arc::new(Mutex::new(Seen { generation: -1, ..Seen::default() }));

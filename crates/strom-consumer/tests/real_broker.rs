@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strom_broker::{BrokerConfig, BrokerServer};
-use strom_client::{Client, ClientConfig};
+use strom_client::Client;
 use strom_consumer::{
     Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, OffsetReset, SeekTo, TopicPartition,
 };
 use strom_format::{BatchBuilder, Compression, Offset, PartitionId};
 use strom_proto::v1::{PartitionProduceData, ProduceRequest, TopicProduceData};
+use strom_testkit::broker::TestBroker;
 
 const TOPIC: &str = "orders";
 const PARTITIONS: i32 = 3;
@@ -21,33 +21,25 @@ const BASE_TS: i64 = 1_700_000_000_000;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 struct Cluster {
-    server: BrokerServer,
+    broker: TestBroker,
     client: Client,
-    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     async fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let config = BrokerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        };
-        let server = BrokerServer::start(config).await.unwrap();
-        let client =
-            Client::connect(ClientConfig::new(server.local_addr().to_string())).await.unwrap();
+        let broker = TestBroker::start().await;
+        let client = broker.client().await;
         client.create_topic(TOPIC, PARTITIONS, 1, HashMap::new()).await.unwrap();
-        Cluster { server, client, _dir: dir }
+        Cluster { broker, client }
     }
 
     fn config(&self, reset: OffsetReset) -> ConsumerConfig {
-        ConsumerConfig {
-            auto_offset_reset: reset,
-            fetch_max_wait: Duration::from_millis(100),
-            retry_backoff: Duration::from_millis(10),
-            ..ConsumerConfig::new(self.server.local_addr().to_string())
-        }
+        ConsumerConfig::builder(self.broker.addr())
+            .auto_offset_reset(reset)
+            .fetch_max_wait(Duration::from_millis(100))
+            .retry_backoff(Duration::from_millis(10))
+            .build()
+            .unwrap()
     }
 
     /// Appends `n` records ("p<partition>-<offset>", timestamp BASE_TS + offset) to a
@@ -163,7 +155,7 @@ async fn reads_a_whole_topic_then_seeks_and_resets() {
     assert_dense(&poll_n(&mut consumer, 1000).await, 0, 0, 1000);
 
     drop(consumer);
-    cluster.server.shutdown().await.unwrap();
+    cluster.broker.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +183,7 @@ async fn out_of_range_without_reset_policy_is_an_error() {
         "{err:?}"
     );
     drop(consumer);
-    cluster.server.shutdown().await.unwrap();
+    cluster.broker.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +204,7 @@ async fn a_waiting_consumer_gets_new_records_from_latest() {
     let (records, ()) = tokio::join!(poll_n(&mut consumer, 5), producer);
     assert_dense(&records, 1, 20, 25);
     drop(consumer);
-    cluster.server.shutdown().await.unwrap();
+    cluster.broker.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,5 +217,5 @@ async fn an_unknown_topic_is_reported_by_partitions_for() {
         "{err:?}"
     );
     drop(consumer);
-    cluster.server.shutdown().await.unwrap();
+    cluster.broker.server.shutdown().await.unwrap();
 }

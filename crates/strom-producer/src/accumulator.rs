@@ -10,6 +10,7 @@ use bytes::Bytes;
 use strom_client::TopicInfo;
 use strom_format::{BatchBuilder, Compression, Header, PartitionId};
 
+use crate::ProducerError;
 use crate::delivery::{Completer, DeliveryFuture, Tracker};
 use crate::partitioner::pick_sticky;
 
@@ -42,7 +43,7 @@ pub(crate) struct Batch {
     /// Not to be sent before this (retry backoff).
     pub retry_at: Option<Instant>,
     /// Why the last attempt failed, for the delivery-timeout error.
-    pub last_error: Option<String>,
+    pub last_error: Option<Arc<ProducerError>>,
     /// The leader refused the batch's producer id or sequence: stamp it anew (new producer
     /// id, next sequence) before it is sent again.
     pub restamp: bool,

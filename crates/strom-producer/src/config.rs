@@ -1,4 +1,5 @@
-//! Producer settings, named and defaulted after Kafka's producer configs.
+//! Producer settings, named and defaulted after Kafka's producer configs, built with
+//! [`ProducerConfig::builder`], which validates what it builds.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -59,16 +60,22 @@ impl FromStr for Acks {
 
 /// Everything a [`Producer`](crate::Producer) can be tuned with.
 ///
+/// Built with [`ProducerConfig::builder`] (validated) or [`ProducerConfig::new`] (defaults);
+/// fields stay readable. `#[non_exhaustive]`: new settings can come without breaking callers.
+///
 /// ```
 /// use std::time::Duration;
 /// use strom_producer::{Acks, ProducerConfig};
 ///
-/// let mut config = ProducerConfig::new("127.0.0.1:9095");
-/// config.acks = Acks::One;
-/// config.linger = Duration::from_millis(20);
-/// assert!(config.validate().is_ok());
+/// let config = ProducerConfig::builder("127.0.0.1:9095")
+///     .acks(Acks::One)
+///     .linger(Duration::from_millis(20))
+///     .build()?;
+/// assert_eq!(config.acks, Acks::One);
+/// # Ok::<(), strom_producer::ProducerError>(())
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// Bootstrap addresses and connection settings.
     pub client: ClientConfig,
@@ -116,6 +123,22 @@ impl ProducerConfig {
         ProducerConfig { client: ClientConfig::new(bootstrap), ..ProducerConfig::default() }
     }
 
+    /// A builder starting from the defaults, bootstrapping from `bootstrap`
+    /// (`host:port[,host:port...]`); [`ProducerConfigBuilder::build`] validates.
+    ///
+    /// ```
+    /// use strom_producer::{Compression, ProducerConfig};
+    /// let config = ProducerConfig::builder("127.0.0.1:9095")
+    ///     .compression(Compression::Lz4)
+    ///     .client_id("orders-service")
+    ///     .build()?;
+    /// assert_eq!(config.client.client_id, "orders-service");
+    /// # Ok::<(), strom_producer::ProducerError>(())
+    /// ```
+    pub fn builder(bootstrap: impl Into<String>) -> ProducerConfigBuilder {
+        ProducerConfigBuilder { config: ProducerConfig::new(bootstrap) }
+    }
+
     /// Checks the settings for values that cannot work.
     ///
     /// ```
@@ -125,6 +148,9 @@ impl ProducerConfig {
     /// ```
     pub fn validate(&self) -> Result<(), ProducerError> {
         let bad = |m: &str| Err(ProducerError::InvalidConfig(m.to_owned()));
+        if let Err(e) = self.client.validate() {
+            return bad(&e.to_string());
+        }
         if self.batch_size == 0 {
             return bad("batch_size must be positive");
         }
@@ -169,5 +195,104 @@ impl Default for ProducerConfig {
             max_request_size: 1024 * 1024,
             enable_idempotence: true,
         }
+    }
+}
+
+/// Builds a [`ProducerConfig`] from the defaults; [`build`](ProducerConfigBuilder::build)
+/// validates it (ranges, and that the chosen codec is compiled in).
+///
+/// ```
+/// use std::time::Duration;
+/// use strom_producer::{Acks, ProducerConfig};
+/// let config = ProducerConfig::builder("127.0.0.1:9095")
+///     .acks(Acks::All)
+///     .delivery_timeout(Duration::from_secs(30))
+///     .build()?;
+/// assert!(ProducerConfig::builder("127.0.0.1:9095").batch_size(0_usize).build().is_err());
+/// # Ok::<(), strom_producer::ProducerError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ProducerConfigBuilder {
+    config: ProducerConfig,
+}
+
+/// One setter per field: `$field(value)` sets [`ProducerConfig::$field`], with a doctest each.
+macro_rules! producer_setters {
+    ($( $field:ident: $ty:ty = $example:expr; )*) => {
+        $(
+            #[doc = concat!("Sets [`ProducerConfig::", stringify!($field), "`].")]
+            ///
+            /// ```
+            #[doc = concat!(
+                "let config = strom_producer::ProducerConfig::builder(\"127.0.0.1:9095\")\n",
+                "    .", stringify!($field), "(", stringify!($example), ")\n",
+                "    .build()?;\n",
+                "# Ok::<(), strom_producer::ProducerError>(())"
+            )]
+            /// ```
+            pub fn $field(mut self, value: $ty) -> Self {
+                self.config.$field = value;
+                self
+            }
+        )*
+    };
+}
+
+impl ProducerConfigBuilder {
+    producer_setters! {
+        acks: Acks = strom_producer::Acks::One;
+        linger: Duration = std::time::Duration::from_millis(20);
+        batch_size: usize = 64_usize * 1024;
+        compression: Compression = strom_producer::Compression::Gzip;
+        retries: u32 = 10_u32;
+        retry_backoff: Duration = std::time::Duration::from_millis(50);
+        retry_backoff_max: Duration = std::time::Duration::from_secs(2);
+        delivery_timeout: Duration = std::time::Duration::from_secs(30);
+        request_timeout: Duration = std::time::Duration::from_secs(10);
+        buffer_memory: usize = 64_usize * 1024 * 1024;
+        max_block: Duration = std::time::Duration::from_secs(5);
+        max_request_size: usize = 4_usize * 1024 * 1024;
+        enable_idempotence: bool = false;
+    }
+
+    /// Replaces the connection settings ([`ProducerConfig::client`]), bootstrap list included.
+    ///
+    /// ```
+    /// use strom_producer::{ClientConfig, ProducerConfig};
+    /// let client = ClientConfig::builder("10.0.0.1:9095").client_id("orders").build()?;
+    /// let config = ProducerConfig::builder("127.0.0.1:9095").client(client).build()?;
+    /// assert_eq!(config.client.bootstrap, "10.0.0.1:9095");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client(mut self, client: ClientConfig) -> Self {
+        self.config.client = client;
+        self
+    }
+
+    /// Sets the client id reported to brokers ([`ClientConfig::client_id`]).
+    ///
+    /// ```
+    /// let config = strom_producer::ProducerConfig::builder("127.0.0.1:9095")
+    ///     .client_id("orders-service")
+    ///     .build()?;
+    /// # Ok::<(), strom_producer::ProducerError>(())
+    /// ```
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.config.client.client_id = client_id.into();
+        self
+    }
+
+    /// Validates and returns the configuration.
+    ///
+    /// ```
+    /// let err = strom_producer::ProducerConfig::builder("127.0.0.1:9095")
+    ///     .buffer_memory(0_usize)
+    ///     .build();
+    /// assert!(err.is_err());
+    /// ```
+    pub fn build(self) -> Result<ProducerConfig, ProducerError> {
+        self.config.validate()?;
+        Ok(self.config)
     }
 }

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use strom_client::ClientError;
-use strom_client::proto::v1::ErrorCode;
+use strom_client::{ClientError, ErrorCode};
 use strom_format::{FormatError, PartitionId};
 
 /// Why a record could not be sent or was not acknowledged.
@@ -17,7 +16,7 @@ use strom_format::{FormatError, PartitionId};
 /// match producer.send(ProducerRecord::new("orders").value("v")).await {
 ///     Ok(pending) => match pending.await {
 ///         Ok(meta) => println!("stored at {:?}", meta.offset),
-///         Err(ProducerError::DeliveryTimeout { last_error, .. }) => eprintln!("gave up: {last_error}"),
+///         Err(e @ ProducerError::DeliveryTimeout { .. }) => eprintln!("gave up: {e}"),
 ///         Err(e) => eprintln!("failed: {e}"),
 ///     },
 ///     Err(ProducerError::UnknownTopic(t)) => eprintln!("create {t} first"),
@@ -26,6 +25,7 @@ use strom_format::{FormatError, PartitionId};
 /// # }
 /// ```
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProducerError {
     /// A setting cannot work.
     #[error("invalid producer configuration: {0}")]
@@ -57,7 +57,7 @@ pub enum ProducerError {
         setting: &'static str,
     },
     /// The broker rejected the batch with a non-retriable error, or retries ran out.
-    #[error("{topic}-{partition}: broker error {code:?}: {message}")]
+    #[error("{topic}-{partition}: broker error {code}: {message}")]
     Broker {
         /// The topic.
         topic: String,
@@ -69,7 +69,10 @@ pub enum ProducerError {
         message: String,
     },
     /// The record was not acknowledged within `delivery_timeout`.
-    #[error("{topic}-{partition}: not delivered within {timeout:?}; last error: {last_error}")]
+    #[error(
+        "{topic}-{partition}: not delivered within {timeout:?}; last error: {}",
+        last_error_text(.last_error)
+    )]
     DeliveryTimeout {
         /// The topic.
         topic: String,
@@ -77,8 +80,11 @@ pub enum ProducerError {
         partition: PartitionId,
         /// The configured delivery timeout.
         timeout: Duration,
-        /// The error of the last attempt.
-        last_error: String,
+        /// The error of the last attempt; `None` if the record was never sent. It is also
+        /// the error's [`source`](std::error::Error::source) (an `Arc<ProducerError>`), so
+        /// an error chain prints it and the transport error behind it.
+        #[source]
+        last_error: Option<Arc<ProducerError>>,
     },
     /// `send` waited `max_block` for buffer memory or metadata.
     #[error("timed out after {0:?} waiting for buffer memory or metadata")]
@@ -91,6 +97,10 @@ pub enum ProducerError {
     Closed,
 }
 
+fn last_error_text(last: &Option<Arc<ProducerError>>) -> String {
+    last.as_ref().map_or_else(|| "never sent".to_owned(), ToString::to_string)
+}
+
 impl From<ClientError> for ProducerError {
     fn from(e: ClientError) -> Self {
         match e {
@@ -98,6 +108,42 @@ impl From<ClientError> for ProducerError {
             ClientError::Closed => ProducerError::Closed,
             ClientError::Format(f) => ProducerError::Format(f),
             other => ProducerError::Client(Arc::new(other)),
+        }
+    }
+}
+
+impl ProducerError {
+    /// Whether the failure was a deadline running out: the delivery timeout, `max_block`, a
+    /// request deadline, or the broker's `REQUEST_TIMED_OUT`. Decided by type, never by the
+    /// message.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use strom_producer::ProducerError;
+    /// assert!(ProducerError::MaxBlockTimeout(Duration::from_secs(1)).is_timeout());
+    /// assert!(!ProducerError::Closed.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ProducerError::DeliveryTimeout { .. } | ProducerError::MaxBlockTimeout(_) => true,
+            ProducerError::Client(e) => e.is_timeout(),
+            ProducerError::Broker { code, .. } => *code == ErrorCode::RequestTimedOut,
+            _ => false,
+        }
+    }
+
+    /// The broker's error code, if the failure carries one.
+    ///
+    /// ```
+    /// use strom_producer::{ErrorCode, ProducerError};
+    /// assert_eq!(ProducerError::UnknownTopic("t".into()).code(), Some(ErrorCode::UnknownTopicOrPartition));
+    /// ```
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ProducerError::Broker { code, .. } => Some(*code),
+            ProducerError::UnknownTopic(_) => Some(ErrorCode::UnknownTopicOrPartition),
+            ProducerError::Client(e) => e.code(),
+            _ => None,
         }
     }
 }

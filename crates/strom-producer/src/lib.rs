@@ -10,8 +10,7 @@
 //! use strom_producer::{Acks, Producer, ProducerConfig, ProducerRecord};
 //!
 //! # async fn demo() -> Result<(), strom_producer::ProducerError> {
-//! let mut config = ProducerConfig::new("127.0.0.1:9095");
-//! config.acks = Acks::All;
+//! let config = ProducerConfig::builder("127.0.0.1:9095").acks(Acks::All).build()?;
 //! let producer = Producer::new(config).await?;
 //! let pending = producer.send(ProducerRecord::new("orders").key("k1").value("hello")).await?;
 //! println!("stored at {:?}", pending.await?.offset);
@@ -30,10 +29,11 @@ mod producer;
 mod record;
 mod sender;
 
-pub use config::{Acks, ProducerConfig};
+pub use config::{Acks, ProducerConfig, ProducerConfigBuilder};
 pub use delivery::DeliveryFuture;
 pub use error::ProducerError;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::Producer;
 pub use record::{ProducerRecord, RecordMetadata};
+pub use strom_client::{ClientConfig, ClientError, ErrorCode};
 pub use strom_format::{Compression, Header, Offset, PartitionId};

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use strom_client::Client;
-use strom_client::proto::v1::ErrorCode;
+use strom_client::ErrorCode;
 use strom_format::BATCH_HEADER_LEN;
 use tokio::sync::Notify;
 

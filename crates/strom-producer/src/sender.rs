@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::Rng;
-use strom_client::proto::v1::{ErrorCode, InitProducerIdRequest, ProduceResponse};
-use strom_client::{Client, ClientError, is_retriable_code};
+use strom_client::proto::v1::{InitProducerIdRequest, ProduceResponse};
+use strom_client::{Client, ClientError, ErrorCode};
 use strom_format::{Offset, RecordBatch, set_producer};
 use tokio::sync::Notify;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -65,7 +65,7 @@ async fn init_producer_id(inner: &Inner, idem: &Idempotence) {
     request.set_timeout(inner.config.request_timeout);
     let result = inner.client.any_broker().init_producer_id(request).await;
     match result.map(tonic::Response::into_inner) {
-        Ok(r) if r.error_code == ErrorCode::None as i32 => {
+        Ok(r) if ErrorCode::from_i32(r.error_code).is_none() => {
             idem.set_id(r.producer_id, i16::try_from(r.producer_epoch).unwrap_or(0));
         }
         Ok(r) => warn!(code = r.error_code, message = %r.error_message,
@@ -89,7 +89,7 @@ impl Failure {
             // A stale leader may not know a topic created a moment ago; the metadata refresh
             // decides whether it really is unknown.
             Failure::Broker(code, _) => {
-                is_retriable_code(*code) || *code == ErrorCode::UnknownTopicOrPartition
+                code.is_retriable() || *code == ErrorCode::UnknownTopicOrPartition
             }
             Failure::Client(e) => e.is_retriable(),
         }
@@ -97,7 +97,7 @@ impl Failure {
 
     fn describe(&self) -> String {
         match self {
-            Failure::Broker(code, message) => format!("{code:?}: {message}"),
+            Failure::Broker(code, message) => format!("{code}: {message}"),
             Failure::Client(e) => e.to_string(),
         }
     }
@@ -164,12 +164,11 @@ fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
                 continue;
             }
             if now.saturating_duration_since(b.created) >= cfg.delivery_timeout {
-                let last = b.last_error.take().unwrap_or_else(|| "never sent".to_owned());
                 let err = ProducerError::DeliveryTimeout {
                     topic: d.topic.to_string(),
                     partition: d.partition,
                     timeout: cfg.delivery_timeout,
-                    last_error: last,
+                    last_error: b.last_error.take(),
                 };
                 abandon(inner, &b);
                 b.completer.fail(err);
@@ -338,7 +337,7 @@ async fn send_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
     match result {
         Err(status) => {
             debug!(leader, %status, "produce request failed");
-            let failure = Failure::Client(Arc::new(ClientError::Rpc(status)));
+            let failure = Failure::Client(Arc::new(ClientError::from(status)));
             let decided = failure.retriable();
             for d in parts {
                 let f = failure.clone();
@@ -399,13 +398,12 @@ fn handle_response(inner: &Arc<Inner>, parts: Vec<Drained>, response: &ProduceRe
             handle_failure(inner, d, Retriable(failure));
             continue;
         };
-        match ErrorCode::try_from(p.error_code) {
-            Ok(ErrorCode::None) => {
+        match ErrorCode::from_i32(p.error_code) {
+            ErrorCode::None => {
                 let append_time = (p.log_append_time_ms >= 0).then_some(p.log_append_time_ms);
                 succeed(inner, d, Some(Offset::new(p.base_offset)), append_time);
             }
             code => {
-                let code = code.unwrap_or(ErrorCode::UnknownServerError);
                 let failure = Failure::Broker(code, p.error_message.clone());
                 let decided =
                     if failure.retriable() { Retriable(failure) } else { NonRetriable(failure) };
@@ -448,6 +446,8 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
         NonRetriable(f) => (f, false),
     };
     let message = failure.describe();
+    // One allocation per failed attempt, shared by its batches' delivery-timeout errors.
+    let last = Arc::new(failure.to_error(&d.topic, d.partition));
     let refused = matches!(failure, Failure::Broker(code, _) if is_sequence_error(code));
     let mut keep = Vec::with_capacity(d.batches.len());
     for mut b in d.batches {
@@ -468,11 +468,11 @@ fn handle_failure(inner: &Arc<Inner>, d: Drained, decided: Decided) {
                 topic: d.topic.to_string(),
                 partition: d.partition,
                 timeout: cfg.delivery_timeout,
-                last_error: message.clone(),
+                last_error: Some(Arc::clone(&last)),
             });
         } else {
             b.retry_at = Some(now + backoff);
-            b.last_error = Some(message.clone());
+            b.last_error = Some(Arc::clone(&last));
             keep.push(b);
         }
     }

@@ -4,22 +4,11 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use strom_broker::{BrokerConfig, BrokerServer};
 use strom_client::OffsetSpec;
 use strom_client::proto::v1::{FetchPartition, FetchRequest, FetchTopic};
 use strom_format::{Batches, Compression, Offset, PartitionId};
 use strom_producer::{Producer, ProducerConfig, ProducerRecord, partition_for_key};
-
-async fn start() -> (BrokerServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = BrokerConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        data_dir: dir.path().to_path_buf(),
-        ..BrokerConfig::default()
-    };
-    let server = BrokerServer::start(config).await.expect("broker starts");
-    (server, dir)
-}
+use strom_testkit::broker::TestBroker;
 
 /// Every value of `partition` from offset 0, via the gRPC Fetch API.
 async fn fetch_all(producer: &Producer, topic: &str, partition: i32) -> Vec<Option<Bytes>> {
@@ -63,10 +52,12 @@ async fn fetch_all(producer: &Producer, topic: &str, partition: i32) -> Vec<Opti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_to_real_broker_and_read_back() {
-    let (server, _dir) = start().await;
-    let mut cfg = ProducerConfig::new(server.local_addr().to_string());
-    cfg.compression = Compression::Lz4;
-    cfg.batch_size = 4096;
+    let broker = TestBroker::start().await;
+    let cfg = ProducerConfig::builder(broker.local_addr().to_string())
+        .compression(Compression::Lz4)
+        .batch_size(4096)
+        .build()
+        .unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     producer.client().create_topic("orders", 3, 1, HashMap::new()).await.unwrap();
 
@@ -96,5 +87,5 @@ async fn produce_to_real_broker_and_read_back() {
         assert_eq!(fetch_all(&producer, "orders", p).await, want, "partition {p}");
     }
     producer.close().await;
-    server.shutdown().await.unwrap();
+    broker.server.shutdown().await.unwrap();
 }

@@ -10,12 +10,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use strom_client::proto::v1::admin_server::{Admin, AdminServer};
+use strom_client::proto::v1::admin_server::AdminServer;
 use strom_client::proto::v1::broker_server::{Broker, BrokerServer};
 use strom_client::proto::v1::*;
 use strom_format::{Batches, Offset, PartitionId};
 use strom_producer::{
-    Acks, Producer, ProducerConfig, ProducerError, ProducerRecord, partition_for_key,
+    Acks, ErrorCode, Producer, ProducerConfig, ProducerConfigBuilder, ProducerError,
+    ProducerRecord, partition_for_key,
+};
+use strom_testkit::fake_broker::{
+    MetadataAdmin, listen, partition_metadata, serve, single_node_metadata,
 };
 use tonic::{Request, Response, Status};
 
@@ -46,64 +50,10 @@ struct Fake {
 }
 
 impl Fake {
-    fn log(&self, topic: &str, partition: i32) -> Vec<Option<Bytes>> {
-        self.logs.lock().get(&(topic.to_owned(), partition)).cloned().unwrap_or_default()
-    }
-}
-
-#[tonic::async_trait]
-impl Admin for Fake {
-    async fn alter_configs(
-        &self,
-        _: Request<strom_client::proto::v1::AlterConfigsRequest>,
-    ) -> Result<Response<strom_client::proto::v1::AlterConfigsResponse>, Status> {
-        Err(Status::unimplemented("AlterConfigs is not part of this fake"))
-    }
-
-    async fn create_partitions(
-        &self,
-        _: Request<strom_client::proto::v1::CreatePartitionsRequest>,
-    ) -> Result<Response<strom_client::proto::v1::CreatePartitionsResponse>, Status> {
-        Err(Status::unimplemented("CreatePartitions is not part of this fake"))
-    }
-
-    async fn describe_cluster(
-        &self,
-        _: Request<strom_client::proto::v1::DescribeClusterRequest>,
-    ) -> Result<Response<strom_client::proto::v1::DescribeClusterResponse>, Status> {
-        Err(Status::unimplemented("DescribeCluster is not part of this fake"))
-    }
-
-    async fn create_topics(
-        &self,
-        _: Request<CreateTopicsRequest>,
-    ) -> Result<Response<CreateTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn delete_topics(
-        &self,
-        _: Request<DeleteTopicsRequest>,
-    ) -> Result<Response<DeleteTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_topics(
-        &self,
-        _: Request<ListTopicsRequest>,
-    ) -> Result<Response<ListTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn describe_topics(
-        &self,
-        _: Request<DescribeTopicsRequest>,
-    ) -> Result<Response<DescribeTopicsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn metadata(
-        &self,
-        request: Request<MetadataRequest>,
-    ) -> Result<Response<MetadataResponse>, Status> {
+    /// The Metadata answer: every asked topic (all when none asked), led by node 1.
+    fn metadata(&self, request: MetadataRequest) -> MetadataResponse {
         self.metadata_calls.fetch_add(1, Ordering::SeqCst);
-        let mut names = request.into_inner().topics;
+        let mut names = request.topics;
         if names.is_empty() {
             names = self.topics.keys().cloned().collect();
         }
@@ -114,35 +64,21 @@ impl Admin for Fake {
                     name,
                     error_code: 0,
                     error_message: String::new(),
-                    partitions: (0..n)
-                        .map(|p| PartitionMetadata {
-                            partition: p,
-                            error_code: 0,
-                            leader_id: 1,
-                            leader_epoch: 0,
-                            replicas: vec![1],
-                            isr: vec![1],
-                        })
-                        .collect(),
+                    partitions: (0..n).map(|p| partition_metadata(p, 1)).collect(),
                 },
                 None => TopicMetadata {
                     name,
-                    error_code: ErrorCode::UnknownTopicOrPartition as i32,
+                    error_code: ErrorCode::UnknownTopicOrPartition.code(),
                     error_message: "no such topic".into(),
                     partitions: vec![],
                 },
             })
             .collect();
-        Ok(Response::new(MetadataResponse {
-            cluster_id: "fake".into(),
-            controller_id: 1,
-            brokers: vec![BrokerInfo {
-                node_id: 1,
-                host: "127.0.0.1".into(),
-                port: self.port.into(),
-            }],
-            topics,
-        }))
+        single_node_metadata(self.port, topics)
+    }
+
+    fn log(&self, topic: &str, partition: i32) -> Vec<Option<Bytes>> {
+        self.logs.lock().get(&(topic.to_owned(), partition)).cloned().unwrap_or_default()
     }
 }
 
@@ -175,7 +111,7 @@ impl Broker for Fake {
                     log_start_offset: 0,
                 };
                 if let Some(code) = code {
-                    resp.error_code = code as i32;
+                    resp.error_code = code.code();
                     resp.error_message = "injected".into();
                     partitions.push(resp);
                     continue;
@@ -225,34 +161,34 @@ impl Broker for Fake {
 
 /// Starts a fake broker on port 0 serving `topics` (name, partitions).
 async fn start(topics: &[(&str, i32)]) -> (Arc<Fake>, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-    let addr = listener.local_addr().expect("local addr");
+    let (listener, addr) = listen().await;
     let fake = Arc::new(Fake {
         port: addr.port(),
         topics: topics.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
         ..Fake::default()
     });
-    let server = tonic::transport::Server::builder()
-        .add_service(AdminServer::from_arc(Arc::clone(&fake)))
-        .add_service(BrokerServer::from_arc(Arc::clone(&fake)))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    tokio::spawn(server);
+    let metadata = {
+        let fake = Arc::clone(&fake);
+        MetadataAdmin::new(move |request| fake.metadata(request))
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(metadata))
+        .add_service(BrokerServer::from_arc(Arc::clone(&fake)));
+    serve(listener, router);
     (fake, addr)
 }
 
-fn config(addr: SocketAddr) -> ProducerConfig {
-    let mut c = ProducerConfig::new(addr.to_string());
-    c.linger = Duration::from_millis(1);
-    c.retry_backoff = Duration::from_millis(5);
-    c.retry_backoff_max = Duration::from_millis(20);
-    c
+fn config(addr: SocketAddr) -> ProducerConfigBuilder {
+    ProducerConfig::builder(addr.to_string())
+        .linger(Duration::from_millis(1))
+        .retry_backoff(Duration::from_millis(5))
+        .retry_backoff_max(Duration::from_millis(20))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_land_in_kafka_partitions_with_dense_offsets() {
     let (fake, addr) = start(&[("t", 3)]).await;
-    let mut cfg = config(addr);
-    cfg.batch_size = 1024;
+    let cfg = config(addr).batch_size(1024).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let mut pending = Vec::new();
     for i in 0..600 {
@@ -286,8 +222,7 @@ async fn retriable_errors_are_retried_in_order() {
         ErrorCode::NotLeaderOrFollower,
         ErrorCode::NotEnoughReplicas,
     ]);
-    let mut cfg = config(addr);
-    cfg.batch_size = 512;
+    let cfg = config(addr).batch_size(512).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let mut pending = Vec::new();
     for i in 0..500 {
@@ -310,8 +245,7 @@ async fn retriable_errors_are_retried_in_order() {
 async fn idempotent_batches_are_numbered_per_partition_and_retries_keep_their_sequence() {
     let (fake, addr) = start(&[("t", 2)]).await;
     fake.inject.lock().extend([ErrorCode::NotLeaderOrFollower, ErrorCode::RequestTimedOut]);
-    let mut cfg = config(addr);
-    cfg.batch_size = 256;
+    let cfg = config(addr).batch_size(256).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let mut pending = Vec::new();
     for i in 0..200 {
@@ -340,7 +274,7 @@ async fn idempotent_batches_are_numbered_per_partition_and_retries_keep_their_se
 async fn an_out_of_order_answer_moves_the_producer_to_a_new_id_and_restamps_the_batch() {
     let (fake, addr) = start(&[("t", 1)]).await;
     fake.inject.lock().push_back(ErrorCode::OutOfOrderSequenceNumber);
-    let producer = Producer::new(config(addr)).await.unwrap();
+    let producer = Producer::new(config(addr).build().unwrap()).await.unwrap();
     let meta = producer.send(ProducerRecord::new("t").value("a")).await.unwrap().await.unwrap();
     assert_eq!(meta.offset, Some(Offset::new(0)));
     let second = producer.send(ProducerRecord::new("t").value("b")).await.unwrap().await.unwrap();
@@ -355,7 +289,7 @@ async fn an_out_of_order_answer_moves_the_producer_to_a_new_id_and_restamps_the_
 async fn fatal_error_fails_the_batch_and_later_records_still_go_through() {
     let (fake, addr) = start(&[("t", 1)]).await;
     fake.inject.lock().push_back(ErrorCode::MessageTooLarge);
-    let producer = Producer::new(config(addr)).await.unwrap();
+    let producer = Producer::new(config(addr).build().unwrap()).await.unwrap();
     let first = producer.send(ProducerRecord::new("t").value("a")).await.unwrap();
     match first.await {
         Err(ProducerError::Broker { code, partition, .. }) => {
@@ -372,8 +306,7 @@ async fn fatal_error_fails_the_batch_and_later_records_still_go_through() {
 #[tokio::test]
 async fn oversized_record_unknown_topic_and_bad_partition_fail_at_send() {
     let (fake, addr) = start(&[("t", 2)]).await;
-    let mut cfg = config(addr);
-    cfg.max_request_size = 1024;
+    let cfg = config(addr).max_request_size(1024).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let big = ProducerRecord::new("t").value(vec![0u8; 2000]);
     assert!(matches!(producer.send(big).await, Err(ProducerError::RecordTooLarge { .. })));
@@ -393,8 +326,7 @@ async fn oversized_record_unknown_topic_and_bad_partition_fail_at_send() {
 #[tokio::test]
 async fn acks_zero_reports_no_offset() {
     let (fake, addr) = start(&[("t", 1)]).await;
-    let mut cfg = config(addr);
-    cfg.acks = Acks::Zero;
+    let cfg = config(addr).acks(Acks::Zero).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let f = producer.send(ProducerRecord::new("t").value("x").timestamp(42)).await.unwrap();
     let meta = f.await.unwrap();
@@ -407,13 +339,18 @@ async fn acks_zero_reports_no_offset() {
 async fn delivery_timeout_bounds_retries() {
     let (fake, addr) = start(&[("t", 1)]).await;
     fake.always_fail.store(true, Ordering::SeqCst);
-    let mut cfg = config(addr);
-    cfg.delivery_timeout = Duration::from_millis(300);
+    let cfg = config(addr).delivery_timeout(Duration::from_millis(300)).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let f = producer.send(ProducerRecord::new("t").value("x")).await.unwrap();
     match f.await {
-        Err(ProducerError::DeliveryTimeout { last_error, .. }) => {
-            assert!(last_error.contains("NotLeaderOrFollower"), "{last_error}");
+        Err(e @ ProducerError::DeliveryTimeout { .. }) => {
+            assert!(e.is_timeout());
+            // The last attempt's error, by type, and as the error's source.
+            assert!(std::error::Error::source(&e).is_some());
+            let ProducerError::DeliveryTimeout { last_error: Some(last), .. } = &e else {
+                panic!("no last error in {e}");
+            };
+            assert_eq!(last.code(), Some(ErrorCode::NotLeaderOrFollower), "{e}");
         }
         other => panic!("expected a delivery timeout, got {other:?}"),
     }
@@ -424,8 +361,7 @@ async fn delivery_timeout_bounds_retries() {
 async fn retries_zero_fails_on_first_retriable_error() {
     let (fake, addr) = start(&[("t", 1)]).await;
     fake.inject.lock().push_back(ErrorCode::NotLeaderOrFollower);
-    let mut cfg = config(addr);
-    cfg.retries = 0;
+    let cfg = config(addr).retries(0).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let f = producer.send(ProducerRecord::new("t").value("x")).await.unwrap();
     assert!(matches!(
@@ -437,8 +373,7 @@ async fn retries_zero_fails_on_first_retriable_error() {
 #[tokio::test]
 async fn flush_sends_without_waiting_for_linger() {
     let (fake, addr) = start(&[("t", 2)]).await;
-    let mut cfg = config(addr);
-    cfg.linger = Duration::from_secs(3600);
+    let cfg = config(addr).linger(Duration::from_secs(3600)).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let mut pending = Vec::new();
     for i in 0..10 {
@@ -457,10 +392,12 @@ async fn flush_sends_without_waiting_for_linger() {
 async fn full_buffer_blocks_send_until_acknowledged() {
     let (fake, addr) = start(&[("t", 1)]).await;
     fake.stall.store(true, Ordering::SeqCst);
-    let mut cfg = config(addr);
-    cfg.buffer_memory = 4096;
-    cfg.max_request_size = 4096;
-    cfg.max_block = Duration::from_millis(200);
+    let cfg = config(addr)
+        .buffer_memory(4096)
+        .max_request_size(4096)
+        .max_block(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let mut pending = Vec::new();
     let mut blocked = None;
@@ -492,8 +429,7 @@ async fn full_buffer_blocks_send_until_acknowledged() {
 #[tokio::test]
 async fn null_keys_stick_and_spread() {
     let (fake, addr) = start(&[("t", 4)]).await;
-    let mut cfg = config(addr);
-    cfg.batch_size = 256;
+    let cfg = config(addr).batch_size(256).build().unwrap();
     let producer = Producer::new(cfg).await.unwrap();
     let mut pending = Vec::new();
     for i in 0..400 {
@@ -514,13 +450,13 @@ async fn null_keys_stick_and_spread() {
 #[tokio::test]
 async fn dropping_the_producer_still_delivers_and_close_rejects_sends() {
     let (fake, addr) = start(&[("t", 1)]).await;
-    let producer = Producer::new(config(addr)).await.unwrap();
+    let producer = Producer::new(config(addr).build().unwrap()).await.unwrap();
     let f = producer.send(ProducerRecord::new("t").value("x")).await.unwrap();
     drop(producer);
     assert_eq!(f.await.unwrap().offset, Some(Offset::new(0)));
     assert_eq!(fake.log("t", 0).len(), 1);
 
-    let producer = Producer::new(config(addr)).await.unwrap();
+    let producer = Producer::new(config(addr).build().unwrap()).await.unwrap();
     producer.close().await;
     let r = producer.send(ProducerRecord::new("t").value("y")).await;
     assert!(matches!(r, Err(ProducerError::Closed)));
@@ -530,8 +466,7 @@ async fn dropping_the_producer_still_delivers_and_close_rejects_sends() {
 async fn compressed_batches_decode_on_the_broker() {
     let (fake, addr) = start(&[("t", 1)]).await;
     for codec in strom_format::Compression::ALL {
-        let mut cfg = config(addr);
-        cfg.compression = codec;
+        let cfg = config(addr).compression(codec).build().unwrap();
         let producer = Producer::new(cfg).await.unwrap();
         let f = producer.send(ProducerRecord::new("t").value(format!("{codec}"))).await.unwrap();
         f.await.unwrap();

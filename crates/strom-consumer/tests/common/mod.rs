@@ -13,26 +13,23 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use strom_broker::{BrokerConfig, BrokerServer};
-use strom_client::{Client, ClientConfig};
+use strom_client::Client;
 use strom_consumer::{
-    AssignmentStrategy, Consumer, ConsumerConfig, ConsumerError, OffsetReset, RebalanceCallbacks,
-    TopicPartition,
+    AssignmentStrategy, Consumer, ConsumerConfig, ConsumerConfigBuilder, ConsumerError,
+    OffsetReset, RebalanceCallbacks, TopicPartition,
 };
 use strom_coordinator::{
     CoordinatorConfig, GroupCoordinator, MemoryOffsetsLog, OffsetStore, OffsetsLog,
 };
 use strom_format::{BatchBuilder, Compression, LeaderEpoch, Offset, PartitionId};
-use strom_proto::v1::admin_client::AdminClient;
-use strom_proto::v1::admin_server::{Admin, AdminServer};
-use strom_proto::v1::broker_client::BrokerClient;
-use strom_proto::v1::broker_server::{Broker, BrokerServer as BrokerGrpcServer};
+use strom_proto::v1::admin_server::AdminServer;
+use strom_proto::v1::broker_server::BrokerServer as BrokerGrpcServer;
 use strom_proto::v1::group_server::{Group, GroupServer};
 use strom_proto::v1::*;
+use strom_testkit::broker::TestBroker;
+use strom_testkit::fake_broker::{Forward, listen, serve};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::Channel;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// Generous bound on how long a test waits for something that should happen quickly.
@@ -358,101 +355,14 @@ impl Group for GroupService {
     }
 }
 
-/// Forwards the data and admin planes to the real broker.
-#[derive(Clone)]
-struct Forward {
-    broker: BrokerClient<Channel>,
-    admin: AdminClient<Channel>,
-}
-
-#[tonic::async_trait]
-impl Admin for Forward {
-    async fn alter_configs(
-        &self,
-        _: Request<strom_client::proto::v1::AlterConfigsRequest>,
-    ) -> Result<Response<strom_client::proto::v1::AlterConfigsResponse>, Status> {
-        Err(Status::unimplemented("AlterConfigs is not part of this fake"))
-    }
-
-    async fn create_partitions(
-        &self,
-        _: Request<strom_client::proto::v1::CreatePartitionsRequest>,
-    ) -> Result<Response<strom_client::proto::v1::CreatePartitionsResponse>, Status> {
-        Err(Status::unimplemented("CreatePartitions is not part of this fake"))
-    }
-
-    async fn describe_cluster(
-        &self,
-        _: Request<strom_client::proto::v1::DescribeClusterRequest>,
-    ) -> Result<Response<strom_client::proto::v1::DescribeClusterResponse>, Status> {
-        Err(Status::unimplemented("DescribeCluster is not part of this fake"))
-    }
-
-    async fn create_topics(
-        &self,
-        r: Request<CreateTopicsRequest>,
-    ) -> Result<Response<CreateTopicsResponse>, Status> {
-        self.admin.clone().create_topics(r.into_inner()).await
-    }
-    async fn delete_topics(
-        &self,
-        r: Request<DeleteTopicsRequest>,
-    ) -> Result<Response<DeleteTopicsResponse>, Status> {
-        self.admin.clone().delete_topics(r.into_inner()).await
-    }
-    async fn list_topics(
-        &self,
-        r: Request<ListTopicsRequest>,
-    ) -> Result<Response<ListTopicsResponse>, Status> {
-        self.admin.clone().list_topics(r.into_inner()).await
-    }
-    async fn describe_topics(
-        &self,
-        r: Request<DescribeTopicsRequest>,
-    ) -> Result<Response<DescribeTopicsResponse>, Status> {
-        self.admin.clone().describe_topics(r.into_inner()).await
-    }
-    async fn metadata(
-        &self,
-        r: Request<MetadataRequest>,
-    ) -> Result<Response<MetadataResponse>, Status> {
-        self.admin.clone().metadata(r.into_inner()).await
-    }
-}
-
-#[tonic::async_trait]
-impl Broker for Forward {
-    async fn produce(
-        &self,
-        r: Request<ProduceRequest>,
-    ) -> Result<Response<ProduceResponse>, Status> {
-        self.broker.clone().produce(r.into_inner()).await
-    }
-    async fn fetch(&self, r: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
-        self.broker.clone().fetch(r.into_inner()).await
-    }
-    async fn init_producer_id(
-        &self,
-        r: Request<InitProducerIdRequest>,
-    ) -> Result<Response<InitProducerIdResponse>, Status> {
-        self.broker.clone().init_producer_id(r.into_inner()).await
-    }
-    async fn list_offsets(
-        &self,
-        r: Request<ListOffsetsRequest>,
-    ) -> Result<Response<ListOffsetsResponse>, Status> {
-        self.broker.clone().list_offsets(r.into_inner()).await
-    }
-}
-
 /// A broker, the group front end, and a client of the broker for producing.
 pub struct Cluster {
-    pub broker: BrokerServer,
+    /// The real broker behind the front end (its data dir lives as long as it).
+    pub broker: TestBroker,
     pub client: Client,
     pub group: GroupService,
     /// Address consumers bootstrap from (the front end).
     pub bootstrap: String,
-    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -471,22 +381,11 @@ impl Cluster {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let config = BrokerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        };
-        let broker = BrokerServer::start(config).await.unwrap();
-        let broker_addr = format!("http://{}", broker.local_addr());
-        let channel = Channel::from_shared(broker_addr).unwrap().connect().await.unwrap();
-        let forward = Forward {
-            broker: BrokerClient::new(channel.clone()),
-            admin: AdminClient::new(channel),
-        };
+        let broker = TestBroker::start().await;
+        let forward = Forward::connect(broker.local_addr()).await;
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, addr) = listen().await;
+        let port = addr.port();
         let logs: Vec<Arc<dyn OffsetsLog>> = vec![Arc::new(MemoryOffsetsLog::default())];
         let store = Arc::new(OffsetStore::load(logs).unwrap());
         let group = GroupService {
@@ -496,16 +395,14 @@ impl Cluster {
             find_coordinator_calls: Arc::default(),
             join_calls: Arc::default(),
         };
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(GroupServer::new(group.clone()))
             .add_service(AdminServer::new(forward.clone()))
-            .add_service(BrokerGrpcServer::new(forward))
-            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
-        tokio::spawn(server);
+            .add_service(BrokerGrpcServer::new(forward));
+        serve(listener, router);
 
-        let client =
-            Client::connect(ClientConfig::new(broker.local_addr().to_string())).await.unwrap();
-        Cluster { broker, client, group, bootstrap: format!("127.0.0.1:{port}"), _dir: dir }
+        let client = broker.client().await;
+        Cluster { broker, client, group, bootstrap: format!("127.0.0.1:{port}") }
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
@@ -514,16 +411,19 @@ impl Cluster {
 
     /// A group consumer's settings, tuned for quick rebalances.
     pub fn config(&self, group: &str) -> ConsumerConfig {
-        ConsumerConfig {
-            group_id: Some(group.into()),
-            auto_offset_reset: OffsetReset::Earliest,
-            fetch_max_wait: Duration::from_millis(50),
-            retry_backoff: Duration::from_millis(20),
-            session_timeout: Duration::from_secs(6),
-            heartbeat_interval: Duration::from_millis(100),
-            max_poll_interval: Duration::from_secs(20),
-            ..ConsumerConfig::new(self.bootstrap.clone())
-        }
+        self.builder(group).build().unwrap()
+    }
+
+    /// The settings of [`Cluster::config`], to adjust before building.
+    pub fn builder(&self, group: &str) -> ConsumerConfigBuilder {
+        ConsumerConfig::builder(self.bootstrap.clone())
+            .group_id(group)
+            .auto_offset_reset(OffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(50))
+            .retry_backoff(Duration::from_millis(20))
+            .session_timeout(Duration::from_secs(6))
+            .heartbeat_interval(Duration::from_millis(100))
+            .max_poll_interval(Duration::from_secs(20))
     }
 
     pub async fn consumer(&self, config: ConsumerConfig) -> Consumer {
