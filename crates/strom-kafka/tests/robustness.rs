@@ -107,6 +107,7 @@ fn default_frame(api: ApiKey, version: i16, cid: i32) -> Option<Vec<u8>> {
         ApiKey::DeleteGroups => f!(DeleteGroupsRequest),
         ApiKey::IncrementalAlterConfigs => f!(IncrementalAlterConfigsRequest),
         ApiKey::DescribeCluster => f!(DescribeClusterRequest),
+        ApiKey::OffsetDelete => f!(OffsetDeleteRequest),
         _ => None,
     }
 }
