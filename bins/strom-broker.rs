@@ -273,8 +273,30 @@ fn kafka_config(c: &BrokerConfig) -> anyhow::Result<Option<KafkaConfig>> {
     }))
 }
 
+/// Keeps glibc's malloc from handing fetch read buffers back to the kernel after every
+/// response. A fetch reads each partition into a fresh buffer of up to
+/// `max.partition.fetch.bytes` (1 MiB) that lives until the socket has taken it (the records go
+/// out without a copy); with glibc's defaults such buffers are `mmap`ed or trimmed off the heap
+/// on free, so every read faults its pages in again (10% of the broker's time when consuming
+/// six partitions). A fixed 32 MiB mmap threshold (glibc's maximum) and a 256 MiB trim
+/// threshold keep freed buffers in the heap for the next read; what the heap holds on to is
+/// bounded by the fetches in flight at the peak.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tune_malloc();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let mut args = Args::parse();
     let log_file = args.log_file.take();
     init_logging(args.log_level.take().as_deref(), log_file.as_deref())?;

@@ -108,13 +108,8 @@ pub(crate) struct Partition {
     checkpointed_high_watermark: std::sync::atomic::AtomicI64,
     /// When the scheduled checkpoint last ran (leaf lock).
     last_hw_checkpoint: parking_lot::Mutex<Option<Instant>>,
-    /// The queue of the partition's writer (`writer` module), once the first produce
-    /// started it.
-    writer: OnceLock<tokio::sync::mpsc::Sender<writer::AppendRequest>>,
-    /// Serialises starting the writer. Leaf lock.
-    writer_start: parking_lot::Mutex<()>,
-    /// Capacity of the writer's queue.
-    write_queue_depth: usize,
+    /// The partition's writer (`writer` module): started by a produce, gone when idle.
+    writer: writer::WriterSlot,
 }
 
 impl fmt::Debug for Partition {
@@ -189,9 +184,7 @@ impl Partition {
             counters: Default::default(),
             checkpointed_high_watermark: std::sync::atomic::AtomicI64::new(-1),
             last_hw_checkpoint: parking_lot::Mutex::new(None),
-            writer: OnceLock::new(),
-            writer_start: parking_lot::Mutex::new(()),
-            write_queue_depth: writer::WRITE_QUEUE_DEPTH,
+            writer: writer::WriterSlot::new(),
         })
     }
 
@@ -748,8 +741,16 @@ mod tests {
 
     /// A partition leading alone (ISR = itself), so the high watermark follows every append.
     fn sole_leader(dir: &Path, depth: usize) -> std::sync::Arc<Partition> {
+        sole_leader_with(dir, |w| w.depth = depth)
+    }
+
+    /// [`sole_leader`] with its writer's settings changed by `configure`.
+    fn sole_leader_with(
+        dir: &Path,
+        configure: impl FnOnce(&mut writer::WriterSlot),
+    ) -> std::sync::Arc<Partition> {
         let mut p = Partition::open(dir, "t", 0, LogConfig::default()).expect("open");
-        p.write_queue_depth = depth;
+        configure(&mut p.writer);
         let mut a = assignment(1, 1, 0, &[1]);
         a.assignment.replicas = vec![1];
         a.config.min_insync_replicas = 1;
@@ -833,7 +834,79 @@ mod tests {
     }
 
     fn queue(p: &Partition) -> tokio::sync::mpsc::Sender<writer::AppendRequest> {
-        p.writer.get().expect("writer started").clone()
+        p.writer.sender().expect("writer started")
+    }
+
+    /// Waits (polling every millisecond, with a deadline) until the partition's writer
+    /// threads are down to `n`.
+    async fn until_writer_threads(p: &Partition, n: usize) {
+        let start = std::time::Instant::now();
+        while p.writer.threads() != n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "writer threads stayed at {}, not {n}",
+                p.writer.threads()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Queues `n` appends in this order (each is queued on its first poll, and `join_all`
+    /// polls them in order) and returns their first offsets.
+    async fn pipelined(p: &std::sync::Arc<Partition>, n: usize) -> Vec<i64> {
+        let appends = (0..n).map(|_| p.append_queued(batch(1), false, far_deadline()));
+        futures::future::join_all(appends)
+            .await
+            .into_iter()
+            .map(|r| r.expect("append").0.first_offset.get())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_writer_ends_and_the_next_append_starts_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = sole_leader_with(dir.path(), |w| w.idle = std::time::Duration::from_millis(20));
+        assert_eq!(p.writer.threads(), 0, "started by the first append");
+        assert_eq!(pipelined(&p, 5).await, vec![0, 1, 2, 3, 4]);
+        assert_eq!(p.writer.threads(), 1);
+        until_writer_threads(&p, 0).await;
+        assert!(p.writer.sender().is_none(), "the idle writer left its slot");
+        // Appends after the restart land in the order they were queued, after the others.
+        assert_eq!(pipelined(&p, 5).await, vec![5, 6, 7, 8, 9]);
+        assert_eq!(p.writer.threads(), 1);
+        until_writer_threads(&p, 0).await;
+        assert_eq!(p.log().log_end_offset(), Offset::new(10));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_racing_the_idle_exit_are_neither_lost_nor_reordered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // No idle period at all: the writer tries to leave every time its queue runs dry,
+        // so nearly every append meets a writer leaving or just gone.
+        let p = sole_leader_with(dir.path(), |w| w.idle = std::time::Duration::ZERO);
+        let (tasks, rounds, per_round) = (3, 40, 4);
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let p = p.clone();
+            handles.push(tokio::spawn(async move {
+                let mut firsts = Vec::new();
+                for _ in 0..rounds {
+                    firsts.extend(pipelined(&p, per_round).await);
+                }
+                firsts
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            let firsts = h.await.expect("task");
+            assert!(firsts.windows(2).all(|w| w[0] < w[1]), "reordered: {firsts:?}");
+            all.extend(firsts);
+        }
+        all.sort_unstable();
+        let total = (tasks * rounds * per_round) as i64;
+        assert_eq!(all, (0..total).collect::<Vec<_>>(), "every append written once");
+        assert_eq!(p.log().log_end_offset(), Offset::new(total));
+        until_writer_threads(&p, 0).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

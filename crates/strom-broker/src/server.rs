@@ -23,6 +23,7 @@ use crate::connection::{self, Limits};
 use crate::error::BrokerError;
 use crate::service::admin::AdminService;
 use crate::service::broker::BrokerService;
+use crate::service::fetch_route::FetchRoute;
 use crate::service::group::GroupService;
 use crate::service::quorum::QuorumService;
 use crate::service::replication::ReplicationService;
@@ -174,9 +175,15 @@ async fn run(
             let _ = draining.send(());
         }
     };
-    let broker_service = BrokerGrpcServer::new(BrokerService::new(broker.clone()))
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(config.fetch_max_bytes.saturating_add(config.max_request_bytes));
+    let max_fetch_response = config.fetch_max_bytes.saturating_add(config.max_request_bytes);
+    let broker_service = FetchRoute::new(
+        BrokerGrpcServer::new(BrokerService::new(broker.clone()))
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(max_fetch_response),
+        BrokerService::new(broker.clone()),
+        config.max_request_bytes,
+        max_fetch_response,
+    );
     let admin_service = AdminServer::new(AdminService::new(broker.clone()))
         .max_decoding_message_size(config.max_request_bytes);
     let group_service = GroupServer::new(GroupService::new(broker.clone()))

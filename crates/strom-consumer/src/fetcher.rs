@@ -103,6 +103,9 @@ struct PartitionState {
     storage_error_since: Option<Instant>,
     /// Raised per-partition fetch limit after a response held only part of a large batch.
     max_bytes_override: Option<u32>,
+    /// The high watermark of the partition's last fetch response: a position at or past it
+    /// means the broker had nothing more when it answered (see [`PartitionState::drained`]).
+    high_watermark: Option<Offset>,
 }
 
 impl PartitionState {
@@ -117,7 +120,24 @@ impl PartitionState {
             retry_at: None,
             storage_error_since: None,
             max_bytes_override: None,
+            high_watermark: None,
         }
+    }
+
+    /// Whether the broker's last answer said there is nothing past this partition's position:
+    /// a fetch of drained partitions alone would be parked for up to `fetch.max.wait`.
+    fn drained(&self) -> bool {
+        match (self.position, self.high_watermark) {
+            (Position::Known(position), Some(hw)) => position >= hw,
+            _ => false,
+        }
+    }
+
+    /// Whether the partition will be ready to fetch as soon as the application takes its
+    /// buffered records or its position lookup returns: something to wait for rather than
+    /// park a fetch of drained partitions in front of.
+    fn about_to_fetch(&self) -> bool {
+        self.buffered || (matches!(self.position, Position::Reset(_)) && self.in_flight.is_some())
     }
 
     fn ready(&self, now: Instant) -> bool {
@@ -170,7 +190,8 @@ enum TaskOutput {
 
 #[derive(Debug)]
 enum PartitionOutcome {
-    Data(Decoded),
+    /// The partition's records, and its high watermark when the broker answered (-1: unknown).
+    Data(Decoded, i64),
     Error {
         code: i32,
         message: String,
@@ -621,12 +642,21 @@ impl Fetcher {
             return;
         }
         let by_broker = self.route(candidates, |c| (&c.tp, &c.topic));
+        let waiting_for = self.brokers_about_to_fetch();
         let mut budget = budget;
         for (broker, plan) in by_broker {
             if budget == 0 {
                 break;
             }
             if self.busy_brokers.contains(&broker) {
+                continue;
+            }
+            // One fetch per broker at a time: a fetch of drained partitions alone would be
+            // parked for up to `fetch.max.wait` and keep out the partition the application is
+            // about to finish, whose next data may already be there (the stall at the end of
+            // a multi-partition read). Those partitions go with that partition's fetch instead;
+            // the drain that frees it starts the fetch in the same poll.
+            if waiting_for.contains(&broker) && plan.iter().all(|p| self.is_drained(&p.tp)) {
                 continue;
             }
             let Some(channel) = self.leader_or_retry(broker, &plan, |p| (&p.tp, &p.topic)) else {
@@ -658,6 +688,32 @@ impl Fetcher {
             self.reserved_bytes += reserved;
             self.requests.insert(handle.id(), Request::Fetch { broker, plan, reserved });
         }
+    }
+
+    fn is_drained(&self, tp: &TopicPartition) -> bool {
+        self.partitions.get(tp).is_some_and(PartitionState::drained)
+    }
+
+    /// The leader brokers of partitions that are [about to fetch](PartitionState::about_to_fetch),
+    /// from the metadata cache (a partition whose leader is unknown there counts for none).
+    fn brokers_about_to_fetch(&self) -> HashSet<i32> {
+        let mut brokers = HashSet::new();
+        let mut topics: HashMap<&str, Option<Arc<TopicInfo>>> = HashMap::new();
+        for (tp, state) in &self.partitions {
+            if !state.about_to_fetch() {
+                continue;
+            }
+            let info = topics
+                .entry(&*state.topic)
+                .or_insert_with(|| self.client.cached_topic(&state.topic));
+            if let Some(leader) =
+                info.as_ref().and_then(|i| i.partition(tp.partition)).map(|p| p.leader)
+                && leader >= 0
+            {
+                brokers.insert(leader);
+            }
+        }
+        brokers
     }
 
     /// Waits for the next task to finish, a backoff to expire, the deadline, or `interrupt`;
@@ -846,7 +902,10 @@ impl Fetcher {
                 self.on_partition_error(p, code, message);
                 return;
             }
-            PartitionOutcome::Data(decoded) => decoded,
+            PartitionOutcome::Data(decoded, high_watermark) => {
+                state.high_watermark = (high_watermark >= 0).then(|| Offset::new(high_watermark));
+                decoded
+            }
         };
         state.succeeded();
         let progress = !decoded.records.is_empty()
@@ -1073,7 +1132,8 @@ fn match_response(
             *slot = if !ErrorCode::from_i32(part.error_code).is_none() {
                 PartitionOutcome::Error { code: part.error_code, message: part.error_message }
             } else {
-                PartitionOutcome::Data(decode_partition(name, *partition, *offset, part.records))
+                let decoded = decode_partition(name, *partition, *offset, part.records);
+                PartitionOutcome::Data(decoded, part.high_watermark)
             };
         }
     }

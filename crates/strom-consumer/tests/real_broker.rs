@@ -219,3 +219,59 @@ async fn an_unknown_topic_is_reported_by_partitions_for() {
     drop(consumer);
     cluster.broker.server.shutdown().await.unwrap();
 }
+
+/// Far below the 30 s `fetch_max_wait` of the two tests below: a record that comes only after
+/// a long poll of drained partitions runs out trips it.
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+fn long_poll_config(cluster: &Cluster, max_poll_records: usize) -> ConsumerConfig {
+    ConsumerConfig {
+        fetch_max_wait: Duration::from_secs(30),
+        max_poll_records,
+        ..cluster.config(OffsetReset::Earliest)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_partitions_do_not_hold_back_one_with_data() {
+    let cluster = Cluster::start().await;
+    cluster.produce(0, 0, 10, 10).await;
+    // One record per poll: partition 0 stays buffered for ten polls while 1 and 2 are drained,
+    // the state in which a fetch of 1 and 2 alone would be parked for the whole 30 s.
+    let mut consumer = Consumer::new(long_poll_config(&cluster, 1)).await.unwrap();
+    consumer.assign(all());
+    let mut records = poll_n(&mut consumer, 1).await;
+    cluster.produce(0, 10, 1, 1).await;
+    let rest = tokio::time::timeout(HANG_GUARD, poll_n(&mut consumer, 10))
+        .await
+        .expect("the record produced to partition 0 waited for a long poll of drained partitions");
+    records.extend(rest);
+    assert_dense(&records, 0, 0, 11);
+    drop(consumer);
+    cluster.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_fetch_returns_when_any_partition_gets_data() {
+    let cluster = Cluster::start().await;
+    let mut consumer = Consumer::new(long_poll_config(&cluster, 500)).await.unwrap();
+    consumer.assign(all());
+    for p in 0..PARTITIONS {
+        assert_eq!(settle(&mut consumer, &tp(p)).await, Offset::new(0));
+    }
+    // Wait (on the broker's own count, not a sleep) until the fetch of all three is parked.
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while cluster.server.broker().parked_fetches() == 0 {
+        assert!(consumer.poll(Duration::from_millis(20)).await.unwrap().is_empty());
+        assert!(tokio::time::Instant::now() < give_up, "the fetch never parked");
+    }
+    let producer = cluster.produce(2, 0, 3, 3);
+    let (records, ()) = tokio::time::timeout(HANG_GUARD, async {
+        tokio::join!(poll_n(&mut consumer, 3), producer)
+    })
+    .await
+    .expect("a parked fetch waited out fetch_max_wait although partition 2 got data");
+    assert_dense(&records, 2, 0, 3);
+    drop(consumer);
+    cluster.server.shutdown().await.unwrap();
+}

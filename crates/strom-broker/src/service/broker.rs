@@ -23,6 +23,68 @@ impl BrokerService {
     pub(crate) fn new(broker: Arc<Broker>) -> Self {
         BrokerService { broker }
     }
+
+    /// Serves one Fetch: long-polls the broker core and answers per topic, in request order.
+    pub(crate) async fn fetch_response(&self, request: pb::FetchRequest) -> pb::FetchResponse {
+        let mut partitions = Vec::new();
+        for topic in &request.topics {
+            for p in &topic.partitions {
+                partitions.push(FetchPartitionParams {
+                    topic: topic.name.clone(),
+                    partition: p.partition,
+                    fetch_offset: p.fetch_offset,
+                    max_bytes: p.partition_max_bytes as usize,
+                    current_leader_epoch: p.current_leader_epoch,
+                });
+            }
+        }
+        let params = FetchParams {
+            max_wait: Duration::from_millis(u64::from(request.max_wait_ms)),
+            min_bytes: request.min_bytes as usize,
+            max_bytes: request.max_bytes as usize,
+            partitions,
+        };
+        let mut answers = self.broker.fetch(params).await.into_iter();
+        // The core answers in request order; regroup by topic as the request was.
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|topic| pb::FetchTopicResponse {
+                partitions: topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let answer = answers.next();
+                        let (error_code, error_message, records, high_watermark, log_start) =
+                            match answer {
+                                Some(a) => {
+                                    let (code, message) = error_fields(&a.records);
+                                    let records = a.records.unwrap_or_default();
+                                    (code, message, records, a.high_watermark, a.log_start_offset)
+                                }
+                                None => (
+                                    ErrorCode::UnknownServerError as i32,
+                                    "missing fetch answer".to_string(),
+                                    Default::default(),
+                                    -1,
+                                    -1,
+                                ),
+                            };
+                        pb::FetchPartitionResponse {
+                            partition: p.partition,
+                            error_code,
+                            error_message,
+                            high_watermark,
+                            log_start_offset: log_start,
+                            records,
+                        }
+                    })
+                    .collect(),
+                name: topic.name,
+            })
+            .collect();
+        pb::FetchResponse { topics }
+    }
 }
 
 /// A produce request's `timeout_ms`; 0 (unset) means Kafka's default `request.timeout.ms`.
@@ -86,65 +148,9 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
-        let request = request.into_inner();
-        let mut partitions = Vec::new();
-        for topic in &request.topics {
-            for p in &topic.partitions {
-                partitions.push(FetchPartitionParams {
-                    topic: topic.name.clone(),
-                    partition: p.partition,
-                    fetch_offset: p.fetch_offset,
-                    max_bytes: p.partition_max_bytes as usize,
-                    current_leader_epoch: p.current_leader_epoch,
-                });
-            }
-        }
-        let params = FetchParams {
-            max_wait: Duration::from_millis(u64::from(request.max_wait_ms)),
-            min_bytes: request.min_bytes as usize,
-            max_bytes: request.max_bytes as usize,
-            partitions,
-        };
-        let mut answers = self.broker.fetch(params).await.into_iter();
-        // The core answers in request order; regroup by topic as the request was.
-        let topics = request
-            .topics
-            .into_iter()
-            .map(|topic| pb::FetchTopicResponse {
-                partitions: topic
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let answer = answers.next();
-                        let (error_code, error_message, records, high_watermark, log_start) =
-                            match answer {
-                                Some(a) => {
-                                    let (code, message) = error_fields(&a.records);
-                                    let records = a.records.unwrap_or_default();
-                                    (code, message, records, a.high_watermark, a.log_start_offset)
-                                }
-                                None => (
-                                    ErrorCode::UnknownServerError as i32,
-                                    "missing fetch answer".to_string(),
-                                    Default::default(),
-                                    -1,
-                                    -1,
-                                ),
-                            };
-                        pb::FetchPartitionResponse {
-                            partition: p.partition,
-                            error_code,
-                            error_message,
-                            high_watermark,
-                            log_start_offset: log_start,
-                            records,
-                        }
-                    })
-                    .collect(),
-                name: topic.name,
-            })
-            .collect();
-        Ok(Response::new(pb::FetchResponse { topics }))
+        // The server answers Fetch through `fetch_route` (no copy of the records); this is
+        // the same answer for callers of the service itself.
+        Ok(Response::new(self.fetch_response(request.into_inner()).await))
     }
 
     async fn list_offsets(

@@ -6,6 +6,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod broker;
+pub(crate) mod fetch_route;
 pub(crate) mod group;
 pub(crate) mod quorum;
 pub(crate) mod replication;
