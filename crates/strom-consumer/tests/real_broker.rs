@@ -225,11 +225,13 @@ async fn an_unknown_topic_is_reported_by_partitions_for() {
 const HANG_GUARD: Duration = Duration::from_secs(10);
 
 fn long_poll_config(cluster: &Cluster, max_poll_records: usize) -> ConsumerConfig {
-    ConsumerConfig {
-        fetch_max_wait: Duration::from_secs(30),
-        max_poll_records,
-        ..cluster.config(OffsetReset::Earliest)
-    }
+    ConsumerConfig::builder(cluster.broker.addr())
+        .auto_offset_reset(OffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_secs(30))
+        .max_poll_records(max_poll_records)
+        .retry_backoff(Duration::from_millis(10))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +250,7 @@ async fn drained_partitions_do_not_hold_back_one_with_data() {
     records.extend(rest);
     assert_dense(&records, 0, 0, 11);
     drop(consumer);
-    cluster.server.shutdown().await.unwrap();
+    cluster.broker.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +263,7 @@ async fn a_parked_fetch_returns_when_any_partition_gets_data() {
     }
     // Wait (on the broker's own count, not a sleep) until the fetch of all three is parked.
     let give_up = tokio::time::Instant::now() + PATIENCE;
-    while cluster.server.broker().parked_fetches() == 0 {
+    while cluster.broker.server.broker().parked_fetches() == 0 {
         assert!(consumer.poll(Duration::from_millis(20)).await.unwrap().is_empty());
         assert!(tokio::time::Instant::now() < give_up, "the fetch never parked");
     }
@@ -273,5 +275,5 @@ async fn a_parked_fetch_returns_when_any_partition_gets_data() {
     .expect("a parked fetch waited out fetch_max_wait although partition 2 got data");
     assert_dense(&records, 2, 0, 3);
     drop(consumer);
-    cluster.server.shutdown().await.unwrap();
+    cluster.broker.server.shutdown().await.unwrap();
 }
