@@ -224,7 +224,13 @@ impl LeaderEpochCache {
         let (mut entries, on_disk) = match stored {
             Stored::Entries(e) => (e.clone(), Some(e)),
             Stored::Missing => {
-                tracing::info!(dir = %dir.display(), "no leader-epoch checkpoint; rebuilding it");
+                // A new (empty) log has nothing to rebuild: not worth a line per partition
+                // when a topic or `__consumer_offsets` is created.
+                if start == end {
+                    tracing::debug!(dir = %dir.display(), "no leader-epoch checkpoint; empty log");
+                } else {
+                    tracing::info!(dir = %dir.display(), "no leader-epoch checkpoint; rebuilding it");
+                }
                 (rebuild(segments), None)
             }
             Stored::Corrupt(why) => {
