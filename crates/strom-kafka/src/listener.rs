@@ -273,6 +273,7 @@ fn request_kind(api: ApiKey) -> RequestKind {
         | ApiKey::DeleteTopics
         | ApiKey::CreatePartitions
         | ApiKey::IncrementalAlterConfigs
+        | ApiKey::AlterConfigs
         | ApiKey::InitProducerId => RequestKind::Admin,
         _ => RequestKind::Other,
     }

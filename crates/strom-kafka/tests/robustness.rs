@@ -106,6 +106,7 @@ fn default_frame(api: ApiKey, version: i16, cid: i32) -> Option<Vec<u8>> {
         ApiKey::CreatePartitions => f!(CreatePartitionsRequest),
         ApiKey::DeleteGroups => f!(DeleteGroupsRequest),
         ApiKey::IncrementalAlterConfigs => f!(IncrementalAlterConfigsRequest),
+        ApiKey::AlterConfigs => f!(AlterConfigsRequest),
         ApiKey::DescribeCluster => f!(DescribeClusterRequest),
         ApiKey::OffsetDelete => f!(OffsetDeleteRequest),
         _ => None,

@@ -276,3 +276,45 @@ pub(super) async fn incremental_alter_configs(
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
+
+/// The legacy AlterConfigs (API 33, before KIP-339's incremental one): a topic's overrides
+/// become exactly the given set, every override not named is removed (a null value removes
+/// that one too). Broker resources are refused, as in IncrementalAlterConfigs.
+pub(super) async fn alter_configs(ctx: &Context, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        let base = AlterConfigsResourceResponse::default()
+            .with_resource_type(r.resource_type)
+            .with_resource_name(r.resource_name.clone());
+        if r.resource_type != RESOURCE_TOPIC {
+            responses.push(base.with_error_code(INVALID_REQUEST).with_error_message(Some(
+                str_bytes("only topic configs can be altered; broker settings are static"),
+            )));
+            continue;
+        }
+        let topic = r.resource_name.to_string();
+        let result = match ctx.broker().describe_topic(&topic) {
+            Err(e) => Err(e),
+            Ok(described) => {
+                let set: BTreeMap<String, String> = r
+                    .configs
+                    .iter()
+                    .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                    .collect();
+                // Every setting not set here: the broker removes those that are overrides.
+                let delete =
+                    described.configs.keys().filter(|k| !set.contains_key(*k)).cloned().collect();
+                let change = strom_broker::ConfigAlteration { topic, set, delete };
+                ctx.broker().alter_topic_config(change, req.validate_only).await
+            }
+        };
+        responses.push(match result {
+            Ok(()) => base,
+            Err(e) => {
+                base.with_error_code(code(&e)).with_error_message(Some(str_bytes(&e.message)))
+            }
+        });
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}

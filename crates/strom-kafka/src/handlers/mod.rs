@@ -137,6 +137,7 @@ requests! {
     IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
     DescribeCluster => DescribeClusterRequest,
     OffsetDelete => OffsetDeleteRequest,
+    AlterConfigs => AlterConfigsRequest,
 }
 
 impl Decoded {
@@ -205,6 +206,7 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
         Request::DeleteTopics(r) => answer!(admin::delete_topics(ctx, *r, version).await),
         Request::CreatePartitions(r) => answer!(admin::create_partitions(ctx, *r).await),
         Request::DescribeConfigs(r) => answer!(admin::describe_configs(ctx, *r, version)),
+        Request::AlterConfigs(r) => answer!(admin::alter_configs(ctx, *r).await),
         Request::IncrementalAlterConfigs(r) => {
             answer!(admin::incremental_alter_configs(ctx, *r).await)
         }
