@@ -274,12 +274,16 @@ impl Client {
         }
         let topics = self.fetch_metadata(vec![topic.to_owned()]).await?;
         let meta = topics.into_iter().find(|t| t.name == topic);
+        // An "unknown topic" answer leaves a cached copy in place: it may come from a broker
+        // that has just restarted and not yet caught up with the metadata (a rolling restart),
+        // and dropping the copy would fail every send until another broker answers. The
+        // partition leaders decide instead: a deleted topic's produce and fetch fail there
+        // with UNKNOWN_TOPIC_OR_PARTITION, retried until the delivery timeout, as in Kafka.
+        // `delete_topic` and `invalidate` still drop it.
         let Some(meta) = meta else {
-            self.inner.topics.write().remove(topic);
             return Err(ClientError::UnknownTopic(topic.to_owned()));
         };
         if let Err(e) = check_code(meta.error_code, &meta.error_message) {
-            self.inner.topics.write().remove(topic);
             return Err(match e.code() {
                 Some(ErrorCode::UnknownTopicOrPartition) => {
                     ClientError::UnknownTopic(topic.to_owned())
