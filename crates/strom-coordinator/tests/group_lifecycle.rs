@@ -476,17 +476,7 @@ async fn offset_delete_keeps_subscribed_topics_and_refuses_unknown_groups() {
     assert_eq!(none.error_code, ErrorCode::GroupIdNotFound);
 
     // A member subscribed to "orders"; the group also has offsets of "old".
-    let joined = c.join_group(join_req("", &["orders"])).await;
-    assert_eq!(joined.error_code, ErrorCode::None);
-    let synced = c
-        .sync_group(SyncGroupRequest {
-            group_id: GROUP.into(),
-            generation_id: joined.generation_id,
-            member_id: joined.member_id.clone(),
-            assignments: vec![],
-            group_instance_id: None,
-        })
-        .await;
+    let (joined, synced) = join_and_sync(&c, "").await;
     assert_eq!(synced.error_code, ErrorCode::None);
     let commit = |topic: &str, partition: i32| strom_coordinator::OffsetWrite {
         topic: topic.into(),

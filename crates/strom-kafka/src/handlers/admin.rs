@@ -234,47 +234,60 @@ pub(super) async fn incremental_alter_configs(
         let base = AlterConfigsResourceResponse::default()
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());
-        if r.resource_type != RESOURCE_TOPIC {
-            responses.push(base.with_error_code(INVALID_REQUEST).with_error_message(Some(
-                str_bytes("only topic configs can be altered; broker settings are static"),
-            )));
-            continue;
-        }
-        let mut change = strom_broker::ConfigAlteration {
-            topic: r.resource_name.to_string(),
-            ..Default::default()
-        };
-        let mut refusal = None;
-        for c in &r.configs {
-            match (c.config_operation, &c.value) {
-                (0, Some(v)) => {
-                    change.set.insert(c.name.to_string(), v.to_string());
-                }
-                (1, _) => change.delete.push(c.name.to_string()),
-                (op, _) => {
-                    refusal = Some(format!(
-                        "config operation {op} on {} is not supported (SET with a value, or DELETE)",
-                        c.name.as_str()
-                    ));
+        let change = || {
+            let mut change = strom_broker::ConfigAlteration {
+                topic: r.resource_name.to_string(),
+                ..Default::default()
+            };
+            for c in &r.configs {
+                match (c.config_operation, &c.value) {
+                    (0, Some(v)) => {
+                        change.set.insert(c.name.to_string(), v.to_string());
+                    }
+                    (1, _) => change.delete.push(c.name.to_string()),
+                    (op, _) => {
+                        return Err((
+                            INVALID_REQUEST,
+                            format!(
+                                "config operation {op} on {} is not supported (SET with a \
+                                 value, or DELETE)",
+                                c.name.as_str()
+                            ),
+                        ));
+                    }
                 }
             }
-        }
-        let result = match refusal {
-            Some(message) => Err((INVALID_REQUEST, message)),
-            None => ctx
-                .broker()
-                .alter_topic_config(change, req.validate_only)
-                .await
-                .map_err(|e| (code(&e), e.message)),
+            Ok(change)
         };
-        responses.push(match result {
-            Ok(()) => base,
-            Err((code, message)) => {
-                base.with_error_code(code).with_error_message(Some(str_bytes(&message)))
-            }
-        });
+        responses.push(
+            match alter_resource(ctx, r.resource_type, change, req.validate_only).await {
+                Ok(()) => base,
+                Err((code, message)) => {
+                    base.with_error_code(code).with_error_message(Some(str_bytes(&message)))
+                }
+            },
+        );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// One resource of either AlterConfigs form: only topics can be altered (broker settings are
+/// static); `change` builds the topic's alteration, which the broker validates as a whole and
+/// applies through the controller. The error is Kafka's code and message.
+async fn alter_resource(
+    ctx: &Context,
+    resource_type: i8,
+    change: impl FnOnce() -> Result<strom_broker::ConfigAlteration, (i16, String)>,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    if resource_type != RESOURCE_TOPIC {
+        return Err((
+            INVALID_REQUEST,
+            "only topic configs can be altered; broker settings are static".to_owned(),
+        ));
+    }
+    let change = change()?;
+    ctx.broker().alter_topic_config(change, validate_only).await.map_err(|e| (code(&e), e.message))
 }
 
 /// The legacy AlterConfigs (API 33, before KIP-339's incremental one): a topic's overrides
@@ -287,34 +300,28 @@ pub(super) async fn alter_configs(ctx: &Context, req: AlterConfigsRequest) -> Al
         let base = AlterConfigsResourceResponse::default()
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());
-        if r.resource_type != RESOURCE_TOPIC {
-            responses.push(base.with_error_code(INVALID_REQUEST).with_error_message(Some(
-                str_bytes("only topic configs can be altered; broker settings are static"),
-            )));
-            continue;
-        }
-        let topic = r.resource_name.to_string();
-        let result = match ctx.broker().describe_topic(&topic) {
-            Err(e) => Err(e),
-            Ok(described) => {
-                let set: BTreeMap<String, String> = r
-                    .configs
-                    .iter()
-                    .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
-                    .collect();
-                // Every setting not set here: the broker removes those that are overrides.
-                let delete =
-                    described.configs.keys().filter(|k| !set.contains_key(*k)).cloned().collect();
-                let change = strom_broker::ConfigAlteration { topic, set, delete };
-                ctx.broker().alter_topic_config(change, req.validate_only).await
-            }
+        let change = || {
+            let topic = r.resource_name.to_string();
+            let described =
+                ctx.broker().describe_topic(&topic).map_err(|e| (code(&e), e.message))?;
+            let set: BTreeMap<String, String> = r
+                .configs
+                .iter()
+                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                .collect();
+            // Every setting not set here: the broker removes those that are overrides.
+            let delete =
+                described.configs.keys().filter(|k| !set.contains_key(*k)).cloned().collect();
+            Ok(strom_broker::ConfigAlteration { topic, set, delete })
         };
-        responses.push(match result {
-            Ok(()) => base,
-            Err(e) => {
-                base.with_error_code(code(&e)).with_error_message(Some(str_bytes(&e.message)))
-            }
-        });
+        responses.push(
+            match alter_resource(ctx, r.resource_type, change, req.validate_only).await {
+                Ok(()) => base,
+                Err((code, message)) => {
+                    base.with_error_code(code).with_error_message(Some(str_bytes(&message)))
+                }
+            },
+        );
     }
     AlterConfigsResponse::default().with_responses(responses)
 }
