@@ -91,6 +91,8 @@ pub struct Broker {
     kafka_advertised: RwLock<Option<String>>,
     /// Applied index of the last image the replica manager finished.
     reconciled: watch::Receiver<u64>,
+    /// Turns `true` once this process has caught up with the quorum (`recovery.rs`).
+    pub(crate) serving: watch::Receiver<bool>,
     /// Flips to `true` once: parked fetches answer and background work stops.
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -154,6 +156,7 @@ impl Broker {
         let controller =
             ControllerHandle::spawn(config.clone(), quorum.clone(), voters, shutdown.subscribe());
         let (reconciled_tx, reconciled) = watch::channel(0);
+        let (serving_tx, serving) = watch::channel(false);
         let coordinator: Arc<RwLock<Option<CoordinatorSlot>>> = Arc::new(RwLock::new(None));
         let cluster_id = quorum.cluster_id();
         let advertised = config.advertised(config.listen);
@@ -179,6 +182,7 @@ impl Broker {
             advertised: RwLock::new(advertised),
             kafka_advertised: RwLock::new(None),
             reconciled,
+            serving,
             shutdown,
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -227,7 +231,8 @@ impl Broker {
         }
         let heartbeats = tokio::spawn(heartbeat_loop(Arc::downgrade(&broker)));
         let isr = tokio::spawn(crate::replication::isr_loop(Arc::downgrade(&broker), isr_queue));
-        broker.tasks.lock().extend([follow, maintenance, heartbeats, isr]);
+        let recovery = tokio::spawn(crate::recovery::latch(Arc::downgrade(&broker), serving_tx));
+        broker.tasks.lock().extend([follow, maintenance, heartbeats, isr, recovery]);
         tracing::info!(
             node_id = config.node_id,
             %cluster_id,
@@ -263,12 +268,7 @@ impl Broker {
                     .state
                     .partitions()
                     .all(|(_, p)| !p.replicas.contains(&me) || p.leader != NO_LEADER);
-                image
-                    .state
-                    .broker(me)
-                    .filter(|b| b.registration.incarnation == self.incarnation && !b.fenced)
-                    .filter(|_| elected)
-                    .map(|_| image.applied)
+                self.registered_at(&image).filter(|_| elected)
             };
             let ready = registered_at.is_some_and(|at| *reconciled.borrow_and_update() >= at);
             if ready && self.coordinator.read().is_some() {
@@ -370,6 +370,16 @@ impl Broker {
     /// Applied index of the last image whose replicas this node has opened.
     pub(crate) fn reconciled_index(&self) -> u64 {
         *self.reconciled.borrow()
+    }
+
+    /// A receiver of [`Broker::reconciled_index`].
+    pub(crate) fn reconciled_signal(&self) -> watch::Receiver<u64> {
+        self.reconciled.clone()
+    }
+
+    /// This process's registration incarnation: a restart gets a new one.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The active controller as this node knows it.

@@ -55,6 +55,7 @@ mod peers;
 mod producer_ids;
 mod quorum;
 mod raft;
+mod recovery;
 mod replicas;
 mod replication;
 mod server;

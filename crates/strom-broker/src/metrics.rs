@@ -481,6 +481,9 @@ impl Broker {
         if self.is_shutting_down() {
             return Err("shutting down".into());
         }
+        if !self.is_serving() {
+            return Err("recovering: not caught up with the metadata quorum since the start".into());
+        }
         let image = self.image();
         let me = self.config().node_id;
         match image.state.broker(me) {

@@ -26,6 +26,7 @@ use crate::service::broker::BrokerService;
 use crate::service::fetch_route::FetchRoute;
 use crate::service::group::GroupService;
 use crate::service::quorum::QuorumService;
+use crate::service::recovery_gate::RecoveryGateLayer;
 use crate::service::replication::ReplicationService;
 
 /// HTTP/2 streams (concurrent requests) one connection may have open.
@@ -206,6 +207,7 @@ async fn run(
     );
     let serving = Server::builder()
         .layer(crate::metrics::MetricsLayer(broker.metrics().clone()))
+        .layer(RecoveryGateLayer(broker.clone()))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

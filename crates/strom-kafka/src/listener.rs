@@ -118,6 +118,15 @@ async fn accept_loop(
 ) {
     let mut connections = JoinSet::new();
     let mut broker_stopping = shared.broker.shutdown_signal();
+    // A node that has not caught up with the metadata quorum since it started would answer
+    // from a stale image: like a Kafka broker in RECOVERY it accepts nobody yet, and clients
+    // wait in the backlog or use another node (strom-broker's `recovery.rs`).
+    let mut serving = shared.broker.serving_signal();
+    tokio::select! {
+        () = turned_true(&mut serving) => {}
+        () = turned_true(&mut stopped) => return,
+        () = turned_true(&mut broker_stopping) => return,
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

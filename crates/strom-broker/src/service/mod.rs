@@ -9,6 +9,7 @@ pub(crate) mod broker;
 pub(crate) mod fetch_route;
 pub(crate) mod group;
 pub(crate) mod quorum;
+pub(crate) mod recovery_gate;
 pub(crate) mod replication;
 
 use strom_proto::v1::ErrorCode;
