@@ -96,9 +96,10 @@ fn file_system_space(dir: &Path) -> std::io::Result<(u64, u64)> {
     }
     // SAFETY: statvfs returned 0, so it filled the whole struct (zeroed before anyway).
     let stat = unsafe { stat.assume_init() };
-    let fragment = u64::from(stat.f_frsize);
-    #[allow(clippy::useless_conversion)] // the field types differ between platforms
-    let (blocks, available) = (u64::from(stat.f_blocks), u64::from(stat.f_bavail));
+    // The field types differ between platforms (u64 on Linux x86-64).
+    #[allow(clippy::useless_conversion)]
+    let (fragment, blocks, available) =
+        (u64::from(stat.f_frsize), u64::from(stat.f_blocks), u64::from(stat.f_bavail));
     Ok((blocks.saturating_mul(fragment), available.saturating_mul(fragment)))
 }
 

@@ -18,6 +18,7 @@ use support::{Client, Node, topic};
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const INVALID_REQUEST: i16 = 42;
+const INVALID_TOPIC_EXCEPTION: i16 = 17;
 
 /// `(partition, error, low watermark)` of each partition of one topic's answer.
 fn delete(c: &mut Client, version: i16, t: &str, parts: &[(i32, i64)]) -> Vec<(i32, i16, i64)> {
@@ -101,6 +102,10 @@ fn delete_records_moves_the_low_watermark_at_every_version() {
     // The log goes on at its end.
     assert_eq!(node.produce("dr", 0, "after"), 10);
     assert_eq!(fetch(&mut c, "dr", 0, 10), (0, 10, Some(10)));
+
+    // Internal topics are refused (their records are the coordinator's state).
+    let offsets = delete(&mut c, 2, "__consumer_offsets", &[(0, -1)]);
+    assert_eq!(offsets, vec![(0, INVALID_TOPIC_EXCEPTION, -1)]);
 
     // A partition named twice: the whole request is refused per partition.
     let answer = delete(&mut c, 2, "dr", &[(1, 0), (1, 0)]);
