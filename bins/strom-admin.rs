@@ -150,6 +150,37 @@ enum Topics {
         #[arg(long, value_name = "IDS", value_parser = parse_replica_assignment)]
         replica_assignment: Option<ReplicaAssignment>,
     },
+    /// Deletes a partition's records below an offset (Kafka's DeleteRecords): the log start
+    /// moves there on every in-sync replica, and consumers reading from the earliest offset
+    /// start at it.
+    DeleteRecords {
+        /// Topic name.
+        name: String,
+        /// The partition.
+        #[arg(long)]
+        partition: i32,
+        /// Records below this offset are deleted; -1 means the high watermark (everything
+        /// committed).
+        #[arg(long, allow_negative_numbers = true)]
+        offset: i64,
+        /// How long the leader waits for the in-sync replicas to follow (on top of
+        /// --timeout-ms).
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        wait_ms: u32,
+    },
+    /// Moves partition leadership (Kafka's ElectLeaders): `preferred` gives each partition to
+    /// the first replica of its assignment when that one is in sync; `unclean` gives a
+    /// partition without a live leader to any live replica (records only others held are lost).
+    ElectLeaders {
+        /// Topic name; all topics when omitted.
+        name: Option<String>,
+        /// Only this partition of the topic.
+        #[arg(long, requires = "name")]
+        partition: Option<i32>,
+        /// `preferred` or `unclean`.
+        #[arg(long, value_enum, default_value_t = Election::Preferred)]
+        election: Election,
+    },
     /// Sets or removes a topic's config overrides, e.g. `min.insync.replicas=2`.
     AlterConfig {
         /// Topic name.
@@ -161,6 +192,13 @@ enum Topics {
         #[arg(long = "delete", value_name = "KEY")]
         delete: Vec<String>,
     },
+}
+
+/// The election types of `topics elect-leaders`, Kafka's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Election {
+    Preferred,
+    Unclean,
 }
 
 /// Replica node ids of each added partition (`--replica-assignment 1:2,2:3`). A newtype: clap
@@ -694,6 +732,117 @@ async fn topics(client: &Client, cmd: Topics, output: Output) -> anyhow::Result<
             };
             check_code(result.error_code, &result.error_message).map_err(|e| explain(e, &name))?;
             out!("Topic {name} now has {partitions} partition(s).");
+        }
+        Topics::DeleteRecords { name, partition, offset, wait_ms } => {
+            if offset < -1 {
+                bail!("--offset must be an offset (>= 0) or -1 for the high watermark");
+            }
+            use strom_client::proto::v1 as pb;
+            // Only the partition's leader deletes records.
+            let leader = client
+                .leader_for(&name, PartitionId::new(partition))
+                .await
+                .map_err(|e| explain(e, &name))?;
+            let channel = client.broker_channel(leader).map_err(|e| explain(e, &name))?;
+            let request = pb::DeleteRecordsRequest {
+                partitions: vec![pb::DeleteRecordsPartition {
+                    topic: name.clone(),
+                    partition,
+                    offset,
+                }],
+                timeout_ms: wait_ms,
+            };
+            let wait = Duration::from_millis(u64::from(wait_ms));
+            let response = pb::admin_client::AdminClient::new(channel)
+                .delete_records(client.request_with_extra(request, wait))
+                .await
+                .map_err(|s| explain(ClientError::from(s), &name))?
+                .into_inner();
+            let Some(result) = response.partitions.into_iter().next() else {
+                bail!("the broker did not answer for {name}-{partition}");
+            };
+            check_code(result.error_code, &result.error_message).map_err(|e| explain(e, &name))?;
+            if output == Output::Json {
+                print_json(&serde_json::json!({
+                    "topic": name,
+                    "partition": partition,
+                    "low_watermark": result.low_watermark,
+                }));
+            } else {
+                out!(
+                    "Deleted the records of {name}-{partition} below offset {} (its new low \
+                     watermark).",
+                    result.low_watermark
+                );
+            }
+        }
+        Topics::ElectLeaders { name, partition, election } => {
+            use strom_client::proto::v1 as pb;
+            let partitions: Vec<pb::ElectionPartition> = match (&name, partition) {
+                (None, _) => Vec::new(),
+                (Some(topic), Some(p)) => {
+                    vec![pb::ElectionPartition { topic: topic.clone(), partition: p }]
+                }
+                (Some(topic), None) => {
+                    let info = client.topic_metadata(topic).await.map_err(|e| explain(e, topic))?;
+                    (0..info.num_partitions())
+                        .map(|p| pb::ElectionPartition {
+                            topic: topic.clone(),
+                            partition: i32::try_from(p).unwrap_or(i32::MAX),
+                        })
+                        .collect()
+                }
+            };
+            let request = pb::ElectLeadersRequest {
+                election_type: match election {
+                    Election::Preferred => 0,
+                    Election::Unclean => 1,
+                },
+                all_partitions: name.is_none(),
+                partitions,
+            };
+            let topic = name.clone().unwrap_or_default();
+            let response = client
+                .admin()
+                .elect_leaders(client.request(request))
+                .await
+                .map_err(|s| explain(ClientError::from(s), &topic))?
+                .into_inner();
+            let mut failed = 0usize;
+            let mut json = Vec::new();
+            for r in &response.partitions {
+                let code = ErrorCode::from_i32(r.error_code);
+                let ok = matches!(code, ErrorCode::None | ErrorCode::ElectionNotNeeded);
+                failed += usize::from(!ok);
+                match output {
+                    Output::Json => json.push(serde_json::json!({
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "error": (code != ErrorCode::None).then(|| code.name()),
+                        "message": r.error_message,
+                        "leader": r.leader,
+                    })),
+                    Output::Text if code == ErrorCode::None => {
+                        out!("{}-{}: leader is now {}", r.topic, r.partition, r.leader);
+                    }
+                    Output::Text if ok => {
+                        out!("{}-{}: no election needed", r.topic, r.partition);
+                    }
+                    Output::Text => eprintln!(
+                        "error: {}-{}: {} ({})",
+                        r.topic,
+                        r.partition,
+                        r.error_message,
+                        code.name()
+                    ),
+                }
+            }
+            if output == Output::Json {
+                print_json(&serde_json::Value::Array(json));
+            }
+            if failed > 0 {
+                bail!("{failed} partition(s) got no new leader");
+            }
         }
         Topics::AlterConfig { name, set, delete } => {
             if set.is_empty() && delete.is_empty() {

@@ -225,6 +225,11 @@ fn kafka_python_adds_partitions_and_fetches_them_in_a_fetch_session() {
 }
 
 #[test]
+fn confluent_kafka_deletes_records_and_a_consumer_from_earliest_starts_there() {
+    python_scenario("delete-records");
+}
+
+#[test]
 fn aiokafka_produces_and_consumes_in_a_group() {
     python_scenario("aiokafka");
 }

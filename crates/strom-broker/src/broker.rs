@@ -760,7 +760,7 @@ impl Broker {
     }
 
     /// Waits (bounded) until the image satisfies `done` and this node has reconciled it.
-    async fn wait_applied(&self, done: impl Fn(&Image) -> bool) {
+    pub(crate) async fn wait_applied(&self, done: impl Fn(&Image) -> bool) {
         let deadline = tokio::time::Instant::now() + APPLY_PATIENCE;
         let mut images = self.quorum.image();
         let mut reconciled = self.reconciled.clone();

@@ -72,6 +72,12 @@ pub(crate) enum Command {
         change: crate::types::ConfigAlteration,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    /// ElectLeaders: one result per partition, in order (the new leader, or why none).
+    ElectLeaders {
+        election: crate::elect_leaders::ElectionType,
+        partitions: Vec<(String, i32)>,
+        reply: oneshot::Sender<Result<Vec<Result<i32, ApiError>>, ApiError>>,
+    },
     /// A broker shutting down cleanly: fence it and move its leadership away now.
     ControlledShutdown {
         node_id: i32,
@@ -244,6 +250,10 @@ impl Active {
                 let result = self.controlled_shutdown(node_id).await;
                 let _ = reply.send(result);
             }
+            Command::ElectLeaders { election, partitions, reply } => {
+                let result = self.elect_leaders(election, partitions).await;
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -345,6 +355,33 @@ impl Active {
                 "adding partitions");
         }
         self.propose(record).await
+    }
+
+    /// One election per partition, each decided on the image the previous one left.
+    async fn elect_leaders(
+        &mut self,
+        election: crate::elect_leaders::ElectionType,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<Result<i32, ApiError>>, ApiError> {
+        if self.logic().is_none() {
+            return Err(not_controller());
+        }
+        let mut out = Vec::with_capacity(partitions.len());
+        for (topic, partition) in partitions {
+            let state = self.state();
+            let result =
+                match crate::elect_leaders::election_change(&state, election, &topic, partition) {
+                    Ok(change) => {
+                        let leader = change.leader;
+                        tracing::info!(%topic, partition, leader, ?election,
+                            leader_epoch = change.leader_epoch, "leader election asked for");
+                        self.propose(MetadataRecord::PartitionChange(change)).await.map(|()| leader)
+                    }
+                    Err(e) => Err(e),
+                };
+            out.push(result);
+        }
+        Ok(out)
     }
 
     async fn controlled_shutdown(&mut self, node_id: i32) -> Result<(), ApiError> {

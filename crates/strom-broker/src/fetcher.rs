@@ -230,6 +230,7 @@ async fn fetch_once(
             current_leader_epoch: epoch.get(),
             partition_max_bytes: u32::try_from(ctx.config.replica_fetch_max_bytes)
                 .unwrap_or(u32::MAX),
+            log_start_offset: p.follower_log_start().get(),
         });
         asked.push(Asked { partition: p.clone(), epoch });
     }
@@ -275,7 +276,12 @@ fn apply(asked: Vec<Asked>, answers: Vec<pb::ReplicaFetchPartitionResponse>) -> 
                         };
                         p.truncate_diverging(a.epoch, d).map(|_| ())
                     }
-                    None => p.apply_from_leader(a.epoch, r.records, Offset::new(r.high_watermark)),
+                    None => p.apply_from_leader(
+                        a.epoch,
+                        r.records,
+                        Offset::new(r.high_watermark),
+                        Offset::new(r.log_start_offset),
+                    ),
                 }
             }
             ErrorCode::OffsetOutOfRange => {

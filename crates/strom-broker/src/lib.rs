@@ -40,6 +40,8 @@ mod broker;
 mod config;
 mod connection;
 mod controller;
+mod delete_records;
+mod elect_leaders;
 mod end_offsets;
 mod error;
 mod fetch;
@@ -48,6 +50,7 @@ mod http_support;
 mod kafka_support;
 mod limits;
 mod log_cleaner;
+mod log_dirs;
 mod metadata;
 mod metrics;
 mod partition;
@@ -65,12 +68,15 @@ mod types;
 
 pub use broker::{Broker, MAX_TOPICS_PER_REQUEST};
 pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig, parse_voters};
+pub use delete_records::DEFAULT_DELETE_RECORDS_TIMEOUT;
+pub use elect_leaders::{ElectionOutcome, ElectionType};
 pub use error::{ApiError, BrokerError};
 pub use fetch::MAX_FETCH_PARTITIONS;
 pub use http_support::DEFAULT_HTTP_LISTEN;
 pub use kafka_support::DEFAULT_KAFKA_LISTEN;
 pub use limits::{MAX_REQUEST_PARTITIONS, check_partition_entries};
 pub use log_cleaner::CleanerPass;
+pub use log_dirs::{LogDirDescription, LogDirPartition};
 pub use metadata::{
     ClusterMetadata, FileMetadataStore, METADATA_FILE, MetadataStore, PartitionRecord, TopicRecord,
 };

@@ -8,6 +8,7 @@
 //! The replication side (serving followers, applying what the leader sends, truncating a
 //! divergent tail) is in the `replica` submodule.
 
+mod delete_records;
 mod hw_checkpoint;
 mod replica;
 mod writer;
@@ -110,6 +111,11 @@ pub(crate) struct Partition {
     last_hw_checkpoint: parking_lot::Mutex<Option<Instant>>,
     /// The partition's writer (`writer` module): started by a produce, gone when idle.
     writer: writer::WriterSlot,
+    /// The followers' log starts, for the low watermark DeleteRecords waits for.
+    follower_starts: delete_records::FollowerStarts,
+    /// As follower: the high watermark the leader last reported, before it is capped at the
+    /// local log end (DescribeLogDirs' offset lag). -1 until a fetch answered.
+    leader_high_watermark: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for Partition {
@@ -185,6 +191,8 @@ impl Partition {
             checkpointed_high_watermark: std::sync::atomic::AtomicI64::new(-1),
             last_hw_checkpoint: parking_lot::Mutex::new(None),
             writer: writer::WriterSlot::new(),
+            follower_starts: delete_records::FollowerStarts::new(),
+            leader_high_watermark: std::sync::atomic::AtomicI64::new(-1),
         })
     }
 
@@ -304,6 +312,10 @@ impl Partition {
                 epoch = epoch.get(), "replica role changed");
             self.high_watermark.send_modify(|_| {});
             self.log_end.send_modify(|_| {});
+            self.follower_starts.clear();
+        } else {
+            // The ISR may have changed: DeleteRecords waiting on the low watermark looks again.
+            self.follower_starts.wake();
         }
         moved
     }
@@ -375,6 +387,16 @@ impl Partition {
 
     pub(crate) fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
+    }
+
+    /// How far this replica's log end is behind the high watermark: 0 on the leader, on a
+    /// follower against the high watermark its leader last reported (DescribeLogDirs).
+    pub(crate) fn offset_lag(&self) -> i64 {
+        if self.is_leader() {
+            return 0;
+        }
+        let leader_hw = self.leader_high_watermark.load(Ordering::Acquire);
+        leader_hw.saturating_sub(self.log.log_end_offset().get()).max(0)
     }
 
     pub(crate) fn log_start_offset(&self) -> Offset {
@@ -603,8 +625,12 @@ impl Partition {
                     .log
                     .offset_for_timestamp(ts)
                     .map_err(|e| self.log_error("timestamp lookup", &e))?;
+                // A record before a start that DeleteRecords moved inside its batch is gone.
+                let start = self.log.log_start_offset();
                 match found {
-                    Some((offset, ts)) if offset < self.high_watermark() => Ok((offset.get(), ts)),
+                    Some((offset, ts)) if offset < self.high_watermark() => {
+                        Ok((offset.max(start).get(), ts))
+                    }
                     _ => Ok((-1, -1)),
                 }
             }

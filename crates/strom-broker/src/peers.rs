@@ -232,6 +232,43 @@ impl Peers {
         first_result(response.into_inner().topics, &name)
     }
 
+    /// Runs an election through the active controller: one result per partition, in order.
+    pub(crate) async fn elect_leaders(
+        &self,
+        controller: &ControllerView,
+        election: crate::elect_leaders::ElectionType,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<Result<i32, ApiError>>, ApiError> {
+        let mut client = pb::admin_client::AdminClient::new(self.controller_channel(controller)?);
+        let request = pb::ElectLeadersRequest {
+            election_type: i32::from(election.kafka_value()),
+            partitions: partitions
+                .iter()
+                .map(|(topic, partition)| pb::ElectionPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                })
+                .collect(),
+            all_partitions: false,
+        };
+        let response = client.elect_leaders(Self::forwarded(request)).await.map_err(unreachable)?;
+        let answers = response.into_inner().partitions;
+        if answers.len() != partitions.len() {
+            return Err(ApiError::new(
+                ErrorCode::UnknownServerError,
+                format!(
+                    "the controller answered {} of {} partitions",
+                    answers.len(),
+                    partitions.len()
+                ),
+            ));
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| answered(a.error_code, a.error_message).map(|()| a.leader))
+            .collect())
+    }
+
     /// Asks the active controller to move leadership off `node_id` before it stops.
     pub(crate) async fn controlled_shutdown(
         &self,

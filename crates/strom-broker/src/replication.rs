@@ -76,8 +76,16 @@ pub(crate) async fn serve_replica_fetch(
             })
             .collect();
         let answered = serve_round(broker, follower, &request, &partitions).await;
-        let ready = answered.iter().any(|(a, _)| match a {
-            Ok(a) => !a.records.is_empty() || a.diverging.is_some() || a.out_of_range,
+        let ready = answered.iter().zip(&request.partitions).any(|((a, _), asked)| match a {
+            // A log start the follower has not taken yet (DeleteRecords moved it) is news
+            // too: it is what the leader's DeleteRecords waits for.
+            Ok(a) => {
+                !a.records.is_empty()
+                    || a.diverging.is_some()
+                    || a.out_of_range
+                    || (a.log_start_offset.get() > asked.log_start_offset
+                        && asked.fetch_offset > asked.log_start_offset)
+            }
             Err(_) => true,
         });
         if ready
@@ -119,6 +127,7 @@ async fn serve_round(
                     .then(|| LeaderEpoch::new(asked.last_fetched_epoch)),
                 current_leader_epoch: LeaderEpoch::new(asked.current_leader_epoch),
                 max_bytes: asked.partition_max_bytes.max(1) as usize,
+                log_start_offset: Offset::new(asked.log_start_offset.max(0)),
             };
             (p.clone(), fetch, (asked.topic.clone(), asked.partition))
         })

@@ -165,10 +165,16 @@ error_codes! {
     UnknownLeaderEpoch = 75, "UNKNOWN_LEADER_EPOCH";
     /// KIP-394: rejoin with the member id in the response.
     MemberIdRequired = 79, "MEMBER_ID_REQUIRED";
+    /// ElectLeaders: the preferred replica is not in sync (or not alive).
+    PreferredLeaderNotAvailable = 80, "PREFERRED_LEADER_NOT_AVAILABLE";
     /// The group has the maximum number of members.
     GroupMaxSizeReached = 81, "GROUP_MAX_SIZE_REACHED";
     /// KIP-345: another consumer took this one's `group.instance.id`.
     FencedInstanceId = 82, "FENCED_INSTANCE_ID";
+    /// ElectLeaders: no live replica may lead the partition.
+    EligibleLeadersNotAvailable = 83, "ELIGIBLE_LEADERS_NOT_AVAILABLE";
+    /// ElectLeaders: the partition already has the leader asked for.
+    ElectionNotNeeded = 84, "ELECTION_NOT_NEEDED";
     /// A record in the batch is invalid.
     InvalidRecord = 87, "INVALID_RECORD";
     /// A metadata update's version is stale.

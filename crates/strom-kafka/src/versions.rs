@@ -35,6 +35,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
+    // v2 is the first flexible version.
+    (ApiKey::DeleteRecords, 0, 2),
+    // v0 is gone from Kafka 4 and from the codec; v2 is the first flexible version.
+    (ApiKey::DescribeLogDirs, 1, 4),
+    // v2 is the first flexible version.
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// The supported range of `api`, if the listener serves it.
@@ -80,6 +86,9 @@ mod tests {
             ApiKey::AlterConfigs => AlterConfigsRequest::VERSIONS,
             ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
             ApiKey::OffsetDelete => OffsetDeleteRequest::VERSIONS,
+            ApiKey::DeleteRecords => DeleteRecordsRequest::VERSIONS,
+            ApiKey::DescribeLogDirs => DescribeLogDirsRequest::VERSIONS,
+            ApiKey::ElectLeaders => ElectLeadersRequest::VERSIONS,
             other => panic!("{other:?} not in the table"),
         };
         (r.min, r.max)

@@ -109,6 +109,9 @@ fn default_frame(api: ApiKey, version: i16, cid: i32) -> Option<Vec<u8>> {
         ApiKey::AlterConfigs => f!(AlterConfigsRequest),
         ApiKey::DescribeCluster => f!(DescribeClusterRequest),
         ApiKey::OffsetDelete => f!(OffsetDeleteRequest),
+        ApiKey::DeleteRecords => f!(DeleteRecordsRequest),
+        ApiKey::DescribeLogDirs => f!(DescribeLogDirsRequest),
+        ApiKey::ElectLeaders => f!(ElectLeadersRequest),
         _ => None,
     }
 }
@@ -139,7 +142,52 @@ fn rich_frames(cid: i32) -> Vec<(ApiKey, i16, Vec<u8>)> {
         .with_forgotten_topics_data(vec![
             ForgottenTopic::default().with_topic(name).with_partitions(vec![1, 2]),
         ]);
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    let delete = DeleteRecordsRequest::default().with_timeout_ms(100).with_topics(vec![
+        DeleteRecordsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("rich")))
+            .with_partitions(vec![
+                DeleteRecordsPartition::default().with_partition_index(0).with_offset(-1),
+                DeleteRecordsPartition::default().with_partition_index(1).with_offset(i64::MAX),
+            ]),
+    ]);
+    let log_dirs = DescribeLogDirsRequest::default().with_topics(Some(vec![
+        describe_log_dirs_request::DescribableLogDirTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("rich")))
+            .with_partitions(vec![0, 1, -1]),
+    ]));
+    let elect =
+        ElectLeadersRequest::default().with_timeout_ms(100).with_topic_partitions(Some(vec![
+            elect_leaders_request::TopicPartitions::default()
+                .with_topic(TopicName(StrBytes::from_static_str("rich")))
+                .with_partitions(vec![0, -1, 7]),
+        ]));
     let mut out = Vec::new();
+    for version in 0..=2 {
+        // v0 has no election type (preferred only); v1+ asks for an unclean one.
+        let elect = elect.clone().with_election_type(i8::from(version > 0));
+        out.push((
+            ApiKey::ElectLeaders,
+            version,
+            frame(ApiKey::ElectLeaders, version, cid, &elect),
+        ));
+    }
+    for version in 1..=4 {
+        out.push((
+            ApiKey::DescribeLogDirs,
+            version,
+            frame(ApiKey::DescribeLogDirs, version, cid, &log_dirs),
+        ));
+    }
+    for version in 0..=2 {
+        out.push((
+            ApiKey::DeleteRecords,
+            version,
+            frame(ApiKey::DeleteRecords, version, cid, &delete),
+        ));
+    }
     for version in 0..=3 {
         out.push((
             ApiKey::CreatePartitions,

@@ -111,6 +111,7 @@
 mod cleaner;
 mod clock;
 mod config;
+mod delete_records;
 mod error;
 mod index_file;
 mod leader_epoch_cache;

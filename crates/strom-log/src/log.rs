@@ -13,7 +13,7 @@ use strom_format::{Batches, LeaderEpoch, Offset, RecordBatch};
 
 use crate::error::IoContext;
 use crate::leader_epoch_cache::LeaderEpochCache;
-use crate::log_start;
+use crate::log_start::{self, StartKind};
 use crate::offset_index::OffsetEntry;
 use crate::producer_snapshot;
 use crate::producer_state::{ProducerBatch, ProducerStateManager, Verdict};
@@ -144,7 +144,12 @@ pub struct Log {
     flush_lock: Mutex<()>,
     /// The last recovery point written.
     checkpoint: Mutex<Offset>,
-    start: AtomicI64,
+    /// The log start offset: the first segment's base, or inside the first segment after
+    /// [`Log::delete_records_before`]. Only grows, except with a full truncation.
+    pub(crate) start: AtomicI64,
+    /// A full truncation wrote a `Restart` log-start checkpoint and has not yet replaced it
+    /// with a plain one (which must happen before the new segment takes an append).
+    restart_checkpoint_pending: std::sync::atomic::AtomicBool,
     end: AtomicI64,
     flushed: AtomicI64,
     last_flush_ms: AtomicI64,
@@ -324,7 +329,8 @@ impl Log {
                 reason: "recovery left no segment".into(),
             });
         };
-        let (start, end) = (first.base(), last.next_offset());
+        // The start lies inside the first segment after a record deletion.
+        let (start, end) = (recovered.start.max(first.base()), last.next_offset());
         // Recovery fsynced what it kept, so everything below the end is durable.
         recovery::write_recovery_point(storage.as_ref(), &dir, end, true)?;
         let epochs =
@@ -345,6 +351,7 @@ impl Log {
             flush_lock: Mutex::new(()),
             checkpoint: Mutex::new(end),
             start: AtomicI64::new(start.get()),
+            restart_checkpoint_pending: std::sync::atomic::AtomicBool::new(false),
             end: AtomicI64::new(end.get()),
             flushed: AtomicI64::new(end.get()),
             last_flush_ms: AtomicI64::new(now),
@@ -1245,6 +1252,12 @@ impl Log {
             }
             None => holder.next_offset(),
         };
+        let start = self.log_start_offset();
+        if new_end < start {
+            // The cut batch began below a start moved inside it (`delete_records_before`):
+            // nothing at or above the start is left, and the end never goes below the start.
+            return self.truncate_fully(writer, start);
+        }
         holder.flush()?;
         sync_dir(self.storage(), &self.dir)?;
         debug_assert!(new_end <= offset);
@@ -1302,9 +1315,11 @@ impl Log {
     }
 
     fn recreate_at(&self, writer: &mut Writer, offset: Offset) -> Result<(), LogError> {
-        // First of all: from here a crash reopens at `offset` (recovery completes the
-        // truncation), never at an old segment's base below it.
-        log_start::write(self.storage(), &self.dir, offset)?;
+        // First of all: from here a crash reopens empty at `offset` (recovery completes the
+        // truncation), never at an old segment's base below it, nor at an old segment's records
+        // below a start that `delete_records_before` had moved inside a segment.
+        log_start::write_kind(self.storage(), &self.dir, offset, StartKind::Restart)?;
+        self.restart_checkpoint_pending.store(true, Ordering::Release);
         let old = self.snapshot();
         self.end.store(offset.get(), Ordering::Release);
         self.start.store(offset.get(), Ordering::Release);
@@ -1332,7 +1347,20 @@ impl Log {
         sync_dir(self.storage(), &self.dir)?;
         writer.bytes_since_index = 0;
         self.flushed.store(offset.get(), Ordering::Release);
+        // Before the new segment takes an append: a `Restart` checkpoint would empty it again.
+        // (If this fails the log is damaged, and the repair writes it before any append.)
+        self.settle_restart_checkpoint()?;
         tracing::info!(dir = %self.dir.display(), %offset, "truncated the whole log");
+        Ok(())
+    }
+
+    /// Rewrites a `Restart` log-start checkpoint of a finished full truncation as a plain
+    /// one, if one is pending.
+    fn settle_restart_checkpoint(&self) -> Result<(), LogError> {
+        if self.restart_checkpoint_pending.load(Ordering::Acquire) {
+            log_start::write(self.storage(), &self.dir, self.log_start_offset())?;
+            self.restart_checkpoint_pending.store(false, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -1484,14 +1512,19 @@ impl Log {
                 segments.get(count..).expect("invariant: retention keeps the active segment");
             *list = Arc::new(kept.to_vec());
         }
-        let previous = self.start.swap(new_first.base().get(), Ordering::AcqRel);
-        debug_assert!(previous < new_first.base().get(), "the log start offset only grows");
+        // A start that a record deletion moved inside `new_first` (the segments before it
+        // wholly below it) stays.
+        let new_start = new_first.base().max(self.log_start_offset());
+        let previous = self.start.swap(new_start.get(), Ordering::AcqRel);
+        debug_assert!(previous <= new_start.get(), "the log start offset only grows");
+        let kind =
+            if new_start > new_first.base() { StartKind::Within } else { StartKind::Truncation };
         for segment in deleted {
             tracing::info!(segment = %segment.path().display(), "deleting segment by retention");
             segment.delete_files(self.storage())?;
         }
         sync_dir(self.storage(), &self.dir)?;
-        if let Err(e) = log_start::write(self.storage(), &self.dir, new_first.base()) {
+        if let Err(e) = log_start::write_kind(self.storage(), &self.dir, new_start, kind) {
             // The segments already say where the log starts; the checkpoint only covers a
             // directory that later loses every segment. The next pass writes it again.
             tracing::warn!(dir = %self.dir.display(), error = %e,
@@ -1503,7 +1536,7 @@ impl Log {
             tracing::warn!(dir = %self.dir.display(), error = %e,
                 "could not delete producer-state snapshots after retention");
         }
-        if let Err(e) = self.epochs.truncate_from_start(new_first.base()) {
+        if let Err(e) = self.epochs.truncate_from_start(new_start) {
             // Answers already follow the new start; a stale file is fixed up by open.
             tracing::warn!(dir = %self.dir.display(), error = %e,
                 "could not write the leader-epoch checkpoint after retention");
@@ -1691,7 +1724,7 @@ impl Log {
         let Some(to) = self.damage.lock().as_ref().map(|d| d.roll_back_to) else {
             return Ok(());
         };
-        match self.roll_back(&mut writer, to) {
+        match self.settle_restart_checkpoint().and_then(|()| self.roll_back(&mut writer, to)) {
             Ok(()) => {
                 *self.damage.lock() = None;
                 let mut rollbacks = self.rollbacks.lock();

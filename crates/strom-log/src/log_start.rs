@@ -1,7 +1,14 @@
 //! The log-start-offset checkpoint (Kafka's `log-start-offset-checkpoint`, one file per log
 //! here): the first offset of the log, written durably *before* a full truncation
 //! ([`crate::Log::restart_at`], a follower whose leader's log start passed its end) starts
-//! rewriting the directory, and after retention moves the start.
+//! rewriting the directory, *before* records are deleted below an offset
+//! ([`crate::Log::delete_records_before`], which may move the start inside a segment), and
+//! after retention moves the start.
+//!
+//! The file says which of the two it was written for ([`StartKind`]), because recovery must
+//! treat a first segment that begins below the checkpoint differently: after an interrupted
+//! full truncation its records are the old log's and go; after a record deletion they are the
+//! log's own, and only those below the start are hidden.
 //!
 //! Why: the segment files alone name the log start, and a crash between creating the new
 //! empty segment and deleting the old ones (or before either) used to reopen the *old* log,
@@ -23,18 +30,64 @@ use crate::storage::{Storage, read_small, write_atomically};
 pub(crate) const LOG_START_OFFSET: &str = "log-start-offset";
 pub(crate) const LOG_START_OFFSET_TMP: &str = "log-start-offset.tmp";
 const PREFIX: &str = "strom-log-start-offset v1 ";
+/// Marks a checkpoint written by a record deletion (a start that may lie inside a segment).
+/// A file without a mark is read as before marks existed: a truncation's or retention's start.
+const WITHIN_SUFFIX: &str = " within";
+/// Marks a checkpoint written as a full truncation begins: every segment is old.
+const RESTART_SUFFIX: &str = " restart";
 
-/// Reads the checkpoint; `None` when it is missing or unreadable (the segments decide).
-pub(crate) fn read(storage: &dyn Storage, dir: &Path) -> Option<Offset> {
+/// What wrote the checkpoint, which decides how recovery treats a segment starting below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartKind {
+    /// A full truncation or retention: a segment that still begins below the start is the
+    /// remains of a truncation cut short, and the log restarts empty at the start.
+    Truncation,
+    /// A record deletion: the segment holding the start is kept and the records below the
+    /// start are hidden (the start lies inside it).
+    Within,
+    /// A full truncation under way ([`crate::Log::restart_at`]): every segment on disk is
+    /// the old log's, whatever its base, and the log restarts empty at the start. Replaced by
+    /// a [`StartKind::Truncation`] checkpoint once the new segment exists, before it takes an
+    /// append. (Unmarked, a crash could reopen the old first segment's records when the start
+    /// equals its base, below a start that a record deletion had moved inside it.)
+    Restart,
+}
+
+/// Reads the checkpoint and the kind of operation that wrote it; `None` when it is missing or
+/// unreadable (the segments decide).
+pub(crate) fn read_with_kind(storage: &dyn Storage, dir: &Path) -> Option<(Offset, StartKind)> {
     let text = read_small(storage, &dir.join(LOG_START_OFFSET), 256)?;
     let value = text.strip_prefix(PREFIX)?.strip_suffix('\n')?;
-    value.parse::<i64>().ok().filter(|v| *v >= 0).map(Offset::new)
+    let (value, kind) = if let Some(v) = value.strip_suffix(WITHIN_SUFFIX) {
+        (v, StartKind::Within)
+    } else if let Some(v) = value.strip_suffix(RESTART_SUFFIX) {
+        (v, StartKind::Restart)
+    } else {
+        (value, StartKind::Truncation)
+    };
+    let value = value.parse::<i64>().ok().filter(|v| *v >= 0).map(Offset::new)?;
+    Some((value, kind))
 }
 
 /// Writes the checkpoint durably (temporary file, fsync, rename, directory fsync): when it
 /// returns, a crash reopens with this value.
 pub(crate) fn write(storage: &dyn Storage, dir: &Path, value: Offset) -> Result<(), LogError> {
-    let content = format!("{PREFIX}{value}\n");
+    write_kind(storage, dir, value, StartKind::Truncation)
+}
+
+/// [`write`] for the given kind of operation.
+pub(crate) fn write_kind(
+    storage: &dyn Storage,
+    dir: &Path,
+    value: Offset,
+    kind: StartKind,
+) -> Result<(), LogError> {
+    let suffix = match kind {
+        StartKind::Truncation => "",
+        StartKind::Within => WITHIN_SUFFIX,
+        StartKind::Restart => RESTART_SUFFIX,
+    };
+    let content = format!("{PREFIX}{value}{suffix}\n");
     write_atomically(storage, dir, LOG_START_OFFSET_TMP, LOG_START_OFFSET, content.as_bytes(), true)
 }
 
@@ -42,9 +95,12 @@ pub(crate) fn write(storage: &dyn Storage, dir: &Path, value: Offset) -> Result<
 /// checkpointed `start`:
 /// - segments wholly below it (the next segment starts at or below it) are the remains of a
 ///   retention pass or a full truncation that a crash interrupted: deleted, oldest first;
-/// - if what is left still starts below it, or nothing is left, a full truncation to `start`
-///   was interrupted before its new segment existed: every segment goes and the log restarts,
-///   empty, at `start`.
+/// - if nothing is left, or (for a [`StartKind::Truncation`]) what is left still starts below
+///   it, a full truncation to `start` was interrupted before its new segment existed: every
+///   segment goes and the log restarts, empty, at `start`. After a [`StartKind::Within`] the
+///   first segment may begin below `start`: it holds the start, and is kept (the log end may
+///   still turn out to be below `start` after recovery: see [`restart_if_behind`]). After a
+///   [`StartKind::Restart`] every segment goes, and the checkpoint is then rewritten plain.
 ///
 /// Returns how many of the leading segments were deleted, and whether the log was restarted
 /// (then `segments` holds the one new empty segment).
@@ -52,6 +108,7 @@ pub(crate) fn apply(
     storage: &dyn Storage,
     dir: &Path,
     start: Offset,
+    kind: StartKind,
     segments: &mut Vec<LogSegment>,
 ) -> Result<(usize, bool), LogError> {
     let below = segments.iter().skip(1).take_while(|s| s.base() <= start).count();
@@ -60,7 +117,11 @@ pub(crate) fn apply(
             "deleting a segment below the checkpointed log start (an interrupted retention or truncation)");
         segment.delete_files(storage)?;
     }
-    let restart = segments.first().is_none_or(|s| s.base() < start);
+    let restart = match kind {
+        StartKind::Truncation => segments.first().is_none_or(|s| s.base() < start),
+        StartKind::Within => segments.is_empty(),
+        StartKind::Restart => true,
+    };
     if restart {
         while let Some(segment) = segments.pop() {
             tracing::warn!(segment = %segment.path().display(), %start,
@@ -72,7 +133,37 @@ pub(crate) fn apply(
     if below > 0 || restart {
         sync_dir(storage, dir)?;
     }
+    if kind == StartKind::Restart {
+        // The truncation is complete (a crash before this line does it again): the new
+        // segment may now take appends, which a `Restart` mark would delete.
+        write(storage, dir, start)?;
+    }
     Ok((below, restart))
+}
+
+/// After recovery of a log whose start a record deletion moved inside a segment: if the log
+/// now ends below that start (a power cut lost unflushed records the deletion had passed),
+/// no record of it may be served, so the log restarts, empty, at `start`; old segments go
+/// newest first, so a crash part-way leaves segments that end below `start` again, and the
+/// next open does the same. Returns whether it restarted.
+pub(crate) fn restart_if_behind(
+    storage: &dyn Storage,
+    dir: &Path,
+    start: Offset,
+    segments: &mut Vec<LogSegment>,
+) -> Result<bool, LogError> {
+    if segments.last().is_some_and(|s| s.next_offset() >= start) {
+        return Ok(false);
+    }
+    while let Some(segment) = segments.pop() {
+        tracing::warn!(segment = %segment.path().display(), %start,
+            "the log ends below its checkpointed start (records lost with a power cut): \
+             deleting the segment");
+        segment.delete_files(storage)?;
+    }
+    segments.push(LogSegment::create(storage, dir, start)?);
+    sync_dir(storage, dir)?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -91,7 +182,7 @@ mod tests {
     }
 
     fn read(dir: &Path) -> Option<Offset> {
-        super::read(&OsStorage, dir)
+        super::read_with_kind(&OsStorage, dir).map(|(value, _)| value)
     }
 
     fn batch(n: usize) -> Bytes {

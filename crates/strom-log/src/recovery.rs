@@ -29,6 +29,9 @@ pub(crate) struct Recovered {
     pub(crate) bytes_since_index: u64,
     /// The cleaner's first dirty offset: batches up to it may have offset gaps.
     pub(crate) cleaned_to: Offset,
+    /// The log start offset: the first segment's base, or above it, inside that segment,
+    /// when a record deletion moved it there (`log_start::StartKind::Within`).
+    pub(crate) start: Offset,
 }
 
 /// fsyncs a directory, making file creations, deletions and renames in it durable.
@@ -91,8 +94,11 @@ pub(crate) fn recover(
         segments.push(segment);
         problems.push(problem);
     }
-    if let Some(start) = crate::log_start::read(storage, dir) {
-        let (deleted, restarted) = crate::log_start::apply(storage, dir, start, &mut segments)?;
+    // A start a record deletion moved inside the first segment.
+    let mut within = None;
+    if let Some((start, kind)) = crate::log_start::read_with_kind(storage, dir) {
+        let (deleted, restarted) =
+            crate::log_start::apply(storage, dir, start, kind, &mut segments)?;
         problems.drain(..deleted);
         if restarted {
             return Ok(Recovered {
@@ -100,7 +106,11 @@ pub(crate) fn recover(
                 bytes_since_index: 0,
                 // The truncation lowered the cleaner's checkpoint before it began.
                 cleaned_to: cleaned_to.min(start),
+                start,
             });
+        }
+        if kind == crate::log_start::StartKind::Within {
+            within = Some(start);
         }
     }
     if segments.is_empty() {
@@ -113,6 +123,7 @@ pub(crate) fn recover(
             segments: vec![Arc::new(segment)],
             bytes_since_index: 0,
             cleaned_to: Offset::ZERO,
+            start: base,
         });
     }
     // Segments from the one holding the recovery point on may hold unflushed, torn writes.
@@ -266,10 +277,19 @@ pub(crate) fn recover(
         i += 1;
     }
     sync_dir(storage, dir)?;
+    let first_base = segments.first().map_or(Offset::ZERO, LogSegment::base);
+    let mut start = first_base;
+    if let Some(within) = within.filter(|w| *w > first_base) {
+        start = within;
+        if crate::log_start::restart_if_behind(storage, dir, within, &mut segments)? {
+            bytes_since_index = 0;
+        }
+    }
     Ok(Recovered {
         segments: segments.into_iter().map(Arc::new).collect(),
         bytes_since_index,
         cleaned_to,
+        start,
     })
 }
 

@@ -82,6 +82,18 @@ impl Admin for MetadataAdmin {
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
         not_faked("CreatePartitions")
     }
+    async fn delete_records(
+        &self,
+        _: Request<strom_proto::v1::DeleteRecordsRequest>,
+    ) -> Result<Response<strom_proto::v1::DeleteRecordsResponse>, Status> {
+        not_faked("DeleteRecords")
+    }
+    async fn elect_leaders(
+        &self,
+        _: Request<strom_proto::v1::ElectLeadersRequest>,
+    ) -> Result<Response<strom_proto::v1::ElectLeadersResponse>, Status> {
+        not_faked("ElectLeaders")
+    }
     async fn describe_cluster(
         &self,
         _: Request<DescribeClusterRequest>,
@@ -175,6 +187,18 @@ impl Admin for Forward {
         r: Request<CreatePartitionsRequest>,
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
         self.admin.clone().create_partitions(r.into_inner()).await
+    }
+    async fn delete_records(
+        &self,
+        r: Request<strom_proto::v1::DeleteRecordsRequest>,
+    ) -> Result<Response<strom_proto::v1::DeleteRecordsResponse>, Status> {
+        self.admin.clone().delete_records(r.into_inner()).await
+    }
+    async fn elect_leaders(
+        &self,
+        r: Request<strom_proto::v1::ElectLeadersRequest>,
+    ) -> Result<Response<strom_proto::v1::ElectLeadersResponse>, Status> {
+        self.admin.clone().elect_leaders(r.into_inner()).await
     }
     async fn describe_cluster(
         &self,

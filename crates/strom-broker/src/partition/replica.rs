@@ -21,6 +21,8 @@ pub(crate) struct FollowerFetch {
     /// The leader epoch it believes current.
     pub(crate) current_leader_epoch: LeaderEpoch,
     pub(crate) max_bytes: usize,
+    /// The follower's log start offset (for the low watermark of DeleteRecords).
+    pub(crate) log_start_offset: Offset,
 }
 
 /// The leader's answer for one partition.
@@ -58,6 +60,7 @@ impl Partition {
         self.check_live()?;
         let epoch = self.check_leader()?;
         self.check_epoch(Some(fetch.current_leader_epoch.get()))?;
+        self.record_follower_start(fetch.follower, fetch.log_start_offset);
         let start = self.log.log_start_offset();
         let end = self.log.log_end_offset();
         let mut answer = FollowerAnswer {
@@ -130,19 +133,26 @@ impl Partition {
         (self.log.log_end_offset(), self.log.latest_epoch(), epoch)
     }
 
+    /// The log start offset a follower reports in its fetches.
+    pub(crate) fn follower_log_start(&self) -> Offset {
+        self.log.log_start_offset()
+    }
+
     /// Whether this replica still follows in `epoch` (responses for another epoch are stale).
     fn follows_in(&self, epoch: LeaderEpoch) -> bool {
         let role = *self.role.read();
         !role.leading && role.epoch == epoch && !self.is_deleted()
     }
 
-    /// Appends what the leader of `epoch` sent and takes its high watermark (capped at the
-    /// local log end). Does nothing when the replica no longer follows in `epoch`. Blocking.
+    /// Appends what the leader of `epoch` sent, takes its high watermark (capped at the
+    /// local log end) and its log start (likewise: records the leader deleted go here too).
+    /// Does nothing when the replica no longer follows in `epoch`. Blocking.
     pub(crate) fn apply_from_leader(
         &self,
         epoch: LeaderEpoch,
         records: Bytes,
         leader_high_watermark: Offset,
+        leader_log_start: Offset,
     ) -> Result<(), ApiError> {
         let _replica = self.replica_lock.lock();
         if !self.follows_in(epoch) {
@@ -155,9 +165,11 @@ impl Partition {
             }
             self.publish_log_end();
         }
+        self.leader_high_watermark
+            .store(leader_high_watermark.get(), std::sync::atomic::Ordering::Release);
         let hw = leader_high_watermark.min(self.log.log_end_offset());
         self.publish_high_watermark(hw);
-        Ok(())
+        self.follow_log_start(leader_log_start)
     }
 
     /// Cuts the log where it parts from the leader's, as the leader's diverging epoch says.

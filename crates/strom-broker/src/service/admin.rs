@@ -116,6 +116,79 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::CreatePartitionsResponse { topics }))
     }
 
+    async fn delete_records(
+        &self,
+        request: Request<pb::DeleteRecordsRequest>,
+    ) -> Result<Response<pb::DeleteRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let entries = request.partitions.iter().map(|p| (p.topic.as_str(), p.partition));
+        crate::limits::check_partition_entries("delete records", entries)
+            .map_err(|e| Status::invalid_argument(e.message))?;
+        let timeout = match request.timeout_ms {
+            0 => crate::DEFAULT_DELETE_RECORDS_TIMEOUT,
+            ms => std::time::Duration::from_millis(u64::from(ms)),
+        };
+        // Concurrently: each waits for its own followers.
+        let results =
+            futures::future::join_all(request.partitions.into_iter().map(|p| async move {
+                let result =
+                    self.broker.delete_records(&p.topic, p.partition, p.offset, timeout).await;
+                let (error_code, error_message) = error_fields(&result);
+                pb::DeleteRecordsResult {
+                    topic: p.topic,
+                    partition: p.partition,
+                    error_code,
+                    error_message,
+                    low_watermark: result.map_or(-1, |o| o.get()),
+                }
+            }))
+            .await;
+        Ok(Response::new(pb::DeleteRecordsResponse { partitions: results }))
+    }
+
+    async fn elect_leaders(
+        &self,
+        request: Request<pb::ElectLeadersRequest>,
+    ) -> Result<Response<pb::ElectLeadersResponse>, Status> {
+        let forward = !request.metadata().contains_key(FORWARDED_HEADER);
+        let request = request.into_inner();
+        let election = i8::try_from(request.election_type)
+            .ok()
+            .and_then(crate::ElectionType::from_kafka)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown election type {} (0 preferred, 1 unclean)",
+                    request.election_type
+                ))
+            })?;
+        let partitions = (!request.all_partitions).then(|| {
+            request.partitions.into_iter().map(|p| (p.topic, p.partition)).collect::<Vec<_>>()
+        });
+        if let Some(list) = &partitions {
+            let entries = list.iter().map(|(t, p)| (t.as_str(), *p));
+            crate::limits::check_partition_entries("elect leaders", entries)
+                .map_err(|e| Status::invalid_argument(e.message))?;
+        }
+        let outcomes = match self.broker.elect_leaders_with(election, partitions, forward).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => return Err(Status::unavailable(e.message)),
+        };
+        let partitions = outcomes
+            .into_iter()
+            .map(|o| {
+                let (error_code, error_message) = error_fields(&o.result);
+                pb::ElectionResult {
+                    topic: o.topic,
+                    partition: o.partition,
+                    error_code,
+                    error_message,
+                    leader: o.result.unwrap_or(-1),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ElectLeadersResponse { partitions }))
+    }
+
     async fn delete_topics(
         &self,
         request: Request<pb::DeleteTopicsRequest>,

@@ -5,10 +5,13 @@
 mod admin;
 mod api_versions;
 mod cluster;
+mod elect;
 mod fetch;
 mod groups;
+mod log_dirs;
 mod metadata;
 mod produce;
+mod records;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -138,6 +141,9 @@ requests! {
     DescribeCluster => DescribeClusterRequest,
     OffsetDelete => OffsetDeleteRequest,
     AlterConfigs => AlterConfigsRequest,
+    DeleteRecords => DeleteRecordsRequest,
+    DescribeLogDirs => DescribeLogDirsRequest,
+    ElectLeaders => ElectLeadersRequest,
 }
 
 impl Decoded {
@@ -224,6 +230,9 @@ pub(crate) async fn handle(ctx: &Context, d: Decoded) -> Result<Option<Bytes>, K
         Request::DescribeGroups(r) => answer!(groups::describe_groups(ctx, *r)),
         Request::DeleteGroups(r) => answer!(groups::delete_groups(ctx, *r).await),
         Request::OffsetDelete(r) => answer!(groups::offset_delete(ctx, *r).await),
+        Request::DeleteRecords(r) => answer!(records::delete_records(ctx, *r).await),
+        Request::DescribeLogDirs(r) => answer!(log_dirs::describe_log_dirs(ctx, *r).await),
+        Request::ElectLeaders(r) => answer!(elect::elect_leaders(ctx, *r, version).await),
     }
 }
 

@@ -461,6 +461,70 @@ def confluent_static_membership():
         threads[n].join()
 
 
+def confluent_delete_records():
+    """AdminClient.delete_records moves the low watermark inside a batch; a consumer reading
+    from the earliest offset starts exactly there; above the high watermark is refused.
+    kafka-python's admin deletes more, describes the log dirs and asks for a preferred
+    election (not needed on one node)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    topic = unique("dr")
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=10)
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5})
+    for i in range(20):
+        p.produce(topic, value=f"v{i}".encode(), partition=0)
+        if i % 5 == 4:
+            p.flush(10)  # batches of five: offset 7 lies inside the second one
+    check(p.flush(10) == 0, "produced 20 records")
+
+    result = admin.delete_records([TopicPartition(topic, 0, 7)])
+    deleted = next(iter(result.values())).result(timeout=30)
+    check(deleted.low_watermark == 7, f"delete_records answered low watermark 7 ({deleted.low_watermark})")
+    try:
+        next(iter(admin.delete_records([TopicPartition(topic, 0, 100)]).values())).result(timeout=30)
+        check(False, "deleting above the high watermark is refused")
+    except KafkaException as e:
+        check(e.args[0].name() == "OFFSET_OUT_OF_RANGE",
+              f"deleting above the high watermark is OFFSET_OUT_OF_RANGE ({e.args[0].name()})")
+
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": unique("g"), "enable.auto.commit": False})
+    low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    check((low, high) == (7, 20), f"watermarks (7, 20) ({low}, {high})")
+    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    got = []
+    end = time.time() + DEADLINE
+    while time.time() < end and len(got) < 13:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            got.append((m.offset(), m.value()))
+    c.close()
+    check(got[:1] == [(7, b"v7")], f"a consumer from earliest starts at offset 7 ({got[:1]})")
+    check(got == [(i, f"v{i}".encode()) for i in range(7, 20)], f"and reads 7..19 in order ({len(got)})")
+
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka import TopicPartition as KTopicPartition
+    kadmin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    tp = KTopicPartition(topic, 0)
+    answer = kadmin.delete_records({tp: 12})
+    check(answer[tp]["low_watermark"] == 12, f"kafka-python delete_records: low watermark 12 ({answer[tp]})")
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    check(consumer.beginning_offsets([tp])[tp] == 12, "kafka-python sees the earliest offset 12")
+    consumer.close()
+    dirs = kadmin.describe_log_dirs()
+    replicas = [
+        (t["name"], part["partition_index"], part["partition_size"])
+        for broker in dirs for d in broker["log_dirs"] for t in d["topics"] for part in t["partitions"]
+    ]
+    mine = [r for r in replicas if r[0] == topic]
+    check(len(mine) == 1 and mine[0][2] > 0, f"describe_log_dirs lists the partition with its size ({mine})")
+    kadmin.elect_leaders(0, {topic: [0]})
+    check(True, "a preferred election where the leader is preferred already is not an error")
+    kadmin.close()
+    admin.delete_topics([topic])[topic].result(timeout=10)
+
+
 SCENARIOS = {
     "static-membership": confluent_static_membership,
     "idempotent-restart": confluent_idempotent_restart,
@@ -470,6 +534,7 @@ SCENARIOS = {
     "aiokafka": aiokafka_roundtrip,
     "confluent-create-partitions": confluent_create_partitions,
     "kafka-python-create-partitions": kafka_python_create_partitions,
+    "delete-records": confluent_delete_records,
 }
 
 if __name__ == "__main__":
