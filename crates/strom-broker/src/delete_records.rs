@@ -12,6 +12,10 @@ use crate::error::ApiError;
 
 /// The wait for the in-sync replicas when a request names none (Kafka's clients send 30 s).
 pub const DEFAULT_DELETE_RECORDS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a DeleteRecords answer waits for the in-sync replicas, whatever the request
+/// asks: a request parked longer holds its connection's slot for nothing a retry would not
+/// give (the leader's records are deleted before the wait).
+pub const MAX_DELETE_RECORDS_WAIT: Duration = Duration::from_secs(300);
 
 impl Broker {
     /// Deletes the records of `topic`-`partition` below `offset` (-1: the high watermark) and
@@ -22,8 +26,8 @@ impl Broker {
     /// NOT_LEADER_OR_FOLLOWER on a node that does not lead
     /// the partition (or when leadership moves during the wait); OFFSET_OUT_OF_RANGE for an
     /// offset above the high watermark; REQUEST_TIMED_OUT when the followers did not follow
-    /// within `timeout` (the leader's records are deleted already: a retry answers at once
-    /// when they have).
+    /// within `timeout`, at most [`MAX_DELETE_RECORDS_WAIT`] (the leader's records are deleted
+    /// already: a retry answers at once when they have).
     pub async fn delete_records(
         &self,
         topic: &str,
@@ -31,7 +35,7 @@ impl Broker {
         offset: i64,
         timeout: Duration,
     ) -> Result<Offset, ApiError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_DELETE_RECORDS_WAIT);
         if crate::is_internal_topic(topic) {
             return Err(ApiError::new(
                 ErrorCode::InvalidTopicException,

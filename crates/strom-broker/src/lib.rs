@@ -68,7 +68,7 @@ mod types;
 
 pub use broker::{Broker, MAX_TOPICS_PER_REQUEST};
 pub use config::{BrokerConfig, MAX_PARTITIONS, TOPIC_CONFIG_KEYS, TopicConfig, parse_voters};
-pub use delete_records::DEFAULT_DELETE_RECORDS_TIMEOUT;
+pub use delete_records::{DEFAULT_DELETE_RECORDS_TIMEOUT, MAX_DELETE_RECORDS_WAIT};
 pub use elect_leaders::{ElectionOutcome, ElectionType};
 pub use error::{ApiError, BrokerError};
 pub use fetch::MAX_FETCH_PARTITIONS;

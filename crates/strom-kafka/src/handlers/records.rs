@@ -13,9 +13,6 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::{Context, code};
 
-/// The longest a DeleteRecords waits for the followers, whatever the request asks.
-const MAX_DELETE_RECORDS_WAIT: Duration = Duration::from_secs(300);
-
 pub(super) async fn delete_records(
     ctx: &Context,
     req: DeleteRecordsRequest,
@@ -28,8 +25,8 @@ pub(super) async fn delete_records(
             .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), p.partition_index))),
     )
     .err();
-    let wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0))
-        .min(MAX_DELETE_RECORDS_WAIT);
+    // Negative timeouts wait not at all; the broker caps the wait (MAX_DELETE_RECORDS_WAIT).
+    let wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0));
     let topics = join_all(req.topics.into_iter().map(|topic| async move {
         let name = topic.name;
         let partitions = join_all(topic.partitions.into_iter().map(|p| {
