@@ -46,6 +46,7 @@ mod fetch;
 mod fetcher;
 mod http_support;
 mod kafka_support;
+mod leader_connection;
 mod limits;
 mod log_cleaner;
 mod metadata;

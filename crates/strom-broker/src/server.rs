@@ -39,7 +39,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// and the Produce route copies a record field only when it straddles two frames: at 16 KiB
 /// every batch of 16 KiB or more did. A frame is only ever as large as the flow-control
 /// window lets it be, so the windows below are what bound memory per connection, not this.
-const MAX_FRAME_SIZE: u32 = (16 << 20) - 1;
+pub(crate) const MAX_FRAME_SIZE: u32 = (16 << 20) - 1;
 /// HTTP/2 receive windows (hyper's server default: 1 MiB each). A client may have this much
 /// request data in flight on one stream / one connection before the broker has read it; the
 /// routes read every frame as it arrives, so a window is rarely full, but a 1 MiB window cut

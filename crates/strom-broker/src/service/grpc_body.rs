@@ -147,10 +147,14 @@ fn too_large(len: usize, limit: usize) -> Status {
     ))
 }
 
-/// Reads the request's one gRPC message (unary) without copying its frames, refusing what
-/// the generated server would. Anything after the message is ignored, as tonic does for a
-/// unary call.
-pub(crate) async fn read_message(mut body: Body, limit: usize) -> Result<FrameRope, Status> {
+/// Reads a unary call's one gRPC message without copying its frames, refusing what the
+/// generated code would (a request on the server, a response in the follower's client).
+/// Whatever follows the message (the trailers of a response) is left in `body`.
+pub(crate) async fn read_message<B>(body: &mut B, limit: usize) -> Result<FrameRope, Status>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut rope = FrameRope::default();
     let mut header: Option<(u8, usize)> = None;
     loop {
@@ -174,7 +178,7 @@ pub(crate) async fn read_message(mut body: Body, limit: usize) -> Result<FrameRo
             rope.truncate(len);
             return Ok(rope);
         }
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
         match frame {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -186,7 +190,9 @@ pub(crate) async fn read_message(mut body: Body, limit: usize) -> Result<FrameRo
                     rope.push(data);
                 }
             }
-            Some(Err(status)) => return Err(status),
+            // A `Status` (tonic's body) comes back as it was; a transport error gets the code
+            // tonic gives it.
+            Some(Err(e)) => return Err(Status::from_error(e.into())),
             None if rope.remaining() == 0 && header.is_none() => {
                 return Err(Status::internal("Missing request message."));
             }
@@ -318,7 +324,7 @@ mod tests {
     use super::*;
 
     fn read(frames: Vec<Bytes>, limit: usize) -> Result<FrameRope, Status> {
-        futures::executor::block_on(read_message(body_of(frames), limit))
+        futures::executor::block_on(read_message(&mut body_of(frames), limit))
     }
 
     #[test]

@@ -29,9 +29,9 @@ pub(crate) async fn serve(
     max_request: usize,
     max_response: usize,
 ) -> Result<http::Response<Body>, Status> {
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
     grpc_body::check_request_encoding(&parts)?;
-    let message = grpc_body::read_message(body, max_request).await?;
+    let message = grpc_body::read_message(&mut body, max_request).await?;
     let produce = decode_request(message)?;
     let response = service.produce_response(produce).await;
     let chunks = grpc_body::encode_message(&response, max_response)?;
@@ -85,7 +85,7 @@ mod tests {
     }
 
     fn read(frames: Vec<Bytes>, limit: usize) -> Result<FrameRope, Status> {
-        futures::executor::block_on(read_message(body_of(frames), limit))
+        futures::executor::block_on(read_message(&mut body_of(frames), limit))
     }
 
     proptest! {
