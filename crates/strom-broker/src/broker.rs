@@ -164,7 +164,6 @@ impl Broker {
         let fetchers = Arc::new(Fetchers::new(
             config.clone(),
             cluster_id.clone(),
-            peers.clone(),
             quorum.image(),
             shutdown.subscribe(),
         ));

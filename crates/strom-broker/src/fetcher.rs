@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
+use crate::leader_connection::LeaderConnection;
 use crate::partition::Partition;
-use crate::peers::Peers;
 use crate::quorum::Image;
 use crate::topic::Registry;
 
@@ -50,7 +50,6 @@ struct Fetcher {
 struct Context {
     config: Arc<BrokerConfig>,
     cluster_id: String,
-    peers: Arc<Peers>,
     images: watch::Receiver<Arc<Image>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -59,12 +58,11 @@ impl Fetchers {
     pub(crate) fn new(
         config: Arc<BrokerConfig>,
         cluster_id: String,
-        peers: Arc<Peers>,
         images: watch::Receiver<Arc<Image>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Fetchers {
-            ctx: Arc::new(Context { config, cluster_id, peers, images, shutdown }),
+            ctx: Arc::new(Context { config, cluster_id, images, shutdown }),
             tasks: Mutex::new(HashMap::new()),
         }
     }
@@ -134,6 +132,7 @@ async fn run(
     let mut shutdown = ctx.shutdown.clone();
     let mut backoff = BACKOFF.0;
     let mut failing = 0u32;
+    let mut connection = LeaderConnection::default();
     loop {
         let list = partitions.borrow_and_update().clone();
         if list.is_empty() {
@@ -148,7 +147,7 @@ async fn run(
         let outcome = match address {
             Some(address) => {
                 tokio::select! {
-                    outcome = fetch_once(&ctx, leader, &address, &list) => outcome,
+                    outcome = fetch_once(&ctx, &mut connection, leader, &address, &list) => outcome,
                     // A new list (a partition moved) restarts the round at once.
                     changed = partitions.changed() => {
                         if changed.is_err() { return }
@@ -208,6 +207,7 @@ enum Progress {
 
 async fn fetch_once(
     ctx: &Context,
+    connection: &mut LeaderConnection,
     leader: NodeId,
     address: &str,
     list: &[Arc<Partition>],
@@ -234,18 +234,20 @@ async fn fetch_once(
         });
         asked.push(Asked { partition: p.clone(), epoch });
     }
-    let channel = ctx.peers.channel(address).map_err(|e| e.message)?;
-    let mut client = pb::replication_client::ReplicationClient::new(channel)
-        .max_decoding_message_size(
-            ctx.config.replica_fetch_max_bytes.saturating_mul(2).max(64 << 20),
-        );
+    let max_response = ctx.config.replica_fetch_max_bytes.saturating_mul(2).max(64 << 20);
     // A frozen leader must not hold the fetcher past the time it could have answered.
     let patience = Duration::from_millis(ctx.config.replica_fetch_wait_max_ms) + FETCH_GRACE;
-    let response = tokio::time::timeout(patience, client.replica_fetch(request))
-        .await
-        .map_err(|_| format!("node {leader} at {address}: no answer in {patience:?}"))?
-        .map_err(|s| format!("node {leader} at {address}: {}", s.message()))?
-        .into_inner();
+    let answer =
+        tokio::time::timeout(patience, connection.replica_fetch(address, &request, max_response))
+            .await;
+    let response = match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(format!("node {leader}: {e}")),
+        Err(_) => {
+            connection.close();
+            return Err(format!("node {leader} at {address}: no answer in {patience:?}"));
+        }
+    };
     if response.error_code != ErrorCode::None as i32 {
         return Err(format!("node {leader}: {}", response.error_message));
     }

@@ -48,6 +48,7 @@ mod fetch;
 mod fetcher;
 mod http_support;
 mod kafka_support;
+mod leader_connection;
 mod limits;
 mod log_cleaner;
 mod log_dirs;

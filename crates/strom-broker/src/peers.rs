@@ -23,8 +23,8 @@ pub(crate) const FORWARDED_HEADER: &str = "strom-forwarded";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 flow-control windows of peer channels (receive side: follower fetch responses).
-const PEER_STREAM_WINDOW: u32 = 16 << 20;
-const PEER_CONNECTION_WINDOW: u32 = 32 << 20;
+pub(crate) const PEER_STREAM_WINDOW: u32 = 16 << 20;
+pub(crate) const PEER_CONNECTION_WINDOW: u32 = 32 << 20;
 /// Peer channels kept; more peers than this means something is wrong, and the cache restarts.
 const MAX_PEERS: usize = 1024;
 

@@ -23,11 +23,11 @@ use crate::connection::{self, Limits};
 use crate::error::BrokerError;
 use crate::service::admin::AdminService;
 use crate::service::broker::BrokerService;
-use crate::service::fetch_route::FetchRoute;
 use crate::service::group::GroupService;
 use crate::service::quorum::QuorumService;
 use crate::service::recovery_gate::RecoveryGateLayer;
 use crate::service::replication::ReplicationService;
+use crate::service::routes::{BrokerRoutes, ReplicationRoutes, Routes};
 
 /// HTTP/2 streams (concurrent requests) one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -35,6 +35,18 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 512;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest HTTP/2 frame this server accepts (SETTINGS_MAX_FRAME_SIZE; h2's default is
+/// 16 KiB, HTTP/2's maximum 16 MiB - 1). Clients send each request in frames of at most this,
+/// and the Produce route copies a record field only when it straddles two frames: at 16 KiB
+/// every batch of 16 KiB or more did. A frame is only ever as large as the flow-control
+/// window lets it be, so the windows below are what bound memory per connection, not this.
+pub(crate) const MAX_FRAME_SIZE: u32 = (16 << 20) - 1;
+/// HTTP/2 receive windows (hyper's server default: 1 MiB each). A client may have this much
+/// request data in flight on one stream / one connection before the broker has read it; the
+/// routes read every frame as it arrives, so a window is rarely full, but a 1 MiB window cut
+/// every large request into window-sized frames and stalled it on window updates.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Runs a broker with the given settings until `shutdown` completes, then shuts down
 /// gracefully (drain requests, flush and close every log).
@@ -177,13 +189,18 @@ async fn run(
         }
     };
     let max_fetch_response = config.fetch_max_bytes.saturating_add(config.max_request_bytes);
-    let broker_service = FetchRoute::new(
+    // Produce, Fetch and ReplicaFetch are served by hand in front of the generated servers
+    // (`service/routes.rs`): record bytes are neither copied out of the request frames nor
+    // into the response buffer.
+    let broker_service = Routes::new(
         BrokerGrpcServer::new(BrokerService::new(broker.clone()))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(max_fetch_response),
-        BrokerService::new(broker.clone()),
-        config.max_request_bytes,
-        max_fetch_response,
+        BrokerRoutes {
+            service: BrokerService::new(broker.clone()),
+            max_request: config.max_request_bytes,
+            max_response: max_fetch_response,
+        },
     );
     let admin_service = AdminServer::new(AdminService::new(broker.clone()))
         .max_decoding_message_size(config.max_request_bytes);
@@ -193,9 +210,17 @@ async fn run(
     let quorum_service = QuorumServer::new(QuorumService::new(broker.clone()))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_request_bytes);
-    let replication_service = ReplicationServer::new(ReplicationService::new(broker.clone()))
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(config.replica_fetch_max_bytes.saturating_mul(2).max(64 << 20));
+    let max_replica_fetch_response = config.replica_fetch_max_bytes.saturating_mul(2).max(64 << 20);
+    let replication_service = Routes::new(
+        ReplicationServer::new(ReplicationService::new(broker.clone()))
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(max_replica_fetch_response),
+        ReplicationRoutes {
+            service: ReplicationService::new(broker.clone()),
+            max_request: config.max_request_bytes,
+            max_response: max_replica_fetch_response,
+        },
+    );
     let limits = Limits {
         max_connections: config.max_connections,
         max_idle: Duration::from_millis(config.connections_max_idle_ms),
@@ -212,6 +237,9 @@ async fn run(
         .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_frame_size(MAX_FRAME_SIZE)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(broker_service)
         .add_service(admin_service)
         .add_service(group_service)

@@ -787,3 +787,182 @@ async fn topic_configs_are_altered_as_a_whole_or_not_at_all() {
         .into_inner();
     assert_eq!(unknown.error_code(), ErrorCode::UnknownTopicOrPartition);
 }
+
+/// Sends raw bytes as a gRPC message and reads the answer's raw bytes: what a broken or
+/// hostile client can put on the wire, beyond what the generated client would encode.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+async fn raw_call(addr: std::net::SocketAddr, path: &'static str, body: Bytes) -> tonic::Status {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await;
+    let mut grpc = tonic::client::Grpc::new(channel.unwrap());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(body), path, RawCodec).await.expect_err("refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_produce_requests_arrive_whole_and_limits_and_bad_messages_keep_their_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_request_bytes = 2 << 20;
+    let mut h = Harness::start(c).await;
+    h.create("t", 3, &[]).await;
+
+    // One request of ~1.5 MiB over three partitions, many batches each: the route decodes
+    // it from whatever frames it came in, and every byte lands where prost would put it.
+    let value = "v".repeat(1000);
+    let per_partition: Vec<Bytes> = (0..3)
+        .map(|p| {
+            let mut all = BytesMut::new();
+            for i in 0..50 {
+                all.extend_from_slice(&batch(&[&format!("{p}-{i}"), &value, &value, &value]));
+            }
+            all.freeze()
+        })
+        .collect();
+    let request = pb::ProduceRequest {
+        acks: -1,
+        timeout_ms: 5000,
+        topics: vec![pb::TopicProduceData {
+            name: "t".into(),
+            partitions: (0..3)
+                .map(|p| pb::PartitionProduceData {
+                    partition: p,
+                    records: per_partition[p as usize].clone(),
+                })
+                .collect(),
+        }],
+    };
+    let response = h.broker.produce(request).await.unwrap().into_inner();
+    for r in &response.topics[0].partitions {
+        assert_eq!((r.error_code(), r.base_offset), (ErrorCode::None, 0), "{}", r.error_message);
+    }
+    for p in 0..3 {
+        let f = h.fetch("t", p, 0).await;
+        assert_eq!(f.high_watermark, 200);
+        let stored: Vec<_> =
+            Batches::new(f.records.clone()).map(|b| b.unwrap().into_bytes()).collect();
+        let sent: Vec<_> = Batches::new(per_partition[p as usize].clone())
+            .map(|b| b.unwrap().into_bytes())
+            .collect();
+        assert_eq!(stored.len(), sent.len());
+        for (s, w) in stored.iter().zip(&sent) {
+            assert_eq!(s[CRC_START..], w[CRC_START..]);
+        }
+    }
+
+    // Over max_request_bytes: OUT_OF_RANGE as from the generated server, nothing appended.
+    let over = BytesMut::zeroed(2 << 20).freeze();
+    let status = h.broker.produce(pb::ProduceRequest {
+        acks: 1,
+        timeout_ms: 5000,
+        topics: vec![pb::TopicProduceData {
+            name: "t".into(),
+            partitions: vec![pb::PartitionProduceData { partition: 0, records: over }],
+        }],
+    });
+    let status = status.await.expect_err("over the limit");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{}", status.message());
+
+    // Bytes that are no ProduceRequest: INTERNAL with prost's reason, the broker unharmed.
+    let addr = h.server.local_addr();
+    for garbage in [&[0x1a, 0x64, 1, 2][..], &[0xff; 11][..], &[0x08][..]] {
+        let status = raw_call(addr, "/strom.v1.Broker/Produce", Bytes::copy_from_slice(garbage));
+        let status = status.await;
+        assert_eq!(status.code(), tonic::Code::Internal, "{garbage:?}: {}", status.message());
+    }
+    let status = raw_call(addr, "/strom.v1.Broker/Fetch", Bytes::from_static(&[0xff; 3])).await;
+    assert_eq!(status.code(), tonic::Code::Internal, "{}", status.message());
+    assert_eq!(h.list_offset("t", 0, -1).await.offset, 200);
+    assert_eq!(h.produce_ok("t", 0, batch(&["after"])).await, 200);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_fetch_serves_the_logs_records_and_refuses_another_cluster() {
+    use strom_proto::v1::replication_client::ReplicationClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(dir.path())).await;
+    h.create("t", 1, &[]).await;
+    let value = "r".repeat(10_000);
+    for i in 0..20 {
+        h.produce_ok("t", 0, batch(&[&format!("{i}"), &value])).await;
+    }
+    let consumer = h.fetch("t", 0, 0).await;
+    let url = format!("http://{}", h.server.local_addr());
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let mut client = ReplicationClient::new(channel).max_decoding_message_size(64 << 20);
+    let cluster_id = h.server.broker().cluster_id().to_string();
+    let request = |cluster_id: String| pb::ReplicaFetchRequest {
+        cluster_id,
+        replica_id: 2,
+        max_wait_ms: 0,
+        max_bytes: 64 << 20,
+        partitions: vec![pb::ReplicaFetchPartition {
+            topic: "t".into(),
+            partition: 0,
+            fetch_offset: 0,
+            last_fetched_epoch: -1,
+            current_leader_epoch: 0,
+            partition_max_bytes: 64 << 20,
+        }],
+    };
+    let answer = client.replica_fetch(request(cluster_id)).await.unwrap().into_inner();
+    assert_eq!(answer.error_code(), ErrorCode::None, "{}", answer.error_message);
+    let p = &answer.partitions[0];
+    assert_eq!(p.error_code(), ErrorCode::None, "{}", p.error_message);
+    assert_eq!((p.log_end_offset, p.records.len()), (40, consumer.records.len()));
+    assert_eq!(p.records, consumer.records, "the same batches as a consumer's fetch");
+    assert_eq!(records(&p.records).len(), 40);
+
+    let answer = client.replica_fetch(request("another".into())).await.unwrap().into_inner();
+    assert_eq!(answer.error_code(), ErrorCode::InconsistentClusterId);
+    assert!(answer.partitions.is_empty());
+    h.stop().await;
+}

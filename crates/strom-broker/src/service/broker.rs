@@ -24,6 +24,55 @@ impl BrokerService {
         BrokerService { broker }
     }
 
+    /// Serves one Produce: appends every partition's records concurrently and answers per
+    /// partition, in request order. A request naming too many partitions, or one twice, is
+    /// refused whole (every partition INVALID_REQUEST).
+    pub(crate) async fn produce_response(
+        &self,
+        request: pb::ProduceRequest,
+    ) -> pb::ProduceResponse {
+        let acks = i16::try_from(request.acks).unwrap_or(i16::MAX);
+        let timeout = produce_timeout(request.timeout_ms);
+        let broker = &self.broker;
+        let refusal = &check_partition_entries(
+            "produce",
+            request
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), p.partition))),
+        )
+        .err();
+        // Partitions are independent logs: append to all of them concurrently.
+        let topics = join_all(request.topics.into_iter().map(|topic| async move {
+            let name = topic.name;
+            let partitions = join_all(topic.partitions.into_iter().map(|data| {
+                let name = &name;
+                async move {
+                    let result = match refusal {
+                        Some(e) => Err(e.clone()),
+                        None => {
+                            broker.produce(name, data.partition, data.records, acks, timeout).await
+                        }
+                    };
+                    let (error_code, error_message) = error_fields(&result);
+                    let outcome = result.ok();
+                    pb::PartitionProduceResponse {
+                        partition: data.partition,
+                        error_code,
+                        error_message,
+                        base_offset: outcome.map_or(-1, |o| o.base_offset),
+                        log_append_time_ms: outcome.map_or(-1, |o| o.log_append_time_ms),
+                        log_start_offset: outcome.map_or(-1, |o| o.log_start_offset),
+                    }
+                }
+            }))
+            .await;
+            pb::TopicProduceResponse { name, partitions }
+        }))
+        .await;
+        pb::ProduceResponse { topics }
+    }
+
     /// Serves one Fetch: long-polls the broker core and answers per topic, in request order.
     pub(crate) async fn fetch_response(&self, request: pb::FetchRequest) -> pb::FetchResponse {
         let mut partitions = Vec::new();
@@ -101,47 +150,9 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
-        let request = request.into_inner();
-        let acks = i16::try_from(request.acks).unwrap_or(i16::MAX);
-        let timeout = produce_timeout(request.timeout_ms);
-        let broker = &self.broker;
-        let refusal = &check_partition_entries(
-            "produce",
-            request
-                .topics
-                .iter()
-                .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), p.partition))),
-        )
-        .err();
-        // Partitions are independent logs: append to all of them concurrently.
-        let topics = join_all(request.topics.into_iter().map(|topic| async move {
-            let name = topic.name;
-            let partitions = join_all(topic.partitions.into_iter().map(|data| {
-                let name = &name;
-                async move {
-                    let result = match refusal {
-                        Some(e) => Err(e.clone()),
-                        None => {
-                            broker.produce(name, data.partition, data.records, acks, timeout).await
-                        }
-                    };
-                    let (error_code, error_message) = error_fields(&result);
-                    let outcome = result.ok();
-                    pb::PartitionProduceResponse {
-                        partition: data.partition,
-                        error_code,
-                        error_message,
-                        base_offset: outcome.map_or(-1, |o| o.base_offset),
-                        log_append_time_ms: outcome.map_or(-1, |o| o.log_append_time_ms),
-                        log_start_offset: outcome.map_or(-1, |o| o.log_start_offset),
-                    }
-                }
-            }))
-            .await;
-            pb::TopicProduceResponse { name, partitions }
-        }))
-        .await;
-        Ok(Response::new(pb::ProduceResponse { topics }))
+        // The server answers Produce through `produce_route` (the request's frames are not
+        // copied); this is the same answer for callers of the service itself.
+        Ok(Response::new(self.produce_response(request.into_inner()).await))
     }
 
     async fn fetch(

@@ -8,9 +8,13 @@ pub(crate) mod admin;
 pub(crate) mod broker;
 pub(crate) mod fetch_route;
 pub(crate) mod group;
+pub(crate) mod grpc_body;
+pub(crate) mod produce_route;
 pub(crate) mod quorum;
 pub(crate) mod recovery_gate;
+pub(crate) mod replica_fetch_route;
 pub(crate) mod replication;
+pub(crate) mod routes;
 
 use strom_proto::v1::ErrorCode;
 

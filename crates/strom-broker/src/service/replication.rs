@@ -24,6 +24,17 @@ impl ReplicationService {
     fn foreign(&self, cluster_id: &str) -> Option<(i32, String)> {
         crate::service::foreign_peer(&self.broker, cluster_id)
     }
+
+    /// Serves one follower fetch (a peer of another cluster is refused).
+    pub(crate) async fn replica_fetch_response(
+        &self,
+        request: pb::ReplicaFetchRequest,
+    ) -> pb::ReplicaFetchResponse {
+        if let Some((error_code, error_message)) = self.foreign(&request.cluster_id) {
+            return pb::ReplicaFetchResponse { error_code, error_message, partitions: Vec::new() };
+        }
+        crate::replication::serve_replica_fetch(&self.broker, request).await
+    }
 }
 
 #[tonic::async_trait]
@@ -32,15 +43,9 @@ impl pb::replication_server::Replication for ReplicationService {
         &self,
         request: Request<pb::ReplicaFetchRequest>,
     ) -> Result<Response<pb::ReplicaFetchResponse>, Status> {
-        let request = request.into_inner();
-        if let Some((error_code, error_message)) = self.foreign(&request.cluster_id) {
-            return Ok(Response::new(pb::ReplicaFetchResponse {
-                error_code,
-                error_message,
-                partitions: Vec::new(),
-            }));
-        }
-        Ok(Response::new(crate::replication::serve_replica_fetch(&self.broker, request).await))
+        // The server answers ReplicaFetch through `replica_fetch_route` (no copy of the
+        // records); this is the same answer for callers of the service itself.
+        Ok(Response::new(self.replica_fetch_response(request.into_inner()).await))
     }
 
     async fn alter_partition(
