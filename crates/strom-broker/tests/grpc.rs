@@ -951,6 +951,7 @@ async fn replica_fetch_serves_the_logs_records_and_refuses_another_cluster() {
             last_fetched_epoch: -1,
             current_leader_epoch: 0,
             partition_max_bytes: 64 << 20,
+            log_start_offset: 0,
         }],
     };
     let answer = client.replica_fetch(request(cluster_id)).await.unwrap().into_inner();
