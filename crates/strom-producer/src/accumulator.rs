@@ -595,10 +595,7 @@ mod tests {
             });
             assert!(!wake, "batches opened and closed behind a request in flight");
         }
-        assert!(
-            clock_reads >= 2 && clock_reads < 10,
-            "the clock is read per batch, not per record"
-        );
+        assert!((2..10).contains(&clock_reads), "the clock is read per batch, not per record");
         // The answer clears the mark; the sender's next drain finds the closed batches.
         acc.done("t", PartitionId::new(0));
         assert_eq!(acc.drain(t0).ready.len(), 1);

@@ -110,13 +110,14 @@ impl ProduceBody {
     pub(crate) fn into_frame(self, encoded_len: usize) -> Result<Vec<Bytes>, Status> {
         let len = u32::try_from(encoded_len)
             .map_err(|_| Status::out_of_range(format!("produce request of {encoded_len} bytes")))?;
+        let partitions: usize = self.topics.iter().map(|t| t.partitions.len()).sum();
         let batches: usize =
             self.topics.iter().flat_map(|t| &t.partitions).map(|p| p.batches.len()).sum();
-        // Field headers are at most a few dozen bytes per topic and partition.
+        // Field headers: a few bytes per field, plus the topic names.
         let names: usize = self.topics.iter().map(|t| t.name.len() + 16).sum();
-        let parts: usize = self.topics.iter().map(|t| t.partitions.len() * 32).sum();
-        let mut head = BytesMut::with_capacity(GRPC_PREFIX_LEN + 16 + names + parts);
-        let mut chunks = Vec::with_capacity(batches + 2 * parts / 32 + 1);
+        let mut head = BytesMut::with_capacity(GRPC_PREFIX_LEN + 16 + names + 32 * partitions);
+        // One header chunk before each partition's batches, and one at the end at most.
+        let mut chunks = Vec::with_capacity(batches + partitions + 1);
         head.put_u8(0);
         head.put_u32(len);
         if self.acks != 0 {
@@ -183,7 +184,7 @@ impl http_body::Body for FrameBody {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         Poll::Ready(this.chunks.next().map(|chunk| {
-            this.remaining -= chunk.len() as u64;
+            this.remaining = this.remaining.saturating_sub(chunk.len() as u64);
             Ok(http_body::Frame::data(chunk))
         }))
     }

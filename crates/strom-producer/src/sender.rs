@@ -173,14 +173,22 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if let Some(idem) = &inner.idempotence
             && idem.needs_id()
         {
-            init_producer_id(&inner, idem).await;
+            // The calls in flight go on meanwhile (their answers may be what is waiting).
+            let init = init_producer_id(&inner, idem);
+            tokio::pin!(init);
+            loop {
+                tokio::select! {
+                    () = &mut init => break,
+                    Some(()) = requests.next(), if !requests.is_empty() => {}
+                }
+            }
         }
         dispatch(&inner, drain.ready, &mut requests);
     }
 }
 
-/// Encodes the drained batches, finds each partition's leader, and starts one request task per
-/// leader (split at `max_request_size`).
+/// Encodes the drained batches, finds each partition's leader, and adds one Produce call per
+/// leader (split at `max_request_size`) to `requests`.
 fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>, requests: &mut Requests) {
     let now = Instant::now();
     let cfg = &inner.config;
