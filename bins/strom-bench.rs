@@ -191,9 +191,14 @@ impl Pacer {
     }
 }
 
-/// Bound of the queue between sending and awaiting acknowledgements; the producer's own
-/// buffer memory limits what is really in flight.
-const ACK_QUEUE: usize = 100_000;
+/// Bound of the queue between sending and awaiting acknowledgements, in chunks of
+/// [`ACK_CHUNK`] records; the producer's own buffer memory limits what is really in flight.
+const ACK_QUEUE: usize = 1024;
+/// Records handed to the acknowledgement collector at once: a channel message per record
+/// cost more than the producer's own work per record (two threads touching the channel's
+/// cache lines for every record). Paced runs hand over what they have before every wait, so
+/// no record waits in a chunk while the sender sleeps.
+const ACK_CHUNK: usize = 256;
 /// Largest latency the histograms track, in microseconds (larger values are clamped).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// How long --create-topic waits for every partition to get a leader.
@@ -413,7 +418,7 @@ async fn produce(args: ProduceArgs, e2e: bool) -> anyhow::Result<()> {
     // One shared payload: the benchmark measures Strom, not the allocator (e2e stamps a copy).
     let payload = Bytes::from(payload(args.record_size));
     let progress = progress_bar(common.num_records);
-    let (tx, rx) = mpsc::channel::<(Option<Instant>, DeliveryFuture)>(ACK_QUEUE);
+    let (tx, rx) = mpsc::channel::<Vec<(Option<Instant>, DeliveryFuture)>>(ACK_QUEUE);
     let collector = tokio::spawn(collect_acks(rx, progress.clone()));
     let pacer = args.rate.map(|r| Pacer::new(r.records_per_sec(args.record_size)));
     let sample_every = if pacer.is_some() || e2e { 1 } else { LATENCY_SAMPLE };
@@ -422,12 +427,19 @@ async fn produce(args: ProduceArgs, e2e: bool) -> anyhow::Result<()> {
     let cpu = CpuMeter::start(common).await?;
     let start = Instant::now();
     let mut allowed = 0u64;
+    let mut chunk = Vec::with_capacity(ACK_CHUNK);
     for i in 0..common.num_records {
         if let Some(pacer) = &pacer
             && i >= allowed
         {
             allowed = pacer.allowed(start.elapsed());
             if i >= allowed {
+                if !chunk.is_empty() {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(ACK_CHUNK));
+                    if tx.send(full).await.is_err() {
+                        break; // the collector stopped on an error; it reports it below
+                    }
+                }
                 tokio::time::sleep_until(start + pacer.due(i)).await;
                 allowed = pacer.allowed(start.elapsed());
             }
@@ -439,9 +451,17 @@ async fn produce(args: ProduceArgs, e2e: bool) -> anyhow::Result<()> {
         };
         let record = ProducerRecord::new(&*topic).value(value);
         let pending = producer.send(record).await.context("send failed")?;
-        if tx.send((sent, pending)).await.is_err() {
-            break; // the collector stopped on an error; it reports it below
+        chunk.push((sent, pending));
+        if chunk.len() >= ACK_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(ACK_CHUNK));
+            if tx.send(full).await.is_err() {
+                break; // the collector stopped on an error; it reports it below
+            }
         }
+    }
+    if !chunk.is_empty() {
+        // An error here means the collector stopped on one; it reports it below.
+        let _ = tx.send(chunk).await;
     }
     drop(tx);
     producer.flush().await;
@@ -552,19 +572,21 @@ struct Acked {
 
 /// Awaits acknowledgements in send order and records the latency of the timed ones.
 async fn collect_acks(
-    mut rx: mpsc::Receiver<(Option<Instant>, DeliveryFuture)>,
+    mut rx: mpsc::Receiver<Vec<(Option<Instant>, DeliveryFuture)>>,
     progress: ProgressBar,
 ) -> anyhow::Result<Acked> {
     let mut latency = histogram()?;
     let mut count = 0u64;
-    while let Some((sent, pending)) = rx.recv().await {
-        pending.await.context("record not stored")?;
-        if let Some(sent) = sent {
-            latency.saturating_record(micros(sent.elapsed()));
-        }
-        count += 1;
-        if count.is_multiple_of(1024) {
-            progress.set_position(count);
+    while let Some(chunk) = rx.recv().await {
+        for (sent, pending) in chunk {
+            pending.await.context("record not stored")?;
+            if let Some(sent) = sent {
+                latency.saturating_record(micros(sent.elapsed()));
+            }
+            count += 1;
+            if count.is_multiple_of(1024) {
+                progress.set_position(count);
+            }
         }
     }
     progress.set_position(count);

@@ -260,6 +260,21 @@ impl Client {
         Some(info)
     }
 
+    /// The cached metadata of `topic` like [`Client::cached_topic`], but without its age check
+    /// (a clock read): for per-record paths, such as the producer's `send`, whose caller also
+    /// calls [`Client::cached_topic`] regularly so that old metadata is still refreshed.
+    ///
+    /// ```no_run
+    /// # fn demo(client: strom_client::Client) {
+    /// if let Some(info) = client.cached_topic_unaged("orders") {
+    ///     println!("{} partitions", info.num_partitions());
+    /// }
+    /// # }
+    /// ```
+    pub fn cached_topic_unaged(&self, topic: &str) -> Option<Arc<TopicInfo>> {
+        self.inner.topics.read().get(topic).map(|(info, _)| Arc::clone(info))
+    }
+
     /// Fetches the topic's metadata from the cluster, replacing the cached copy.
     ///
     /// ```no_run
@@ -680,12 +695,24 @@ impl Client {
     }
 }
 
+/// HTTP/2 receive window of one call: how much of a response (a fetch of many partitions,
+/// megabytes) the broker may send before the client acknowledges it. hyper's default (2 MiB)
+/// made a large fetch response wait for WINDOW_UPDATE round trips; a window is an allowance,
+/// not an allocation, and the consumer bounds what it buffers itself.
+const STREAM_WINDOW: u32 = 16 << 20;
+/// HTTP/2 receive window of the whole connection, shared by its calls (hyper's default: 5 MiB).
+const CONNECTION_WINDOW: u32 = 32 << 20;
+// tonic's `Endpoint` has no setting for the largest frame the client accepts (16 KiB, HTTP/2's
+// default); the frames the client *sends* are sized by the broker's SETTINGS.
+
 fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
     let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| ClientError::InvalidArgument(format!("bad address {addr:?}: {e}")))?;
     Ok(endpoint
         .connect_timeout(config.connect_timeout)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true))

@@ -186,20 +186,39 @@ impl BatchBuilder {
     /// [`FormatError::TooLarge`] when an append overflowed the format's limits, and with
     /// [`FormatError::Codec`] when the codec fails.
     pub fn build(self) -> Result<Bytes, FormatError> {
+        self.build_pooled(Vec::new()).map(|(batch, _)| batch)
+    }
+
+    /// [`BatchBuilder::build`] for a producer that pools its buffers. A compressed batch is
+    /// written into `spare` (cleared first; it grows only if too small), and the builder's own
+    /// buffer, which held the uncompressed records, comes back as the second value for the
+    /// next batch. Without compression the batch is the builder's buffer and `spare` comes
+    /// back unused. Either way no buffer is allocated when the two given have room.
+    ///
+    /// ```
+    /// use strom_format::{BatchBuilder, Compression, RecordBatch};
+    /// let mut b = BatchBuilder::with_buffer(Compression::Lz4, Vec::with_capacity(4096));
+    /// b.append(1_000, None, Some([7u8; 1000].as_slice()), &[]);
+    /// let (batch, records_buf) = b.build_pooled(Vec::with_capacity(4096)).unwrap();
+    /// assert_eq!(records_buf.capacity(), 4096);
+    /// assert_eq!(RecordBatch::new(batch).unwrap().records().unwrap().count(), 1);
+    /// ```
+    pub fn build_pooled(self, mut spare: Vec<u8>) -> Result<(Bytes, Vec<u8>), FormatError> {
         if let Some(e) = self.error {
             return Err(e);
         }
         if self.count == 0 {
             return Err(FormatError::Empty);
         }
-        let mut out = match self.compression {
-            Compression::None => self.buf,
+        let (mut out, back) = match self.compression {
+            Compression::None => (self.buf, spare),
             codec => {
                 let records = self.buf.get(BATCH_HEADER_LEN..).unwrap_or_default();
-                let mut out = Vec::with_capacity(BATCH_HEADER_LEN + records.len() / 2 + 64);
-                out.resize(BATCH_HEADER_LEN, 0);
-                compression::compress(codec, records, &mut out)?;
-                out
+                spare.clear();
+                spare.reserve(BATCH_HEADER_LEN + records.len() / 2 + 64);
+                spare.resize(BATCH_HEADER_LEN, 0);
+                compression::compress(codec, records, &mut spare)?;
+                (spare, self.buf)
             }
         };
         let batch_length = i32::try_from(out.len() - LOG_OVERHEAD)
@@ -231,7 +250,7 @@ impl BatchBuilder {
         if let Some(c) = out.get_mut(CRC_START - 4..CRC_START) {
             c.copy_from_slice(&crc.to_be_bytes());
         }
-        Ok(Bytes::from(out))
+        Ok((Bytes::from(out), back))
     }
 }
 

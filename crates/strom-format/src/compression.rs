@@ -202,16 +202,95 @@ pub(crate) fn compress(
             enc.finish().map_err(|e| codec_error(codec, e))?;
         }
         #[cfg(feature = "zstd")]
-        Compression::Zstd => {
-            let compressed =
-                zstd::bulk::compress(input, ZSTD_LEVEL).map_err(|e| codec_error(codec, e))?;
-            out.extend_from_slice(&compressed);
-        }
+        Compression::Zstd => zstd_compress(input, out)?,
         #[allow(unreachable_patterns, reason = "reachable when a codec feature is off")]
         left_out => return Err(not_built(left_out)),
     }
     Ok(())
 }
+
+#[cfg(feature = "zstd")]
+thread_local! {
+    /// A zstd compression context per thread, and the buffer it writes into, both reused:
+    /// creating a context (and its tables) cost more than compressing a 16 KiB batch with it,
+    /// and a fresh output buffer per batch meant an allocation and page faults per batch.
+    static ZSTD_COMPRESS: std::cell::RefCell<Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Appends `input` as one zstd frame (level [`ZSTD_LEVEL`]) to `out`.
+#[cfg(feature = "zstd")]
+fn zstd_compress(input: &[u8], out: &mut Vec<u8>) -> Result<(), FormatError> {
+    let codec = Compression::Zstd;
+    ZSTD_COMPRESS.with(|cell| {
+        // Not re-entered: nothing below calls back into this module.
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            let compressed =
+                zstd::bulk::compress(input, ZSTD_LEVEL).map_err(|e| codec_error(codec, e))?;
+            out.extend_from_slice(&compressed);
+            return Ok(());
+        };
+        let (compressor, scratch) = match &mut *slot {
+            Some(pair) => pair,
+            None => slot.insert((
+                zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| codec_error(codec, e))?,
+                Vec::new(),
+            )),
+        };
+        scratch.clear();
+        scratch.reserve(zstd::zstd_safe::compress_bound(input.len()));
+        compressor.compress_to_buffer(input, scratch).map_err(|e| codec_error(codec, e))?;
+        out.extend_from_slice(scratch);
+        // A huge batch does not pin its buffer in every thread that compressed one.
+        if scratch.capacity() > ZSTD_SCRATCH_KEEP {
+            *scratch = Vec::new();
+        }
+        Ok(())
+    })
+}
+
+#[cfg(feature = "zstd")]
+thread_local! {
+    /// A zstd decompression context per thread, reused for the same reason as the compression
+    /// one: a context per batch cost more than decoding the batch.
+    static ZSTD_DECOMPRESS: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses zstd frames that record their size (what Strom, librdkafka and the Java
+/// client write) into one buffer of exactly that size with a reused context. `Ok(None)` when
+/// the size is not recorded: the caller then streams.
+#[cfg(feature = "zstd")]
+fn zstd_decompress(input: &[u8], limit: usize) -> Result<Option<Vec<u8>>, FormatError> {
+    let codec = Compression::Zstd;
+    let Some(size) = zstd::bulk::Decompressor::upper_bound(input) else {
+        return Ok(None);
+    };
+    if size > limit {
+        return Err(FormatError::TooLarge { size, limit });
+    }
+    ZSTD_DECOMPRESS.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return Ok(None);
+        };
+        let decompressor = match &mut *slot {
+            Some(d) => d,
+            None => {
+                let mut d = zstd::bulk::Decompressor::new().map_err(|e| codec_error(codec, e))?;
+                d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+                    .map_err(|e| codec_error(codec, e))?;
+                slot.insert(d)
+            }
+        };
+        let mut out = Vec::with_capacity(size);
+        decompressor.decompress_to_buffer(input, &mut out).map_err(|e| codec_error(codec, e))?;
+        Ok(Some(out))
+    })
+}
+
+/// The largest zstd output buffer a thread keeps between batches.
+#[cfg(feature = "zstd")]
+const ZSTD_SCRATCH_KEEP: usize = 4 << 20;
 
 /// Decompresses `input`, failing with [`FormatError::TooLarge`] once the output would exceed
 /// `limit` bytes. `Compression::None` is not handled here: callers slice it without copying.
@@ -220,7 +299,15 @@ pub(crate) fn decompress(
     input: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, FormatError> {
-    let mut out = Vec::new();
+    #[cfg(feature = "zstd")]
+    if codec == Compression::Zstd
+        && let Some(out) = zstd_decompress(input, limit)?
+    {
+        return Ok(out);
+    }
+    // Room for a typical ratio up front: growing from nothing doubled (and copied) the
+    // buffer several times per batch.
+    let mut out = Vec::with_capacity(input.len().saturating_mul(4).max(4096).min(limit));
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     decompressor(codec, input)?
         .take(cap)
@@ -409,6 +496,33 @@ mod tests {
         framed.extend_from_slice(&bomb);
         let err = decompress(Compression::Snappy, &framed, 1 << 30).unwrap_err();
         assert!(matches!(err, FormatError::Codec { .. }), "{err}");
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_frames_with_and_without_a_recorded_size_decode() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let mut sized = Vec::new();
+        compress(Compression::Zstd, &data, &mut sized).unwrap();
+        assert_eq!(zstd::bulk::Decompressor::upper_bound(&sized), Some(data.len()));
+        // A streaming encoder records no size: the streaming decoder takes over.
+        let streamed = zstd::stream::encode_all(data.as_slice(), 3).unwrap();
+        for frame in [&sized, &streamed] {
+            for _ in 0..3 {
+                assert_eq!(decompress(Compression::Zstd, frame, data.len()).unwrap(), data);
+            }
+            assert!(matches!(
+                decompress(Compression::Zstd, frame, data.len() - 1),
+                Err(FormatError::TooLarge { .. })
+            ));
+        }
+        // A frame that lies about its size fails cleanly, and the context still works after.
+        let mut lying = sized.clone();
+        if let Some(b) = lying.last_mut() {
+            *b ^= 0xff;
+        }
+        let _ = decompress(Compression::Zstd, &lying, data.len());
+        assert_eq!(decompress(Compression::Zstd, &sized, data.len()).unwrap(), data);
     }
 
     #[test]

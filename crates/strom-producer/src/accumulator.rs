@@ -178,9 +178,25 @@ impl Accumulator {
         let Ok(mut buf) = bytes.try_into_mut() else { return };
         // Empty first: turning it into a Vec then moves no bytes.
         buf.clear();
-        let buf = Vec::from(buf);
+        self.recycle_vec(Vec::from(buf));
+    }
+
+    /// A buffer for a compressed batch: a spare one from the pool, or a new one of a batch's
+    /// size. Only compressed batches ask; the others are built in their builder's buffer.
+    pub(crate) fn spare_buffer(&mut self) -> Vec<u8> {
+        let cap = self.config.batch_size.min(self.config.max_request_size);
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(cap))
+    }
+
+    /// Takes back a buffer no batch uses any more (the uncompressed records of a compressed
+    /// batch), under the same rules as [`Accumulator::recycle`].
+    pub(crate) fn recycle_vec(&mut self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
-        if cap >= self.config.batch_size && cap <= self.config.batch_size.saturating_mul(2) {
+        if self.free.len() < self.max_free
+            && cap >= self.config.batch_size
+            && cap <= self.config.batch_size.saturating_mul(2)
+        {
+            buf.clear();
             self.free.push(buf);
         }
     }
@@ -204,15 +220,19 @@ impl Accumulator {
         self.flush_below = self.flush_below.max(below);
     }
 
-    /// Appends a record. `partition` is `None` for the sticky partitioner. Returns the record's
-    /// future and whether the sender should look at the queues (a batch opened or closed).
+    /// Appends a record. `partition` is `None` for the sticky partitioner; `now` is called only
+    /// when a batch opens (a clock read per record is measurable). Returns the record's future
+    /// and whether the sender should look at the queues: a batch opened or closed on a
+    /// partition without a request in flight. While one is in flight nothing of the partition
+    /// can be sent, and its answer wakes the sender anyway: one wake-up per request instead of
+    /// two per batch.
     pub(crate) fn append(
         &mut self,
         topic: &str,
         partition: Option<PartitionId>,
         info: &TopicInfo,
         record: &Append<'_>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> (DeliveryFuture, bool) {
         let cfg = self.config;
         let tq = match self.topics.get_mut(topic) {
@@ -238,7 +258,7 @@ impl Accumulator {
                         q.open.take_if(|o| would_overflow(&o.builder, record.size, cfg.batch_size))
                 {
                     q.ready.push_back(full.close());
-                    wake = true;
+                    wake |= !q.in_flight;
                     p = pick_sticky(info, Some(p));
                     tq.sticky = Some(p);
                 }
@@ -251,11 +271,12 @@ impl Accumulator {
             queue.open.take_if(|o| would_overflow(&o.builder, record.size, cfg.batch_size))
         {
             queue.ready.push_back(open.close());
-            wake = true;
+            wake |= !queue.in_flight;
         }
         let free = &mut self.free;
+        let idle = !queue.in_flight;
         let open = queue.open.get_or_insert_with(|| {
-            wake = true;
+            wake |= idle;
             // Room for the whole batch up front: appends never reallocate (and copy) it.
             let buf = free
                 .pop()
@@ -263,7 +284,7 @@ impl Accumulator {
             OpenBatch {
                 builder: BatchBuilder::with_buffer(cfg.compression, buf),
                 completer: Completer::new(&self.tracker, name, partition),
-                created: now,
+                created: now(),
             }
         });
         let index = u32::try_from(open.builder.len()).unwrap_or(u32::MAX);
@@ -273,7 +294,7 @@ impl Accumulator {
             && let Some(full) = queue.open.take()
         {
             queue.ready.push_back(full.close());
-            wake = true;
+            wake |= !queue.in_flight;
             if tq.sticky == Some(partition) {
                 tq.sticky = Some(pick_sticky(info, Some(partition)));
             }
@@ -461,7 +482,7 @@ mod tests {
         let value = [7u8; 100];
         let mut futures = Vec::new();
         for _ in 0..25 {
-            let (f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&value), t0);
+            let (f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&value), || t0);
             futures.push(f);
         }
         // Linger has not passed: only the closed batches are ready, the open one waits.
@@ -484,7 +505,7 @@ mod tests {
         let mut acc = accumulator(1 << 20, 10);
         let t0 = Instant::now();
         let info = info(1);
-        let _f = acc.append("t", Some(PartitionId::new(0)), &info, &rec(b"x"), t0);
+        let _f = acc.append("t", Some(PartitionId::new(0)), &info, &rec(b"x"), || t0);
         let drain = acc.drain(t0 + Duration::from_millis(5));
         assert!(drain.ready.is_empty());
         assert_eq!(drain.next_wakeup, Some(t0 + Duration::from_millis(10)));
@@ -498,9 +519,9 @@ mod tests {
         let mut acc = accumulator(1 << 20, 60_000);
         let t0 = Instant::now();
         let info = info(2);
-        let _a = acc.append("t", Some(PartitionId::new(0)), &info, &rec(b"a"), t0);
+        let _a = acc.append("t", Some(PartitionId::new(0)), &info, &rec(b"a"), || t0);
         acc.flush(acc.tracker.next_id());
-        let _b = acc.append("t", Some(PartitionId::new(1)), &info, &rec(b"b"), t0);
+        let _b = acc.append("t", Some(PartitionId::new(1)), &info, &rec(b"b"), || t0);
         let drain = acc.drain(t0);
         assert_eq!(drain.ready.len(), 1, "only the batch created before flush is forced");
         assert_eq!(drain.ready[0].partition, PartitionId::new(0));
@@ -516,7 +537,7 @@ mod tests {
         let p = PartitionId::new(0);
         let mut futures = Vec::new();
         for i in 0..10u8 {
-            futures.push(acc.append("t", Some(p), &info, &rec(&[i; 50]), t0).0);
+            futures.push(acc.append("t", Some(p), &info, &rec(&[i; 50]), || t0).0);
         }
         let first = acc.drain(t0).ready.pop().unwrap();
         assert!(acc.drain(t0).ready.is_empty(), "partition is in flight");
@@ -542,7 +563,7 @@ mod tests {
         let info = info(4);
         let mut parts = Vec::new();
         for _ in 0..60 {
-            let (f, _) = acc.append("t", None, &info, &rec(&[1; 100]), t0);
+            let (f, _) = acc.append("t", None, &info, &rec(&[1; 100]), || t0);
             parts.push(f.partition());
         }
         // Runs of the same partition, one run per batch, switching at each batch boundary.
@@ -553,12 +574,53 @@ mod tests {
     }
 
     #[test]
+    fn only_a_partition_without_a_request_in_flight_wakes_the_sender() {
+        // Three of these records fit a batch.
+        let mut acc = accumulator(300, 60_000);
+        let t0 = Instant::now();
+        let info = info(1);
+        let p = Some(PartitionId::new(0));
+        let (_f, wake) = acc.append("t", p, &info, &rec(&[1; 50]), || t0);
+        assert!(wake, "a new batch needs its linger timer");
+        let (_f, wake) = acc.append("t", p, &info, &rec(&[1; 50]), || t0);
+        assert!(!wake, "nothing changed for the sender");
+        // Force the open batch out: the partition now has a request in flight.
+        acc.flush(acc.tracker.next_id());
+        assert_eq!(acc.drain(t0).ready.len(), 1);
+        let mut clock_reads = 0;
+        for _ in 0..10 {
+            let (_f, wake) = acc.append("t", p, &info, &rec(&[2; 50]), || {
+                clock_reads += 1;
+                t0
+            });
+            assert!(!wake, "batches opened and closed behind a request in flight");
+        }
+        assert!((2..10).contains(&clock_reads), "the clock is read per batch, not per record");
+        // The answer clears the mark; the sender's next drain finds the closed batches.
+        acc.done("t", PartitionId::new(0));
+        assert_eq!(acc.drain(t0).ready.len(), 1);
+        let (_f, wake) = acc.append("t", p, &info, &rec(&[3; 50]), || t0);
+        assert!(!wake, "in flight again");
+    }
+
+    #[test]
+    fn compressed_batches_take_and_return_pooled_buffers() {
+        let mut acc = accumulator(1000, 0);
+        acc.recycle_vec(Vec::with_capacity(1000));
+        acc.recycle_vec(Vec::with_capacity(10));
+        assert_eq!(acc.spare_buffers(), 1, "a buffer smaller than a batch is let go");
+        let spare = acc.spare_buffer();
+        assert_eq!((spare.capacity(), acc.spare_buffers()), (1000, 0));
+        assert!(acc.spare_buffer().capacity() >= 1000, "an empty pool hands out a new buffer");
+    }
+
+    #[test]
     fn drain_reports_idle() {
         let mut acc = accumulator(1000, 0);
         assert!(acc.drain(Instant::now()).idle);
         let info = info(1);
         let t0 = Instant::now();
-        let _f = acc.append("t", Some(PartitionId::new(0)), &info, &rec(b"x"), t0);
+        let _f = acc.append("t", Some(PartitionId::new(0)), &info, &rec(b"x"), || t0);
         let d = acc.drain(t0);
         assert!(!d.idle);
         acc.done("t", PartitionId::new(0));
@@ -570,7 +632,7 @@ mod tests {
         let mut acc = accumulator(1000, 0);
         let t0 = Instant::now();
         let info = info(1);
-        let (_f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&[1u8; 100]), t0);
+        let (_f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&[1u8; 100]), || t0);
         let batch = acc.drain(t0).ready.remove(0).batches.remove(0);
         let Payload::Open(builder) = batch.payload else { panic!("not built yet") };
         let bytes = builder.build().unwrap();
@@ -582,7 +644,7 @@ mod tests {
         acc.recycle(other);
         assert_eq!(acc.spare_buffers(), 1);
         acc.done("t", PartitionId::new(0));
-        let (_f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&[2u8; 100]), t0);
+        let (_f, _) = acc.append("t", Some(PartitionId::new(0)), &info, &rec(&[2u8; 100]), || t0);
         assert_eq!(acc.spare_buffers(), 0);
         let batch = acc.drain(t0).ready.remove(0).batches.remove(0);
         let Payload::Open(builder) = batch.payload else { panic!("not built yet") };

@@ -1,23 +1,30 @@
-//! The Produce call's own gRPC codec: writes a `ProduceRequest` whose `records` fields are the
-//! batches the accumulator already built, straight into tonic's frame buffer.
+//! The Produce call's request body: a `ProduceRequest` whose `records` fields are the batches
+//! the accumulator already built, handed to HTTP/2 as they are.
 //!
 //! With prost's generated encoder the producer had to concatenate a partition's batches into
 //! one `Bytes` first (a copy of every record), and prost then wrote the message into a buffer
-//! that grew by doubling (more copies, and page faults on the fresh memory). Here the body's
-//! exact size is computed first, the buffer is reserved once, and each batch is copied once.
-//! The bytes on the wire are exactly what prost would write for the same message (fields in
-//! order, proto3 defaults omitted), so the broker decodes them with its generated types.
+//! that grew by doubling (more copies, and page faults on the fresh memory). A tonic codec
+//! still copied every batch once into tonic's encode buffer. Here the gRPC frame is a list of
+//! chunks: the length prefix and protobuf field headers in one small buffer, then each batch's
+//! own `Bytes`, which h2 writes to the socket without copying them. The bytes on the wire are
+//! exactly what prost would write for the same message (fields in order, proto3 defaults
+//! omitted; a property test checks it), so the broker decodes them with its generated types.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use strom_client::proto::v1::ProduceResponse;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{DecodeBuf, Decoder};
 
-/// The gRPC method the codec is used for.
+/// gRPC's message prefix: a compressed flag (0) and the message length (u32, big endian).
+const GRPC_PREFIX_LEN: usize = 5;
+
+/// The gRPC method of the request.
 pub(crate) const PRODUCE_PATH: &str = "/strom.v1.Broker/Produce";
 
 /// A `ProduceRequest` whose partitions carry their batches as separate buffers.
@@ -76,40 +83,12 @@ impl PartitionBody {
     fn encoded_len(&self) -> usize {
         int32_len(1, self.partition) + bytes_len(2, self.records_len())
     }
-
-    fn encode(&self, buf: &mut impl BufMut) {
-        if self.partition != 0 {
-            encode_key(1, WireType::Varint, buf);
-            encode_varint(i64::from(self.partition) as u64, buf);
-        }
-        let records = self.records_len();
-        if records != 0 {
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(records as u64, buf);
-            for b in &self.batches {
-                buf.put_slice(b);
-            }
-        }
-    }
 }
 
 impl TopicBody {
     fn encoded_len(&self) -> usize {
         bytes_len(1, self.name.len())
             + self.partitions.iter().map(|p| message_len(2, p.encoded_len())).sum::<usize>()
-    }
-
-    fn encode(&self, buf: &mut impl BufMut) {
-        if !self.name.is_empty() {
-            encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(self.name.len() as u64, buf);
-            buf.put_slice(self.name.as_bytes());
-        }
-        for p in &self.partitions {
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(p.encoded_len() as u64, buf);
-            p.encode(buf);
-        }
     }
 }
 
@@ -121,60 +100,105 @@ impl ProduceBody {
             + self.topics.iter().map(|t| message_len(3, t.encoded_len())).sum::<usize>()
     }
 
-    /// Writes the message as protobuf (`ProduceRequest`).
-    pub(crate) fn encode(&self, buf: &mut impl BufMut) {
+    /// The request as one gRPC message frame, in chunks: the length prefix and the protobuf
+    /// field headers go into one small buffer, and every batch follows as the `Bytes` it
+    /// already is. Concatenated, the chunks are exactly what tonic sends for the same
+    /// message encoded by prost; unlike that, no record byte is copied on the way to the
+    /// socket (h2 writes DATA payloads of 256 bytes and more straight from these buffers).
+    ///
+    /// `encoded_len` is [`ProduceBody::encoded_len`]; it must fit gRPC's u32 length prefix.
+    pub(crate) fn into_frame(self, encoded_len: usize) -> Result<Vec<Bytes>, Status> {
+        let len = u32::try_from(encoded_len)
+            .map_err(|_| Status::out_of_range(format!("produce request of {encoded_len} bytes")))?;
+        let partitions: usize = self.topics.iter().map(|t| t.partitions.len()).sum();
+        let batches: usize =
+            self.topics.iter().flat_map(|t| &t.partitions).map(|p| p.batches.len()).sum();
+        // Field headers: a few bytes per field, plus the topic names.
+        let names: usize = self.topics.iter().map(|t| t.name.len() + 16).sum();
+        let mut head = BytesMut::with_capacity(GRPC_PREFIX_LEN + 16 + names + 32 * partitions);
+        // One header chunk before each partition's batches, and one at the end at most.
+        let mut chunks = Vec::with_capacity(batches + partitions + 1);
+        head.put_u8(0);
+        head.put_u32(len);
         if self.acks != 0 {
-            encode_key(1, WireType::Varint, buf);
-            encode_varint(i64::from(self.acks) as u64, buf);
+            encode_key(1, WireType::Varint, &mut head);
+            encode_varint(i64::from(self.acks) as u64, &mut head);
         }
         if self.timeout_ms != 0 {
-            encode_key(2, WireType::Varint, buf);
-            encode_varint(u64::from(self.timeout_ms), buf);
+            encode_key(2, WireType::Varint, &mut head);
+            encode_varint(u64::from(self.timeout_ms), &mut head);
         }
-        for t in &self.topics {
-            encode_key(3, WireType::LengthDelimited, buf);
-            encode_varint(t.encoded_len() as u64, buf);
-            t.encode(buf);
+        for t in self.topics {
+            encode_key(3, WireType::LengthDelimited, &mut head);
+            encode_varint(t.encoded_len() as u64, &mut head);
+            if !t.name.is_empty() {
+                encode_key(1, WireType::LengthDelimited, &mut head);
+                encode_varint(t.name.len() as u64, &mut head);
+                head.put_slice(t.name.as_bytes());
+            }
+            for p in t.partitions {
+                encode_key(2, WireType::LengthDelimited, &mut head);
+                encode_varint(p.encoded_len() as u64, &mut head);
+                if p.partition != 0 {
+                    encode_key(1, WireType::Varint, &mut head);
+                    encode_varint(i64::from(p.partition) as u64, &mut head);
+                }
+                let records = p.records_len();
+                if records != 0 {
+                    encode_key(2, WireType::LengthDelimited, &mut head);
+                    encode_varint(records as u64, &mut head);
+                    chunks.push(head.split().freeze());
+                    chunks.extend(p.batches.into_iter().filter(|b| !b.is_empty()));
+                }
+            }
         }
+        if !head.is_empty() {
+            chunks.push(head.freeze());
+        }
+        Ok(chunks)
     }
 }
 
-/// Encodes [`ProduceBody`], decodes `ProduceResponse` with prost.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ProduceCodec;
+/// The HTTP/2 request body of one Produce call: the chunks of [`ProduceBody::into_frame`],
+/// handed to hyper one by one without copying.
+#[derive(Debug)]
+pub(crate) struct FrameBody {
+    chunks: std::vec::IntoIter<Bytes>,
+    remaining: u64,
+}
 
-impl Codec for ProduceCodec {
-    type Encode = ProduceBody;
-    type Decode = ProduceResponse;
-    type Encoder = ProduceEncoder;
-    type Decoder = ResponseDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProduceEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ResponseDecoder
+impl FrameBody {
+    pub(crate) fn new(chunks: Vec<Bytes>) -> Self {
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        FrameBody { chunks: chunks.into_iter(), remaining }
     }
 }
 
-/// See [`ProduceCodec`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ProduceEncoder;
+impl http_body::Body for FrameBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
 
-impl Encoder for ProduceEncoder {
-    type Item = ProduceBody;
-    type Error = Status;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        Poll::Ready(this.chunks.next().map(|chunk| {
+            this.remaining = this.remaining.saturating_sub(chunk.len() as u64);
+            Ok(http_body::Frame::data(chunk))
+        }))
+    }
 
-    fn encode(&mut self, item: ProduceBody, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // One reservation for the whole body: the buffer never grows (and copies) mid-write.
-        dst.reserve(item.encoded_len());
-        item.encode(dst);
-        Ok(())
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 
-/// See [`ProduceCodec`].
+/// Decodes the `ProduceResponse` with prost.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ResponseDecoder;
 
@@ -241,22 +265,31 @@ mod tests {
             })
     }
 
+    /// What reaches the broker: the chunks back to back.
+    fn frame_bytes(body: ProduceBody) -> Vec<u8> {
+        let len = body.encoded_len();
+        body.into_frame(len).expect("fits").concat()
+    }
+
     proptest! {
         #[test]
         fn prost_decodes_the_same_request(body in body()) {
-            let mut buf = Vec::new();
-            body.encode(&mut buf);
-            prop_assert_eq!(buf.len(), body.encoded_len());
             let expected = to_prost(&body);
-            let decoded = ProduceRequest::decode(buf.as_slice());
+            let len = body.encoded_len();
+            let frame = frame_bytes(body);
+            prop_assert_eq!(frame.len(), 5 + len);
+            prop_assert_eq!(frame[0], 0, "uncompressed");
+            prop_assert_eq!(&frame[1..5], &u32::try_from(len).unwrap().to_be_bytes());
+            let decoded = ProduceRequest::decode(&frame[5..]);
             prop_assert_eq!(decoded.as_ref().ok(), Some(&expected));
             // Byte for byte what prost itself writes, so nothing on the broker can tell.
-            prop_assert_eq!(buf, expected.encode_to_vec());
+            prop_assert_eq!(&frame[5..], &expected.encode_to_vec()[..]);
         }
     }
 
     #[test]
     fn batches_of_a_partition_arrive_as_one_records_field() {
+        let batch = Bytes::from(vec![7u8; 300]);
         let body = ProduceBody {
             acks: -1,
             timeout_ms: 30_000,
@@ -264,14 +297,35 @@ mod tests {
                 name: Arc::from("t"),
                 partitions: vec![PartitionBody {
                     partition: 3,
-                    batches: vec![Bytes::from_static(b"abc"), Bytes::from_static(b"de")],
+                    batches: vec![Bytes::from_static(b"abc"), batch.clone()],
                 }],
             }],
         };
-        let mut buf = Vec::new();
-        body.encode(&mut buf);
-        let decoded = ProduceRequest::decode(buf.as_slice()).expect("decodes");
+        let len = body.encoded_len();
+        let chunks = body.clone().into_frame(len).expect("fits");
+        // The batches are the chunks themselves, not copies.
+        assert!(chunks.iter().any(|c| c.as_ptr() == batch.as_ptr() && c.len() == 300));
+        let frame = chunks.concat();
+        let decoded = ProduceRequest::decode(&frame[5..]).expect("decodes");
         assert_eq!(decoded.acks, -1);
-        assert_eq!(&decoded.topics[0].partitions[0].records[..], b"abcde");
+        let records = &decoded.topics[0].partitions[0].records;
+        assert_eq!(&records[..3], b"abc");
+        assert_eq!(records.len(), 303);
+    }
+
+    #[tokio::test]
+    async fn the_body_yields_every_chunk_then_ends() {
+        use http_body::Body as _;
+        let chunks = vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")];
+        let mut body = FrameBody::new(chunks);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let mut got = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let Ok(frame) = frame;
+            got.extend_from_slice(&frame.into_data().expect("data frame"));
+        }
+        assert_eq!(got, b"abcde");
+        assert!(body.is_end_stream());
     }
 }

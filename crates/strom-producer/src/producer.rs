@@ -2,6 +2,7 @@
 //! with backpressure, and owns the background sender task.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -47,8 +48,7 @@ struct Lifetime(Arc<Inner>);
 
 impl Drop for Lifetime {
     fn drop(&mut self) {
-        self.0.accum.lock().close();
-        self.0.wake.notify_one();
+        self.0.close();
     }
 }
 
@@ -101,6 +101,7 @@ impl Producer {
             tracker,
             wake: Notify::new(),
             sender: Mutex::new(None),
+            closed: AtomicBool::new(false),
             idempotence: (config_idempotent).then(Idempotence::default),
         });
         let handle = runtime.spawn(sender::run(Arc::clone(&inner)));
@@ -159,7 +160,7 @@ impl Producer {
                 });
             }
         };
-        if self.inner.accum.lock().is_closing() {
+        if self.inner.closed.load(Ordering::Acquire) {
             return Err(ProducerError::Closed);
         }
         // `max_block` counts from the first wait; read the clock only if a wait comes (the
@@ -167,8 +168,9 @@ impl Producer {
         let mut started = None;
         let mut deadline =
             || *started.get_or_insert_with(|| tokio::time::Instant::now() + cfg.max_block);
-        // The cache answers almost every call; only a miss pays for a timer.
-        let info = match self.inner.client.cached_topic(&record.topic) {
+        // The cache answers almost every call; only a miss pays for a timer. No age check (a
+        // clock read) per record: the sender checks the age per request.
+        let info = match self.inner.client.cached_topic_unaged(&record.topic) {
             Some(info) => info,
             None => {
                 let metadata = self.inner.client.topic_metadata(&record.topic);
@@ -228,7 +230,7 @@ impl Producer {
             if accum.is_closing() {
                 None
             } else {
-                Some(accum.append(&record.topic, partition, &info, &append, Instant::now()))
+                Some(accum.append(&record.topic, partition, &info, &append, Instant::now))
             }
         };
         match appended {
@@ -272,8 +274,7 @@ impl Producer {
     /// ```
     pub async fn close(&self) {
         self.flush().await;
-        self.inner.accum.lock().close();
-        self.inner.wake.notify_one();
+        self.inner.close();
         let handle = self.inner.sender.lock().take();
         if let Some(handle) = handle
             && let Err(e) = handle.await

@@ -1,23 +1,32 @@
 //! The background sender task: drains ready batches from the accumulator, groups them per
 //! leader into Produce requests, and completes, retries or fails them from the responses.
+//! One task does all of it, its Produce calls included (polled as a set, not spawned).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use rand::Rng;
 use strom_client::proto::v1::{InitProducerIdRequest, ProduceResponse};
 use strom_client::{Client, ClientError, ErrorCode};
-use strom_format::{Offset, RecordBatch, set_producer};
+use strom_format::{BatchBuilder, Compression, Offset, RecordBatch, set_producer};
 use tokio::sync::Notify;
-use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::Service;
+use tonic::codegen::http;
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use crate::accumulator::{Accumulator, Batch, Drained, Payload};
-use crate::codec::{PRODUCE_PATH, PartitionBody, ProduceBody, ProduceCodec, TopicBody};
+use crate::codec::{
+    FrameBody, PRODUCE_PATH, PartitionBody, ProduceBody, ResponseDecoder, TopicBody,
+};
 use crate::delivery::{BatchAck, Tracker};
 use crate::idempotence::Idempotence;
 use crate::{Acks, ProducerConfig, ProducerError};
@@ -36,8 +45,19 @@ pub(crate) struct Inner {
     /// Wakes the sender: a batch opened or closed, a request finished, flush or close.
     pub wake: Notify,
     pub sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set with the accumulator's closing mark, for `send` to check without the lock.
+    pub closed: AtomicBool,
     /// Producer id and sequences when idempotence is on (`enable_idempotence`, acks=all).
     pub idempotence: Option<Idempotence>,
+}
+
+impl Inner {
+    /// Stops accepting records and lets the sender drain what is buffered.
+    pub(crate) fn close(&self) {
+        self.accum.lock().close();
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
 }
 
 /// The leader refused the batch's producer id, epoch or sequence: re-stamp and resend it.
@@ -118,39 +138,58 @@ impl Failure {
     }
 }
 
+/// Produce calls in flight, polled by the sender task itself.
+type Requests = FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>;
+
 /// The sender loop; returns once the producer is closing and everything has been answered.
+///
+/// The loop polls its Produce calls itself instead of spawning a task per call: an answer
+/// wakes this task, which completes the batches and sends the partition's next ones in the
+/// same turn, where a spawned call had to wake it through `wake` (one task hop less each way,
+/// on a path that decides the latency of every record).
 pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut requests = Requests::new();
     loop {
         let drain = inner.accum.lock().drain(Instant::now());
         if drain.ready.is_empty() {
-            if drain.closing && drain.idle {
+            if drain.closing && drain.idle && requests.is_empty() {
                 debug!("producer sender finished");
                 return;
             }
             let notified = inner.wake.notified();
-            match drain.next_wakeup {
-                Some(at) => {
-                    tokio::select! {
-                        () = notified => {}
-                        () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
-                    }
+            let linger = async {
+                match drain.next_wakeup {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
                 }
-                None => notified.await,
+            };
+            tokio::select! {
+                () = notified => {}
+                () = linger => {}
+                Some(()) = requests.next(), if !requests.is_empty() => {}
             }
             continue;
         }
         if let Some(idem) = &inner.idempotence
             && idem.needs_id()
         {
-            init_producer_id(&inner, idem).await;
+            // The calls in flight go on meanwhile (their answers may be what is waiting).
+            let init = init_producer_id(&inner, idem);
+            tokio::pin!(init);
+            loop {
+                tokio::select! {
+                    () = &mut init => break,
+                    Some(()) = requests.next(), if !requests.is_empty() => {}
+                }
+            }
         }
-        dispatch(&inner, drain.ready);
+        dispatch(&inner, drain.ready, &mut requests);
     }
 }
 
-/// Encodes the drained batches, finds each partition's leader, and starts one request task per
-/// leader (split at `max_request_size`).
-fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
+/// Encodes the drained batches, finds each partition's leader, and adds one Produce call per
+/// leader (split at `max_request_size`) to `requests`.
+fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>, requests: &mut Requests) {
     let now = Instant::now();
     let cfg = &inner.config;
     let mut by_leader: HashMap<i32, Vec<(Drained, usize)>> = HashMap::new();
@@ -201,12 +240,7 @@ fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
                     });
                     b.restamp = false;
                 }
-                Payload::Open(builder) => match match stamp {
-                    Some((id, epoch, seq)) => builder.with_producer(id, epoch, seq),
-                    None => builder,
-                }
-                .build()
-                {
+                Payload::Open(builder) => match build(inner, builder, stamp) {
                     Ok(bytes) => b.payload = Payload::Built(bytes),
                     Err(e) => {
                         // Its sequence numbers are now a gap.
@@ -275,16 +309,41 @@ fn dispatch(inner: &Arc<Inner>, ready: Vec<Drained>) {
         let mut request_bytes = 0usize;
         for (d, size) in parts {
             if !request.is_empty() && request_bytes.saturating_add(size) > cfg.max_request_size {
-                spawn_request(inner, leader, std::mem::take(&mut request));
+                requests.push(Box::pin(send_request(
+                    Arc::clone(inner),
+                    leader,
+                    std::mem::take(&mut request),
+                )));
                 request_bytes = 0;
             }
             request_bytes = request_bytes.saturating_add(size);
             request.push(d);
         }
         if !request.is_empty() {
-            spawn_request(inner, leader, request);
+            requests.push(Box::pin(send_request(Arc::clone(inner), leader, request)));
         }
     }
+}
+
+/// Builds a batch (stamped for idempotence when `stamp` is given). A compressed batch is
+/// written into a pooled buffer and its uncompressed records' buffer goes back to the pool, so
+/// compression allocates nothing per batch either.
+fn build(
+    inner: &Inner,
+    builder: BatchBuilder,
+    stamp: Option<(i64, i16, i32)>,
+) -> Result<Bytes, strom_format::FormatError> {
+    let builder = match stamp {
+        Some((id, epoch, seq)) => builder.with_producer(id, epoch, seq),
+        None => builder,
+    };
+    if builder.compression() == Compression::None {
+        return builder.build();
+    }
+    let spare = inner.accum.lock().spare_buffer();
+    let (bytes, records) = builder.build_pooled(spare)?;
+    inner.accum.lock().recycle_vec(records);
+    Ok(bytes)
 }
 
 /// A failure with its retry decision made by the caller.
@@ -301,15 +360,8 @@ fn built_len(p: &Payload) -> usize {
     }
 }
 
-fn spawn_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
-    let inner = Arc::clone(inner);
-    tokio::spawn(async move {
-        send_request(&inner, leader, parts).await;
-        inner.wake.notify_one();
-    });
-}
-
-async fn send_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
+async fn send_request(inner: Arc<Inner>, leader: i32, parts: Vec<Drained>) {
+    let inner = &inner;
     let cfg = &inner.config;
     let mut topics: Vec<TopicBody> = Vec::new();
     for d in &parts {
@@ -320,12 +372,11 @@ async fn send_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
         }
     }
     let timeout_ms = u32::try_from(cfg.request_timeout.as_millis()).unwrap_or(u32::MAX);
-    let mut request =
-        tonic::Request::new(ProduceBody { acks: cfg.acks.as_i32(), timeout_ms, topics });
-    request.set_timeout(cfg.request_timeout.saturating_add(RPC_GRACE));
+    let body = ProduceBody { acks: cfg.acks.as_i32(), timeout_ms, topics };
+    let rpc_timeout = cfg.request_timeout.saturating_add(RPC_GRACE);
 
     let result = match inner.client.broker_channel(leader) {
-        Ok(channel) => produce(inner, channel, request).await,
+        Ok(channel) => produce(inner, channel, body, rpc_timeout).await,
         Err(e) => {
             let failure = Failure::Client(Arc::new(e));
             for d in parts {
@@ -348,21 +399,60 @@ async fn send_request(inner: &Arc<Inner>, leader: i32, parts: Vec<Drained>) {
     }
 }
 
-/// One unary Produce call with [`ProduceCodec`], limited like the generated client's calls.
+/// One unary Produce call, as tonic's `Grpc::unary` makes it (same headers, limits, status
+/// and trailer handling, response decoded by [`ResponseDecoder`]), except that the request body
+/// is the batches' own buffers ([`ProduceBody::into_frame`]) rather than a copy of them in
+/// tonic's encode buffer: no record byte is copied between the batch and the socket.
 async fn produce(
     inner: &Inner,
-    channel: Channel,
-    request: tonic::Request<ProduceBody>,
+    mut channel: Channel,
+    body: ProduceBody,
+    timeout: Duration,
 ) -> Result<ProduceResponse, tonic::Status> {
     let limit = inner.client.config().max_message_bytes;
-    let mut grpc = tonic::client::Grpc::new(channel)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    grpc.ready()
+    let len = body.encoded_len();
+    if len > limit {
+        return Err(tonic::Status::out_of_range(format!(
+            "Error, encoded message length too large: found {len} bytes, the limit is: {limit} bytes"
+        )));
+    }
+    let frame = FrameBody::new(body.into_frame(len)?);
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
         .map_err(|e| tonic::Status::unavailable(format!("broker connection not ready: {e}")))?;
-    let path = PathAndQuery::from_static(PRODUCE_PATH);
-    grpc.unary(request, path, ProduceCodec).await.map(tonic::Response::into_inner)
+    // tonic's own `grpc-timeout` rendering; the channel's timeout layer enforces it.
+    let mut deadline = tonic::Request::new(());
+    deadline.set_timeout(timeout);
+    let mut request = http::Request::new(tonic::body::Body::new(frame));
+    *request.method_mut() = http::Method::POST;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.uri_mut() = http::Uri::from_static(PRODUCE_PATH);
+    let headers = request.headers_mut();
+    *headers = deadline.into_parts().0.into_headers();
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    let response = channel.call(request).await.map_err(|e| tonic::Status::from_error(e.into()))?;
+    // A trailers-only answer carries its status in the headers.
+    if let Some(status) = tonic::Status::from_header_map(response.headers())
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status);
+    }
+    let status_code = response.status();
+    let mut stream = tonic::Streaming::new_response(
+        ResponseDecoder,
+        response.into_body(),
+        status_code,
+        None,
+        Some(limit),
+    );
+    let message = stream
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::internal("Missing response message."))?;
+    // Reads the trailers: a non-OK `grpc-status` there fails the call.
+    stream.trailers().await?;
+    Ok(message)
 }
 
 /// The partition's encoded batches, in order (reference counts, not copies).
