@@ -55,11 +55,35 @@ fn partition_head(p: &pb::FetchPartitionResponse) -> pb::FetchPartitionResponse 
     }
 }
 
-fn records_len(records: &Bytes) -> usize {
+/// The encoded length of a `records` field (tag below 16: a one-byte key; empty: left out,
+/// as prost leaves out a default). Shared with `replica_fetch_route.rs`.
+pub(crate) fn records_len(records: &Bytes) -> usize {
     if records.is_empty() {
         0
     } else {
         1 + encoded_len_varint(records.len() as u64) + records.len()
+    }
+}
+
+/// Appends a non-empty `records` field with `tag`: its key and length to `head`, then the
+/// records themselves, copied into `head` when small, else as a chunk of their own after the
+/// headers written so far (the log's `Bytes`, not copied). Shared with `replica_fetch_route.rs`.
+pub(crate) fn push_records(
+    tag: u32,
+    records: &Bytes,
+    head: &mut BytesMut,
+    chunks: &mut VecDeque<Bytes>,
+) {
+    if records.is_empty() {
+        return;
+    }
+    encode_key(tag, WireType::LengthDelimited, head);
+    encode_varint(records.len() as u64, head);
+    if records.len() < INLINE_RECORDS {
+        head.extend_from_slice(records);
+    } else {
+        chunks.push_back(head.split().freeze());
+        chunks.push_back(records.clone());
     }
 }
 
@@ -101,17 +125,7 @@ pub(crate) fn encode_response(
             encode_key(2, WireType::LengthDelimited, &mut head);
             encode_varint(plen as u64, &mut head);
             partition_head(p).encode_raw(&mut head);
-            if p.records.is_empty() {
-                continue;
-            }
-            encode_key(6, WireType::LengthDelimited, &mut head);
-            encode_varint(p.records.len() as u64, &mut head);
-            if p.records.len() < INLINE_RECORDS {
-                head.extend_from_slice(&p.records);
-            } else {
-                chunks.push_back(head.split().freeze());
-                chunks.push_back(p.records.clone());
-            }
+            push_records(6, &p.records, &mut head, &mut chunks);
         }
     }
     if !head.is_empty() {

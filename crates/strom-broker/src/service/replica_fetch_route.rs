@@ -16,7 +16,7 @@ use strom_proto::v1 as pb;
 use tonic::Status;
 use tonic::body::Body;
 
-use crate::service::fetch_route::INLINE_RECORDS;
+use crate::service::fetch_route::{push_records, records_len};
 use crate::service::grpc_body;
 use crate::service::replication::ReplicationService;
 
@@ -59,14 +59,6 @@ const RECORDS_TAG: u32 = 9;
 /// Tag of `ReplicaFetchResponse.partitions`.
 const PARTITIONS_TAG: u32 = 3;
 
-fn records_len(records: &Bytes) -> usize {
-    if records.is_empty() {
-        0
-    } else {
-        1 + encoded_len_varint(records.len() as u64) + records.len()
-    }
-}
-
 /// Encodes `response` as one gRPC message: the prefix and field headers in small buffers,
 /// every large `records` as its own chunk (not copied). The concatenation of the chunks is
 /// byte for byte prost's encoding behind gRPC's 5-byte prefix.
@@ -98,17 +90,7 @@ pub(crate) fn encode_response(
         encode_key(PARTITIONS_TAG, WireType::LengthDelimited, &mut head);
         encode_varint(len as u64, &mut head);
         p_head.encode_raw(&mut head);
-        if p.records.is_empty() {
-            continue;
-        }
-        encode_key(RECORDS_TAG, WireType::LengthDelimited, &mut head);
-        encode_varint(p.records.len() as u64, &mut head);
-        if p.records.len() < INLINE_RECORDS {
-            head.extend_from_slice(&p.records);
-        } else {
-            chunks.push_back(head.split().freeze());
-            chunks.push_back(p.records.clone());
-        }
+        push_records(RECORDS_TAG, &p.records, &mut head, &mut chunks);
     }
     if !head.is_empty() {
         chunks.push_back(head.freeze());
@@ -121,6 +103,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::service::fetch_route::INLINE_RECORDS;
 
     fn partition() -> impl Strategy<Value = pb::ReplicaFetchPartitionResponse> {
         (
