@@ -625,12 +625,9 @@ impl Partition {
                     .log
                     .offset_for_timestamp(ts)
                     .map_err(|e| self.log_error("timestamp lookup", &e))?;
-                // A record before a start that DeleteRecords moved inside its batch is gone.
-                let start = self.log.log_start_offset();
+                // The log skips records below a start DeleteRecords moved inside a batch.
                 match found {
-                    Some((offset, ts)) if offset < self.high_watermark() => {
-                        Ok((offset.max(start).get(), ts))
-                    }
+                    Some((offset, ts)) if offset < self.high_watermark() => Ok((offset.get(), ts)),
                     _ => Ok((-1, -1)),
                 }
             }

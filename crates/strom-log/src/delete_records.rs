@@ -149,6 +149,20 @@ mod tests {
     }
 
     #[test]
+    fn a_timestamp_lookup_skips_the_records_below_a_start_inside_a_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = four_segments(dir.path());
+        // Every batch holds timestamps 0..=9 at offsets base..base+9.
+        assert_eq!(log.offset_for_timestamp(0).expect("lookup"), Some((Offset::new(0), 0)));
+        log.delete_records_before(Offset::new(5)).expect("delete");
+        // The first record at or after the start whose timestamp is high enough, with its
+        // own timestamp (not the deleted record's).
+        assert_eq!(log.offset_for_timestamp(0).expect("lookup"), Some((Offset::new(5), 5)));
+        assert_eq!(log.offset_for_timestamp(3).expect("lookup"), Some((Offset::new(5), 5)));
+        assert_eq!(log.offset_for_timestamp(7).expect("lookup"), Some((Offset::new(7), 7)));
+    }
+
+    #[test]
     fn across_segments_deletes_the_segments_wholly_below() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, _) = four_segments(dir.path());

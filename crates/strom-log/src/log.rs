@@ -1120,7 +1120,9 @@ impl Log {
     }
 
     /// The first record whose timestamp is at or after `ts_ms`, and that timestamp; `None`
-    /// when every record is older. Exact: it decodes the records of the batch it lands in.
+    /// when every record is older. Records below the log start offset are not considered,
+    /// even in the batch that holds the start (Kafka's `findOffsetByTimestamp` with the log
+    /// start as the starting offset). Exact: it decodes the records of the batch it lands in.
     /// (Kafka's special values -1/-2 for latest/earliest are the caller's to map onto
     /// [`Log::log_end_offset`]/[`Log::log_start_offset`].)
     ///
@@ -1140,11 +1142,12 @@ impl Log {
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(Offset, i64)>, LogError> {
         'attempt: for _ in 0..MAX_READ_ATTEMPTS {
             let segments = self.snapshot();
+            let from = self.log_start_offset();
             for segment in segments.iter() {
                 if segment.max_timestamp() < ts_ms {
                     continue;
                 }
-                match segment.find_timestamp(ts_ms) {
+                match segment.find_timestamp(ts_ms, from) {
                     Ok(Some(found)) => return Ok(Some(found)),
                     Ok(None) => {}
                     Err(SegError::Retry) => continue 'attempt,

@@ -744,8 +744,14 @@ impl LogSegment {
         })
     }
 
-    /// The first record at or after `ts` in this segment, with its timestamp.
-    pub(crate) fn find_timestamp(&self, ts: i64) -> Result<Option<(Offset, i64)>, SegError> {
+    /// The first record at or after `ts` in this segment, with its timestamp, among those at
+    /// or above offset `from` (the log start: a start moved inside a batch hides its records
+    /// below it).
+    pub(crate) fn find_timestamp(
+        &self,
+        ts: i64,
+        from: Offset,
+    ) -> Result<Option<(Offset, i64)>, SegError> {
         self.guarded(|| {
             let size = self.size();
             if self.max_timestamp() < ts {
@@ -783,7 +789,7 @@ impl LogSegment {
                         // record's timestamp.
                         let record_ts =
                             if log_append_time { batch.max_timestamp() } else { record.timestamp };
-                        if record_ts >= ts {
+                        if record_ts >= ts && record.offset >= from {
                             return Ok(Some((record.offset, record_ts)));
                         }
                     }
