@@ -34,9 +34,7 @@ pub(crate) async fn serve(
     max_request: usize,
     max_response: usize,
 ) -> Result<http::Response<Body>, Status> {
-    let (parts, mut body) = request.into_parts();
-    grpc_body::check_request_encoding(&parts)?;
-    let message = grpc_body::read_message(&mut body, max_request).await?;
+    let message = grpc_body::request_message(request, max_request).await?;
     let fetch = pb::FetchRequest::decode(message).map_err(|e| grpc_body::decode_error(&e))?;
     let response = service.fetch_response(fetch).await;
     let chunks = encode_response(&response, max_response)?;

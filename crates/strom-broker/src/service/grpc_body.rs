@@ -28,7 +28,7 @@ pub(crate) const GRPC_HEADER_LEN: usize = 5;
 
 /// Refuses a request whose messages are compressed, as the generated servers do when no
 /// compression is enabled.
-pub(crate) fn check_request_encoding(parts: &http::request::Parts) -> Result<(), Status> {
+fn check_request_encoding(parts: &http::request::Parts) -> Result<(), Status> {
     if let Some(encoding) = parts.headers.get("grpc-encoding")
         && encoding.as_bytes() != b"identity"
     {
@@ -145,6 +145,17 @@ fn too_large(len: usize, limit: usize) -> Status {
     Status::out_of_range(format!(
         "Error, decoded message length too large: found {len} bytes, the limit is: {limit} bytes"
     ))
+}
+
+/// A unary request's one message, as the generated servers take it: a compressed request
+/// refused before its body is read, then [`read_message`] within `limit`.
+pub(crate) async fn request_message(
+    request: http::Request<Body>,
+    limit: usize,
+) -> Result<FrameRope, Status> {
+    let (parts, mut body) = request.into_parts();
+    check_request_encoding(&parts)?;
+    read_message(&mut body, limit).await
 }
 
 /// Reads a unary call's one gRPC message without copying its frames, refusing what the

@@ -29,9 +29,7 @@ pub(crate) async fn serve(
     max_request: usize,
     max_response: usize,
 ) -> Result<http::Response<Body>, Status> {
-    let (parts, mut body) = request.into_parts();
-    grpc_body::check_request_encoding(&parts)?;
-    let message = grpc_body::read_message(&mut body, max_request).await?;
+    let message = grpc_body::request_message(request, max_request).await?;
     let produce = decode_request(message)?;
     let response = service.produce_response(produce).await;
     let chunks = grpc_body::encode_message(&response, max_response)?;
